@@ -1,0 +1,47 @@
+# Everything runs from the lock file through uv, which this Makefile installs itself,
+# so `make demo` and `make test` work on a machine with only Python 3.11+ and make.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: demo test lint typecheck pytest bench clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+## demo: run the daemon on the demo schedule for a few seconds, then show the history
+demo: $(VENV)/.synced
+	@mkdir -p var && rm -f var/demo.db*
+	OPSKEEPER_LEDGER=var/demo.db $(VENV)/bin/opskeeper run --config config/demo.yaml --for 12s
+	@echo; echo "--- opskeeper history ---"
+	OPSKEEPER_LEDGER=var/demo.db $(VENV)/bin/opskeeper history --limit 25
+
+## test: lint, type-check and run the whole test suite
+test: lint typecheck pytest
+
+lint: $(VENV)/.synced
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.synced
+	$(VENV)/bin/mypy
+
+pytest: $(VENV)/.synced
+	$(VENV)/bin/pytest
+
+## bench: idle daemon figures (takes about 70 s)
+bench: $(VENV)/.synced
+	$(VENV)/bin/python bench/idle.py
+
+clean:
+	rm -rf $(TOOLS) $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The kinds of work opskeeper can do; worker/registry.py lists them."""

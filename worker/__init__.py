@@ -1,0 +1,1 @@
+"""opskeeper's daemon: schedule, runner, ledger, reporting and the command line."""

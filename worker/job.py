@@ -1,0 +1,108 @@
+"""What a job is: its options model, the context it runs in, and the Outcome it returns."""
+
+from __future__ import annotations
+
+import enum
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Status(enum.StrEnum):
+    """How a run ended. The first four are a job's verdict; the rest are the daemon's."""
+
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "fail"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    MISSED = "missed"
+    INTERRUPTED = "interrupted"
+    RUNNING = "running"
+
+    @property
+    def exit_code(self) -> int:
+        """Nagios plugin convention: 0 ok, 1 warn, 2 critical, 3 unknown."""
+        return {Status.OK: 0, Status.WARN: 1, Status.FAIL: 2}.get(self, 3)
+
+    @property
+    def is_success(self) -> bool:
+        """Whether Sentry Crons should see this run as healthy (a warning is not a failure)."""
+        return self in (Status.OK, Status.WARN)
+
+
+#: Statuses an operator may list in a job's `alert_on`.
+ALERTABLE = (
+    Status.OK,
+    Status.WARN,
+    Status.FAIL,
+    Status.ERROR,
+    Status.TIMEOUT,
+    Status.MISSED,
+    Status.INTERRUPTED,
+)
+
+_NUMBERS = re.compile(r"\d+(?:\.\d+)?")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A job's verdict: status, a one-line summary and structured details."""
+
+    status: Status
+    summary: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+    #: Groups repeats of the same problem into one Sentry issue; by default the summary
+    #: with its numbers blanked, so "3 of 5 down" and "4 of 5 down" are one problem.
+    fingerprint: str | None = None
+
+    def problem_key(self) -> str:
+        """The part of the Sentry fingerprint that names the problem."""
+        return self.fingerprint or _NUMBERS.sub("#", self.summary)
+
+
+class TransientError(Exception):
+    """A failure worth retrying (a dropped connection, a 503): the runner retries these only."""
+
+
+class JobOptions(BaseModel):
+    """Base of every kind's options: unknown keys are errors, values never change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StateStore(Protocol):
+    """Per-job memory that survives runs and restarts (key -> JSON value)."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    def set(self, key: str, value: Any) -> None: ...
+
+
+@dataclass
+class JobContext:
+    """Everything a running job may use; it holds no global state."""
+
+    job_id: str
+    run_id: str
+    scheduled_at: datetime
+    deadline: float
+    """time.monotonic() value after which the run counts as timed out."""
+    state: StateStore
+    cancel: threading.Event
+    """Set when the run timed out or the daemon is stopping: stop work and return soon."""
+    log: Callable[..., None]
+    """log(event, **fields): a structured log line bound to this run (redacted)."""
+
+
+class Job(Protocol):
+    """A kind of work. `run` returns an Outcome for findings and raises only on errors."""
+
+    def __init__(self, options: Any) -> None: ...
+
+    def run(self, ctx: JobContext) -> Outcome: ...

@@ -1,0 +1,21 @@
+"""Every job kind opskeeper knows: kind name -> (options model, job class). One explicit dict."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from jobs.command import CommandJob, CommandOptions
+from worker.job import Job, JobOptions
+
+KINDS: Mapping[str, tuple[type[JobOptions], Callable[[Any], Job]]] = {
+    "command": (CommandOptions, CommandJob),
+}
+
+#: The options model of each kind, which is all the schedule validator needs.
+OPTIONS: Mapping[str, type[JobOptions]] = {name: model for name, (model, _) in KINDS.items()}
+
+
+def build(kind: str, options: JobOptions) -> Job:
+    """A ready-to-run job of this kind."""
+    return KINDS[kind][1](options)

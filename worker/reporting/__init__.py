@@ -1,0 +1,1 @@
+"""Where results go: the structured log (stdout) and Sentry. Both redact secrets first."""

@@ -1,0 +1,65 @@
+"""structlog set-up: JSON lines on stdout (or a console view on a TTY), secrets masked."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import IO, Any
+
+import structlog
+
+from worker.reporting.redact import Redactor
+
+
+def configure(log_format: str | None, redactor: Redactor, stream: IO[str] | None = None) -> None:
+    """Route every structlog event through the redactor to `stream` (stdout by default)."""
+    out = stream or sys.stdout
+    fmt = log_format or ("console" if out.isatty() else "json")
+
+    def redact(_logger: Any, _method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+        return dict(redactor(event))
+
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer(sort_keys=False)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            # Last before rendering, so nothing added earlier escapes it.
+            redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    # APScheduler and other libraries log through the standard library: keep their
+    # warnings (they explain misfires), drop their chatter, and send them to stderr.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_RedactingFilter(redactor))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+
+
+class _RedactingFilter(logging.Filter):
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self._redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self._redactor.text(record.getMessage())
+        record.args = None
+        return True
+
+
+def get_logger(**bound: Any) -> Any:
+    """A structlog logger with `bound` fields on every line."""
+    return structlog.get_logger("opskeeper").bind(**bound)

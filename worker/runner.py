@@ -1,0 +1,231 @@
+"""Run one job: record it, enforce its timeout, retry transient errors, report the outcome.
+
+`Runner.run` never raises: whatever a job does, the result is an Outcome in the ledger,
+a `job.finished` log line and, when configured, Sentry check-ins and alerts.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+import traceback
+import uuid
+import zoneinfo
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+
+from worker import registry
+from worker.job import JobContext, Outcome, Status, TransientError
+from worker.ledger import JobState, Ledger, RunRecord, utc_now
+from worker.reporting.log import get_logger
+from worker.reporting.redact import Redactor
+from worker.reporting.sentry import SentryReporter
+from worker.schedule import JobSpec
+from worker.timespec import format_duration
+
+#: Exceptions worth another attempt; anything else is a bug or a config error.
+TRANSIENT = (TransientError, ConnectionError, TimeoutError)
+
+
+def version() -> str:
+    """opskeeper's installed version."""
+    try:
+        return metadata.version("opskeeper")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+@dataclass
+class _Handle:
+    """A run in progress, as the daemon sees it when it has to stop."""
+
+    job: JobSpec
+    run_id: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)
+    outcome: Outcome | None = None
+    interrupted: bool = False
+
+
+class Runner:
+    """Runs jobs and reports every run; shared by the daemon and `opskeeper run-now`."""
+
+    def __init__(self, ledger: Ledger, sentry: SentryReporter, redactor: Redactor, tz: zoneinfo.ZoneInfo) -> None:
+        self.ledger = ledger
+        self.sentry = sentry
+        self.redact = redactor
+        self.tz = tz
+        self.host = socket.gethostname()
+        self.version = version()
+        self.log = get_logger()
+        self._active: dict[str, _Handle] = {}
+        self._idle = threading.Condition()
+        # Threads of runs that timed out but have not returned yet, by job id: a new run
+        # of the same job waits for none of them, but is skipped while one is alive.
+        self._stragglers: dict[str, threading.Thread] = {}
+
+    # --- one run ----------------------------------------------------------------
+
+    def run(self, job: JobSpec, scheduled_at: datetime | None = None) -> RunRecord:
+        """Run `job` once, now; returns the finished ledger record."""
+        straggler = self._stragglers.get(job.id)
+        if straggler is not None and straggler.is_alive():
+            return self.missed(job, scheduled_at or utc_now(), "skipped: the previous run is still running past its timeout")
+        run_id = uuid.uuid4().hex
+        started = utc_now()
+        record = RunRecord(
+            run_id=run_id, job_id=job.id, kind=job.kind, status=Status.RUNNING, started_at=started,
+            scheduled_at=scheduled_at, host=self.host, version=self.version,
+        )  # fmt: skip
+        self._ledger_call("start", record)
+        log = self.log.bind(job_id=job.id, kind=job.kind, run_id=run_id)
+        precise = datetime.now(UTC)
+        lateness = None if scheduled_at is None else round((precise - scheduled_at).total_seconds(), 4)
+        log.info("job.started", scheduled_at=scheduled_at and scheduled_at.isoformat(), lateness_s=lateness)
+        check_in_id = self.sentry.checkin(job, self.tz, Status.RUNNING)
+        handle = _Handle(job, run_id)
+        with self._idle:
+            self._active[run_id] = handle
+        try:
+            with self.sentry.transaction(job, run_id) as txn:
+                outcome = self._execute(job, handle, scheduled_at or started, log)
+                if txn is not None:
+                    txn.set_status("ok" if outcome.status.is_success else "internal_error")
+            return self._report(job, record, outcome, check_in_id, log)
+        finally:
+            # Only now: the daemon's shutdown waits for this, and the run is fully recorded.
+            with self._idle:
+                del self._active[run_id]
+                self._idle.notify_all()
+
+    def _report(self, job: JobSpec, record: RunRecord, outcome: Outcome, check_in_id: str | None, log: Any) -> RunRecord:
+        outcome = Outcome(
+            outcome.status, self.redact.text(outcome.summary), self.redact(dict(outcome.details)), outcome.fingerprint
+        )
+        finished = utc_now()
+        self._ledger_call("finish", record.run_id, outcome.status, outcome.summary, outcome.details, finished)
+        done = replace(record, status=outcome.status, finished_at=finished, summary=outcome.summary,
+                       details=outcome.details)  # fmt: skip
+        log.info("job.finished", status=outcome.status.value, duration_s=done.duration_s, summary=outcome.summary)
+        self.sentry.checkin(job, self.tz, outcome.status, check_in_id, done.duration_s)
+        if alerts(job, outcome.status):
+            self.sentry.alert(job, outcome, record.run_id)
+        return done
+
+    def missed(self, job: JobSpec, scheduled_at: datetime, reason: str) -> RunRecord:
+        """Record and report a run that did not happen; a missed run is never silent."""
+        now = utc_now()
+        record = RunRecord(
+            run_id=uuid.uuid4().hex, job_id=job.id, kind=job.kind, status=Status.MISSED, started_at=now,
+            scheduled_at=scheduled_at, finished_at=now, summary=reason, host=self.host, version=self.version,
+        )  # fmt: skip
+        self._ledger_call("record", record)
+        self.log.warning(
+            "job.missed", job_id=job.id, kind=job.kind, run_id=record.run_id, status="missed",
+            scheduled_at=scheduled_at.isoformat(), summary=reason,
+        )  # fmt: skip
+        if alerts(job, Status.MISSED):
+            self.sentry.alert(job, Outcome(Status.MISSED, reason), record.run_id)
+        return record
+
+    def _execute(self, job: JobSpec, handle: _Handle, scheduled_at: datetime, log: Any) -> Outcome:
+        timeout = job.timeout.total_seconds()
+        ctx = JobContext(
+            job_id=job.id,
+            run_id=handle.run_id,
+            scheduled_at=scheduled_at,
+            deadline=time.monotonic() + timeout,
+            state=JobState(self.ledger, job.id),
+            cancel=handle.cancel,
+            log=lambda event, **fields: log.info(event, **fields),
+        )
+
+        def work() -> None:
+            try:
+                handle.outcome = self._attempts(job, ctx, log)
+            except BaseException as exc:  # noqa: BLE001 - every failure becomes an ERROR outcome
+                handle.outcome = _error_outcome(exc)
+            handle.wake.set()
+
+        # A thread per run, so a job that ignores its deadline cannot wedge the scheduler.
+        thread = threading.Thread(target=work, name=f"job:{job.id}", daemon=True)
+        thread.start()
+        handle.wake.wait(timeout)
+        if handle.outcome is not None:
+            return handle.outcome
+        handle.cancel.set()
+        if handle.interrupted:
+            return Outcome(Status.INTERRUPTED, "the daemon stopped before this run ended")
+        self._stragglers[job.id] = thread
+        return Outcome(Status.TIMEOUT, f"did not finish within its timeout of {format_duration(job.timeout)}")
+
+    def _attempts(self, job: JobSpec, ctx: JobContext, log: Any) -> Outcome:
+        instance = registry.build(job.kind, job.options)
+        for attempt in range(job.retries + 1):
+            try:
+                outcome = instance.run(ctx)
+            except TRANSIENT as exc:
+                delay = job.retry_backoff.total_seconds() * 2**attempt * random.uniform(0.8, 1.2)  # noqa: S311
+                out_of_time = time.monotonic() + delay >= ctx.deadline
+                if attempt == job.retries or ctx.cancel.is_set() or out_of_time:
+                    raise
+                log.warning("job.retrying", attempt=attempt + 1, delay_s=round(delay, 2), error=_one_line(exc))
+                if ctx.cancel.wait(delay):
+                    raise
+                continue
+            if attempt:
+                outcome = Outcome(outcome.status, outcome.summary, {**outcome.details, "attempts": attempt + 1},
+                                  outcome.fingerprint)  # fmt: skip
+            return outcome
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    # --- shutdown ---------------------------------------------------------------
+
+    def active(self) -> list[str]:
+        """Ids of the jobs running now."""
+        with self._idle:
+            return [h.job.id for h in self._active.values()]
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no run is in progress; False if some still are after `timeout` s."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._active, timeout)
+
+    def interrupt_all(self) -> None:
+        """Tell every run in progress to stop now; each records itself as `interrupted`."""
+        with self._idle:
+            for handle in self._active.values():
+                handle.interrupted = True
+                handle.cancel.set()
+                handle.wake.set()
+
+    def _ledger_call(self, method: str, *args: Any) -> None:
+        # The ledger being down must not stop the run being reported elsewhere.
+        try:
+            getattr(self.ledger, method)(*args)
+        except Exception as exc:  # noqa: BLE001
+            self.log.error("ledger.error", operation=method, error=self.redact.text(_one_line(exc)))
+
+
+def alerts(job: JobSpec, status: Status) -> bool:
+    """Whether this outcome becomes a Sentry event: listed in alert_on (`error` covers `timeout`)."""
+    return status in job.alert_on or (status is Status.TIMEOUT and Status.ERROR in job.alert_on)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _error_outcome(exc: BaseException) -> Outcome:
+    tb = traceback.format_exception(exc)
+    return Outcome(
+        Status.ERROR,
+        _one_line(exc)[:300],
+        {"error_type": type(exc).__name__, "traceback": "".join(tb[-12:])},
+        fingerprint=type(exc).__name__,
+    )

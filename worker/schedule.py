@@ -1,0 +1,466 @@
+"""The schedule file: YAML -> validated job specs, with every problem reported at once.
+
+Each problem is one line, `FILE:LINE:COL: jobs[i] (id).field.path: message`, so an
+operator can fix a whole file in one pass and editors can jump to each place.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import typing
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+)
+
+from worker.job import ALERTABLE, JobOptions, Status
+from worker.settings import SettingsError, read_secret_file
+from worker.timespec import CronSchedule, IntervalSchedule, next_fire, parse_duration, parse_schedule
+
+Loc = tuple[str | int, ...]
+
+# Values read from environment variables whose names say they are secret are kept
+# apart so the log and Sentry redactors can mask them wherever they turn up.
+SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|DSN|CREDENTIAL|AUTH|PRIVATE|COOKIE|SESSION", re.I)
+_INTERPOLATION = re.compile(r"\$\$|\$\{([^}:]*)(?::-([^}]*))?\}")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One thing wrong with the schedule file, at its place."""
+
+    line: int
+    col: int
+    where: str
+    message: str
+    file: str = field(compare=False, default="")
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}: {self.where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The schedule file is invalid; `problems` lists every reason, in file order."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+# --- field types -------------------------------------------------------------------
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"expected a duration like 90s, 30m or 2h, got {type(value).__name__}")
+    return parse_duration(str(value))
+
+
+def _schedule(value: Any) -> CronSchedule | IntervalSchedule:
+    if isinstance(value, CronSchedule | IntervalSchedule):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a cron expression, a preset or 'every <duration>', got {value!r}")
+    parsed = parse_schedule(value)
+    if isinstance(parsed, CronSchedule) and next_fire(parsed, datetime(2000, 1, 1, tzinfo=UTC), UTC) is None:
+        raise ValueError(f"{value!r}: this date never occurs, so the job would never run")
+    return parsed
+
+
+def _status(value: Any) -> Status:
+    try:
+        return Status(value)
+    except ValueError:
+        allowed = ", ".join(s.value for s in ALERTABLE)
+        raise ValueError(f"{value!r} is not a status; use one of {allowed}") from None
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+ScheduleValue = Annotated[CronSchedule | IntervalSchedule, PlainValidator(_schedule)]
+AlertStatus = Annotated[Status, PlainValidator(_status)]
+SLUG = r"^[a-z0-9][a-z0-9_-]{0,49}$"
+
+
+class JobDefaults(BaseModel):
+    """Settings every job shares unless it sets its own (the `defaults:` section)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    timeout: Duration = timedelta(hours=1)
+    misfire_grace: Duration = timedelta(minutes=10)
+    jitter: Duration = timedelta(0)
+    retries: int = Field(default=0, ge=0, le=10)
+    retry_backoff: Duration = timedelta(seconds=5)
+    alert_on: tuple[AlertStatus, ...] = (Status.FAIL, Status.ERROR)
+
+
+class JobSpec(JobDefaults):
+    """One job of the schedule, validated; `options` is the kind's own model."""
+
+    id: Annotated[str, Field(pattern=SLUG)]
+    kind: str
+    schedule: ScheduleValue
+    options: Any = None
+
+
+_TOP_KEYS = ["timezone", "defaults", "jobs"]
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """A whole, valid schedule file."""
+
+    path: str
+    timezone: zoneinfo.ZoneInfo
+    jobs: tuple[JobSpec, ...]
+    secrets: frozenset[str] = frozenset()
+
+    def job(self, job_id: str) -> JobSpec:
+        """The job with this id; KeyError names the ids that exist."""
+        for job in self.jobs:
+            if job.id == job_id:
+                return job
+        known = ", ".join(j.id for j in self.jobs) or "none"
+        raise KeyError(f"no job {job_id!r} in {self.path}; jobs: {known}")
+
+
+# --- YAML with positions -----------------------------------------------------------
+
+
+@dataclass
+class _Positions:
+    values: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    keys: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+
+    def at(self, loc: Loc, *, key: bool = False) -> tuple[int, int]:
+        """The closest known position: the exact place, else its nearest parent."""
+        table = self.keys if key else self.values
+        for end in range(len(loc), -1, -1):
+            place = table.get(loc[:end]) or self.values.get(loc[:end])
+            if place:
+                return place
+        return (1, 1)
+
+
+class _Reader:
+    """Builds plain Python values from a YAML node tree, remembering where each came from."""
+
+    def __init__(self, file: str, env: Mapping[str, str]) -> None:
+        self.file = file
+        self.env = env
+        self.positions = _Positions()
+        self.problems: list[Problem] = []
+        # Problems found while reading, by place; named once the job ids are known.
+        self.located: list[tuple[int, int, Loc, str]] = []
+        self.secrets: set[str] = set()
+
+    def read(self, text: str) -> Any:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            return self._value(loader, node, ())
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            message = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+            self.problems.append(Problem(line, col, "yaml", f"invalid YAML: {message}", self.file))
+            return None
+        finally:
+            loader.dispose()
+
+    def _value(self, loader: yaml.SafeLoader, node: yaml.Node, loc: Loc) -> Any:
+        self.positions.values[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            loader.flatten_mapping(node)  # YAML merge keys (`<<: *defaults`)
+            result: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = loader.construct_object(key_node, deep=True)
+                if not isinstance(key, str | int | bool | float) or key is None:
+                    self._problem(key_node, loc, f"a key must be a plain word, got {key!r}")
+                    continue
+                child = (*loc, str(key))
+                self.positions.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                if str(key) in result:
+                    self._problem(key_node, child, f"duplicate key {key!r}: each key may appear once")
+                result[str(key)] = self._value(loader, value_node, child)
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self._value(loader, item, (*loc, i)) for i, item in enumerate(node.value)]
+        value = loader.construct_object(node, deep=True)
+        if isinstance(value, str) and "$" in value:
+            return self._interpolate(node, loc, value)
+        return value
+
+    def _interpolate(self, node: yaml.Node, loc: Loc, text: str) -> str:
+        def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name, default = match.group(1), match.group(2)
+            if not _VAR_NAME.fullmatch(name):
+                self._problem(node, loc, f"${{{name}}} is not a valid environment variable name")
+                return ""
+            value = self.env.get(name)
+            if value is None and self.env.get(f"{name}_FILE"):
+                try:
+                    value = read_secret_file(f"{name}_FILE", self.env[f"{name}_FILE"])
+                except SettingsError as exc:
+                    self._problem(node, loc, str(exc))
+                    return ""
+                self.secrets.add(value)
+            if value is None or (value == "" and default is not None):
+                if default is None:
+                    self._problem(
+                        node, loc, f"environment variable {name} is not set (write ${{{name}:-default}} for a default)"
+                    )
+                    return ""
+                value = default
+            if SECRET_NAME.search(name) and value:
+                self.secrets.add(value)
+            return value
+
+        return _INTERPOLATION.sub(replace, text)
+
+    def _problem(self, node: yaml.Node, loc: Loc, message: str) -> None:
+        self.located.append((node.start_mark.line + 1, node.start_mark.column + 1, loc, message))
+
+
+# --- validation --------------------------------------------------------------------
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    kinds: Mapping[str, type[JobOptions]],
+    env: Mapping[str, str] | None = None,
+) -> ScheduleConfig:
+    """Read and validate a schedule file. Raises ConfigError listing every problem."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([Problem(1, 1, "(file)", f"cannot read the schedule file: {reason}", file)]) from None
+    return parse_config(text, file, kinds, os.environ if env is None else env)
+
+
+def parse_config(
+    text: str, file: str, kinds: Mapping[str, type[JobOptions]], env: Mapping[str, str]
+) -> ScheduleConfig:
+    """Validate schedule-file text; `file` is only used to name places in errors."""
+    reader = _Reader(file, env)
+    data = reader.read(text)
+    problems = reader.problems
+    if problems and data is None:
+        raise ConfigError(problems)
+    if data is None:
+        raise ConfigError([Problem(1, 1, "(file)", "the file is empty; it needs at least a 'jobs:' list", file)])
+    if not isinstance(data, dict):
+        message = f"the top level must be a mapping with 'timezone', 'defaults' and 'jobs', not a {_kind(data)}"
+        raise ConfigError([*problems, Problem(1, 1, "(file)", message, file)])
+    validator = _Validator(file, reader.positions, kinds, problems)
+    validator.bad_locs = {loc for _, _, loc, _ in reader.located}
+    config = validator.run(data, frozenset(reader.secrets))
+    for line, col, loc, message in reader.located:
+        problems.append(Problem(line, col, _where(loc, validator.ids), message, file))
+    if problems:
+        raise ConfigError(problems)
+    assert config is not None
+    return config
+
+
+class _Validator:
+    def __init__(
+        self, file: str, positions: _Positions, kinds: Mapping[str, type[JobOptions]], problems: list[Problem]
+    ) -> None:
+        self.file = file
+        self.positions = positions
+        self.kinds = kinds
+        self.problems = problems
+        self.ids: dict[int, str] = {}
+        # Places already reported (e.g. a missing ${VAR}); their follow-on errors are noise.
+        self.bad_locs: set[Loc] = set()
+
+    def run(self, data: dict[str, Any], secrets: frozenset[str]) -> ScheduleConfig | None:
+        for key in data:
+            if key not in _TOP_KEYS:
+                close = difflib.get_close_matches(key, _TOP_KEYS, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(_TOP_KEYS)}"
+                self._add((key,), f"unknown key {key!r}{hint}", key=True)
+        tz_name = data.get("timezone", "UTC")
+        tz = None
+        if isinstance(tz_name, str):
+            tz = self._timezone(tz_name)
+        else:
+            self._add(("timezone",), f"expected an IANA time zone name like 'Europe/Berlin', got {tz_name!r}")
+        defaults = data.get("defaults") or {}
+        if isinstance(defaults, dict):
+            defaults = self._defaults(defaults)
+        else:
+            self._add(("defaults",), f"expected a mapping of job settings, got a {_kind(defaults)}")
+            defaults = {}
+        if "jobs" not in data:
+            self._add((), "'jobs' is required: a list of jobs", name=("jobs",))
+            return None
+        raw_jobs = data["jobs"]
+        if not isinstance(raw_jobs, list):
+            self._add(("jobs",), f"expected a list of jobs, got a {_kind(raw_jobs)}")
+            return None
+        for i, raw in enumerate(raw_jobs):
+            if isinstance(raw, dict) and isinstance(raw.get("id"), str):
+                self.ids[i] = raw["id"]
+        jobs: list[JobSpec] = []
+        seen: dict[str, int] = {}
+        for i, raw in enumerate(raw_jobs):
+            if not isinstance(raw, dict):
+                self._add(("jobs", i), f"expected a job (a mapping with id, kind, schedule), got a {_kind(raw)}")
+                continue
+            job_id = self.ids.get(i)
+            if job_id is not None and job_id in seen:
+                self._add(("jobs", i, "id"), f"duplicate id {job_id!r}: jobs[{seen[job_id]}] already uses it")
+                continue
+            if job_id is not None:
+                seen[job_id] = i
+            spec = self._job(i, {**defaults, **raw})
+            if spec is not None:
+                jobs.append(spec)
+        if tz is None:
+            return None
+        return ScheduleConfig(path=self.file, timezone=tz, jobs=tuple(jobs), secrets=secrets)
+
+    def _timezone(self, name: str) -> zoneinfo.ZoneInfo | None:
+        try:
+            return zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            close = difflib.get_close_matches(name, zoneinfo.available_timezones(), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else " (use a name like 'Europe/Berlin' or 'UTC')"
+            self._add(("timezone",), f"unknown IANA time zone {name!r}{hint}")
+            return None
+
+    def _defaults(self, raw: dict[str, Any]) -> dict[str, Any]:
+        try:
+            JobDefaults.model_validate(raw)
+        except ValidationError as exc:
+            self._pydantic(exc, ("defaults",), JobDefaults)
+            return {}
+        return raw
+
+    def _job(self, i: int, raw: dict[str, Any]) -> JobSpec | None:
+        loc: Loc = ("jobs", i)
+        options_raw = raw.get("options", {})
+        kind = raw.get("kind")
+        options_model = self.kinds.get(kind) if isinstance(kind, str) else None
+        if isinstance(kind, str) and options_model is None:
+            close = difflib.get_close_matches(kind, self.kinds, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            self._add((*loc, "kind"), f"unknown kind {kind!r}; {hint}known kinds: {', '.join(sorted(self.kinds))}")
+        options = None
+        if options_model is not None:
+            if options_raw is None:
+                options_raw = {}
+            try:
+                options = options_model.model_validate(options_raw)
+            except ValidationError as exc:
+                self._pydantic(exc, (*loc, "options"), options_model)
+        try:
+            spec = JobSpec.model_validate({**raw, "options": None})
+        except ValidationError as exc:
+            self._pydantic(exc, loc, JobSpec)
+            return None
+        if options is None:
+            return None
+        return spec.model_copy(update={"options": options})
+
+    def _pydantic(self, exc: ValidationError, prefix: Loc, model: type[BaseModel]) -> None:
+        errors = exc.errors(include_url=False)
+        all_locs = [(*prefix, *e["loc"]) for e in errors]
+        for error, loc in zip(errors, all_locs, strict=True):
+            kind = error["type"]
+            if any(loc[: len(bad)] == bad for bad in self.bad_locs):
+                continue
+            if any(len(other) > len(loc) and other[: len(loc)] == loc for other in all_locs):
+                continue  # a deeper error says more precisely what is wrong
+            if kind == "extra_forbidden":
+                key = str(error["loc"][-1])
+                known = _fields_at(model, error["loc"][:-1])
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+                self._add(loc, f"unknown key {key!r}{hint}", key=True)
+            elif kind == "missing":
+                self._add(loc[:-1], f"{loc[-1]!r} is required", name=loc)
+            elif kind == "string_pattern_mismatch" and loc[-1] == "id":
+                self._add(
+                    loc,
+                    f"{error['input']!r} is not a valid id: use 1-50 lowercase letters, digits, '-' or '_', "
+                    "starting with a letter or digit (it becomes the Sentry monitor slug)",
+                )
+            elif kind == "value_error":
+                self._add(loc, str(error["ctx"]["error"]))
+            else:
+                self._add(loc, f"{error['msg']}, got {error['input']!r}" if "input" in error else error["msg"])
+
+    def _add(self, loc: Loc, message: str, *, key: bool = False, name: Loc | None = None) -> None:
+        line, col = self.positions.at(loc, key=key)
+        where = _where(name or loc, self.ids)
+        self.problems.append(Problem(line, col, where, message, self.file))
+
+
+def _where(loc: Loc, ids: Mapping[int, str] | None) -> str:
+    text = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            text += f"[{part}]"
+            if i == 1 and loc[0] == "jobs" and ids and part in ids:
+                text += f" ({ids[part]})"
+        else:
+            text += f".{part}" if text else part
+    return text or "(file)"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    """The keys a model allows at a nested location, for "did you mean" hints."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return []
+        current = _model_in(current.model_fields[part].annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel inside `list[X]`, `X | None`, `Annotated[X, ...]`, if there is one."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _kind(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )

@@ -1,0 +1,116 @@
+"""Environment and secrets, read in one place (pydantic-settings).
+
+Every secret is a SecretStr and may instead be read from a file named by `NAME_FILE`
+(Render secret files, Docker/Kubernetes secrets), so it never has to sit in the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from worker.timespec import parse_duration
+
+
+class SettingsError(Exception):
+    """The environment is invalid; the message names each variable and its rule."""
+
+
+def _seconds(value: Any) -> Any:
+    return parse_duration(value) if isinstance(value, str) else value
+
+
+Seconds = Annotated[timedelta, BeforeValidator(_seconds)]
+
+
+class Settings(BaseSettings):
+    """opskeeper's environment. Field aliases are the variable names operators set."""
+
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    config_path: Path = Field(Path("config/jobs.yaml"), alias="OPSKEEPER_CONFIG")
+    ledger: SecretStr = Field(SecretStr("var/opskeeper.db"), alias="OPSKEEPER_LEDGER")
+    """A file path selects SQLite; a mongodb:// or mongodb+srv:// URL selects MongoDB."""
+    log_format: Literal["json", "console"] | None = Field(None, alias="OPSKEEPER_LOG_FORMAT")
+    shutdown_grace: Seconds = Field(timedelta(seconds=25), alias="OPSKEEPER_SHUTDOWN_GRACE")
+    """Render kills a worker 30 s after SIGTERM; 25 s leaves time to record and flush."""
+    reload_poll: Seconds = Field(timedelta(seconds=2), alias="OPSKEEPER_RELOAD_POLL")
+    sentry_dsn: SecretStr | None = Field(None, alias="SENTRY_DSN")
+    sentry_environment: str = Field("production", alias="SENTRY_ENVIRONMENT")
+    sentry_release: str | None = Field(None, alias="SENTRY_RELEASE")
+    sentry_traces_sample_rate: float = Field(1.0, ge=0.0, le=1.0, alias="SENTRY_TRACES_SAMPLE_RATE")
+
+    @model_validator(mode="after")
+    def _release_from_render(self) -> Settings:
+        if not self.sentry_release and os.environ.get("RENDER_GIT_COMMIT"):
+            object.__setattr__(self, "sentry_release", os.environ["RENDER_GIT_COMMIT"])
+        if self.sentry_dsn is not None and not self.sentry_dsn.get_secret_value().strip():
+            object.__setattr__(self, "sentry_dsn", None)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _SecretFiles(settings_cls))
+
+    def secret_values(self) -> list[str]:
+        """Every secret's plain value, for the redactors."""
+        values = [self.ledger.get_secret_value()] if "://" in self.ledger.get_secret_value() else []
+        if self.sentry_dsn is not None:
+            values.append(self.sentry_dsn.get_secret_value())
+        return values
+
+
+class _SecretFiles(PydanticBaseSettingsSource):
+    """`NAME_FILE=/path` supplies the secret NAME from that file (trailing newline dropped)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name, info in self.settings_cls.model_fields.items():
+            if info.annotation not in (SecretStr, SecretStr | None) or not info.alias:
+                continue
+            if os.environ.get(info.alias):
+                continue  # the variable itself wins over its _FILE
+            path = os.environ.get(f"{info.alias}_FILE")
+            if path:
+                found[name] = read_secret_file(f"{info.alias}_FILE", path)
+        return found
+
+
+def read_secret_file(variable: str, path: str) -> str:
+    """The secret in `path`; an error names the variable that pointed there."""
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SettingsError(f"{variable}={path}: cannot read the secret file: {reason}") from None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment; SettingsError names every bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False):
+            name = ".".join(str(p) for p in error["loc"])
+            value = error.get("input")
+            shown = "" if "SENTRY_DSN" in name or "LEDGER" in name else f" (got {value!r})"
+            message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+            lines.append(f"{name}: {message}{shown}")
+        raise SettingsError("invalid environment:\n" + "\n".join(lines)) from None
