@@ -6,12 +6,14 @@ or was killed by a signal. Operators use it for `pnpm audit --json` and their ow
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import IO, Annotated
 
 from pydantic import Field, model_validator
@@ -49,7 +51,7 @@ class CommandJob:
     def run(self, ctx: JobContext) -> Outcome:
         opts = self.options
         argv = ["/bin/sh", "-c", opts.argv[0]] if opts.shell else list(opts.argv)
-        if opts.cwd is not None and not os.path.isdir(opts.cwd):
+        if opts.cwd is not None and not Path(opts.cwd).is_dir():
             return Outcome(Status.FAIL, f"working directory does not exist: {opts.cwd}", {"cwd": opts.cwd})
         started = time.monotonic()
         proc = subprocess.Popen(  # noqa: S603 - argv comes from the operator's own schedule file
@@ -61,8 +63,7 @@ class CommandJob:
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group, so a kill reaches its children
         )
-        assert proc.stdout is not None and proc.stderr is not None
-        tails = [_Tail(proc.stdout), _Tail(proc.stderr)]
+        tails = [_Tail(proc.stdout), _Tail(proc.stderr)]  # type: ignore[arg-type] # both are PIPE
         stopped = self._wait(proc, ctx)
         for tail in tails:
             tail.join()
@@ -74,7 +75,7 @@ class CommandJob:
             "stdout_tail": tails[0].text(),
             "stderr_tail": tails[1].text(),
         }
-        name = os.path.basename(argv[0]) if not opts.shell else "shell script"
+        name = Path(argv[0]).name if not opts.shell else "shell script"
         if stopped:
             return Outcome(Status.FAIL, f"{name} was stopped before it finished", details)
         if code == 0:
@@ -106,10 +107,8 @@ class CommandJob:
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 class _Tail:

@@ -26,7 +26,7 @@ from worker.timespec import describe, parse_duration, upcoming
 EXIT_CONFIG = 2
 
 
-class _Fail(Exception):
+class _CliError(Exception):
     """A message for stderr and the exit code to leave with."""
 
     def __init__(self, message: str, code: int = EXIT_CONFIG) -> None:
@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         return int(args.handler(args, settings))
-    except (SettingsError, _Fail) as exc:
+    except (SettingsError, _CliError) as exc:
         print(f"opskeeper: {exc}", file=sys.stderr)
-        return exc.code if isinstance(exc, _Fail) else EXIT_CONFIG
+        return exc.code if isinstance(exc, _CliError) else EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
 
@@ -80,7 +80,7 @@ def _config(args: argparse.Namespace, settings: Settings) -> ScheduleConfig:
     try:
         return load_config(path, registry.OPTIONS)
     except ConfigError as exc:
-        raise _Fail(f"{len(exc.problems)} problem(s) in {path}:\n{exc}") from None
+        raise _CliError(f"{len(exc.problems)} problem(s) in {path}:\n{exc}") from None
 
 
 def _ledger(settings: Settings, redactor: Redactor) -> Ledger:
@@ -88,7 +88,7 @@ def _ledger(settings: Settings, redactor: Redactor) -> Ledger:
     try:
         return open_ledger(target)
     except Exception as exc:  # noqa: BLE001 - any driver error: say where and why, without secrets
-        raise _Fail(f"cannot open the ledger {redactor.text(target)}: {redactor.text(str(exc))}", 3) from None
+        raise _CliError(f"cannot open the ledger {redactor.text(target)}: {redactor.text(str(exc))}", 3) from None
 
 
 def _reporting(settings: Settings, config: ScheduleConfig | None) -> tuple[Redactor, SentryReporter]:
@@ -115,10 +115,10 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> int:
         try:
             now = datetime.fromisoformat(args.now)
         except ValueError:
-            raise _Fail(f"--now {args.now!r}: not an ISO 8601 time like 2026-03-28T12:00:00+01:00") from None
+            raise _CliError(f"--now {args.now!r}: not an ISO 8601 time like 2026-03-28T12:00:00+01:00") from None
         if now.tzinfo is None:
             now = now.replace(tzinfo=config.timezone)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "id": job.id,
             "kind": job.kind,
@@ -126,16 +126,18 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> int:
             "description": describe(job.schedule),
             "timezone": config.timezone.key,
             "enabled": job.enabled,
-            "next_runs": [t.isoformat() for t in upcoming(job.schedule, config.timezone, now, 3)] if job.enabled else [],
+            "next_runs": [t.isoformat() for t in upcoming(job.schedule, config.timezone, now, 3)]
+            if job.enabled
+            else [],
         }
         for job in config.jobs
     ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    for row in rows:
-        state = "" if row["enabled"] else "  (disabled)"
-        print(f"{row['id']}  [{row['kind']}]  {row['schedule']} — {row['description']} ({row['timezone']}){state}")
+    for job, row in zip(config.jobs, rows, strict=True):
+        state = "" if job.enabled else "  (disabled)"
+        print(f"{job.id}  [{job.kind}]  {job.schedule.text} — {row['description']} ({config.timezone.key}){state}")
         for moment in row["next_runs"]:
             print(f"    next: {moment}")
     return 0
@@ -150,7 +152,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             run_for = parse_duration(args.run_for)
         except ValueError as exc:
-            raise _Fail(f"--for: {exc}") from None
+            raise _CliError(f"--for: {exc}") from None
     redactor, sentry = _reporting(settings, config)
     ledger = _ledger(settings, redactor)
     daemon = Daemon(config, ledger, sentry, redactor, grace=settings.shutdown_grace, poll=settings.reload_poll)
@@ -167,7 +169,7 @@ def _run_now(args: argparse.Namespace, settings: Settings) -> int:
     try:
         job = config.job(args.job_id)
     except KeyError as exc:
-        raise _Fail(str(exc.args[0])) from None
+        raise _CliError(str(exc.args[0])) from None
     redactor, sentry = _reporting(settings, config)
     ledger = _ledger(settings, redactor)
     try:
@@ -206,4 +208,3 @@ def _history(args: argparse.Namespace, settings: Settings) -> int:
         took = "" if r.duration_s is None else f"{r.duration_s:7.2f}s"
         print(f"{local}  {r.status.value:<11} {took:>8}  {r.job_id:<24} {r.summary}")
     return 0
-

@@ -185,7 +185,8 @@ class SqliteLedger:
             r.duration_s,
         )  # fmt: skip
         with self._lock:
-            self._db.execute(f"INSERT INTO runs ({_COLUMNS}, duration_s) VALUES ({','.join('?' * len(row))})", row)
+            placeholders = ",".join("?" * len(row))
+            self._db.execute(f"INSERT INTO runs ({_COLUMNS}, duration_s) VALUES ({placeholders})", row)
 
     def finish(
         self, run_id: str, status: Status, summary: str, details: Mapping[str, Any], finished_at: datetime
@@ -207,7 +208,8 @@ class SqliteLedger:
         where, args = ("WHERE job_id=?", [job_id]) if job_id else ("", [])
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM runs {where} ORDER BY started_at DESC, rowid DESC LIMIT ?", (*args, limit)
+                f"SELECT {_COLUMNS} FROM runs {where} ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                (*args, limit),
             ).fetchall()
         return [self._row(row) for row in rows]
 

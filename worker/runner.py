@@ -29,6 +29,9 @@ from worker.timespec import format_duration
 
 #: Exceptions worth another attempt; anything else is a bug or a config error.
 TRANSIENT = (TransientError, ConnectionError, TimeoutError)
+# How long an interrupted run may take to clean up; Render's SIGKILL comes 30 s after
+# SIGTERM, and the shutdown grace (25 s by default) has used most of that.
+_WIND_DOWN_S = 3.0
 
 
 def version() -> str:
@@ -74,7 +77,9 @@ class Runner:
         """Run `job` once, now; returns the finished ledger record."""
         straggler = self._stragglers.get(job.id)
         if straggler is not None and straggler.is_alive():
-            return self.missed(job, scheduled_at or utc_now(), "skipped: the previous run is still running past its timeout")
+            return self.missed(
+                job, scheduled_at or utc_now(), "skipped: the previous run is still running past its timeout"
+            )
         run_id = uuid.uuid4().hex
         started = utc_now()
         record = RunRecord(
@@ -102,7 +107,9 @@ class Runner:
                 del self._active[run_id]
                 self._idle.notify_all()
 
-    def _report(self, job: JobSpec, record: RunRecord, outcome: Outcome, check_in_id: str | None, log: Any) -> RunRecord:
+    def _report(
+        self, job: JobSpec, record: RunRecord, outcome: Outcome, check_in_id: str | None, log: Any
+    ) -> RunRecord:
         outcome = Outcome(
             outcome.status, self.redact.text(outcome.summary), self.redact(dict(outcome.details)), outcome.fingerprint
         )
@@ -141,7 +148,7 @@ class Runner:
             deadline=time.monotonic() + timeout,
             state=JobState(self.ledger, job.id),
             cancel=handle.cancel,
-            log=lambda event, **fields: log.info(event, **fields),
+            log=log.info,
         )
 
         def work() -> None:
@@ -159,6 +166,9 @@ class Runner:
             return handle.outcome
         handle.cancel.set()
         if handle.interrupted:
+            # Give the job a moment to stop what it started (a command kills its process
+            # group) before the process exits under it.
+            thread.join(_WIND_DOWN_S)
             return Outcome(Status.INTERRUPTED, "the daemon stopped before this run ended")
         self._stragglers[job.id] = thread
         return Outcome(Status.TIMEOUT, f"did not finish within its timeout of {format_duration(job.timeout)}")

@@ -262,9 +262,7 @@ def load_config(
     return parse_config(text, file, kinds, os.environ if env is None else env)
 
 
-def parse_config(
-    text: str, file: str, kinds: Mapping[str, type[JobOptions]], env: Mapping[str, str]
-) -> ScheduleConfig:
+def parse_config(text: str, file: str, kinds: Mapping[str, type[JobOptions]], env: Mapping[str, str]) -> ScheduleConfig:
     """Validate schedule-file text; `file` is only used to name places in errors."""
     reader = _Reader(file, env)
     data = reader.read(text)
@@ -281,9 +279,8 @@ def parse_config(
     config = validator.run(data, frozenset(reader.secrets))
     for line, col, loc, message in reader.located:
         problems.append(Problem(line, col, _where(loc, validator.ids), message, file))
-    if problems:
+    if problems or config is None:
         raise ConfigError(problems)
-    assert config is not None
     return config
 
 

@@ -18,17 +18,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from apscheduler.events import (  # type: ignore[import-untyped]
+from apscheduler.events import (
     EVENT_JOB_EXECUTED,
     EVENT_JOB_MAX_INSTANCES,
     EVENT_JOB_MISSED,
     JobExecutionEvent,
     JobSubmissionEvent,
 )
-from apscheduler.executors.pool import BasePoolExecutor  # type: ignore[import-untyped]
-from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
-from apscheduler.triggers.base import BaseTrigger  # type: ignore[import-untyped]
-from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
+from apscheduler.executors.pool import BasePoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from worker import registry
 from worker.ledger import Ledger
@@ -56,7 +56,8 @@ class _StandardCronTrigger(BaseTrigger):  # type: ignore[misc]
         moment = next_fire(self.schedule, after, self.tz)
         if moment is None:
             return None
-        return self._apply_jitter(moment, self.jitter, now)
+        jittered: datetime | None = self._apply_jitter(moment, self.jitter, now)
+        return jittered
 
     def __str__(self) -> str:
         return f"cron[{self.schedule.crontab}]"
@@ -90,9 +91,11 @@ class _RunExecutor(BasePoolExecutor):  # type: ignore[misc]
 
         future = self._pool.submit(call)
         future.add_done_callback(
-            lambda f: self._run_job_error(job.id, f.exception(), None)
-            if f.exception()
-            else self._run_job_success(job.id, f.result())
+            lambda f: (
+                self._run_job_error(job.id, f.exception(), None)
+                if f.exception()
+                else self._run_job_success(job.id, f.result())
+            )
         )
 
 

@@ -62,7 +62,7 @@ _FIELDS = (
     _Field("hour", 0, 23),
     _Field("day-of-month", 1, 31),
     _Field("month", 1, 12, _MONTHS, " or jan-dec"),
-    _Field("day-of-week", 0, 7, _DAYS + ("sun",), " or sun-sat"),
+    _Field("day-of-week", 0, 7, (*_DAYS, "sun"), " or sun-sat"),
 )
 
 PRESETS = {

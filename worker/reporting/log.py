@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, Any
+from typing import Any, TextIO
 
 import structlog
 
 from worker.reporting.redact import Redactor
 
 
-def configure(log_format: str | None, redactor: Redactor, stream: IO[str] | None = None) -> None:
+def configure(log_format: str | None, redactor: Redactor, stream: TextIO | None = None) -> None:
     """Route every structlog event through the redactor to `stream` (stdout by default)."""
     out = stream or sys.stdout
     fmt = log_format or ("console" if out.isatty() else "json")

@@ -23,7 +23,9 @@ _PATTERNS = (
     (re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://)(?P<secret>[A-Za-z0-9_-]{16,})(?=@)", re.I), r"\g<head>" + MASK),
     # Authorization: Bearer abc / Authorization=Basic abc
     (
-        re.compile(r"(?P<head>\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|digest|token)\s+)?)[^\s\"',;]+", re.I),
+        re.compile(
+            r"(?P<head>\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|digest|token)\s+)?)[^\s\"',;]+", re.I
+        ),
         r"\g<head>" + MASK,
     ),
     (re.compile(r"(?P<head>\bbearer\s+)[A-Za-z0-9._~+/-]{8,}=*", re.I), r"\g<head>" + MASK),

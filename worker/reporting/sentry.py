@@ -10,7 +10,7 @@ import math
 import zoneinfo
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import sentry_sdk
 from sentry_sdk.crons import capture_checkin
@@ -85,10 +85,7 @@ class SentryReporter:
         """Send a Crons check-in; returns the id that the closing check-in must reuse."""
         if not self.enabled:
             return None
-        if status is Status.RUNNING:
-            wire = "in_progress"
-        else:
-            wire = "ok" if status.is_success else "error"
+        wire = "in_progress" if status is Status.RUNNING else "ok" if status.is_success else "error"
         try:
             return capture_checkin(
                 monitor_slug=job.id,
@@ -104,7 +101,9 @@ class SentryReporter:
         """One Sentry event for an outcome the job's `alert_on` lists, grouped by problem."""
         if not self.enabled:
             return
-        level = "warning" if outcome.status in (Status.WARN, Status.OK, Status.MISSED) else "error"
+        level: Literal["warning", "error"] = (
+            "warning" if outcome.status in (Status.WARN, Status.OK, Status.MISSED) else "error"
+        )
         try:
             with sentry_sdk.new_scope() as scope:
                 scope.set_tag("job_id", job.id)

@@ -1,0 +1,309 @@
+"""Shared test helpers: the CLI as a real subprocess, a Sentry envelope receiver, SecantusDB."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without opskeeper/Sentry settings, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPSKEEPER_", "SENTRY_", "RENDER_"))}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Result:
+    """What a finished opskeeper subprocess printed and returned."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        """Every JSON log line on stdout."""
+        return [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
+
+
+def opskeeper(*args: str, env: dict[str, str], timeout: float = 60) -> Result:
+    """Run `python -m worker ARGS` to completion."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """A clean environment whose ledger is a fresh SQLite file and whose logs are JSON."""
+    return clean_env(OPSKEEPER_LEDGER=str(tmp_path / "ledger.db"), OPSKEEPER_LOG_FORMAT="json")
+
+
+def write(path: Path, text: str) -> Path:
+    """Write `text` to `path` and return the path."""
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- the daemon as a real process ----------------------------------------------------
+
+
+class DaemonProcess:
+    """`opskeeper run` in a subprocess, its JSON log lines collected as they arrive."""
+
+    def __init__(self, config: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run", "--config", str(config)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.events: list[dict[str, Any]] = []
+        self.stderr = ""
+        self._cond = threading.Condition()
+        self._readers = [
+            threading.Thread(target=self._read_stdout, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            event = json.loads(line) if line.startswith("{") else {"event": "(text)", "line": line}
+            event["_raw"] = line
+            with self._cond:
+                self.events.append(event)
+                self._cond.notify_all()
+        with self._cond:
+            self.events.append({"event": "(eof)"})
+            self._cond.notify_all()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr += line
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], *, after: int = 0, timeout: float = 30
+    ) -> tuple[int, dict[str, Any]]:
+        """The first event at index >= `after` that matches, and its index; fails on exit or timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for i in range(after, len(self.events)):
+                    if predicate(self.events[i]):
+                        return i, self.events[i]
+                    if self.events[i]["event"] == "(eof)":
+                        pytest.fail(f"daemon exited while waiting; stderr:\n{self.stderr}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    pytest.fail(f"no matching event within {timeout}s; last events: {self.events[-5:]}")
+                self._cond.wait(remaining)
+
+    def finished(self, job_id: str, *, after: int = 0, timeout: float = 30) -> tuple[int, dict[str, Any]]:
+        """The next `job.finished` event of a job."""
+        return self.wait_for(lambda e: e["event"] == "job.finished" and e.get("job_id") == job_id, after=after,
+                             timeout=timeout)  # fmt: skip
+
+    def terminate(self, timeout: float = 40) -> int:
+        """SIGTERM, then the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        for reader in self._readers:
+            reader.join(5)
+        return code
+
+
+@pytest.fixture
+def daemon_factory() -> Iterator[Callable[[Path, dict[str, str]], DaemonProcess]]:
+    """Start daemons; any still running at the end of the test are killed."""
+    started: list[DaemonProcess] = []
+
+    def start(config: Path, env: dict[str, str]) -> DaemonProcess:
+        daemon = DaemonProcess(config, env)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait(10)
+
+
+# --- a local Sentry: accepts envelopes over real HTTP ---------------------------------
+
+
+@dataclass
+class Envelope:
+    """One received envelope: its raw (decompressed) bytes and its items."""
+
+    raw: bytes
+    header: dict[str, Any]
+    items: list[tuple[dict[str, Any], Any]] = field(default_factory=list)
+
+
+def parse_envelope(body: bytes) -> Envelope:
+    """Split an envelope into header and (item header, payload) pairs, reading by `length`."""
+    first, _, rest = body.partition(b"\n")
+    envelope = Envelope(body, json.loads(first))
+    while rest.strip():
+        line, _, rest = rest.partition(b"\n")
+        item_header = json.loads(line)
+        length = item_header.get("length")
+        if length is None:
+            payload_bytes, _, rest = rest.partition(b"\n")
+        else:
+            payload_bytes, rest = rest[:length], rest[length + 1 :]
+        try:
+            payload: Any = json.loads(payload_bytes)
+        except ValueError:
+            payload = payload_bytes
+        envelope.items.append((item_header, payload))
+    return envelope
+
+
+class SentryReceiver:
+    """An HTTP server that speaks Sentry's ingest API: POST /api/<project>/envelope/."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Envelope] = []
+        self.paths: list[str] = []
+        cond = threading.Condition()
+        self._cond = cond
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                envelope = parse_envelope(body)
+                with cond:
+                    receiver.paths.append(self.path)
+                    receiver.envelopes.append(envelope)
+                    cond.notify_all()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def dsn(self) -> str:
+        """A DSN whose key is long enough to look like a real one."""
+        return f"http://0123456789abcdef0123456789abcdef@127.0.0.1:{self.server.server_address[1]}/42"
+
+    def items(self, item_type: str) -> list[Any]:
+        """Payloads of every received item of a type (event, transaction, check_in, ...)."""
+        with self._cond:
+            return [p for e in self.envelopes for h, p in e.items if h.get("type") == item_type]
+
+    def wait_items(self, item_type: str, count: int, timeout: float = 20) -> list[Any]:
+        """Block until at least `count` items of a type have arrived."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: len(self.items(item_type)) >= count, timeout)
+        if not ok:
+            pytest.fail(f"expected {count} {item_type} items, got {len(self.items(item_type))}")
+        return self.items(item_type)
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def sentry() -> Iterator[SentryReceiver]:
+    """A fresh local Sentry per test."""
+    receiver = SentryReceiver()
+    yield receiver
+    receiver.close()
+
+
+# --- MongoDB: SecantusDB in this process -------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MongoDB wire-protocol server (SecantusDB) for the whole session."""
+    from secantus import SecantusDBServer
+
+    with SecantusDBServer(storage_path=str(tmp_path_factory.mktemp("secantus"))) as server:
+        yield server.uri
+
+
+def free_port_closed() -> int:
+    """A local port with nothing listening on it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def stuck_server() -> Iterator[int]:
+    """A port that accepts connections and never answers (a Sentry that hangs)."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: queue.Queue[socket.socket] = queue.Queue()
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+                accepted.put(conn)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(listener.getsockname()[1])
+    stop.set()
+    thread.join(2)
+    listener.close()
+    while not accepted.empty():
+        accepted.get().close()

@@ -1,0 +1,274 @@
+"""The schedule file: realistic mistakes each give one precise FILE:LINE:COL line and exit 2."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, opskeeper, write
+from worker.cli import main
+from worker.registry import OPTIONS
+from worker.schedule import ConfigError, load_config
+
+GOOD_JOB = """\
+  - id: deps
+    kind: command
+    schedule: "@weekly"
+    options:
+      argv: [pnpm, audit, --json]
+"""
+
+CASES = [
+    # (name, file text, expected problem line without the "FILE:" prefix)
+    (
+        "bad cron field",
+        'jobs:\n  - id: backup\n    kind: command\n    schedule: "0 3 * * 8"\n    options: {argv: [true]}\n',
+        "4:15: jobs[0] (backup).schedule: '0 3 * * 8': day-of-week: 8 is out of range; it must be 0-7 or sun-sat",
+    ),
+    (
+        "hour out of range",
+        'jobs:\n  - id: backup\n    kind: command\n    schedule: "0 25 * * *"\n    options: {argv: [true]}\n',
+        "4:15: jobs[0] (backup).schedule: '0 25 * * *': hour: 25 is out of range; it must be 0-23",
+    ),
+    (
+        "four cron fields",
+        "jobs:\n  - id: backup\n    kind: command\n    schedule: 0 3 * *\n    options: {argv: [true]}\n",
+        "4:15: jobs[0] (backup).schedule: '0 3 * *': a cron expression has 5 fields "
+        "(minute hour day-of-month month day-of-week), this has 4",
+    ),
+    (
+        "unknown kind",
+        "jobs:\n  - id: backup\n    kind: mongodumb\n    schedule: '@daily'\n",
+        "3:11: jobs[0] (backup).kind: unknown kind 'mongodumb'; known kinds: command",
+    ),
+    (
+        "misspelt kind",
+        "jobs:\n  - id: backup\n    kind: comand\n    schedule: '@daily'\n",
+        "3:11: jobs[0] (backup).kind: unknown kind 'comand'; did you mean 'command'? known kinds: command",
+    ),
+    (
+        "duplicate id",
+        "jobs:\n" + GOOD_JOB + GOOD_JOB,
+        "7:9: jobs[1] (deps).id: duplicate id 'deps': jobs[0] already uses it",
+    ),
+    (
+        "unknown key in a job",
+        "jobs:\n  - id: deps\n    kind: command\n    schedule: '@weekly'\n    timout: 5m\n    options: {argv: [x]}\n",
+        "5:5: jobs[0] (deps).timout: unknown key 'timout'; did you mean 'timeout'?",
+    ),
+    (
+        "unknown key in options",
+        "jobs:\n  - id: deps\n    kind: command\n    schedule: '@weekly'\n    options:\n      argv: [x]\n"
+        "      warn_code: [1]\n",
+        "7:7: jobs[0] (deps).options.warn_code: unknown key 'warn_code'; did you mean 'warn_codes'?",
+    ),
+    (
+        "bad duration",
+        "jobs:\n  - id: deps\n    kind: command\n    schedule: '@weekly'\n    timeout: 10 minutes\n"
+        "    options: {argv: [x]}\n",
+        "5:14: jobs[0] (deps).timeout: '10 minutes': not a duration; write it like 90s, 30m, 2h, 1d or 1h30m",
+    ),
+    (
+        "duration without unit",
+        "jobs:\n  - id: deps\n    kind: command\n    schedule: '@weekly'\n    misfire_grace: 600\n"
+        "    options: {argv: [x]}\n",
+        "5:20: jobs[0] (deps).misfire_grace: '600': a duration needs a unit, e.g. 600s or 600m",
+    ),
+    (
+        "missing variable",
+        "jobs:\n  - id: deps\n    kind: command\n    schedule: '@weekly'\n"
+        "    options: {argv: [curl, '${HEALTH_URL}']}\n",
+        "5:28: jobs[0] (deps).options.argv[1]: environment variable HEALTH_URL is not set "
+        "(write ${HEALTH_URL:-default} for a default)",
+    ),
+    (
+        "wrong type in options",
+        "jobs:\n  - id: deps\n    kind: command\n    schedule: '@weekly'\n    options:\n      argv: [x]\n"
+        "      warn_codes: [one]\n",
+        "7:20: jobs[0] (deps).options.warn_codes[0]: Input should be a valid integer, unable to parse string "
+        "as an integer, got 'one'",
+    ),
+    (
+        "yaml syntax error",
+        "jobs:\n  - id: deps\n    kind: command\n   schedule: '@weekly'\n",
+        "4:4: yaml: invalid YAML: ",
+    ),
+    (
+        "tab indentation",
+        "jobs:\n\t- id: deps\n",
+        "2:1: yaml: invalid YAML: ",
+    ),
+    (
+        "empty file",
+        "",
+        "1:1: (file): the file is empty; it needs at least a 'jobs:' list",
+    ),
+    (
+        "comments only",
+        "# nothing here yet\n",
+        "1:1: (file): the file is empty; it needs at least a 'jobs:' list",
+    ),
+    (
+        "jobs missing",
+        "timezone: UTC\n",
+        "1:1: jobs: 'jobs' is required: a list of jobs",
+    ),
+    (
+        "jobs is a mapping",
+        "jobs:\n  deps:\n    kind: command\n",
+        "2:3: jobs: expected a list of jobs, got a dict",
+    ),
+    (
+        "unknown timezone",
+        "timezone: Europe/Berln\njobs:\n" + GOOD_JOB,
+        "1:11: timezone: unknown IANA time zone 'Europe/Berln'; did you mean 'Europe/Berlin'?",
+    ),
+    (
+        "bad id",
+        "jobs:\n  - id: Nightly Backup\n    kind: command\n    schedule: '@daily'\n    options: {argv: [x]}\n",
+        "2:9: jobs[0] (Nightly Backup).id: 'Nightly Backup' is not a valid id: use 1-50 lowercase letters, "
+        "digits, '-' or '_', starting with a letter or digit (it becomes the Sentry monitor slug)",
+    ),
+    (
+        "missing schedule",
+        "jobs:\n  - id: deps\n    kind: command\n    options: {argv: [x]}\n",
+        "2:5: jobs[0] (deps).schedule: 'schedule' is required",
+    ),
+    (
+        "unknown alert status",
+        "jobs:\n  - id: deps\n    kind: command\n    schedule: '@weekly'\n    alert_on: [fail, down]\n"
+        "    options: {argv: [x]}\n",
+        "5:22: jobs[0] (deps).alert_on[1]: 'down' is not a status; use one of ok, warn, fail, error, timeout, "
+        "missed, interrupted",
+    ),
+    (
+        "never-occurring date",
+        "jobs:\n  - id: deps\n    kind: command\n    schedule: '0 0 30 2 *'\n    options: {argv: [x]}\n",
+        "4:15: jobs[0] (deps).schedule: '0 0 30 2 *': this date never occurs, so the job would never run",
+    ),
+    (
+        "shell with several argv items",
+        "jobs:\n  - id: deps\n    kind: command\n    schedule: '@weekly'\n    options:\n"
+        "      shell: true\n      argv: [pnpm, audit]\n",
+        "6:7: jobs[0] (deps).options: with shell: true, argv must be a single string: the script /bin/sh runs",
+    ),
+    (
+        "unknown default key",
+        "defaults:\n  retrys: 2\njobs:\n" + GOOD_JOB,
+        "2:3: defaults.retrys: unknown key 'retrys'; did you mean 'retries'?",
+    ),
+    (
+        "duplicate key in a job",
+        "jobs:\n  - id: deps\n    kind: command\n    schedule: '@weekly'\n    schedule: '@daily'\n"
+        "    options: {argv: [x]}\n",
+        "5:5: jobs[0] (deps).schedule: duplicate key 'schedule': each key may appear once",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_mistake_gives_one_precise_line(
+    name: str, text: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`opskeeper validate` exits 2 and prints the mistake as FILE:LINE:COL: place: message."""
+    path = write(tmp_path / "jobs.yaml", text)
+    code = main(["validate", "--config", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2, name
+    problem_lines = [line for line in err.splitlines() if line.startswith(str(path))]
+    assert any(line.startswith(f"{path}:{expected}") for line in problem_lines), err
+    assert "Traceback" not in err
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    """Several mistakes in one file are all listed, in file order."""
+    text = (
+        "timezone: Mars/Olympus\n"
+        "jobs:\n"
+        "  - id: a\n    kind: command\n    schedule: '61 * * * *'\n    options: {argv: [x]}\n"
+        "  - id: b\n    kind: nope\n    schedule: '@daily'\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path / "j.yaml", text), OPTIONS)
+    lines = [f"{p.line}:{p.col} {p.where}" for p in info.value.problems]
+    assert lines == ["1:11 timezone", "5:15 jobs[0] (a).schedule", "8:11 jobs[1] (b).kind"]
+
+
+def test_validate_as_a_process_prints_no_traceback(tmp_path: Path, env: dict[str, str]) -> None:
+    """A real `opskeeper validate` process on a broken file: exit 2, the error line, no traceback."""
+    path = write(tmp_path / "jobs.yaml", "jobs:\n  - id: x\n    kind: command\n    schedule: '0 3 * * 8'\n")
+    result = opskeeper("validate", "--config", str(path), env=env)
+    assert result.code == 2
+    assert re.search(rf"^{re.escape(str(path))}:4:15: jobs\[0\] \(x\)\.schedule: ", result.stderr, re.M)
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A schedule file that does not exist is named, with the reason."""
+    code = main(["validate", "--config", str(tmp_path / "nope.yaml")])
+    assert code == 2
+    assert "nope.yaml:1:1: (file): cannot read the schedule file: No such file or directory" in capsys.readouterr().err
+
+
+def test_valid_file_prints_job_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A valid file: exit 0 and `OK: N jobs`."""
+    path = write(tmp_path / "jobs.yaml", "jobs:\n" + GOOD_JOB)
+    assert main(["validate", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == "OK: 1 jobs"
+
+
+def test_defaults_apply_and_jobs_override(tmp_path: Path) -> None:
+    """`defaults` fill in what a job leaves out; a job's own value wins."""
+    text = (
+        "defaults:\n  timeout: 5m\n  retries: 2\n  alert_on: [fail]\n"
+        "jobs:\n" + GOOD_JOB + "  - id: other\n    kind: command\n    schedule: every 1h\n    timeout: 2h\n"
+        "    options: {argv: [x]}\n"
+    )
+    config = load_config(write(tmp_path / "j.yaml", text), OPTIONS)
+    deps, other = config.jobs
+    assert (deps.timeout.total_seconds(), deps.retries, [s.value for s in deps.alert_on]) == (300, 2, ["fail"])
+    assert other.timeout.total_seconds() == 7200
+    assert deps.misfire_grace.total_seconds() == 600  # the built-in default
+
+
+def test_interpolation_defaults_escapes_and_secret_tracking(tmp_path: Path) -> None:
+    """`${VAR}`, `${VAR:-default}` and `$$` work; values of secret-named variables are remembered."""
+    text = (
+        "jobs:\n  - id: deps\n    kind: command\n    schedule: '@weekly'\n    options:\n"
+        "      argv: [curl, '${APP_URL:-http://localhost:3000}/api/health', 'cost: $$5']\n"
+        "      env: {NPM_TOKEN: '${NPM_TOKEN}'}\n"
+    )
+    env = {"NPM_TOKEN": "npm_abcdefghijklmnop"}
+    config = load_config(write(tmp_path / "j.yaml", text), OPTIONS, env=env)
+    options = config.jobs[0].options
+    assert options.argv == ("curl", "http://localhost:3000/api/health", "cost: $5")
+    assert options.env == {"NPM_TOKEN": "npm_abcdefghijklmnop"}
+    assert "npm_abcdefghijklmnop" in config.secrets
+
+
+def test_variable_file_supplies_a_secret(tmp_path: Path) -> None:
+    """`${VAR}` falls back to the file named by VAR_FILE, and that value counts as secret."""
+    secret = write(tmp_path / "token", "s3cret-from-file\n")
+    text = "jobs:\n  - id: deps\n    kind: command\n    schedule: '@weekly'\n    options: {argv: [x, '${TOKEN}']}\n"
+    config = load_config(write(tmp_path / "j.yaml", text), OPTIONS, env={"TOKEN_FILE": str(secret)})
+    assert config.jobs[0].options.argv[1] == "s3cret-from-file"
+    assert "s3cret-from-file" in config.secrets
+
+
+def test_shipped_schedules_are_valid() -> None:
+    """Every schedule under config/ validates."""
+    files = sorted((ROOT / "config").glob("*.yaml"))
+    assert files
+    for path in files:
+        load_config(path, OPTIONS, env={})
+
+
+def test_readme_example_is_valid(tmp_path: Path) -> None:
+    """The complete example in the README is a valid schedule."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"<!-- example-schedule -->\s*```yaml\n(.*?)```", readme, re.S)
+    assert match, "README lost its example schedule"
+    config = load_config(write(tmp_path / "readme.yaml", match.group(1)), OPTIONS, env={})
+    assert len(config.jobs) >= 3

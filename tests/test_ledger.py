@@ -1,0 +1,137 @@
+"""The ledger behaves the same on SQLite and on MongoDB (SecantusDB, a real wire-protocol server)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from worker.job import Status
+from worker.ledger import JobState, Ledger, RunRecord, SqliteLedger, open_ledger, to_ms
+
+T0 = datetime(2026, 11, 26, 3, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """Each test runs once per backend; the MongoDB one gets its own database."""
+    if request.param == "sqlite":
+        target = str(tmp_path / "ledger.db")
+    else:
+        uri = request.getfixturevalue("mongo_uri")
+        target = f"{uri.rstrip('/')}/ledger_{uuid.uuid4().hex[:8]}"
+    opened = open_ledger(target)
+    yield opened
+    opened.close()
+
+
+def run(job_id: str = "backup", started: datetime = T0, run_id: str | None = None, **kw: object) -> RunRecord:
+    return RunRecord(
+        run_id=run_id or uuid.uuid4().hex, job_id=job_id, kind="command", status=Status.RUNNING,
+        started_at=started, scheduled_at=started - timedelta(milliseconds=5), host="worker-1", version="0.1.0",
+        **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def finished(job_id: str, started: datetime, summary: str) -> RunRecord:
+    return replace(run(job_id, started), status=Status.OK, finished_at=started + timedelta(seconds=1), summary=summary)
+
+
+def test_open_ledger_picks_backend_by_target(tmp_path: Path) -> None:
+    """A path opens SQLite (creating its folder); mongodb:// URLs open MongoDB."""
+    opened = open_ledger(str(tmp_path / "deep" / "dir" / "x.db"))
+    assert isinstance(opened, SqliteLedger)
+    assert (tmp_path / "deep" / "dir" / "x.db").exists()
+    opened.close()
+
+
+def test_start_then_finish_records_the_whole_run(ledger: Ledger) -> None:
+    """A finished run keeps every field, with the duration from start to end."""
+    record = run()
+    ledger.start(record)
+    assert ledger.get(record.run_id).status is Status.RUNNING  # type: ignore[union-attr]
+    ended = T0 + timedelta(seconds=2, milliseconds=500)
+    assert ledger.finish(record.run_id, Status.FAIL, "3 of 5 down", {"down": ["a", "b", "c"], "n": 3}, ended)
+    got = ledger.get(record.run_id)
+    assert got is not None
+    assert (got.status, got.summary, dict(got.details)) == (Status.FAIL, "3 of 5 down", {"down": ["a", "b", "c"], "n": 3})
+    assert got.started_at == to_ms(T0)
+    assert got.scheduled_at == to_ms(T0 - timedelta(milliseconds=5))
+    assert got.finished_at == to_ms(ended)
+    assert got.duration_s == 2.5
+    assert (got.job_id, got.kind, got.host, got.version) == ("backup", "command", "worker-1", "0.1.0")
+
+
+def test_first_final_status_wins(ledger: Ledger) -> None:
+    """Once a run is interrupted, its late thread cannot overwrite it with ok."""
+    record = run()
+    ledger.start(record)
+    assert ledger.finish(record.run_id, Status.INTERRUPTED, "stopped", {}, T0 + timedelta(seconds=1))
+    assert not ledger.finish(record.run_id, Status.OK, "fine", {}, T0 + timedelta(seconds=2))
+    assert ledger.get(record.run_id).status is Status.INTERRUPTED  # type: ignore[union-attr]
+
+
+def test_finish_of_unknown_run_is_false(ledger: Ledger) -> None:
+    """Finishing a run that was never started changes nothing."""
+    assert not ledger.finish("nope", Status.OK, "", {}, T0)
+    assert ledger.get("nope") is None
+
+
+def test_recent_is_newest_first_filtered_and_limited(ledger: Ledger) -> None:
+    """History lists newest first, per job or for all, up to the limit."""
+    for i in range(5):
+        ledger.record(finished("backup", T0 + timedelta(minutes=i), f"b{i}"))
+    ledger.record(finished("health", T0 + timedelta(minutes=10), "h"))
+    assert [r.summary for r in ledger.recent(limit=3)] == ["h", "b4", "b3"]
+    assert [r.summary for r in ledger.recent("backup", limit=10)] == ["b4", "b3", "b2", "b1", "b0"]
+    assert ledger.recent("nothing") == []
+
+
+def test_record_keeps_a_missed_run(ledger: Ledger) -> None:
+    """A run that never happened is stored as `missed` with its reason."""
+    missed = replace(run(), status=Status.MISSED, finished_at=T0, summary="missed: 12m late")
+    ledger.record(missed)
+    got = ledger.get(missed.run_id)
+    assert got is not None
+    assert (got.status, got.summary, got.duration_s) == (Status.MISSED, "missed: 12m late", 0.0)
+
+
+def test_interrupt_stale_marks_only_this_hosts_running_rows(ledger: Ledger) -> None:
+    """After a crash, this host's `running` rows become `interrupted`; other hosts' are left."""
+    mine, other, done = run(), replace(run(), host="worker-2"), run()
+    for record in (mine, other, done):
+        ledger.start(record)
+    ledger.finish(done.run_id, Status.OK, "", {}, T0 + timedelta(seconds=1))
+    assert ledger.interrupt_stale("worker-1", T0 + timedelta(minutes=1)) == 1
+    assert ledger.get(mine.run_id).status is Status.INTERRUPTED  # type: ignore[union-attr]
+    assert ledger.get(other.run_id).status is Status.RUNNING  # type: ignore[union-attr]
+    assert ledger.get(done.run_id).status is Status.OK  # type: ignore[union-attr]
+
+
+def test_job_state_round_trips_and_is_per_job(ledger: Ledger) -> None:
+    """Each job remembers JSON values under keys; overwriting replaces; jobs do not share."""
+    state, other = JobState(ledger, "backup"), JobState(ledger, "health")
+    assert state.get("last_good", "none") == "none"
+    state.set("last_good", {"key": "2026/11/26.archive", "collections": {"users": 12}, "ok": True})
+    state.set("streak", 1)
+    state.set("streak", 2)
+    assert state.get("last_good") == {"key": "2026/11/26.archive", "collections": {"users": 12}, "ok": True}
+    assert state.get("streak") == 2
+    assert other.get("streak") is None
+
+
+def test_state_survives_reopening(tmp_path: Path) -> None:
+    """SQLite state and history survive a restart (a new ledger on the same file)."""
+    path = str(tmp_path / "l.db")
+    first = open_ledger(path)
+    first.set_state("j", "k", [1, 2])
+    first.record(replace(run(), status=Status.OK, finished_at=T0))
+    first.close()
+    second = open_ledger(path)
+    assert second.get_state("j", "k") == [1, 2]
+    assert len(second.recent()) == 1
+    second.close()
