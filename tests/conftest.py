@@ -64,8 +64,10 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def write(path: Path, text: str) -> Path:
-    """Write `text` to `path` and return the path."""
-    path.write_text(text, encoding="utf-8")
+    """Write `text` to `path` atomically (as editors save), so a watcher never sees half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
     return path
 
 
@@ -102,6 +104,7 @@ class DaemonProcess:
             with self._cond:
                 self.events.append(event)
                 self._cond.notify_all()
+        self.proc.stdout.close()
         with self._cond:
             self.events.append({"event": "(eof)"})
             self._cond.notify_all()
@@ -110,6 +113,7 @@ class DaemonProcess:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.stderr += line
+        self.proc.stderr.close()
 
     def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], *, after: int = 0, timeout: float = 30
@@ -157,7 +161,7 @@ def daemon_factory() -> Iterator[Callable[[Path, dict[str, str]], DaemonProcess]
     for daemon in started:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
-            daemon.proc.wait(10)
+        daemon.terminate()
 
 
 # --- a local Sentry: accepts envelopes over real HTTP ---------------------------------

@@ -13,13 +13,14 @@ import time
 import traceback
 import uuid
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
 from worker import registry
-from worker.job import JobContext, Outcome, Status, TransientError
+from worker.job import Job, JobContext, Outcome, Status, TransientError
 from worker.ledger import JobState, Ledger, RunRecord, utc_now
 from worker.reporting.log import get_logger
 from worker.reporting.redact import Redactor
@@ -57,7 +58,15 @@ class _Handle:
 class Runner:
     """Runs jobs and reports every run; shared by the daemon and `opskeeper run-now`."""
 
-    def __init__(self, ledger: Ledger, sentry: SentryReporter, redactor: Redactor, tz: zoneinfo.ZoneInfo) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        sentry: SentryReporter,
+        redactor: Redactor,
+        tz: zoneinfo.ZoneInfo,
+        build: Callable[[str, Any], Job] = registry.build,
+    ) -> None:
+        self.build = build
         self.ledger = ledger
         self.sentry = sentry
         self.redact = redactor
@@ -162,7 +171,7 @@ class Runner:
         thread = threading.Thread(target=work, name=f"job:{job.id}", daemon=True)
         thread.start()
         handle.wake.wait(timeout)
-        if handle.outcome is not None:
+        if handle.outcome is not None and not handle.interrupted:
             return handle.outcome
         handle.cancel.set()
         if handle.interrupted:
@@ -174,7 +183,7 @@ class Runner:
         return Outcome(Status.TIMEOUT, f"did not finish within its timeout of {format_duration(job.timeout)}")
 
     def _attempts(self, job: JobSpec, ctx: JobContext, log: Any) -> Outcome:
-        instance = registry.build(job.kind, job.options)
+        instance = self.build(job.kind, job.options)
         for attempt in range(job.retries + 1):
             try:
                 outcome = instance.run(ctx)

@@ -409,6 +409,10 @@ class _Validator:
                     f"{error['input']!r} is not a valid id: use 1-50 lowercase letters, digits, '-' or '_', "
                     "starting with a letter or digit (it becomes the Sentry monitor slug)",
                 )
+            elif kind == "string_type" and isinstance(error.get("input"), bool | int | float):
+                value = error["input"]
+                self._add(loc, f"expected a string, got {value!r}: YAML reads unquoted {str(value).lower()} as a "
+                               f"{_kind(value)}; put it in quotes")  # fmt: skip
             elif kind == "value_error":
                 self._add(loc, str(error["ctx"]["error"]))
             else:
