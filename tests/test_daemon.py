@@ -105,7 +105,7 @@ def test_sigterm_during_a_long_job_exits_0_and_records_interrupted(
 ) -> None:
     """SIGTERM: running jobs get the grace, then are recorded `interrupted`; exit code 0; child killed."""
     pid_file = tmp_path / "sleep.pid"
-    script = f"[\"echo $$$$ > {pid_file}; exec sleep 60\"]"  # $$ is YAML-escaped $
+    script = f'["echo $$$$ > {pid_file}; exec sleep 60"]'  # $$ is YAML-escaped $
     config = write(tmp_path / "jobs.yaml", "jobs:\n  - id: long\n    kind: command\n    schedule: every 1s\n"
                    f"    timeout: 5m\n    options:\n      shell: true\n      argv: {script}\n")  # fmt: skip
     daemon = daemon_factory(config, {**env, "OPSKEEPER_SHUTDOWN_GRACE": "1s"})
@@ -122,9 +122,7 @@ def test_sigterm_during_a_long_job_exits_0_and_records_interrupted(
     assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
-def test_hung_job_past_timeout_does_not_stop_others(
-    tmp_path: Path, env: dict[str, str], daemon_factory: Start
-) -> None:
+def test_hung_job_past_timeout_does_not_stop_others(tmp_path: Path, env: dict[str, str], daemon_factory: Start) -> None:
     """A job that hangs (ignoring SIGTERM) is recorded `timeout`; other jobs keep their schedule."""
     hang = "  - id: hang\n    kind: command\n    schedule: every 1s\n    timeout: 1s\n    options:\n" \
            "      shell: true\n      argv: [\"trap '' TERM; sleep 30\"]\n"  # fmt: skip

@@ -58,7 +58,11 @@ def test_start_then_finish_records_the_whole_run(ledger: Ledger) -> None:
     assert ledger.finish(record.run_id, Status.FAIL, "3 of 5 down", {"down": ["a", "b", "c"], "n": 3}, ended)
     got = ledger.get(record.run_id)
     assert got is not None
-    assert (got.status, got.summary, dict(got.details)) == (Status.FAIL, "3 of 5 down", {"down": ["a", "b", "c"], "n": 3})
+    assert (got.status, got.summary, dict(got.details)) == (
+        Status.FAIL,
+        "3 of 5 down",
+        {"down": ["a", "b", "c"], "n": 3},
+    )
     assert got.started_at == to_ms(T0)
     assert got.scheduled_at == to_ms(T0 - timedelta(milliseconds=5))
     assert got.finished_at == to_ms(ended)

@@ -144,8 +144,8 @@ def test_interrupt_all_records_interrupted(ledger: SqliteLedger) -> None:
 
 def test_secrets_are_masked_before_the_ledger(ledger: SqliteLedger) -> None:
     """A secret in a summary or details is stored masked; so is a connection-string password."""
-    job = Scripted(lambda ctx: Outcome(Status.FAIL, "login with tok_live_123456 failed",
-                                       {"uri": "mongodb://app:pw-9876@db:27017/x", "note": "tok_live_123456"}))  # fmt: skip
+    details = {"uri": "mongodb://app:pw-9876@db:27017/x", "note": "tok_live_123456"}
+    job = Scripted(lambda ctx: Outcome(Status.FAIL, "login with tok_live_123456 failed", details))
     record = runner_for(job, ledger, secrets=("tok_live_123456",)).run(spec())
     stored = ledger.get(record.run_id)
     assert stored is not None
@@ -169,7 +169,9 @@ def test_missed_is_recorded(ledger: SqliteLedger) -> None:
     """A missed run is a ledger row with its reason."""
     from worker.ledger import utc_now
 
-    record = runner_for(Scripted(lambda ctx: Outcome(Status.OK, "")), ledger).missed(spec(), utc_now(), "missed: 12m late")
+    record = runner_for(Scripted(lambda ctx: Outcome(Status.OK, "")), ledger).missed(
+        spec(), utc_now(), "missed: 12m late"
+    )
     stored = ledger.get(record.run_id)
     assert stored is not None
     assert (stored.status, stored.summary) == (Status.MISSED, "missed: 12m late")

@@ -165,4 +165,7 @@ def test_descriptions_read_as_words() -> None:
     assert describe(parse_schedule("0 3 * * 0")) == "at 03:00, on Sunday"
     assert describe(parse_schedule("every 90s")) == "every 1m30s"
     assert describe(parse_schedule("@quarterly")) == "at 00:00, on day 1 of the month in Jan, Apr, Jul, Oct"
-    assert describe(parse_schedule("*/5 * * * *")) == "at minute 0,5,10,15,20,25,30,35,40,45,50,55 of every hour, every day"
+    assert (
+        describe(parse_schedule("*/5 * * * *"))
+        == "at minute 0,5,10,15,20,25,30,35,40,45,50,55 of every hour, every day"
+    )

@@ -88,7 +88,8 @@ def _ledger(settings: Settings, redactor: Redactor) -> Ledger:
     try:
         return open_ledger(target)
     except Exception as exc:  # noqa: BLE001 - any driver error: say where and why, without secrets
-        raise _CliError(f"cannot open the ledger {redactor.text(target)}: {redactor.text(str(exc))}", 3) from None
+        reason = redactor.text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:300]
+        raise _CliError(f"cannot open the ledger {redactor.text(target)}: {reason}", 3) from None
 
 
 def _reporting(settings: Settings, config: ScheduleConfig | None) -> tuple[Redactor, SentryReporter]:

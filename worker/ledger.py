@@ -260,7 +260,11 @@ class MongoLedger:
     def __init__(self, url: str) -> None:
         from pymongo import ASCENDING, DESCENDING, MongoClient
 
-        self._client: Any = MongoClient(url, tz_aware=True, appname="opskeeper", serverSelectionTimeoutMS=10_000)
+        # An operator's serverSelectionTimeoutMS in the URL wins; otherwise fail in 10 s, not 30.
+        options: dict[str, Any] = {"tz_aware": True, "appname": "opskeeper"}
+        if "serverselectiontimeoutms" not in url.lower():
+            options["serverSelectionTimeoutMS"] = 10_000
+        self._client: Any = MongoClient(url, **options)
         name = urlsplit(url).path.lstrip("/") or "opskeeper"
         db = self._client[name]
         self._runs = db["runs"]

@@ -10,6 +10,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -66,10 +67,17 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _SecretFiles(settings_cls))
 
     def secret_values(self) -> list[str]:
-        """Every secret's plain value, for the redactors."""
-        values = [self.ledger.get_secret_value()] if "://" in self.ledger.get_secret_value() else []
-        if self.sentry_dsn is not None:
-            values.append(self.sentry_dsn.get_secret_value())
+        """Every secret's plain value (and the credential parts of secret URLs), for the redactors."""
+        values: list[str] = []
+        for secret in (self.ledger, self.sentry_dsn):
+            if secret is None:
+                continue
+            text = secret.get_secret_value()
+            if "://" not in text:
+                continue  # a SQLite path is not secret
+            parts = urlsplit(text)
+            # The password, or a DSN's key: masking these keeps the rest of the URL readable.
+            values.extend(v for v in (parts.password, parts.username if parts.password is None else None) if v)
         return values
 
 

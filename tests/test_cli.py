@@ -1,0 +1,153 @@
+"""The command line: jobs, run-now exit codes, history, settings errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import opskeeper, write
+
+SCHEDULE = """\
+timezone: Europe/Berlin
+jobs:
+  - id: sunday-backup
+    kind: command
+    schedule: "0 3 * * 7"
+    options: {argv: ["true"]}
+  - id: probe
+    kind: command
+    schedule: every 90s
+    options: {argv: ["true"]}
+  - id: paused
+    kind: command
+    schedule: "@quarterly"
+    enabled: false
+    options: {argv: ["true"]}
+  - id: warns
+    kind: command
+    schedule: "@daily"
+    options: {shell: true, argv: ["echo 2 outdated >&2; exit 1"], warn_codes: [1]}
+  - id: fails
+    kind: command
+    schedule: "@daily"
+    options: {shell: true, argv: ["exit 2"]}
+  - id: errors
+    kind: command
+    schedule: "@daily"
+    options: {argv: ["/nonexistent/program"]}
+"""
+
+
+def test_jobs_json_lists_next_three_runs_in_the_timezone(tmp_path: Path, env: dict[str, str]) -> None:
+    """`jobs --json --now` gives each job's schedule and next 3 runs with the zone's offset."""
+    config = write(tmp_path / "jobs.yaml", SCHEDULE)
+    result = opskeeper("jobs", "--config", str(config), "--now", "2026-03-20T12:00:00+01:00", "--json", env=env)
+    assert result.code == 0, result.stderr
+    rows = {row["id"]: row for row in json.loads(result.stdout)}
+    assert rows["sunday-backup"] == {
+        "id": "sunday-backup",
+        "kind": "command",
+        "schedule": "0 3 * * 7",
+        "description": "at 03:00, on Sunday",
+        "timezone": "Europe/Berlin",
+        "enabled": True,
+        "next_runs": ["2026-03-22T03:00:00+01:00", "2026-03-29T03:00:00+02:00", "2026-04-05T03:00:00+02:00"],
+    }
+    assert rows["probe"]["next_runs"] == [
+        "2026-03-20T12:01:30+01:00", "2026-03-20T12:03:00+01:00", "2026-03-20T12:04:30+01:00"
+    ]  # fmt: skip
+    assert rows["paused"]["enabled"] is False
+    assert rows["paused"]["next_runs"] == []
+
+
+def test_jobs_text_shows_schedule_in_words(tmp_path: Path, env: dict[str, str]) -> None:
+    """The text form names each job, its schedule in words and its next runs."""
+    config = write(tmp_path / "jobs.yaml", SCHEDULE)
+    result = opskeeper("jobs", "--config", str(config), "--now", "2026-11-26T12:00:00", env=env)
+    assert result.code == 0
+    assert "sunday-backup  [command]  0 3 * * 7 — at 03:00, on Sunday (Europe/Berlin)" in result.stdout
+    assert "    next: 2026-11-29T03:00:00+01:00" in result.stdout
+    assert "paused" in result.stdout
+    assert "(disabled)" in result.stdout
+
+
+def test_bad_now_is_a_clear_error(tmp_path: Path, env: dict[str, str]) -> None:
+    """An unparseable --now is named with the expected format."""
+    config = write(tmp_path / "jobs.yaml", SCHEDULE)
+    result = opskeeper("jobs", "--config", str(config), "--now", "next tuesday", env=env)
+    assert result.code == 2
+    assert "--now 'next tuesday': not an ISO 8601 time" in result.stderr
+
+
+def test_run_now_exits_like_a_monitoring_plugin(tmp_path: Path, env: dict[str, str]) -> None:
+    """run-now exits 0 ok, 1 warn, 2 fail, 3 error, and prints the outcome as JSON."""
+    config = write(tmp_path / "jobs.yaml", SCHEDULE)
+    codes = {}
+    for job_id in ("sunday-backup", "warns", "fails", "errors"):
+        result = opskeeper("run-now", job_id, "--config", str(config), "--json", env=env)
+        out = json.loads(result.stdout[result.stdout.index("{\n") :])
+        assert set(out) == {"run_id", "job_id", "status", "summary", "details"}
+        assert out["job_id"] == job_id
+        codes[job_id] = (result.code, out["status"])
+    assert codes == {"sunday-backup": (0, "ok"), "warns": (1, "warn"), "fails": (2, "fail"), "errors": (3, "error")}
+
+
+def test_run_now_unknown_job_lists_the_jobs(tmp_path: Path, env: dict[str, str]) -> None:
+    """An unknown job id exits 2 and names the ids that exist."""
+    config = write(tmp_path / "jobs.yaml", SCHEDULE)
+    result = opskeeper("run-now", "backup", "--config", str(config), env=env)
+    assert result.code == 2
+    assert "no job 'backup' in" in result.stderr
+    assert "sunday-backup, probe, paused, warns, fails, errors" in result.stderr
+
+
+def test_history_lists_recorded_runs_newest_first(tmp_path: Path, env: dict[str, str]) -> None:
+    """history --json returns the runs run-now recorded, newest first, filterable and limited."""
+    config = write(tmp_path / "jobs.yaml", SCHEDULE)
+    for job_id in ("sunday-backup", "fails", "warns"):
+        opskeeper("run-now", job_id, "--config", str(config), env=env)
+    runs = json.loads(opskeeper("history", "--json", env=env).stdout)
+    assert [r["job_id"] for r in runs] == ["warns", "fails", "sunday-backup"]
+    assert set(runs[0]) == {"run_id", "job_id", "kind", "status", "scheduled_at", "started_at", "finished_at",
+                            "duration_s", "summary"}  # fmt: skip
+    assert runs[1]["status"] == "fail"
+    only = json.loads(opskeeper("history", "--job", "fails", "--json", env=env).stdout)
+    assert [r["job_id"] for r in only] == ["fails"]
+    assert len(json.loads(opskeeper("history", "--limit", "2", "--json", env=env).stdout)) == 2
+    text = opskeeper("history", env=env).stdout
+    assert "warn" in text
+    assert "fails" in text
+
+
+def test_bad_environment_names_the_variable(tmp_path: Path, env: dict[str, str]) -> None:
+    """An invalid setting exits 2 naming the variable and the allowed values."""
+    result = opskeeper("history", env={**env, "OPSKEEPER_LOG_FORMAT": "xml"})
+    assert result.code == 2
+    assert "OPSKEEPER_LOG_FORMAT: Input should be 'json' or 'console' (got 'xml')" in result.stderr
+
+
+def test_unreadable_secret_file_names_the_variable(tmp_path: Path, env: dict[str, str]) -> None:
+    """SENTRY_DSN_FILE pointing nowhere is one clear line naming the variable and the path."""
+    missing = tmp_path / "dsn"
+    result = opskeeper("history", env={**env, "SENTRY_DSN_FILE": str(missing)})
+    assert result.code == 2
+    assert f"SENTRY_DSN_FILE={missing}: cannot read the secret file: No such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_mongodb_ledger_is_a_clear_error_without_password(env: dict[str, str]) -> None:
+    """A MongoDB ledger that cannot be reached: exit 3, the reason, and no password."""
+    from tests.conftest import free_port_closed
+
+    url = f"mongodb://ops:TopSecretPw@127.0.0.1:{free_port_closed()}/ops?serverSelectionTimeoutMS=300"
+    result = opskeeper("history", env={**env, "OPSKEEPER_LEDGER": url})
+    assert result.code == 3
+    assert "cannot open the ledger mongodb://ops:***@127.0.0.1" in result.stderr
+    assert "TopSecretPw" not in result.stderr + result.stdout
+
+
+def test_python_dash_m_worker_is_the_opskeeper_command(env: dict[str, str]) -> None:
+    """`python -m worker --version` answers like the console script."""
+    result = opskeeper("--version", env=env)
+    assert result.code == 0
+    assert result.stdout.startswith("opskeeper ")
