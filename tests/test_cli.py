@@ -151,3 +151,16 @@ def test_python_dash_m_worker_is_the_opskeeper_command(env: dict[str, str]) -> N
     result = opskeeper("--version", env=env)
     assert result.code == 0
     assert result.stdout.startswith("opskeeper ")
+
+
+def test_mongodb_ledger_end_to_end(tmp_path: Path, env: dict[str, str], mongo_uri: str) -> None:
+    """With OPSKEEPER_LEDGER set to a MongoDB URL, run-now records there and history reads it back."""
+    import uuid
+
+    config = write(tmp_path / "jobs.yaml", SCHEDULE)
+    mongo_env = {**env, "OPSKEEPER_LEDGER": f"{mongo_uri.rstrip('/')}/cli_{uuid.uuid4().hex[:8]}"}
+    ran = opskeeper("run-now", "fails", "--config", str(config), "--json", env=mongo_env)
+    assert ran.code == 2, ran.stderr
+    run_id = json.loads(ran.stdout[ran.stdout.index("{\n") :])["run_id"]
+    runs = json.loads(opskeeper("history", "--json", env=mongo_env).stdout)
+    assert [(r["run_id"], r["status"]) for r in runs] == [(run_id, "fail")]

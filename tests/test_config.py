@@ -160,6 +160,13 @@ CASES = [
         "2:3: defaults.retrys: unknown key 'retrys'; did you mean 'retries'?",
     ),
     (
+        "secret in argv",
+        "jobs:\n  - id: deps\n    kind: command\n    schedule: '@weekly'\n"
+        "    options: {argv: [pnpm, audit, '--token=${NPM_TOKEN:-x}']}\n",
+        "5:35: jobs[0] (deps).options.argv[2]: ${NPM_TOKEN} is a secret and argv is visible in the process list; "
+        "pass it in options.env and refer to it there (in a shell script as $NPM_TOKEN)",
+    ),
+    (
         "duplicate key in a job",
         "jobs:\n  - id: deps\n    kind: command\n    schedule: '@weekly'\n    schedule: '@daily'\n"
         "    options: {argv: [x]}\n",
@@ -251,9 +258,10 @@ def test_interpolation_defaults_escapes_and_secret_tracking(tmp_path: Path) -> N
 def test_variable_file_supplies_a_secret(tmp_path: Path) -> None:
     """`${VAR}` falls back to the file named by VAR_FILE, and that value counts as secret."""
     secret = write(tmp_path / "token", "s3cret-from-file\n")
-    text = "jobs:\n  - id: deps\n    kind: command\n    schedule: '@weekly'\n    options: {argv: [x, '${TOKEN}']}\n"
+    text = "jobs:\n  - id: deps\n    kind: command\n    schedule: '@weekly'\n"
+    text += "    options: {argv: [x], env: {T: '${TOKEN}'}}\n"
     config = load_config(write(tmp_path / "j.yaml", text), OPTIONS, env={"TOKEN_FILE": str(secret)})
-    assert config.jobs[0].options.argv[1] == "s3cret-from-file"
+    assert config.jobs[0].options.env["T"] == "s3cret-from-file"
     assert "s3cret-from-file" in config.secrets
 
 

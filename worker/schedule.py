@@ -220,21 +220,28 @@ class _Reader:
                 self._problem(node, loc, f"${{{name}}} is not a valid environment variable name")
                 return ""
             value = self.env.get(name)
-            if value is None and self.env.get(f"{name}_FILE"):
+            from_file = value is None and bool(self.env.get(f"{name}_FILE"))
+            if from_file:
                 try:
                     value = read_secret_file(f"{name}_FILE", self.env[f"{name}_FILE"])
                 except SettingsError as exc:
                     self._problem(node, loc, str(exc))
                     return ""
-                self.secrets.add(value)
+            secret = from_file or bool(SECRET_NAME.search(name))
+            if secret and "argv" in loc:
+                # Every user of the host can read a process's arguments (ps, /proc).
+                self._problem(
+                    node, loc, f"${{{name}}} is a secret and argv is visible in the process list; pass it "
+                    f"in options.env and refer to it there (in a shell script as ${name})",
+                )  # fmt: skip
             if value is None or (value == "" and default is not None):
                 if default is None:
                     self._problem(
                         node, loc, f"environment variable {name} is not set (write ${{{name}:-default}} for a default)"
                     )
                     return ""
-                value = default
-            if SECRET_NAME.search(name) and value:
+                return default
+            if secret:
                 self.secrets.add(value)
             return value
 
