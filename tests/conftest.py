@@ -311,3 +311,15 @@ def stuck_server() -> Iterator[int]:
     listener.close()
     while not accepted.empty():
         accepted.get().close()
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """Tests that configure structlog (to capture it) leave no global set-up behind."""
+    yield
+    import logging
+
+    import structlog
+
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()

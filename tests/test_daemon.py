@@ -6,7 +6,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import DaemonProcess, write
+from tests.conftest import DaemonProcess, SentryReceiver, write
 from worker.job import Status
 from worker.ledger import SqliteLedger
 
@@ -80,10 +80,12 @@ def test_changed_job_is_rescheduled_and_unchanged_job_is_left_alone(
     assert newest.details["stdout_tail"] == "two\n"
 
 
-def test_invalid_edit_keeps_the_running_schedule(tmp_path: Path, env: dict[str, str], daemon_factory: Start) -> None:
-    """A broken save is logged with FILE:LINE:COL, and the old schedule keeps running."""
+def test_invalid_edit_keeps_the_running_schedule(
+    tmp_path: Path, env: dict[str, str], daemon_factory: Start, sentry: SentryReceiver
+) -> None:
+    """A broken save is logged with FILE:LINE:COL and sent to Sentry, and the old schedule keeps running."""
     config = write(tmp_path / "jobs.yaml", "jobs:\n" + job("steady", "every 1s", "['true']"))
-    daemon = daemon_factory(config, {**env, "OPSKEEPER_RELOAD_POLL": "100ms"})
+    daemon = daemon_factory(config, {**env, "OPSKEEPER_RELOAD_POLL": "100ms", "SENTRY_DSN": sentry.dsn})
     daemon.finished("steady")
     write(config, "jobs:\n" + job("steady", "'0 3 * * 8'", "['true']"))
     bad_at, invalid = daemon.wait_for(lambda e: e["event"] == "config.invalid")
@@ -94,6 +96,9 @@ def test_invalid_edit_keeps_the_running_schedule(tmp_path: Path, env: dict[str, 
     ]
     index, _ = daemon.finished("steady", after=bad_at)
     daemon.finished("steady", after=index + 1)
+    problem = next(e for e in sentry.wait_items("event", 1) if e["fingerprint"] == ["opskeeper", "config-invalid"])
+    assert problem["level"] == "error"
+    assert "day-of-week: 8 is out of range" in str(problem)
     # SIGHUP asks again explicitly, and the same error is reported again.
     daemon.proc.send_signal(signal.SIGHUP)
     daemon.wait_for(lambda e: e["event"] == "config.invalid", after=bad_at + 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -13,6 +14,7 @@ import pytest
 
 from worker.job import Job, JobContext, JobOptions, Outcome, Status, TransientError
 from worker.ledger import SqliteLedger
+from worker.reporting.log import configure
 from worker.reporting.redact import Redactor
 from worker.reporting.sentry import SentryReporter
 from worker.runner import Runner
@@ -175,3 +177,29 @@ def test_missed_is_recorded(ledger: SqliteLedger) -> None:
     stored = ledger.get(record.run_id)
     assert stored is not None
     assert (stored.status, stored.summary) == (Status.MISSED, "missed: 12m late")
+
+
+def test_ledger_outage_does_not_stop_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """When the MongoDB ledger goes away mid-life, runs still complete, and the outage is logged."""
+    configure("json", Redactor())
+    from secantus import SecantusDBServer
+
+    from worker.ledger import MongoLedger
+
+    server = SecantusDBServer(storage_path=str(tmp_path / "db"))
+    server.start()
+    ledger = MongoLedger(f"{server.uri.rstrip('/')}/ops?serverSelectionTimeoutMS=200")
+    server.stop()
+    redactor = Redactor()
+    sentry = SentryReporter(None, environment="test", release=None, traces_sample_rate=0, redactor=redactor)
+    job = Scripted(lambda ctx: Outcome(Status.OK, "still works"))
+    runner = Runner(ledger, sentry, redactor, ZoneInfo("UTC"), build=lambda kind, options: job)
+    record = runner.run(spec())
+    assert (record.status, record.summary, job.calls) == (Status.OK, "still works", 1)
+    ledger.close()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert {(e["event"], e.get("operation")) for e in lines if e["event"] == "ledger.error"} == {
+        ("ledger.error", "start"),
+        ("ledger.error", "finish"),
+    }
+    assert any(e["event"] == "job.finished" and e["status"] == "ok" for e in lines)
