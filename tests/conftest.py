@@ -323,3 +323,81 @@ def _reset_logging() -> Iterator[None]:
 
     structlog.reset_defaults()
     logging.getLogger().handlers.clear()
+
+
+# --- a local app: programmable HTTP(S) endpoints ---------------------------------------
+
+
+@dataclass
+class Reply:
+    """What the app answers to one request."""
+
+    status: int = 200
+    body: bytes | str | dict[str, Any] = b'{"status": "OK"}'
+    headers: dict[str, str] = field(default_factory=dict)
+    wait: threading.Event | None = None
+    wait_timeout: float = 0.0
+
+
+class AppServer:
+    """A real HTTP server whose routes are functions of how often they were called."""
+
+    def __init__(self, ssl_context: Any = None) -> None:
+        self.routes: dict[str, Callable[[int], Reply]] = {}
+        self.calls: dict[str, int] = {}
+        lock = threading.Lock()
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _serve(self) -> None:
+                with lock:
+                    n = app.calls.get(self.path, 0)
+                    app.calls[self.path] = n + 1
+                route = app.routes.get(self.path)
+                reply = route(n) if route else Reply(404, b"not found")
+                if reply.wait is not None:
+                    reply.wait.wait(reply.wait_timeout)
+                body = reply.body
+                if isinstance(body, dict):
+                    body = json.dumps(body).encode()
+                elif isinstance(body, str):
+                    body = body.encode()
+                self.send_response(reply.status)
+                for key, value in reply.headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_HEAD = _serve  # noqa: N815 - http.server's naming
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.scheme = "http"
+        if ssl_context is not None:
+            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        """The full URL of a path on this server."""
+        return f"{self.scheme}://{host}:{self.server.server_address[1]}{path}"
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def app() -> Iterator[AppServer]:
+    """A local HTTP app per test."""
+    server = AppServer()
+    yield server
+    server.close()

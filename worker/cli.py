@@ -9,19 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from worker import registry
-from worker.ledger import Ledger, open_ledger
+from worker.ledger import CHECKS_KEPT, Ledger, open_ledger
 from worker.reporting.log import configure
 from worker.reporting.redact import Redactor
 from worker.reporting.sentry import SentryReporter
 from worker.runner import Runner, version
 from worker.schedule import ConfigError, ScheduleConfig, load_config
 from worker.settings import Settings, SettingsError, load_settings
-from worker.timespec import describe, parse_duration, upcoming
+from worker.timespec import describe, format_duration, parse_duration, upcoming
 
 EXIT_CONFIG = 2
 
@@ -72,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--job", help="only this job's runs")
     history.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
     history.add_argument("--json", action="store_true", help="print JSON")
+    uptime = command("uptime", "Uptime, latency and outages of health endpoints over a window.", _uptime,
+                     config=False)  # fmt: skip
+    uptime.add_argument("--job", help="only this job's endpoints")
+    uptime.add_argument("--endpoint", help="only this endpoint")
+    uptime.add_argument("--window", default="24h", help="how far back: 24h, 7d, 30d, ... (default 24h)")
+    uptime.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -208,4 +214,37 @@ def _history(args: argparse.Namespace, settings: Settings) -> int:
         local = r.started_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
         took = "" if r.duration_s is None else f"{r.duration_s:7.2f}s"
         print(f"{local}  {r.status.value:<11} {took:>8}  {r.job_id:<24} {r.summary}")
+    return 0
+
+
+def _uptime(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.health import uptime_report
+
+    try:
+        window = parse_duration(args.window)
+    except ValueError as exc:
+        raise _CliError(f"--window: {exc}") from None
+    if window > CHECKS_KEPT:
+        raise _CliError(f"--window {args.window}: checks are kept for {CHECKS_KEPT.days} days at most")
+    now = datetime.now(UTC)
+    redactor = Redactor(settings.secret_values())
+    ledger = _ledger(settings, redactor)
+    try:
+        checks = ledger.checks(now - window, args.job, args.endpoint)
+    finally:
+        ledger.close()
+    report = uptime_report(checks, args.window, now)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    if not report:
+        print(f"no health checks recorded in the last {args.window}")
+    for row in report:
+        lat = row["latency_ms"]
+        print(f"{row['job_id']}/{row['endpoint']}: {row['uptime_pct']:.3f}% up over {row['window']} — "
+              f"{row['checks']} checks, {row['failures']} failed, {row['degraded']} degraded; "
+              f"latency p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms")  # fmt: skip
+        for outage in row["outages"]:
+            end = outage["end"] or "ongoing"
+            print(f"    outage {outage['start']} → {end} ({format_duration(timedelta(seconds=outage['duration_s']))})")
     return 0

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -60,10 +60,47 @@ class Outcome:
     #: Groups repeats of the same problem into one Sentry issue; by default the summary
     #: with its numbers blanked, so "3 of 5 down" and "4 of 5 down" are one problem.
     fingerprint: str | None = None
+    #: The job already reported this outcome's problem itself, through notices on state
+    #: changes (a health probe alerts once per outage, not once per run). The runner then
+    #: raises no `alert_on` event, and a FAIL checks in to Sentry Crons as a run that worked.
+    alerted: bool = False
 
     def problem_key(self) -> str:
         """The part of the Sentry fingerprint that names the problem."""
         return self.fingerprint or _NUMBERS.sub("#", self.summary)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something a job tells the operator mid-run: an outage began, a service recovered."""
+
+    level: Literal["info", "warning", "error"]
+    message: str
+    #: Groups repeats into one Sentry issue; the runner prefixes it with the job id.
+    fingerprint: tuple[str, ...]
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    """One probe of one endpoint, kept so uptime can be computed over a window."""
+
+    job_id: str
+    endpoint: str
+    at: datetime
+    verdict: str
+    """ok | degraded | fail | rate_limited"""
+    state: str
+    """the endpoint's state after this check: UNKNOWN | UP | DEGRADED | DOWN"""
+    status_code: int | None = None
+    latency_ms: float | None = None
+    reason: str = ""
+
+
+class CheckLog(Protocol):
+    """Where a job records its probe checks."""
+
+    def record(self, checks: list[CheckRecord]) -> None: ...
 
 
 class TransientError(Exception):
@@ -98,6 +135,9 @@ class JobContext:
     """Set when the run timed out or the daemon is stopping: stop work and return soon."""
     log: Callable[..., None]
     """log(event, **fields): a structured log line bound to this run (redacted)."""
+    notify: Callable[[Notice], None] = field(default=lambda notice: None)
+    """Send a notice to the log and to Sentry (redacted), now, not at the end of the run."""
+    checks: CheckLog | None = None
 
 
 class Job(Protocol):

@@ -13,12 +13,12 @@ import sqlite3
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from worker.job import Status
+from worker.job import CheckRecord, Status
 
 
 def utc_now() -> datetime:
@@ -99,8 +99,35 @@ class Ledger(Protocol):
     def set_state(self, job_id: str, key: str, value: Any) -> None:
         """Remember a JSON value for a job across runs and restarts."""
 
+    def record_checks(self, checks: list[CheckRecord]) -> None:
+        """Keep probe checks for uptime figures."""
+
+    def checks(self, since: datetime, job_id: str | None = None, endpoint: str | None = None) -> list[CheckRecord]:
+        """Checks at or after `since`, oldest first."""
+
+    def prune_checks(self, job_id: str, before: datetime) -> int:
+        """Forget a job's checks older than `before` (past the longest uptime window); how many."""
+
     def close(self) -> None:
         """Release connections."""
+
+
+#: The longest window `opskeeper uptime` reports; older checks are pruned.
+CHECKS_KEPT = timedelta(days=31)
+
+
+class JobChecks:
+    """The CheckLog a job sees: records its checks and keeps the table bounded."""
+
+    def __init__(self, ledger: Ledger, job_id: str) -> None:
+        self._ledger = ledger
+        self._job_id = job_id
+
+    def record(self, checks: list[CheckRecord]) -> None:
+        if not checks:
+            return
+        self._ledger.record_checks(checks)
+        self._ledger.prune_checks(self._job_id, max(c.at for c in checks) - CHECKS_KEPT)
 
 
 class JobState:
@@ -149,6 +176,18 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job_id, started_at);
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
+CREATE TABLE IF NOT EXISTS checks (
+    job_id TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    at TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    state TEXT NOT NULL,
+    status_code INTEGER,
+    latency_ms REAL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS checks_by_job ON checks (job_id, at);
+CREATE INDEX IF NOT EXISTS checks_by_time ON checks (at);
 CREATE TABLE IF NOT EXISTS job_state (
     job_id TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -157,6 +196,7 @@ CREATE TABLE IF NOT EXISTS job_state (
     PRIMARY KEY (job_id, key)
 );
 """
+_CHECK_COLUMNS = "job_id, endpoint, at, verdict, state, status_code, latency_ms, reason"
 _COLUMNS = "run_id, job_id, kind, status, scheduled_at, started_at, finished_at, summary, details, host, version"
 
 
@@ -240,6 +280,32 @@ class SqliteLedger:
                 (job_id, key, json.dumps(value), _iso(utc_now())),
             )
 
+    def record_checks(self, checks: list[CheckRecord]) -> None:
+        rows = [(c.job_id, c.endpoint, _iso(c.at), c.verdict, c.state, c.status_code, c.latency_ms, c.reason)
+                for c in checks]  # fmt: skip
+        with self._lock:
+            self._db.executemany(f"INSERT INTO checks ({_CHECK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows)
+
+    def checks(self, since: datetime, job_id: str | None = None, endpoint: str | None = None) -> list[CheckRecord]:
+        where, args = ["at >= ?"], [_iso(since)]
+        for column, value in (("job_id", job_id), ("endpoint", endpoint)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_CHECK_COLUMNS} FROM checks WHERE {' AND '.join(where)} ORDER BY at, rowid", args
+            ).fetchall()
+        return [
+            CheckRecord(job_id=r[0], endpoint=r[1], at=datetime.fromisoformat(r[2]), verdict=r[3], state=r[4],
+                        status_code=r[5], latency_ms=r[6], reason=r[7])
+            for r in rows
+        ]  # fmt: skip
+
+    def prune_checks(self, job_id: str, before: datetime) -> int:
+        with self._lock:
+            return self._db.execute("DELETE FROM checks WHERE job_id=? AND at < ?", (job_id, _iso(before))).rowcount
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -269,6 +335,9 @@ class MongoLedger:
         db = self._client[name]
         self._runs = db["runs"]
         self._state = db["job_state"]
+        self._checks = db["checks"]
+        self._checks.create_index([("job_id", ASCENDING), ("at", ASCENDING)])
+        self._checks.create_index([("at", ASCENDING)])
         self._runs.create_index([("job_id", ASCENDING), ("started_at", DESCENDING)])
         self._runs.create_index([("started_at", DESCENDING)])
         self._runs.create_index([("host", ASCENDING), ("status", ASCENDING)])
@@ -322,6 +391,21 @@ class MongoLedger:
             {"$set": {"job_id": job_id, "key": key, "value": json.dumps(value), "updated_at": utc_now()}},
             upsert=True,
         )
+
+    def record_checks(self, checks: list[CheckRecord]) -> None:
+        self._checks.insert_many([{**c.__dict__, "at": to_ms(c.at)} for c in checks], ordered=False)
+
+    def checks(self, since: datetime, job_id: str | None = None, endpoint: str | None = None) -> list[CheckRecord]:
+        query: dict[str, Any] = {"at": {"$gte": to_ms(since)}}
+        if job_id is not None:
+            query["job_id"] = job_id
+        if endpoint is not None:
+            query["endpoint"] = endpoint
+        cursor = self._checks.find(query, {"_id": 0}).sort([("at", 1), ("_id", 1)])
+        return [CheckRecord(**doc) for doc in cursor]
+
+    def prune_checks(self, job_id: str, before: datetime) -> int:
+        return int(self._checks.delete_many({"job_id": job_id, "at": {"$lt": to_ms(before)}}).deleted_count)
 
     def close(self) -> None:
         self._client.close()

@@ -6,10 +6,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from jobs.command import CommandJob, CommandOptions
+from jobs.health import HealthJob, HealthOptions
 from worker.job import Job, JobOptions
 
 KINDS: Mapping[str, tuple[type[JobOptions], Callable[[Any], Job]]] = {
     "command": (CommandOptions, CommandJob),
+    "health": (HealthOptions, HealthJob),
 }
 
 #: The options model of each kind, which is all the schedule validator needs.

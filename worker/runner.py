@@ -20,8 +20,8 @@ from importlib import metadata
 from typing import Any
 
 from worker import registry
-from worker.job import Job, JobContext, Outcome, Status, TransientError
-from worker.ledger import JobState, Ledger, RunRecord, utc_now
+from worker.job import Job, JobContext, Notice, Outcome, Status, TransientError
+from worker.ledger import JobChecks, JobState, Ledger, RunRecord, utc_now
 from worker.reporting.log import get_logger
 from worker.reporting.redact import Redactor
 from worker.reporting.sentry import SentryReporter
@@ -119,18 +119,26 @@ class Runner:
     def _report(
         self, job: JobSpec, record: RunRecord, outcome: Outcome, check_in_id: str | None, log: Any
     ) -> RunRecord:
-        outcome = Outcome(
-            outcome.status, self.redact.text(outcome.summary), self.redact(dict(outcome.details)), outcome.fingerprint
+        outcome = replace(
+            outcome, summary=self.redact.text(outcome.summary), details=self.redact(dict(outcome.details))
         )
         finished = utc_now()
         self._ledger_call("finish", record.run_id, outcome.status, outcome.summary, outcome.details, finished)
         done = replace(record, status=outcome.status, finished_at=finished, summary=outcome.summary,
                        details=outcome.details)  # fmt: skip
         log.info("job.finished", status=outcome.status.value, duration_s=done.duration_s, summary=outcome.summary)
-        self.sentry.checkin(job, self.tz, outcome.status, check_in_id, done.duration_s)
-        if alerts(job, outcome.status):
+        # A problem the job already announced itself is a finding, not a failed run.
+        crons_status = Status.OK if outcome.alerted and outcome.status is Status.FAIL else outcome.status
+        self.sentry.checkin(job, self.tz, crons_status, check_in_id, done.duration_s)
+        if alerts(job, outcome.status) and not outcome.alerted:
             self.sentry.alert(job, outcome, record.run_id)
         return done
+
+    def _notify(self, job: JobSpec, run_id: str, notice: Notice, log: Any) -> None:
+        message = self.redact.text(notice.message)
+        context = self.redact(dict(notice.context))
+        getattr(log, notice.level)("job.notice", notice=message, **{k: v for k, v in context.items() if k != "event"})
+        self.sentry.notice(job, run_id, Notice(notice.level, message, notice.fingerprint, context))
 
     def missed(self, job: JobSpec, scheduled_at: datetime, reason: str) -> RunRecord:
         """Record and report a run that did not happen; a missed run is never silent."""
@@ -158,6 +166,8 @@ class Runner:
             state=JobState(self.ledger, job.id),
             cancel=handle.cancel,
             log=log.info,
+            notify=lambda notice: self._notify(job, handle.run_id, notice, log),
+            checks=JobChecks(self.ledger, job.id),
         )
 
         def work() -> None:
@@ -197,8 +207,7 @@ class Runner:
                     raise
                 continue
             if attempt:
-                outcome = Outcome(outcome.status, outcome.summary, {**outcome.details, "attempts": attempt + 1},
-                                  outcome.fingerprint)  # fmt: skip
+                outcome = replace(outcome, details={**outcome.details, "attempts": attempt + 1})
             return outcome
         raise AssertionError("unreachable: the last attempt returns or raises")
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import sentry_sdk
 from sentry_sdk.crons import capture_checkin
 
-from worker.job import Outcome, Status
+from worker.job import Notice, Outcome, Status
 from worker.reporting.redact import Redactor
 from worker.schedule import JobSpec
 from worker.timespec import CronSchedule
@@ -112,6 +112,20 @@ class SentryReporter:
                 scope.set_context("run", {"run_id": run_id, "details": dict(outcome.details)})
                 scope.fingerprint = ["opskeeper", job.id, outcome.status.value, outcome.problem_key()]
                 sentry_sdk.capture_message(f"{job.id} {outcome.status.value}: {outcome.summary}", level=level)
+        except Exception:  # noqa: BLE001, S110 - reporting must never break a run
+            pass
+
+    def notice(self, job: JobSpec, run_id: str, notice: Notice) -> None:
+        """A job's own notice (an outage began, a service recovered), grouped by its fingerprint."""
+        if not self.enabled:
+            return
+        try:
+            with sentry_sdk.new_scope() as scope:
+                scope.set_tag("job_id", job.id)
+                scope.set_tag("kind", job.kind)
+                scope.set_context("notice", {"run_id": run_id, **dict(notice.context)})
+                scope.fingerprint = ["opskeeper", job.id, *notice.fingerprint]
+                sentry_sdk.capture_message(notice.message, level=notice.level)
         except Exception:  # noqa: BLE001, S110 - reporting must never break a run
             pass
 
