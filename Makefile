@@ -19,12 +19,10 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --python $(PYTHON)
 	touch $@
 
-## demo: run the daemon on the demo schedule for a few seconds, then show the history
+## demo: a local app goes down and recovers while the daemon watches; then history and uptime
 demo: $(VENV)/.synced
 	@mkdir -p var && rm -f var/demo.db*
-	OPSKEEPER_LEDGER=var/demo.db $(VENV)/bin/opskeeper run --config config/demo.yaml --for 12s
-	@echo; echo "--- opskeeper history ---"
-	OPSKEEPER_LEDGER=var/demo.db $(VENV)/bin/opskeeper history --limit 25
+	OPSKEEPER_LEDGER=var/demo.db $(VENV)/bin/python -m worker.demo
 
 ## test: lint, type-check and run the whole test suite
 test: lint typecheck pytest
@@ -39,9 +37,10 @@ typecheck: $(VENV)/.synced
 pytest: $(VENV)/.synced
 	$(VENV)/bin/pytest
 
-## bench: idle daemon figures (takes about 70 s)
+## bench: idle daemon and health probe figures (about 2 minutes)
 bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/idle.py
+	$(VENV)/bin/python bench/probe.py
 
 clean:
 	rm -rf $(TOOLS) $(VENV) var .pytest_cache .mypy_cache .ruff_cache

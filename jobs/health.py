@@ -103,7 +103,7 @@ class HealthOptions(JobOptions):
     retry: bool = False
     retry_delay: Duration = timedelta(seconds=1)
     remind_every: Duration | None = None
-    concurrency: Annotated[int, Field(ge=1, le=1000)] = 64
+    concurrency: Annotated[int, Field(ge=1, le=1000)] = 100
 
     @model_validator(mode="after")
     def _unique_names(self) -> HealthOptions:

@@ -280,3 +280,16 @@ def test_readme_example_is_valid(tmp_path: Path) -> None:
     assert match, "README lost its example schedule"
     config = load_config(write(tmp_path / "readme.yaml", match.group(1)), OPTIONS, env={})
     assert len(config.jobs) >= 3
+
+
+def test_every_yaml_block_in_the_readme_is_valid(tmp_path: Path) -> None:
+    """Each YAML snippet in the README (whole files or lists of jobs) validates."""
+    import textwrap
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.findall(r"^( *)```yaml\n(.*?)^\1```", readme, re.S | re.M)
+    blocks = [textwrap.dedent(body) for _indent, body in found]
+    assert len(blocks) >= 2
+    for i, block in enumerate(blocks):
+        text = block if block.lstrip().startswith(("timezone", "defaults", "jobs")) else "jobs:\n" + block
+        load_config(write(tmp_path / f"readme{i}.yaml", text), OPTIONS, env={})

@@ -139,3 +139,27 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     assert second.get_state("j", "k") == [1, 2]
     assert len(second.recent()) == 1
     second.close()
+
+
+def test_checks_are_kept_filtered_and_pruned(ledger: Ledger) -> None:
+    """Probe checks come back oldest first, by job and endpoint, and pruning drops only old ones."""
+    from worker.job import CheckRecord
+    from worker.ledger import CHECKS_KEPT, JobChecks
+
+    def check(job: str, endpoint: str, minutes: int, verdict: str = "ok") -> CheckRecord:
+        return CheckRecord(job_id=job, endpoint=endpoint, at=T0 + timedelta(minutes=minutes), verdict=verdict,
+                           state="UP", status_code=200, latency_ms=12.5, reason="")  # fmt: skip
+
+    ledger.record_checks([check("h", "api", 1), check("h", "web", 2), check("other", "api", 3)])
+    ledger.record_checks([check("h", "api", 4, "fail")])
+    got = ledger.checks(T0, "h", "api")
+    assert [(c.at, c.verdict, c.latency_ms, c.status_code) for c in got] == [
+        (to_ms(T0 + timedelta(minutes=1)), "ok", 12.5, 200),
+        (to_ms(T0 + timedelta(minutes=4)), "fail", 12.5, 200),
+    ]
+    assert len(ledger.checks(T0)) == 4
+    assert len(ledger.checks(T0 + timedelta(minutes=2), "h")) == 2
+    # Recording a check a month later prunes this job's checks older than the longest window.
+    JobChecks(ledger, "h").record([check("h", "api", int(CHECKS_KEPT.total_seconds() // 60) + 3)])
+    assert [c.endpoint for c in ledger.checks(T0, "h")] == ["api", "api"]
+    assert len(ledger.checks(T0, "other")) == 1
