@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from worker import registry
-from worker.ledger import CHECKS_KEPT, Ledger, open_ledger
+from worker.job import Status, TransientError
+from worker.ledger import CHECKS_KEPT, Ledger, RunRecord, open_ledger
 from worker.reporting.log import configure
 from worker.reporting.redact import Redactor
 from worker.reporting.sentry import SentryReporter
 from worker.runner import Runner, version
-from worker.schedule import ConfigError, ScheduleConfig, load_config
-from worker.settings import Settings, SettingsError, load_settings
+from worker.schedule import ConfigError, JobSpec, ScheduleConfig, load_config
+from worker.settings import Settings, SettingsError, load_settings, secret_env_values
 from worker.timespec import describe, format_duration, parse_duration, upcoming
 
 EXIT_CONFIG = 2
@@ -78,6 +82,16 @@ def _parser() -> argparse.ArgumentParser:
     uptime.add_argument("--endpoint", help="only this endpoint")
     uptime.add_argument("--window", default="24h", help="how far back: 24h, 7d, 30d, ... (default 24h)")
     uptime.add_argument("--json", action="store_true", help="print JSON")
+    deploys = command("deploys", "Recent deploys of the Render services, and the last known good one.", _deploys)
+    deploys.add_argument("service", nargs="?", metavar="SERVICE", help="only this service")
+    deploys.add_argument("--json", action="store_true", help="print JSON")
+    rollback = command("rollback", "Roll a Render service back to its last known good deploy.", _rollback)
+    rollback.add_argument("service", metavar="SERVICE")
+    rollback.add_argument("--to", metavar="DEPLOY_ID", help="roll back to this deploy instead")
+    rollback.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    rollback.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
+    rollback.add_argument("--disable-autodeploy", action="store_true",
+                          help="also turn auto-deploy off, so the next push does not deploy again")  # fmt: skip
     return parser
 
 
@@ -99,7 +113,9 @@ def _ledger(settings: Settings, redactor: Redactor) -> Ledger:
 
 
 def _reporting(settings: Settings, config: ScheduleConfig | None) -> tuple[Redactor, SentryReporter]:
-    redactor = Redactor([*settings.secret_values(), *(config.secrets if config else ())])
+    redactor = Redactor(
+        [*settings.secret_values(), *secret_env_values(os.environ), *(config.secrets if config else ())]
+    )
     configure(settings.log_format, redactor)
     dsn = settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None
     sentry = SentryReporter(
@@ -248,3 +264,95 @@ def _uptime(args: argparse.Namespace, settings: Settings) -> int:
             end = outage["end"] or "ongoing"
             print(f"    outage {outage['start']} → {end} ({format_duration(timedelta(seconds=outage['duration_s']))})")
     return 0
+
+
+def _deploy_services(config: ScheduleConfig) -> list[tuple[JobSpec, Any]]:
+    """(deploys job, service) for every service any deploys job follows."""
+    return [(job, service) for job in config.jobs if job.kind == "deploys" for service in job.options.services]
+
+
+def _deploys(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.deploys import ServiceHistory, state_key
+
+    config = _config(args, settings)
+    pairs = [(j, s) for j, s in _deploy_services(config) if args.service in (None, s.name)]
+    if not pairs:
+        raise _CliError(f"no deploys job in {config.path} follows {args.service or 'any service'}")
+    ledger = _ledger(settings, Redactor(settings.secret_values()))
+    try:
+        histories = [(s.name, ServiceHistory.load(ledger.get_state(j.id, state_key(s.name)))) for j, s in pairs]
+    finally:
+        ledger.close()
+    rows = [
+        {"service": name, "deploy_id": d.deploy_id, "commit": d.commit, "message": d.message, "status": d.status,
+         "finished_at": d.finished_at, "good": d.good}
+        for name, history in histories for d in history.deploys
+    ]  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for name, history in histories:
+        good = history.last_good()
+        print(f"{name}: last known good: {good.label() if good else 'none yet'}")
+        for d in history.deploys[:20]:
+            mark = "good" if d.good else ""
+            print(f"    {d.deploy_id:<24} {d.status:<20} {d.commit[:7]:<8} {mark:<5} {d.message[:60]}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.deploys import DeployRecord, RenderAPI, RenderError, ServiceHistory, rollback_target, state_key
+
+    config = _config(args, settings)
+    found = [(j, s) for j, s in _deploy_services(config) if s.name == args.service]
+    if not found:
+        known = ", ".join(s.name for _, s in _deploy_services(config)) or "none"
+        raise _CliError(f"no service {args.service!r} in {config.path}; services: {known}")
+    job, service = found[0]
+    redactor, _sentry = _reporting(settings, config)
+    try:
+        api = RenderAPI(job.options.api_url, job.options.key())
+    except RenderError as exc:
+        raise _CliError(str(exc)) from None
+    ledger = _ledger(settings, redactor)
+    try:
+        history = ServiceHistory.load(ledger.get_state(job.id, state_key(service.name)))
+        try:
+            live = next((DeployRecord.from_api(d) for d in api.deploys(service.service_id, 20, 1)
+                         if d.get("status") == "live"), None)  # fmt: skip
+            target = rollback_target(history, live, args.to)
+        except (RenderError, TransientError) as exc:
+            raise _CliError(f"{service.name}: {redactor.text(str(exc))}", 3) from None
+        current = live.label() if live else "no live deploy"
+        print(f"Roll back {service.name} ({service.service_id})\n  from {current}\n  to   {target.label()}")
+        if args.dry_run:
+            print("dry run: nothing was sent")
+            return 0
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise _CliError("refusing to roll back without confirmation: stdin is not a terminal; pass --yes")
+            if input("Proceed? [y/N] ").strip().lower() not in ("y", "yes"):
+                print("cancelled")
+                return 1
+        try:
+            started = datetime.now(UTC)
+            new_deploy = api.rollback(service.service_id, target.deploy_id)
+            if args.disable_autodeploy:
+                api.disable_autodeploy(service.service_id)
+        except (RenderError, TransientError) as exc:
+            raise _CliError(redactor.text(str(exc)), 3) from None
+        summary = f"rolled back {service.name} from {live.deploy_id if live else '-'} to {target.deploy_id}"
+        ledger.record(RunRecord(
+            run_id=uuid.uuid4().hex, job_id=job.id, kind="rollback", status=Status.OK, started_at=started,
+            finished_at=datetime.now(UTC), summary=summary, host=socket.gethostname(), version=version(),
+            details={"service": service.name, "from": live and live.deploy_id, "to": target.deploy_id,
+                     "new_deploy": new_deploy.get("id"), "autodeploy_disabled": args.disable_autodeploy},
+        ))  # fmt: skip
+        print(f"{summary}; Render started deploy {new_deploy.get('id', '(id not returned)')}")
+        if not args.disable_autodeploy:
+            print("note: auto-deploy is still on: the next push to the branch deploys again "
+                  "(use --disable-autodeploy to turn it off)")  # fmt: skip
+        return 0
+    finally:
+        api.close()
+        ledger.close()

@@ -98,9 +98,11 @@ class CheckRecord:
 
 
 class CheckLog(Protocol):
-    """Where a job records its probe checks."""
+    """Where a job records its probe checks, and reads any job's (a deploy reads its health job's)."""
 
     def record(self, checks: list[CheckRecord]) -> None: ...
+
+    def read(self, job_id: str, since: datetime) -> list[CheckRecord]: ...
 
 
 class TransientError(Exception):

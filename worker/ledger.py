@@ -129,6 +129,9 @@ class JobChecks:
         self._ledger.record_checks(checks)
         self._ledger.prune_checks(self._job_id, max(c.at for c in checks) - CHECKS_KEPT)
 
+    def read(self, job_id: str, since: datetime) -> list[CheckRecord]:
+        return self._ledger.checks(since, job_id)
+
 
 class JobState:
     """The StateStore a job sees: its own slice of the ledger's state."""

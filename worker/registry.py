@@ -6,12 +6,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from jobs.command import CommandJob, CommandOptions
+from jobs.deploys import DeploysJob, DeploysOptions
 from jobs.health import HealthJob, HealthOptions
 from worker.job import Job, JobOptions
 
 KINDS: Mapping[str, tuple[type[JobOptions], Callable[[Any], Job]]] = {
     "command": (CommandOptions, CommandJob),
     "health": (HealthOptions, HealthJob),
+    "deploys": (DeploysOptions, DeploysJob),
 }
 
 #: The options model of each kind, which is all the schedule validator needs.

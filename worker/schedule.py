@@ -28,14 +28,14 @@ from pydantic import (
 )
 
 from worker.job import ALERTABLE, JobOptions, Status
-from worker.settings import SettingsError, read_secret_file
+from worker.settings import SECRET_ENV_NAME, SettingsError, read_secret_file
 from worker.timespec import CronSchedule, IntervalSchedule, next_fire, parse_duration, parse_schedule
 
 Loc = tuple[str | int, ...]
 
 # Values read from environment variables whose names say they are secret are kept
 # apart so the log and Sentry redactors can mask them wherever they turn up.
-SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|DSN|CREDENTIAL|AUTH|PRIVATE|COOKIE|SESSION", re.I)
+SECRET_NAME = SECRET_ENV_NAME
 _INTERPOLATION = re.compile(r"\$\$|\$\{([^}:]*)(?::-([^}]*))?\}")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

@@ -7,6 +7,8 @@ Every secret is a SecretStr and may instead be read from a file named by `NAME_F
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -79,6 +81,23 @@ class Settings(BaseSettings):
             # The password, or a DSN's key: masking these keeps the rest of the URL readable.
             values.extend(v for v in (parts.password, parts.username if parts.password is None else None) if v)
         return values
+
+
+# Environment variables whose names say they hold a secret (RENDER_API_KEY, GITHUB_TOKEN,
+# AWS_SECRET_ACCESS_KEY, ...): jobs may read these directly, so their values are masked too.
+SECRET_ENV_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|DSN|CREDENTIAL|AUTH|PRIVATE|COOKIE|SESSION", re.I)
+
+
+def secret_env_values(environ: Mapping[str, str]) -> list[str]:
+    """Values of secret-named environment variables, and the passwords in URL-valued ones."""
+    # Short values ("true", "1") are flags, not secrets, and masking them would garble logs.
+    values = [v for k, v in environ.items() if SECRET_ENV_NAME.search(k) and len(v) >= 8]
+    for value in environ.values():
+        if "://" in value and "@" in value:
+            password = urlsplit(value).password
+            if password:
+                values.append(password)
+    return values
 
 
 class _SecretFiles(PydanticBaseSettingsSource):

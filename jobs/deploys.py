@@ -1,0 +1,346 @@
+"""`deploys`: follow the app's Render deploys and remember the last known good one.
+
+A live deploy becomes *good* once it has been live for `settle` while its health job's
+endpoints stayed up. FAIL means the newest deploy failed (build, pre-deploy or update);
+WARN means the live deploy is unproven past its settle window or the app went DOWN after it
+went live. Every deploy seen is kept in the ledger, so `opskeeper rollback` knows where to go.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import httpx
+from pydantic import Field, model_validator
+
+from worker.job import CheckRecord, JobContext, JobOptions, Notice, Outcome, Status, TransientError
+from worker.schedule import Duration
+from worker.timespec import format_duration
+
+FAILED = frozenset({"build_failed", "update_failed", "pre_deploy_failed"})
+IN_PROGRESS = frozenset({"created", "queued", "build_in_progress", "update_in_progress", "pre_deploy_in_progress"})
+DEFAULT_API = "https://api.render.com/v1"
+_KEPT_PER_SERVICE = 200
+_MAX_RETRY_AFTER_S = 60.0
+
+
+class Service(JobOptions):
+    """One Render service and the health job that proves it works."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,49}$")]
+    service_id: Annotated[str, Field(pattern=r"^srv-[A-Za-z0-9]+$")]
+    health: str | None = None
+    """Id of a `health` job whose endpoints must stay up while a deploy settles."""
+
+
+class DeploysOptions(JobOptions):
+    """Which services to follow, and how long a live deploy must prove itself."""
+
+    services: Annotated[tuple[Service, ...], Field(min_length=1)]
+    settle: Duration = timedelta(minutes=10)
+    api_url: str = DEFAULT_API
+    api_key: str | None = None
+    """Defaults to the RENDER_API_KEY environment variable."""
+    page_size: Annotated[int, Field(ge=1, le=100)] = 100
+    max_pages: Annotated[int, Field(ge=1)] = 5
+
+    @model_validator(mode="after")
+    def _unique(self) -> DeploysOptions:
+        names = [s.name for s in self.services]
+        if len(set(names)) != len(names):
+            raise ValueError("service names must be unique")
+        return self
+
+    def key(self) -> str:
+        """The API key, from the options or the environment; a clear error when there is none."""
+        key = self.api_key or os.environ.get("RENDER_API_KEY", "")
+        if not key:
+            raise RenderError("no Render API key: set RENDER_API_KEY (or options.api_key)")
+        return key
+
+    def service(self, name: str) -> Service:
+        """The service with this name; KeyError lists the names there are."""
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(f"no service {name!r}; services: {', '.join(s.name for s in self.services)}")
+
+
+# --- the Render API ------------------------------------------------------------------
+
+
+class RenderError(Exception):
+    """The Render API refused or failed; the message names the API and the reason."""
+
+
+class RenderAPI:
+    """The few Render API calls opskeeper makes, with retries on 429 and 5xx."""
+
+    def __init__(self, api_url: str, key: str, *, attempts: int = 4, transport: httpx.BaseTransport | None = None):
+        self.api_url = api_url.rstrip("/")
+        self.attempts = attempts
+        self._client = httpx.Client(
+            base_url=self.api_url, timeout=30, transport=transport, trust_env=False,
+            headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
+        )  # fmt: skip
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._client.close()
+
+    def deploys(self, service_id: str, page_size: int, max_pages: int) -> Iterator[dict[str, Any]]:
+        """Deploys newest first, page by page (the cursor sits beside each item)."""
+        cursor: str | None = None
+        for _ in range(max_pages):
+            params: dict[str, Any] = {"limit": page_size}
+            if cursor:
+                params["cursor"] = cursor
+            page = self._call("GET", f"/services/{service_id}/deploys", params=params).json()
+            if not page:
+                return
+            for item in page:
+                yield item["deploy"]
+            if len(page) < page_size:
+                return  # a short page is the last one: no need to ask for an empty one
+            cursor = page[-1]["cursor"]
+
+    def rollback(self, service_id: str, deploy_id: str) -> dict[str, Any]:
+        """Ask Render to roll the service back to a previous deploy; returns the new deploy."""
+        response = self._call("POST", f"/services/{service_id}/rollback", json={"deployId": deploy_id})
+        return response.json() if response.content else {}
+
+    def disable_autodeploy(self, service_id: str) -> None:
+        """Turn auto-deploy off, so the next push does not undo a rollback."""
+        self._call("PATCH", f"/services/{service_id}", json={"autoDeploy": "no"})
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(self.attempts):
+            try:
+                response = self._client.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt + 1 == self.attempts:
+                    raise TransientError(f"Render API {self.api_url} unreachable: {exc}") from None
+                time.sleep(2**attempt)
+                continue
+            if response.status_code in (401, 403):
+                raise RenderError(f"RENDER_API_KEY rejected by {self.api_url} (HTTP {response.status_code})")
+            if response.status_code == 429 or response.status_code >= 500:
+                if attempt + 1 == self.attempts:
+                    raise TransientError(f"Render API {self.api_url}{path}: HTTP {response.status_code} "
+                                         f"after {self.attempts} attempts")  # fmt: skip
+                time.sleep(retry_delay(response.headers.get("Retry-After"), attempt))
+                continue
+            if response.status_code >= 400:
+                raise RenderError(f"Render API {method} {path}: HTTP {response.status_code}: {response.text[:200]}")
+            return response
+        raise AssertionError("unreachable")
+
+
+def retry_delay(retry_after: str | None, attempt: int) -> float:
+    """Seconds to wait: the server's Retry-After when it gives one (capped), else 1, 2, 4 s."""
+    if retry_after and retry_after.strip().isdigit():
+        return min(float(retry_after), _MAX_RETRY_AFTER_S)
+    return float(2**attempt)
+
+
+# --- what the ledger remembers ------------------------------------------------------
+
+
+@dataclass
+class DeployRecord:
+    """A deploy as opskeeper keeps it."""
+
+    deploy_id: str
+    status: str
+    commit: str = ""
+    message: str = ""
+    trigger: str = ""
+    created_at: str | None = None
+    finished_at: str | None = None
+    good: bool = False
+    good_at: str | None = None
+    notified: str = ""
+    """The last condition a notice was sent for (failed, down, good), so each is sent once."""
+
+    @classmethod
+    def from_api(cls, deploy: Mapping[str, Any]) -> DeployRecord:
+        commit = deploy.get("commit") or {}
+        return cls(
+            deploy_id=deploy["id"], status=deploy.get("status", ""), commit=commit.get("id", ""),
+            message=(commit.get("message") or "").splitlines()[0][:200] if commit.get("message") else "",
+            trigger=deploy.get("trigger", ""), created_at=deploy.get("createdAt"),
+            finished_at=deploy.get("finishedAt"),
+        )  # fmt: skip
+
+    def label(self) -> str:
+        """`dep-x (commit abc1234 "message")` for messages."""
+        return f'{self.deploy_id} (commit {self.commit[:7]} "{self.message}")'
+
+
+@dataclass
+class ServiceHistory:
+    """Every deploy seen for one service, newest first."""
+
+    deploys: list[DeployRecord] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, raw: Any) -> ServiceHistory:
+        return cls([DeployRecord(**d) for d in (raw or {}).get("deploys", [])])
+
+    def dump(self) -> dict[str, Any]:
+        return {"deploys": [asdict(d) for d in self.deploys[:_KEPT_PER_SERVICE]]}
+
+    def merge(self, seen: list[DeployRecord]) -> list[DeployRecord]:
+        """Add new deploys and update statuses; returns the deploys not seen before."""
+        known = {d.deploy_id: d for d in self.deploys}
+        new = []
+        for deploy in seen:
+            if deploy.deploy_id in known:
+                old = known[deploy.deploy_id]
+                old.status, old.finished_at = deploy.status, deploy.finished_at or old.finished_at
+            else:
+                known[deploy.deploy_id] = deploy
+                new.append(deploy)
+        self.deploys = sorted(known.values(), key=lambda d: d.created_at or "", reverse=True)
+        return new
+
+    def last_good(self, excluding: str | None = None) -> DeployRecord | None:
+        """The newest good deploy, other than `excluding`."""
+        return next((d for d in self.deploys if d.good and d.deploy_id != excluding), None)
+
+    def live(self) -> DeployRecord | None:
+        """The deploy serving now."""
+        return next((d for d in self.deploys if d.status == "live"), None)
+
+
+def rollback_target(history: ServiceHistory, live: DeployRecord | None, to: str | None) -> DeployRecord:
+    """Where a rollback goes: `to` if given, else the newest good deploy that is not live."""
+    if to:
+        return next((d for d in history.deploys if d.deploy_id == to), DeployRecord(to, "unknown"))
+    target = history.last_good(excluding=live.deploy_id if live else None)
+    if target is None:
+        raise RenderError("no known good deploy other than the live one; pass --to DEPLOY_ID")
+    if live is not None and live.deploy_id == target.deploy_id:
+        raise RenderError(f"{target.deploy_id} is already live")
+    return target
+
+
+def state_key(service: str) -> str:
+    """Where a service's history lives in the deploys job's state."""
+    return f"service:{service}"
+
+
+# --- judging a service ------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    """What one service looks like now."""
+
+    status: Status
+    summary: str
+    notices: list[Notice] = field(default_factory=list)
+
+
+def assess(
+    service: str, history: ServiceHistory, checks: list[CheckRecord] | None, now: datetime, settle: timedelta
+) -> Verdict:
+    """Judge a service from its deploy history and its health checks. Pure; marks deploys good.
+
+    `checks` are the health job's checks since the live deploy went live (None when the
+    service names no health job, so time alone proves a deploy).
+    """
+    if not history.deploys:
+        return Verdict(Status.WARN, f"{service}: no deploys found")
+    newest = history.deploys[0]
+    previous_good = history.last_good(excluding=newest.deploy_id)
+    fallback = f"; last good: {previous_good.label()}" if previous_good else "; no earlier good deploy known"
+    if newest.status in FAILED:
+        verdict = Verdict(Status.FAIL, f"{service}: newest deploy {newest.label()} {newest.status}{fallback}")
+        if newest.notified != "failed":
+            newest.notified = "failed"
+            verdict.notices.append(Notice("error", verdict.summary, ("deploys", service, newest.deploy_id, "failed"),
+                                          {"service": service, "deploy": asdict(newest)}))  # fmt: skip
+        return verdict
+    live = history.live()
+    if live is None:
+        in_progress = " (a deploy is in progress)" if newest.status in IN_PROGRESS else ""
+        return Verdict(Status.WARN, f"{service}: no live deploy{in_progress}")
+    if live.good:
+        return Verdict(Status.OK, f"{service}: live deploy {live.label()} is good")
+    live_since = datetime.fromisoformat(live.finished_at or live.created_at or now.isoformat())
+    window_end = live_since + settle
+    down = [c for c in checks or [] if live_since <= c.at <= max(now, window_end) and c.state == "DOWN"]
+    if down:
+        first = min(c.at for c in down)
+        verdict = Verdict(Status.WARN, f"{service}: app DOWN since {first.isoformat()} after {live.label()} "
+                                       f"went live{fallback}")  # fmt: skip
+        if live.notified != "down":
+            live.notified = "down"
+            verdict.notices.append(Notice("warning", verdict.summary, ("deploys", service, live.deploy_id, "down"),
+                                          {"service": service, "deploy": asdict(live)}))  # fmt: skip
+        return verdict
+    if now < window_end:
+        done = format_duration(now - live_since)
+        return Verdict(Status.OK, f"{service}: {live.label()} settling ({done} of {format_duration(settle)})")
+    in_window = [c for c in checks or [] if live_since <= c.at <= now]
+    if checks is not None and not in_window:
+        return Verdict(Status.WARN, f"{service}: {live.label()} unproven: no health checks since it went live")
+    live.good, live.good_at, live.notified = True, now.isoformat(), "good"
+    release = Notice("info", f"{service}: deploy {live.label()} is good; release {live.commit}",
+                     ("deploys", service, "good"), {"service": service, "release": live.commit,
+                                                    "deploy_id": live.deploy_id})  # fmt: skip
+    return Verdict(Status.OK, f"{service}: live deploy {live.label()} is good", [release])
+
+
+# --- the job -------------------------------------------------------------------------
+
+
+class DeploysJob:
+    """Record every deploy; mark good ones; FAIL when the newest deploy failed."""
+
+    def __init__(self, options: DeploysOptions) -> None:
+        self.options = options
+
+    def run(self, ctx: JobContext) -> Outcome:
+        api = RenderAPI(self.options.api_url, self.options.key())
+        try:
+            verdicts = [self._service(api, service, ctx) for service in self.options.services]
+        finally:
+            api.close()
+        status = max((v.status for v in verdicts), key=[Status.OK, Status.WARN, Status.FAIL].index)
+        summary = "; ".join(v.summary for v in verdicts)
+        return Outcome(status, summary[:500], {"services": [v.summary for v in verdicts]}, alerted=True)
+
+    def _service(self, api: RenderAPI, service: Service, ctx: JobContext) -> Verdict:
+        history = ServiceHistory.load(ctx.state.get(state_key(service.name)))
+        known = {d.deploy_id: d for d in history.deploys}
+        seen: list[DeployRecord] = []
+        for raw in api.deploys(service.service_id, self.options.page_size, self.options.max_pages):
+            record = DeployRecord.from_api(raw)
+            seen.append(record)
+            old = known.get(record.deploy_id)
+            if old is not None and old.status == record.status and record.status not in IN_PROGRESS:
+                break  # everything older is already recorded
+        for new in history.merge(seen):
+            ctx.log("deploy.seen", service=service.name, deploy_id=new.deploy_id, status=new.status,
+                    commit=new.commit, message=new.message)  # fmt: skip
+        now = datetime.now(UTC)
+        checks = None
+        if service.health is not None and ctx.checks is not None:
+            live = history.live()
+            since = datetime.fromisoformat(live.finished_at or live.created_at or now.isoformat()) if live else now
+            checks = ctx.checks.read(service.health, since)
+        verdict = assess(service.name, history, checks, now, self.options.settle)
+        for notice in verdict.notices:
+            if "release" in notice.context:
+                ctx.log("release.good", service=service.name, release=notice.context["release"],
+                        deploy_id=notice.context["deploy_id"])  # fmt: skip
+            ctx.notify(notice)
+        ctx.state.set(state_key(service.name), history.dump())
+        return verdict
