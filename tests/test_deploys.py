@@ -370,3 +370,24 @@ def test_rollback_can_disable_autodeploy(known_good: Path, deploy_env: dict[str,
     assert result.returncode == 0, result.stderr
     assert [(p, b) for _, p, b, _ in render.sent("PATCH")] == [("/v1/services/srv-api123", {"autoDeploy": "no"})]
     assert "auto-deploy is still on" not in result.stdout
+
+
+@pytest.mark.parametrize(("answer", "code", "posts"), [("y\n", 0, 1), ("n\n", 1, 0)])
+def test_rollback_asks_on_a_terminal(
+    known_good: Path, deploy_env: dict[str, str], render: RenderServer, answer: str, code: int, posts: int
+) -> None:
+    """On a terminal, rollback asks first: `y` rolls back, anything else cancels and sends nothing."""
+    import os
+
+    controller, terminal = os.openpty()
+    os.write(controller, answer.encode())
+    try:
+        result = subprocess.run([sys.executable, "-m", "worker", "rollback", "api", "--config", str(known_good)],
+                                cwd=ROOT, env=deploy_env, stdin=terminal, capture_output=True, text=True, timeout=60,
+                                check=False)  # fmt: skip
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert result.returncode == code, result.stderr
+    assert "Proceed? [y/N]" in result.stdout
+    assert len(render.sent("POST")) == posts
