@@ -401,3 +401,35 @@ def app() -> Iterator[AppServer]:
     server = AppServer()
     yield server
     server.close()
+
+
+# --- S3: moto's real HTTP server --------------------------------------------------------
+
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-key-0000",
+           "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server over real HTTP, for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket; AWS credentials for boto3 come from the environment, as in production."""
+    import uuid
+
+    import boto3
+
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    name = f"backups-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name

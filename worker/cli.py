@@ -92,6 +92,23 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
     rollback.add_argument("--disable-autodeploy", action="store_true",
                           help="also turn auto-deploy off, so the next push does not deploy again")  # fmt: skip
+    backups = sub.add_parser("backups", help="List, verify and prune MongoDB backups.",
+                             description="List, verify and prune MongoDB backups.")  # fmt: skip
+    backup_sub = backups.add_subparsers(dest="backups_command", required=True, metavar="ACTION")
+    b_list = backup_sub.add_parser("list", help="complete backups, newest first")
+    b_list.add_argument("--job", help="only this backup job's")
+    b_list.add_argument("--json", action="store_true", help="print JSON")
+    b_verify = backup_sub.add_parser("verify", help="check every frame, CRC and count of an archive")
+    b_verify.add_argument("target", metavar="KEY_OR_PATH", help="a key in a backup job's storage, or a file")
+    b_verify.add_argument("--json", action="store_true", help="print JSON")
+    b_prune = backup_sub.add_parser("prune", help="apply each backup job's retention now")
+    b_prune.add_argument("--job", help="only this backup job")
+    b_prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
+    for p in (b_list, b_verify, b_prune):
+        p.add_argument("--config", type=Path, help="schedule file (default: $OPSKEEPER_CONFIG or config/jobs.yaml)")
+    b_list.set_defaults(handler=_backups_list)
+    b_verify.set_defaults(handler=_backups_verify)
+    b_prune.set_defaults(handler=_backups_prune)
     return parser
 
 
@@ -356,3 +373,88 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         api.close()
         ledger.close()
+
+
+def _backup_jobs(config: ScheduleConfig, only: str | None = None) -> list[JobSpec]:
+    jobs = [j for j in config.jobs if j.kind == "backup" and only in (None, j.id)]
+    if not jobs:
+        raise _CliError(f"no backup job {only!r} in {config.path}" if only else f"no backup job in {config.path}")
+    return jobs
+
+
+def _backups_list(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.backup.catalog import list_backups
+
+    config = _config(args, settings)
+    entries = [e for job in _backup_jobs(config, args.job) for e in list_backups(job.options.open_storage(), job.id)]
+    entries.sort(key=lambda e: e.created_at, reverse=True)
+    if args.json:
+        print(json.dumps([e.public() for e in entries], indent=2))
+        return 0
+    if not entries:
+        print("no complete backups yet")
+    for e in entries:
+        mark = "verified" if e.verified else ""
+        print(f"{e.created_at:%Y-%m-%d %H:%M:%S}  {e.job_id:<16} {e.size_bytes / 1e6:9.2f} MB  {e.compression:<5} "
+              f"{e.collections:3d} coll {e.documents:10d} docs  {mark:<8} {e.key}")  # fmt: skip
+    return 0
+
+
+def _backups_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.backup.catalog import MANIFEST, base_of, verify
+
+    path = Path(args.target)
+    manifest: dict[str, Any] | None = None
+    if path.is_file():
+        sibling = path.with_name(Path(base_of(path.name)).name + MANIFEST)
+        if sibling.is_file():
+            manifest = json.loads(sibling.read_text(encoding="utf-8"))
+        with path.open("rb") as stream:
+            report = verify(stream, manifest)
+    else:
+        config = _config(args, settings)
+        storage = next((s for s in (j.options.open_storage() for j in _backup_jobs(config)) if s.exists(args.target)),
+                       None)  # fmt: skip
+        if storage is None:
+            raise _CliError(f"{args.target}: no such file, nor a key in any backup job's storage")
+        manifest_key = base_of(args.target) + MANIFEST
+        if storage.exists(manifest_key):
+            with storage.open(manifest_key) as stream:
+                manifest = json.loads(stream.read())
+        with storage.open(args.target) as stream:
+            report = verify(stream, manifest)
+    if args.json:
+        print(json.dumps(report.public(), indent=2))
+    else:
+        for ns in report.namespaces:
+            print(f"{'ok ' if ns['crc_ok'] else 'BAD'} {ns['ns']}: {ns['documents']} documents")
+        for problem in report.problems:
+            print(f"problem: {problem}")
+        print("OK" if report.ok else f"FAILED: {len(report.problems)} problem(s)")
+    return 0 if report.ok else EXIT_CONFIG
+
+
+def _backups_prune(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.backup.catalog import prune
+
+    config = _config(args, settings)
+    redactor = Redactor(settings.secret_values())
+    ledger = None if args.dry_run else _ledger(settings, redactor)
+    try:
+        for job in _backup_jobs(config, args.job):
+            started = datetime.now(UTC)
+            gone = prune(job.options.open_storage(), job.id, job.options.retention, dry_run=args.dry_run)
+            verb = "would delete" if args.dry_run else "deleted"
+            print(f"{job.id}: {verb} {len(gone)} backup(s)")
+            for entry in gone:
+                print(f"    {entry.key}")
+            if ledger is not None:
+                ledger.record(RunRecord(
+                    run_id=uuid.uuid4().hex, job_id=job.id, kind="prune", status=Status.OK, started_at=started,
+                    finished_at=datetime.now(UTC), summary=f"pruned {len(gone)} backup(s)", host=socket.gethostname(),
+                    version=version(), details={"deleted": [e.key for e in gone]},
+                ))  # fmt: skip
+    finally:
+        if ledger is not None:
+            ledger.close()
+    return 0

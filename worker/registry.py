@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from jobs.backup.job import BackupJob, BackupOptions
 from jobs.command import CommandJob, CommandOptions
 from jobs.deploys import DeploysJob, DeploysOptions
 from jobs.health import HealthJob, HealthOptions
@@ -14,6 +15,7 @@ KINDS: Mapping[str, tuple[type[JobOptions], Callable[[Any], Job]]] = {
     "command": (CommandOptions, CommandJob),
     "health": (HealthOptions, HealthJob),
     "deploys": (DeploysOptions, DeploysJob),
+    "backup": (BackupOptions, BackupJob),
 }
 
 #: The options model of each kind, which is all the schedule validator needs.

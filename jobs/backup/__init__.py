@@ -1,0 +1,1 @@
+"""MongoDB backups: the mongodump archive format, the native dump engine, retention."""

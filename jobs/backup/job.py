@@ -1,0 +1,282 @@
+"""`backup`: stream MongoDB into a mongodump-compatible archive, compressed and stored as it goes.
+
+FAIL is never used: a backup either completes (OK, or WARN when pruning old ones failed) or
+raises, which the runner records as ERROR. The archive is aborted on any error, the manifest
+is written only after the archive is stored, and pruning runs only after a success — so a
+failed run never leaves a backup that looks complete, nor deletes a good one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from bson import json_util
+from bson.json_util import CANONICAL_JSON_OPTIONS
+from pydantic import Field
+from pymongo import MongoClient
+from pymongo.errors import ConfigurationError, OperationFailure
+
+from jobs.backup.archive import ArchiveWriter, Header, Prelude, crc64, iter_documents
+from jobs.backup.catalog import MANIFEST, SUFFIX, CompressingSink, digest_update, list_backups, prune, stamp
+from jobs.backup.retention import Retention
+from worker.job import JobContext, JobOptions, Outcome, Status
+from worker.reporting.redact import Redactor
+from worker.storage import Storage, open_storage
+from worker.timespec import format_duration
+
+SYSTEM_DATABASES = ("admin", "local", "config")
+
+
+class BackupOptions(JobOptions):
+    """What to back up, where to, how compressed, and how many to keep."""
+
+    uri: str | None = None
+    """Defaults to the MONGODB_URI environment variable."""
+    databases: tuple[str, ...] = ()
+    exclude_databases: tuple[str, ...] = ()
+    collections: tuple[str, ...] = ()
+    exclude_collections: tuple[str, ...] = ()
+    read_preference: Literal["primary", "primaryPreferred", "secondary", "secondaryPreferred", "nearest"] = (
+        "secondaryPreferred"
+    )
+    storage: str = "var/backups"
+    endpoint_url: str | None = None
+    region: str | None = None
+    sse: Literal["AES256", "aws:kms"] | None = None
+    kms_key_id: str | None = None
+    compression: Literal["gzip", "zstd", "none"] = "gzip"
+    retention: Retention = Retention()
+    engine: Literal["native"] = "native"
+    batch_size: Annotated[int, Field(ge=1)] = 1000
+
+    def open_storage(self) -> Storage:
+        """This job's storage."""
+        return open_storage(self.storage, endpoint_url=self.endpoint_url, region=self.region, sse=self.sse,
+                            kms_key_id=self.kms_key_id)  # fmt: skip
+
+    def mongo_uri(self) -> str:
+        """The source URI; a clear error when none is configured."""
+        uri = self.uri or os.environ.get("MONGODB_URI", "")
+        if not uri:
+            raise ValueError("no MongoDB URI: set MONGODB_URI or options.uri")
+        return uri
+
+
+@dataclass
+class Namespace:
+    """One collection (or view) to dump."""
+
+    db: str
+    name: str
+    type: str
+    metadata: str
+    options: dict[str, Any]
+    indexes: list[dict[str, Any]]
+
+    @property
+    def data_collection(self) -> str:
+        """Where the documents are: a time-series collection keeps them in its buckets."""
+        return f"system.buckets.{self.name}" if self.type == "timeseries" else self.name
+
+
+def metadata_json(name: str, kind: str, options: dict[str, Any], indexes: list[Any], uuid: str | None) -> str:
+    """The `.metadata.json` text as mongodump writes it (canonical, compact, its key order)."""
+    doc: dict[str, Any] = {}
+    if options:
+        doc["options"] = options
+    doc["indexes"] = indexes
+    if uuid:
+        doc["uuid"] = uuid
+    doc["collectionName"] = name
+    if kind:
+        doc["type"] = kind
+    return json_util.dumps(doc, json_options=CANONICAL_JSON_OPTIONS, separators=(",", ":"), ensure_ascii=False)
+
+
+def select(options: BackupOptions, client: Any) -> list[Namespace]:
+    """The namespaces to dump, in a stable order, after include and exclude patterns."""
+    chosen = []
+    for db_name in sorted(client.list_database_names()):
+        included = any(fnmatch.fnmatchcase(db_name, p) for p in options.databases)
+        if (options.databases and not included) or (db_name in SYSTEM_DATABASES and not included):
+            continue
+        if any(fnmatch.fnmatchcase(db_name, p) for p in options.exclude_databases):
+            continue
+        db = client[db_name]
+        for info in sorted(db.list_collections(), key=lambda i: i["name"]):
+            name, kind = info["name"], info.get("type", "collection")
+            ns = f"{db_name}.{name}"
+            if name.startswith("system."):
+                continue
+            if options.collections and not any(fnmatch.fnmatchcase(ns, p) for p in options.collections):
+                continue
+            if any(fnmatch.fnmatchcase(ns, p) for p in options.exclude_collections):
+                continue
+            coll_options = dict(info.get("options") or {})
+            indexes = [] if kind == "view" else [dict(ix) for ix in db[name].list_indexes()]
+            uuid = info.get("info", {}).get("uuid")
+            meta = metadata_json(name, kind, coll_options, indexes, uuid.hex() if uuid is not None else None)
+            chosen.append(Namespace(db_name, name, kind, meta, coll_options, indexes))
+    return chosen
+
+
+class BackupJob:
+    """Dump the selected namespaces to one archive in storage, write its manifest, prune old ones."""
+
+    def __init__(self, options: BackupOptions) -> None:
+        self.options = options
+
+    def run(self, ctx: JobContext) -> Outcome:
+        opts = self.options
+        uri = opts.mongo_uri()
+        client: Any = MongoClient(uri, appname="opskeeper-backup", serverSelectionTimeoutMS=10_000,
+                                  readPreference=opts.read_preference, tz_aware=True)  # fmt: skip
+        try:
+            manifest = self._dump(ctx, client, uri)
+        finally:
+            client.close()
+        storage = opts.open_storage()
+        summary = (f"{len(manifest['namespaces'])} collections, {manifest['documents']} documents, "
+                   f"{_mb(manifest['archive_bytes'])} → {_mb(manifest['stored_bytes'])} {opts.compression} "
+                   f"in {format_duration_s(manifest['duration_s'])} to {storage.display}{manifest['key']}")  # fmt: skip
+        details = {k: manifest[k] for k in ("key", "documents", "archive_bytes", "stored_bytes", "sha256",
+                                            "duration_s", "consistent_snapshot")}  # fmt: skip
+        try:
+            pruned = prune(storage, ctx.job_id, opts.retention)
+        except Exception as exc:  # noqa: BLE001 - a failed prune must not undo a good backup
+            return Outcome(Status.WARN, f"backed up {summary}; pruning failed: {exc}", details)
+        details["pruned"] = [e.key for e in pruned]
+        return Outcome(Status.OK, f"backed up {summary}" + (f"; pruned {len(pruned)}" if pruned else ""), details)
+
+    def _dump(self, ctx: JobContext, client: Any, uri: str) -> dict[str, Any]:
+        opts = self.options
+        server_version = client.admin.command("buildInfo")["version"]
+        namespaces = select(opts, client)
+        storage = opts.open_storage()
+        started = datetime.now(UTC)
+        key = f"{ctx.job_id}/{stamp(started)}{SUFFIX[opts.compression]}"
+        # Only one run of a job at a time: anything unfinished under its prefix is abandoned.
+        for abandoned in storage.abort_abandoned(f"{ctx.job_id}/"):
+            ctx.log("backup.abandoned_upload_removed", key=abandoned)
+        upload = storage.upload(key)
+        sink = CompressingSink(upload, opts.compression)
+        stats: list[dict[str, Any]] = []
+        try:
+            writer = ArchiveWriter(sink)  # type: ignore[arg-type]
+            from worker.runner import version as opskeeper_version
+
+            preludes = [Prelude(n.db, n.name, n.metadata, 0, n.type) for n in namespaces]
+            writer.header(Header(server_version, f"opskeeper {opskeeper_version()}"), preludes)
+            probe = next((n for n in namespaces if n.type != "view"), None)
+            with _snapshot_session(client, probe) as session:
+                for ns in namespaces:
+                    stats.append(self._collection(ctx, client, ns, writer, session))
+            sink.close()
+            upload.commit()
+        except BaseException:
+            upload.abort()
+            raise
+        finished = datetime.now(UTC)
+        manifest = {
+            "format": "opskeeper-backup/1",
+            "job_id": ctx.job_id,
+            "key": key,
+            "source": Redactor().text(uri),
+            "server_version": server_version,
+            "engine": opts.engine,
+            "compression": opts.compression,
+            "consistent_snapshot": session is not None,
+            "started_at": started.isoformat(),
+            "finished_at": finished.isoformat(),
+            "duration_s": round((finished - started).total_seconds(), 3),
+            "archive_bytes": sink.raw_bytes,
+            "stored_bytes": sink.stored_bytes,
+            "sha256": sink.sha256.hexdigest(),
+            "documents": sum(s["documents"] for s in stats),
+            "opskeeper_version": opskeeper_version(),
+            "namespaces": stats,
+        }
+        storage.put(key.removesuffix(SUFFIX[opts.compression]) + MANIFEST,
+                    json.dumps(manifest, indent=2, default=str).encode())  # fmt: skip
+        return manifest
+
+    def _collection(self, ctx: JobContext, client: Any, ns: Namespace, writer: ArchiveWriter,
+                    session: Any) -> dict[str, Any]:  # fmt: skip
+        started = time.monotonic()
+        data_ns = ns.data_collection
+        crc: int | None = None
+        digest = documents = size = 0
+        if ns.type != "view":
+            kwargs = {"session": session} if session is not None else {}
+            for batch in client[ns.db][data_ns].find_raw_batches({}, batch_size=self.options.batch_size, **kwargs):
+                if ctx.cancel.is_set():
+                    raise InterruptedError(f"stopped while dumping {ns.db}.{ns.name}")
+                for doc in iter_documents(batch):
+                    digest = digest_update(digest, doc)
+                    documents += 1
+                crc = crc64(batch, crc)
+                size += len(batch)
+                writer.segment(ns.db, data_ns, batch)
+        if documents == 0:
+            writer.segment(ns.db, data_ns, b"")  # mongodump writes an empty segment too
+        writer.end(ns.db, data_ns, crc or 0)
+        ctx.log("backup.collection", ns=f"{ns.db}.{ns.name}", documents=documents, bytes=size,
+                seconds=round(time.monotonic() - started, 3))  # fmt: skip
+        return {
+            "ns": f"{ns.db}.{ns.name}",
+            "data_ns": f"{ns.db}.{data_ns}",
+            "type": ns.type,
+            "documents": documents,
+            "bytes": size,
+            "crc": f"{crc or 0:016x}",
+            "digest": f"{digest:032x}",
+            "options": json.loads(json_util.dumps(ns.options)),
+            "indexes": json.loads(json_util.dumps(ns.indexes)),
+        }
+
+
+class _snapshot_session:  # noqa: N801 - used like a function in a `with`
+    """A snapshot session where the server supports one (one consistent point in time), else None."""
+
+    def __init__(self, client: Any, probe: Namespace | None) -> None:
+        self._client = client
+        self._probe = probe
+        self._session: Any = None
+
+    def __enter__(self) -> Any:
+        if self._probe is None:
+            return None
+        try:
+            self._session = self._client.start_session(snapshot=True)
+            # A server without snapshot reads (a standalone mongod) refuses at the first read.
+            self._client[self._probe.db][self._probe.data_collection].find_one({}, session=self._session)
+        except (ConfigurationError, OperationFailure):
+            if self._session is not None:
+                self._session.end_session()
+            self._session = None
+        return self._session
+
+    def __exit__(self, *exc: object) -> None:
+        if self._session is not None:
+            self._session.end_session()
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def format_duration_s(seconds: float) -> str:
+    from datetime import timedelta
+
+    return format_duration(timedelta(seconds=seconds))
+
+
+def backups_of(options: BackupOptions, job_id: str) -> list[Any]:
+    """This job's complete backups, newest first."""
+    return list_backups(options.open_storage(), job_id)

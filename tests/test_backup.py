@@ -1,0 +1,286 @@
+"""Backups end to end: SecantusDB (a real MongoDB wire-protocol server) to disk and to moto's S3."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
+from pymongo import MongoClient
+
+from jobs.backup.catalog import list_backups, verify
+from jobs.backup.job import BackupJob, BackupOptions
+from jobs.backup.retention import BackupInfo, Retention, plan_retention
+from tests.conftest import AWS_ENV, opskeeper, write
+from worker.job import JobContext
+from worker.ledger import JobChecks, JobState, SqliteLedger
+from worker.storage.s3 import S3Storage
+
+
+@pytest.fixture
+def source(mongo_uri: str) -> Iterator[tuple[str, dict[str, int]]]:
+    """Two fresh databases with realistic shapes; yields their prefix and the expected counts."""
+    client: Any = MongoClient(mongo_uri)
+    prefix = f"t{uuid.uuid4().hex[:6]}"
+    shop, crm = client[f"{prefix}_shop"], client[f"{prefix}_crm"]
+    shop.users.create_index("email", unique=True)
+    shop.users.insert_many([{"email": f"u{i}@example.com", "name": f"User {i}", "tags": ["a", "b"][: i % 3],
+                             "profile": {"age": 20 + i, "city": "Berlin"}} for i in range(120)])  # fmt: skip
+    shop.sessions.create_index("at", expireAfterSeconds=3600)
+    shop.sessions.insert_many([{"at": dt.datetime(2026, 11, 26, tzinfo=dt.UTC), "user": i} for i in range(30)])
+    shop.orders.create_index([("status", 1), ("total", -1)], partialFilterExpression={"total": {"$gt": 0}})
+    shop.orders.insert_many([{"status": "paid", "total": i * 1.5, "items": [{"sku": f"s{i}", "qty": i}]}
+                             for i in range(250)])  # fmt: skip
+    shop.create_collection("empty")
+    shop.create_collection("paid_orders", viewOn="orders", pipeline=[{"$match": {"status": "paid"}}])
+    shop["audit.log"].insert_one({"event": "login"})
+    shop["größe"].insert_one({"x": "ü"})
+    crm.types.insert_one({
+        "oid": ObjectId(), "int": 1, "long": Int64(2**40), "double": 1.5, "dec": Decimal128(Decimal("1.10")),
+        "str": "text", "bool": True, "null": None, "date": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        "ts": Timestamp(1700000000, 1), "bin": Binary(b"\x00\x01", 0), "uuid": Binary(uuid.uuid4().bytes, 4),
+        "regex": Regex("^a.*z$", "i"), "code": Code("function() {}"), "min": MinKey(), "max": MaxKey(),
+        "arr": [1, "two", {"three": 3}], "doc": {"nested": {"deep": [1, 2]}},
+    })  # fmt: skip
+    counts = {f"{prefix}_shop.users": 120, f"{prefix}_shop.sessions": 30, f"{prefix}_shop.orders": 250,
+              f"{prefix}_shop.empty": 0, f"{prefix}_shop.paid_orders": 0, f"{prefix}_shop.audit.log": 1,
+              f"{prefix}_shop.größe": 1, f"{prefix}_crm.types": 1}  # fmt: skip
+    yield prefix, counts
+    client.drop_database(shop.name)
+    client.drop_database(crm.name)
+    client.close()
+
+
+class Harness:
+    """Runs a backup job in-process the way the runner does."""
+
+    def __init__(self, ledger: SqliteLedger, job_id: str = "nightly") -> None:
+        self.ledger, self.job_id, self.logged = ledger, job_id, []  # type: ignore[var-annotated]
+        self.on_log: Any = None
+
+    def run(self, **options: Any) -> Any:
+        def log(event: str, **fields: Any) -> None:
+            self.logged.append((event, fields))
+            if self.on_log:
+                self.on_log(event, fields)
+
+        ctx = JobContext(
+            job_id=self.job_id, run_id="r", scheduled_at=dt.datetime.now(dt.UTC), deadline=time.monotonic() + 300,
+            state=JobState(self.ledger, self.job_id), cancel=threading.Event(), log=log,
+            checks=JobChecks(self.ledger, self.job_id),
+        )  # fmt: skip
+        return BackupJob(BackupOptions.model_validate(options)).run(ctx)
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    yield Harness(ledger)
+    ledger.close()
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_backup_to_disk_verifies_and_matches_the_source(
+    compression: str, tmp_path: Path, mongo_uri: str, source: tuple[str, dict[str, int]], harness: Harness
+) -> None:
+    """Every collection, view, index and BSON type is dumped; verify passes; counts equal the source."""
+    prefix, counts = source
+    outcome = harness.run(uri=mongo_uri, databases=[f"{prefix}_*"], storage=str(tmp_path / "backups"),
+                          compression=compression)  # fmt: skip
+    assert outcome.status.value == "ok", outcome.summary
+    [entry] = list_backups(BackupOptions(storage=str(tmp_path / "backups")).open_storage(), "nightly")
+    manifest = entry.manifest
+    assert {n["ns"]: n["documents"] for n in manifest["namespaces"]} == counts
+    types = {n["ns"].split(".", 1)[1]: n["type"] for n in manifest["namespaces"]}
+    assert types["paid_orders"] == "view"
+    users = next(n for n in manifest["namespaces"] if n["ns"].endswith(".users"))
+    assert any(ix.get("unique") for ix in users["indexes"])
+    sessions = next(n for n in manifest["namespaces"] if n["ns"].endswith(".sessions"))
+    assert any(ix.get("expireAfterSeconds") == 3600 for ix in sessions["indexes"])
+    archive = tmp_path / "backups" / entry.key
+    assert archive.name.endswith({"gzip": ".archive.gz", "zstd": ".archive.zst", "none": ".archive"}[compression])
+    with archive.open("rb") as stream:
+        report = verify(stream, manifest)
+    assert report.ok, report.problems
+    assert {n["ns"]: n["documents"] for n in report.namespaces if n["documents"]} == {
+        ns: c for ns, c in counts.items() if c
+    }
+    assert not list((tmp_path / "backups").rglob("*.partial"))
+
+
+def test_backup_to_s3_and_cli_list_and_verify(
+    tmp_path: Path, mongo_uri: str, source: tuple[str, dict[str, int]], s3_endpoint: str, bucket: str,
+    env: dict[str, str],
+) -> None:  # fmt: skip
+    """A scheduled backup to S3 (zstd) through `run-now`; `backups list` and `backups verify KEY` agree."""
+    prefix, counts = source
+    config = write(tmp_path / "jobs.yaml", f"""\
+jobs:
+  - id: nightly
+    kind: backup
+    schedule: "0 3 * * *"
+    options:
+      uri: "{mongo_uri}"
+      databases: ["{prefix}_*"]
+      storage: s3://{bucket}/mongo
+      endpoint_url: {s3_endpoint}
+      compression: zstd
+""")  # fmt: skip
+    run_env = {**env, **AWS_ENV}
+    result = opskeeper("run-now", "nightly", "--config", str(config), "--json", env=run_env)
+    assert result.code == 0, result.stdout + result.stderr
+    listed = json.loads(opskeeper("backups", "list", "--config", str(config), "--json", env=run_env).stdout)
+    assert len(listed) == 1
+    assert (listed[0]["job_id"], listed[0]["compression"], listed[0]["documents"]) == ("nightly", "zstd",
+                                                                                      sum(counts.values()))  # fmt: skip
+    assert set(listed[0]) == {"key", "job_id", "created_at", "size_bytes", "compression", "collections", "documents",
+                              "verified"}  # fmt: skip
+    checked = opskeeper("backups", "verify", listed[0]["key"], "--config", str(config), "--json", env=run_env)
+    assert checked.code == 0, checked.stdout
+    assert json.loads(checked.stdout)["ok"] is True
+    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=bucket)["Contents"]]
+    assert all(k.startswith("mongo/nightly/") for k in keys)
+    assert sorted(k.rsplit(".", 2)[-2:][0] for k in keys) == ["archive", "manifest"]
+
+
+def test_s3_going_away_mid_upload_leaves_nothing_and_the_next_run_cleans_up(
+    tmp_path: Path, mongo_uri: str, source: tuple[str, dict[str, int]], harness: Harness,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """S3 stops answering mid-backup: the run errors, no complete-looking object, old backups intact."""
+    from moto.server import ThreadedMotoServer
+
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="backups-fault")
+    prefix, _ = source
+    options = {"uri": mongo_uri, "databases": [f"{prefix}_*"], "storage": "s3://backups-fault/db",
+               "endpoint_url": endpoint, "compression": "gzip"}  # fmt: skip
+    assert harness.run(**options).status.value == "ok"  # a good backup to keep
+
+    def pull_the_plug(event: str, fields: dict[str, Any]) -> None:
+        if event == "backup.collection":
+            server.stop()
+
+    harness.on_log = pull_the_plug
+    with pytest.raises(Exception, match=r"(?i)connect|endpoint|connection"):
+        harness.run(**options)
+    harness.on_log = None
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        storage = S3Storage("s3://backups-fault/db", endpoint_url=endpoint)
+        backups = list_backups(storage, "nightly")
+        assert len(backups) == 1  # the earlier backup, intact
+        archives = [o.key for o in storage.objects("nightly/") if ".archive" in o.key]
+        assert archives == [backups[0].key]  # no object for the failed run
+        assert harness.run(**options).status.value == "ok"
+        assert storage.pending_uploads() == []  # the abandoned multipart upload was aborted
+        assert len(list_backups(storage, "nightly")) == 2
+    finally:
+        server.stop()
+
+
+def test_unreachable_mongodb_is_a_clear_error_without_the_password(tmp_path: Path, env: dict[str, str]) -> None:
+    """MongoDB down: run-now exits 3 naming the problem; the password is in no output."""
+    config = write(tmp_path / "jobs.yaml", """\
+jobs:
+  - id: nightly
+    kind: backup
+    schedule: "@daily"
+    options:
+      uri: "mongodb://backup:Pa55-w0rd-XYZ@127.0.0.1:1/?serverSelectionTimeoutMS=300"
+      storage: var/never
+""")  # fmt: skip
+    result = opskeeper("run-now", "nightly", "--config", str(config), "--json", env=env)
+    assert result.code == 3
+    assert "ServerSelectionTimeoutError" in result.stdout
+    assert "Pa55-w0rd-XYZ" not in result.stdout + result.stderr
+
+
+def test_password_in_uri_reaches_no_log_manifest_or_argv(
+    tmp_path: Path, env: dict[str, str], mongo_uri: str, source: tuple[str, dict[str, int]]
+) -> None:
+    """With an authenticated URI, the password appears in no log line and no manifest."""
+    prefix, _ = source
+    admin: Any = MongoClient(mongo_uri)
+    user, password = f"bk{uuid.uuid4().hex[:6]}", "Sup3r-Secret-Backup-Pw"
+    admin.admin.command("createUser", user, pwd=password, roles=["root"])
+    uri = mongo_uri.replace("mongodb://", f"mongodb://{user}:{password}@").rstrip("/") + "/?authSource=admin"
+    config = write(tmp_path / "jobs.yaml", f"""\
+jobs:
+  - id: nightly
+    kind: backup
+    schedule: "@daily"
+    options:
+      databases: ["{prefix}_*"]
+      storage: {tmp_path / "b"}
+""")  # fmt: skip
+    result = opskeeper("run-now", "nightly", "--config", str(config), "--json", env={**env, "MONGODB_URI": uri})
+    assert result.code == 0, result.stdout + result.stderr
+    assert password not in result.stdout + result.stderr
+    manifests = list((tmp_path / "b").rglob("*.manifest.json"))
+    assert len(manifests) == 1
+    text = manifests[0].read_text()
+    assert password not in text
+    assert re.search(rf'"source": "mongodb://{user}:\*\*\*@', text)
+    admin.admin.command("dropUser", user)
+    admin.close()
+
+
+def test_retention_over_a_year_of_daily_backups() -> None:
+    """A year of daily backups keeps 7 dailies, 4 weeklies, 6 monthlies, 1 yearly — and the drilled one."""
+    start = dt.datetime(2026, 1, 1, 3, 0, tzinfo=dt.UTC)
+    backups = [BackupInfo(f"b{i:03d}", start + dt.timedelta(days=i)) for i in range(365)]
+    backups[40] = BackupInfo("b040", backups[40].created_at, verified=True)  # the newest that passed a drill
+    keep, delete = plan_retention(backups, Retention(keep_last=1, daily=7, weekly=4, monthly=6, yearly=1))
+    kept = {b.key for b in keep}
+    assert {f"b{i:03d}" for i in range(358, 365)} <= kept  # the last 7 days
+    assert "b040" in kept
+    assert len(keep) + len(delete) == 365
+    newest = backups[-1].created_at
+    weeks = {b.created_at.isocalendar()[:2] for b in keep if newest - b.created_at < dt.timedelta(days=28)}
+    assert len(weeks) >= 4
+    months = {(b.created_at.year, b.created_at.month) for b in keep}
+    assert len(months) >= 6
+    assert len(keep) <= 1 + 7 + 4 + 6 + 1 + 1
+    assert all(b.key not in kept for b in delete)
+
+
+def test_retention_never_deletes_the_newest_even_with_zero_counts() -> None:
+    """Counts of zero still keep the newest backup."""
+    backups = [BackupInfo(f"b{i}", dt.datetime(2026, 1, 1 + i, tzinfo=dt.UTC)) for i in range(5)]
+    keep, delete = plan_retention(backups, Retention(keep_last=0, daily=0, weekly=0, monthly=0, yearly=0))
+    assert [b.key for b in keep] == ["b4"]
+    assert len(delete) == 4
+
+
+def test_pruning_after_backups_keeps_keep_last(
+    tmp_path: Path, mongo_uri: str, source: tuple[str, dict[str, int]], harness: Harness
+) -> None:
+    """With keep_last 2 and no period rules, the third backup prunes the first."""
+    prefix, _ = source
+    options = {"uri": mongo_uri, "databases": [f"{prefix}_*"], "storage": str(tmp_path / "b"),
+               "retention": {"keep_last": 2, "daily": 0, "weekly": 0, "monthly": 0, "yearly": 0}}  # fmt: skip
+    first = harness.run(**options)
+    harness.run(**options)
+    third = harness.run(**options)
+    assert third.details["pruned"] == [first.details["key"]]
+    remaining = list_backups(BackupOptions(storage=str(tmp_path / "b")).open_storage(), "nightly")
+    assert [e.key for e in remaining][-1] != first.details["key"]
+    assert len(remaining) == 2
+    assert not (tmp_path / "b" / first.details["key"]).exists()

@@ -1,0 +1,63 @@
+"""Where backups live: a local directory or an S3-compatible bucket, behind one interface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import BinaryIO, Protocol
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object in storage."""
+
+    key: str
+    size: int
+    modified: datetime
+
+
+class Upload(Protocol):
+    """A streaming write that becomes visible only on commit; abort leaves nothing behind."""
+
+    def write(self, data: bytes) -> int: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class Storage(Protocol):
+    """Backup storage: keys are '/'-separated paths below the configured prefix."""
+
+    display: str
+    """Where this is, for messages (no credentials)."""
+
+    def upload(self, key: str) -> Upload: ...
+
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def open(self, key: str) -> BinaryIO: ...
+
+    def objects(self, prefix: str = "") -> list[StoredObject]: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def abort_abandoned(self, prefix: str) -> list[str]:
+        """Clean up uploads under `prefix` that a crashed run left unfinished; their keys."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+
+def open_storage(
+    url: str, *, endpoint_url: str | None = None, region: str | None = None,
+    sse: str | None = None, kms_key_id: str | None = None,
+) -> Storage:  # fmt: skip
+    """`file:///path`, a plain path, or `s3://bucket/prefix` (AWS, GCS, R2, MinIO)."""
+    if url.startswith("s3://"):
+        from worker.storage.s3 import S3Storage
+
+        return S3Storage(url, endpoint_url=endpoint_url, region=region, sse=sse, kms_key_id=kms_key_id)
+    from worker.storage.local import LocalStorage
+
+    return LocalStorage(url.removeprefix("file://"))

@@ -1,0 +1,89 @@
+"""Backups in a local directory: written as `.partial` files and renamed into place on commit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from worker.storage import StoredObject
+
+
+class LocalUpload:
+    """A file that appears under its name only when committed."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        self._partial = path.with_name(path.name + ".partial")
+        self._file = self._partial.open("wb")
+
+    def write(self, data: bytes) -> int:
+        return self._file.write(data)
+
+    def commit(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._partial.replace(self._path)
+
+    def abort(self) -> None:
+        self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._partial.unlink()
+
+
+class LocalStorage:
+    """A directory tree; keys are relative paths."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+        self.display = f"file://{self.root.resolve()}"
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError(f"key {key!r} points outside {self.root}")
+        return path
+
+    def upload(self, key: str) -> LocalUpload:
+        return LocalUpload(self._path(key))
+
+    def put(self, key: str, data: bytes) -> None:
+        upload = self.upload(key)
+        upload.write(data)
+        upload.commit()
+
+    def open(self, key: str) -> BinaryIO:
+        return self._path(key).open("rb")
+
+    def objects(self, prefix: str = "") -> list[StoredObject]:
+        if not self.root.exists():
+            return []
+        found = []
+        for path in self.root.rglob("*"):
+            key = path.relative_to(self.root).as_posix()
+            if path.is_file() and key.startswith(prefix) and not key.endswith(".partial"):
+                st = path.stat()
+                found.append(StoredObject(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
+        return sorted(found, key=lambda o: o.key)
+
+    def abort_abandoned(self, prefix: str) -> list[str]:
+        """Remove `.partial` files under `prefix` left by a run that died."""
+        gone = []
+        if self.root.exists():
+            for path in self.root.rglob("*.partial"):
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    path.unlink(missing_ok=True)
+                    gone.append(key)
+        return gone
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
