@@ -1,17 +1,21 @@
 """`make demo`: a local app whose /api/health goes down and comes back, watched by the daemon.
 
-Runs the daemon on config/demo.yaml for a few seconds against that app, then shows
-`opskeeper history` and `opskeeper uptime`, so a newcomer sees an outage detected,
-alerted once and recovered, without any outside service.
+Runs the daemon on config/demo.yaml for a few seconds against that app and an embedded
+MongoDB-compatible server, then shows `opskeeper history`, `uptime` and `backups list`, so
+a newcomer sees an outage detected, alerted once and recovered, and backups made and
+verified, without any outside service.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -56,15 +60,74 @@ def main() -> int:
     args = parser.parse_args()
     server, url = start_app(down_after=args.seconds * 0.25, down_for=args.seconds * 0.4)
     os.environ["DEMO_APP_URL"] = url
-    try:
-        code = cli.main(["run", "--config", args.config, "--for", f"{args.seconds}s"])
-    finally:
-        server.shutdown()
+    with demo_mongodb() as mongo_uri:
+        os.environ["DEMO_MONGODB_URI"] = mongo_uri
+        try:
+            code = cli.main(["run", "--config", args.config, "--for", f"{args.seconds}s"])
+        finally:
+            server.shutdown()
     print("\n--- opskeeper history --limit 15 ---", flush=True)
     cli.main(["history", "--limit", "15"])
     print("\n--- opskeeper uptime --window 1h ---", flush=True)
     cli.main(["uptime", "--window", "1h"])
+    print("\n--- opskeeper backups list ---", flush=True)
+    cli.main(["backups", "list", "--config", args.config])
+    newest = _newest_backup(args.config)
+    if newest:
+        print(f"\n--- opskeeper backups verify {newest} ---", flush=True)
+        cli.main(["backups", "verify", newest, "--config", args.config])
     return code
+
+
+def _newest_backup(config: str) -> str | None:
+    from jobs.backup.catalog import list_backups
+    from worker.registry import OPTIONS
+    from worker.schedule import load_config
+
+    for job in load_config(config, OPTIONS).jobs:
+        if job.kind == "backup":
+            entries = list_backups(job.options.open_storage(), job.id)
+            return entries[0].key if entries else None
+    return None
+
+
+@contextlib.contextmanager
+def demo_mongodb() -> Iterator[str]:
+    """An embedded MongoDB-compatible server (SecantusDB, a dev dependency) with a small shop in it."""
+    from pymongo import MongoClient
+    from secantus import SecantusDBServer
+
+    with tempfile.TemporaryDirectory(prefix="opskeeper-demo-db-") as path, \
+            SecantusDBServer(storage_path=path) as mongo:  # fmt: skip
+        client: Any = MongoClient(mongo.uri)
+        shop = client.shop
+        shop.products.insert_many([{"sku": f"SKU-{i:04d}", "name": f"Product {i}", "price": round(4.99 + i, 2),
+                                    "tags": ["demo", "shop"][: 1 + i % 2]} for i in range(50)])  # fmt: skip
+        shop.users.create_index("email", unique=True)
+        shop.users.insert_many(
+            [
+                {
+                    "email": f"user{i}@example.com",
+                    "name": f"User {i}",
+                    "address": {"city": ["Berlin", "Lyon", "Porto"][i % 3]},
+                }
+                for i in range(200)
+            ]
+        )
+        shop.orders.create_index([("user", 1), ("created", -1)])
+        shop.orders.insert_many(
+            [
+                {
+                    "user": i % 200,
+                    "items": [{"sku": f"SKU-{(i * 7) % 50:04d}", "qty": 1 + i % 3}],
+                    "total": round(9.99 * (1 + i % 5), 2),
+                    "status": "paid",
+                }
+                for i in range(1000)
+            ]
+        )
+        client.close()
+        yield mongo.uri
 
 
 if __name__ == "__main__":
