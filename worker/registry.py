@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from jobs.backup.atlas import AtlasBackupJob, AtlasBackupOptions
 from jobs.backup.job import BackupJob, BackupOptions
 from jobs.command import CommandJob, CommandOptions
 from jobs.deploys import DeploysJob, DeploysOptions
@@ -16,6 +17,7 @@ KINDS: Mapping[str, tuple[type[JobOptions], Callable[[Any], Job]]] = {
     "health": (HealthOptions, HealthJob),
     "deploys": (DeploysOptions, DeploysJob),
     "backup": (BackupOptions, BackupJob),
+    "atlas_backup": (AtlasBackupOptions, AtlasBackupJob),
 }
 
 #: The options model of each kind, which is all the schedule validator needs.
