@@ -22,10 +22,11 @@ from worker.ledger import CHECKS_KEPT, Ledger, RunRecord, open_ledger
 from worker.reporting.log import configure
 from worker.reporting.redact import Redactor
 from worker.reporting.sentry import SentryReporter
-from worker.runner import Runner, version
+from worker.runner import Runner
 from worker.schedule import ConfigError, JobSpec, ScheduleConfig, load_config
 from worker.settings import Settings, SettingsError, load_settings, secret_env_values
 from worker.timespec import describe, format_duration, parse_duration, upcoming
+from worker.version import version
 
 EXIT_CONFIG = 2
 

@@ -16,7 +16,6 @@ import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from importlib import metadata
 from typing import Any
 
 from worker import registry
@@ -27,20 +26,13 @@ from worker.reporting.redact import Redactor
 from worker.reporting.sentry import SentryReporter
 from worker.schedule import JobSpec
 from worker.timespec import format_duration
+from worker.version import version
 
 #: Exceptions worth another attempt; anything else is a bug or a config error.
 TRANSIENT = (TransientError, ConnectionError, TimeoutError)
 # How long an interrupted run may take to clean up; Render's SIGKILL comes 30 s after
 # SIGTERM, and the shutdown grace (25 s by default) has used most of that.
 _WIND_DOWN_S = 3.0
-
-
-def version() -> str:
-    """opskeeper's installed version."""
-    try:
-        return metadata.version("opskeeper")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "0+unknown"
 
 
 @dataclass

@@ -11,7 +11,10 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import queue
+import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -29,6 +32,7 @@ from worker.job import JobContext, JobOptions, Outcome, Status
 from worker.reporting.redact import Redactor
 from worker.storage import Storage, open_storage
 from worker.timespec import format_duration
+from worker.version import version as opskeeper_version
 
 SYSTEM_DATABASES = ("admin", "local", "config")
 
@@ -169,8 +173,6 @@ class BackupJob:
         stats: list[dict[str, Any]] = []
         try:
             writer = ArchiveWriter(sink)  # type: ignore[arg-type]
-            from worker.runner import version as opskeeper_version
-
             preludes = [Prelude(n.db, n.name, n.metadata, 0, n.type) for n in namespaces]
             writer.header(Header(server_version, f"opskeeper {opskeeper_version()}"), preludes)
             probe = next((n for n in namespaces if n.type != "view"), None)
@@ -214,7 +216,8 @@ class BackupJob:
         digest = documents = size = 0
         if ns.type != "view":
             kwargs = {"session": session} if session is not None else {}
-            for batch in client[ns.db][data_ns].find_raw_batches({}, batch_size=self.options.batch_size, **kwargs):
+            cursor = client[ns.db][data_ns].find_raw_batches({}, batch_size=self.options.batch_size, **kwargs)
+            for batch in prefetched(cursor):
                 if ctx.cancel.is_set():
                     raise InterruptedError(f"stopped while dumping {ns.db}.{ns.name}")
                 for doc in iter_documents(batch):
@@ -239,6 +242,55 @@ class BackupJob:
             "options": json.loads(json_util.dumps(ns.options)),
             "indexes": json.loads(json_util.dumps(ns.indexes)),
         }
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_DONE = object()
+
+
+def prefetched(batches: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
+    """Yield from `batches`, fetching up to `depth` ahead in a thread.
+
+    The server prepares the next batch while this one is hashed, compressed and uploaded;
+    memory stays bounded at `depth` + 1 batches (each at most 16 MB).
+    """
+    ahead: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        ahead.put(batch, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            ahead.put(_Failure(exc))
+
+    thread = threading.Thread(target=pump, name="backup-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ahead.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        while not ahead.empty():
+            ahead.get_nowait()
+        thread.join(5)
 
 
 class _snapshot_session:  # noqa: N801 - used like a function in a `with`
