@@ -146,8 +146,11 @@ def main() -> None:
             db = f"bench_{name}"
             raw = measure("raw", uri, db, "", endpoint)
             floor = raw["bytes"] / raw["seconds"]
+            snap = measure("raw-snapshot", uri, db, "", endpoint)
+            snap_floor = snap["bytes"] / snap["seconds"]
             row: dict[str, Any] = {
                 "raw_floor_mb_s": round(floor / 1e6, 1),
+                "raw_floor_snapshot_mb_s": round(snap_floor / 1e6, 1),
                 "raw_peak_rss_mb": round(raw["peak_rss_mb"], 1),
             }
             for mode in ("none-disk", "zstd-disk", "gzip-disk", "zstd-s3"):
