@@ -37,10 +37,11 @@ typecheck: $(VENV)/.synced
 pytest: $(VENV)/.synced
 	$(VENV)/bin/pytest
 
-## bench: idle daemon and health probe figures (about 2 minutes)
+## bench: idle daemon, health probe and backup figures (about 15 minutes)
 bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/idle.py
 	$(VENV)/bin/python bench/probe.py
+	$(VENV)/bin/python bench/backup.py
 
 clean:
 	rm -rf $(TOOLS) $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -101,6 +101,7 @@ def test_backup_to_disk_verifies_and_matches_the_source(
     [entry] = list_backups(BackupOptions(storage=str(tmp_path / "backups")).open_storage(), "nightly")
     manifest = entry.manifest
     assert {n["ns"]: n["documents"] for n in manifest["namespaces"]} == counts
+    assert manifest["consistent_snapshot"] is True  # SecantusDB runs as a replica set
     types = {n["ns"].split(".", 1)[1]: n["type"] for n in manifest["namespaces"]}
     assert types["paid_orders"] == "view"
     users = next(n for n in manifest["namespaces"] if n["ns"].endswith(".users"))
@@ -284,3 +285,99 @@ def test_pruning_after_backups_keeps_keep_last(
     assert [e.key for e in remaining][-1] != first.details["key"]
     assert len(remaining) == 2
     assert not (tmp_path / "b" / first.details["key"]).exists()
+
+
+def test_mongodump_engine_streams_the_tools_archive_with_the_password_off_argv(
+    tmp_path: Path, env: dict[str, str], mongo_uri: str, source: tuple[str, dict[str, int]]
+) -> None:
+    """engine: mongodump runs the binary on PATH with --config (0600, holding the URI) and stores its stream.
+
+    No mongodump can be installed on these machines, so a stand-in on PATH plays its part:
+    it records how it was called and writes an archive the real mongodump produced.
+    """
+    import stat
+    import sys
+
+    from tests.conftest import SHARED
+
+    archive = SHARED / "fixtures" / "mongodump" / "dump-w-oplog.archive"
+    calls = tmp_path / "mongodump-call.json"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_in = bin_dir / "mongodump"
+    stand_in.write_text(f"""#!{sys.executable}
+import json, pathlib, sys
+config = next(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config="))
+path = pathlib.Path(config)
+pathlib.Path({str(calls)!r}).write_text(json.dumps(
+    {{"argv": sys.argv, "config": path.read_text(), "mode": path.stat().st_mode & 0o777}}))
+sys.stdout.buffer.write(pathlib.Path({str(archive)!r}).read_bytes())
+""")
+    stand_in.chmod(stand_in.stat().st_mode | stat.S_IEXEC)
+    prefix, _ = source
+    admin: Any = MongoClient(mongo_uri)
+    user, password = f"md{uuid.uuid4().hex[:6]}", "Tools-Secret-Pw-42"
+    admin.admin.command("createUser", user, pwd=password, roles=["root"])
+    uri = mongo_uri.replace("mongodb://", f"mongodb://{user}:{password}@").rstrip("/") + "/?authSource=admin"
+    config = write(tmp_path / "jobs.yaml", f"""\
+jobs:
+  - id: tools-backup
+    kind: backup
+    schedule: "@daily"
+    options: {{engine: mongodump, compression: none, databases: ["{prefix}_*"], storage: "{tmp_path / "b"}"}}
+""")  # fmt: skip
+    run_env = {**env, "MONGODB_URI": uri, "PATH": f"{bin_dir}:{env['PATH']}"}
+    result = opskeeper("run-now", "tools-backup", "--config", str(config), "--json", env=run_env)
+    assert result.code == 0, result.stdout + result.stderr
+    call = json.loads(calls.read_text())
+    assert password not in " ".join(call["argv"])
+    assert "--archive" in call["argv"]
+    assert f"--nsInclude={prefix}_shop.users" in call["argv"]
+    assert password in call["config"]
+    assert call["mode"] == 0o600
+    [manifest_path] = (tmp_path / "b").rglob("*.manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    assert (manifest["engine"], manifest["consistent_snapshot"]) == ("mongodump", False)
+    assert {n["ns"]: n["documents"] for n in manifest["namespaces"]} == {
+        "test.foo": 25, ".oplog": 18, "admin.system.version": 1
+    }  # fmt: skip
+    [stored] = (tmp_path / "b").rglob("*.archive")
+    assert stored.read_bytes() == archive.read_bytes()
+    assert password not in result.stdout + result.stderr + manifest_path.read_text()
+    admin.admin.command("dropUser", user)
+    admin.close()
+
+
+def test_mongodump_engine_without_the_binary_is_a_clear_error(
+    tmp_path: Path, env: dict[str, str], mongo_uri: str, source: tuple[str, dict[str, int]]
+) -> None:
+    """engine: mongodump with no mongodump on PATH: an error saying so, and no backup left behind."""
+    prefix, _ = source
+    config = write(tmp_path / "jobs.yaml", f"""\
+jobs:
+  - id: tools-backup
+    kind: backup
+    schedule: "@daily"
+    options: {{engine: mongodump, uri: "{mongo_uri}", databases: ["{prefix}_*"], storage: "{tmp_path / "b"}"}}
+""")  # fmt: skip
+    result = opskeeper(
+        "run-now", "tools-backup", "--config", str(config), "--json", env={**env, "PATH": "/usr/bin:/bin"}
+    )
+    assert result.code == 3
+    assert "no mongodump is installed here; use engine: native" in result.stdout
+    assert not list((tmp_path / "b").rglob("*.archive*"))
+
+
+def test_standalone_server_without_snapshots_still_backs_up(tmp_path: Path, harness: Harness) -> None:
+    """A standalone server refuses snapshot reads: the backup goes on without one and says so."""
+    from secantus import SecantusDBServer
+
+    with SecantusDBServer(storage_path=str(tmp_path / "db"), replica_set_name=None) as server:
+        client: Any = MongoClient(server.uri)
+        client.app.items.insert_many([{"n": i} for i in range(40)])
+        client.app.more.insert_many([{"n": i} for i in range(3)])
+        outcome = harness.run(uri=server.uri, storage=str(tmp_path / "b"))
+        client.close()
+    assert outcome.status.value == "ok", outcome.summary
+    assert outcome.details["consistent_snapshot"] is False
+    assert outcome.details["documents"] == 43

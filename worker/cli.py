@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -401,8 +402,32 @@ def _backups_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+class _Progress:
+    """A one-line progress display on a terminal (bytes, docs/s); silent otherwise."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, stored_bytes: int, documents: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self._last < 0.25:
+            return
+        self._last = now
+        rate = documents / max(now - self.started, 1e-6)
+        print(f"\r  {stored_bytes / 1e6:10.1f} MB read  {documents:12d} docs  {rate:10.0f} docs/s",
+              end="", file=sys.stderr, flush=True)  # fmt: skip
+
+    def done(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
+
+
 def _backups_verify(args: argparse.Namespace, settings: Settings) -> int:
     from jobs.backup.catalog import MANIFEST, base_of, verify
+
+    progress = _Progress()
 
     path = Path(args.target)
     manifest: dict[str, Any] | None = None
@@ -411,7 +436,7 @@ def _backups_verify(args: argparse.Namespace, settings: Settings) -> int:
         if sibling.is_file():
             manifest = json.loads(sibling.read_text(encoding="utf-8"))
         with path.open("rb") as stream:
-            report = verify(stream, manifest)
+            report = verify(stream, manifest, progress)
     else:
         config = _config(args, settings)
         storage = next((s for s in (j.options.open_storage() for j in _backup_jobs(config)) if s.exists(args.target)),
@@ -423,7 +448,8 @@ def _backups_verify(args: argparse.Namespace, settings: Settings) -> int:
             with storage.open(manifest_key) as stream:
                 manifest = json.loads(stream.read())
         with storage.open(args.target) as stream:
-            report = verify(stream, manifest)
+            report = verify(stream, manifest, progress)
+    progress.done()
     if args.json:
         print(json.dumps(report.public(), indent=2))
     else:

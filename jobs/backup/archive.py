@@ -155,6 +155,7 @@ class ArchiveReader:
         self.documents: dict[str, int] = {}
         self.bytes: dict[str, int] = {}
         self.crc_ok: dict[str, bool] = {}
+        self.crc_values: dict[str, int] = {}
         self._crc: dict[str, int] = {}
 
     def _read(self, size: int, what: str, ns: str | None = None) -> bytes:
@@ -220,6 +221,7 @@ class ArchiveReader:
             if nsh.get("EOF"):
                 stored = int(nsh.get("CRC", 0)) & 0xFFFFFFFFFFFFFFFF
                 self.crc_ok[ns] = stored == self._crc.get(ns, 0)
+                self.crc_values[ns] = stored
                 closed.add(ns)
                 if self._read(4, "terminator after EOF", ns) != TERM:
                     raise ArchiveError("no terminator after EOF", self.offset - 4, ns)

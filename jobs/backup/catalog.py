@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import json
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, cast
@@ -144,8 +145,13 @@ class VerifyReport:
         return {"ok": self.ok, "namespaces": self.namespaces, "problems": self.problems}
 
 
-def verify(raw: BinaryIO, manifest: dict[str, Any] | None = None) -> VerifyReport:
-    """Stream an archive: every frame, CRC and count; sha256 and counts against the manifest."""
+def verify(
+    raw: BinaryIO, manifest: dict[str, Any] | None = None, progress: Callable[[int, int], None] | None = None
+) -> VerifyReport:
+    """Stream an archive: every frame, CRC and count; sha256 and counts against the manifest.
+
+    `progress(stored_bytes_read, documents_seen)` is called as the archive is read.
+    """
     report = VerifyReport()
     reader = HashingReader(raw)
     archive = ArchiveReader(decompressed(reader))
@@ -168,6 +174,8 @@ def verify(raw: BinaryIO, manifest: dict[str, Any] | None = None) -> VerifyRepor
             for doc in iter_documents(event.data):
                 total = digest_update(total, doc)
             digests[event.ns] = total
+            if progress is not None:
+                progress(reader.count, sum(archive.documents.values()))
     except ArchiveError as exc:
         report.problems.append(str(exc))
     except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:

@@ -12,11 +12,15 @@ import fnmatch
 import json
 import os
 import queue
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from bson import json_util
@@ -25,7 +29,7 @@ from pydantic import Field
 from pymongo import MongoClient
 from pymongo.errors import ConfigurationError, OperationFailure
 
-from jobs.backup.archive import ArchiveWriter, Header, Prelude, crc64, iter_documents
+from jobs.backup.archive import ArchiveReader, ArchiveWriter, Header, Prelude, Segment, crc64, iter_documents
 from jobs.backup.catalog import MANIFEST, SUFFIX, CompressingSink, digest_update, list_backups, prune, stamp
 from jobs.backup.retention import Retention
 from worker.job import JobContext, JobOptions, Outcome, Status
@@ -56,7 +60,8 @@ class BackupOptions(JobOptions):
     kms_key_id: str | None = None
     compression: Literal["gzip", "zstd", "none"] = "gzip"
     retention: Retention = Retention()
-    engine: Literal["native"] = "native"
+    engine: Literal["native", "mongodump"] = "native"
+    """native streams with pymongo; mongodump runs the real binary (password via a config file)."""
     batch_size: Annotated[int, Field(ge=1)] = 1000
 
     def open_storage(self) -> Storage:
@@ -172,13 +177,17 @@ class BackupJob:
         sink = CompressingSink(upload, opts.compression)
         stats: list[dict[str, Any]] = []
         try:
-            writer = ArchiveWriter(sink)  # type: ignore[arg-type]
-            preludes = [Prelude(n.db, n.name, n.metadata, 0, n.type) for n in namespaces]
-            writer.header(Header(server_version, f"opskeeper {opskeeper_version()}"), preludes)
-            probe = next((n for n in namespaces if n.type != "view"), None)
-            with _snapshot_session(client, probe) as session:
-                for ns in namespaces:
-                    stats.append(self._collection(ctx, client, ns, writer, session))
+            if opts.engine == "mongodump":
+                stats = dump_with_mongodump(ctx, uri, opts, namespaces, sink)
+                consistent = False
+            else:
+                writer = ArchiveWriter(sink)  # type: ignore[arg-type]
+                preludes = [Prelude(n.db, n.name, n.metadata, 0, n.type) for n in namespaces]
+                writer.header(Header(server_version, f"opskeeper {opskeeper_version()}"), preludes)
+                with _Snapshot(client) as snapshot:
+                    for ns in namespaces:
+                        stats.append(self._collection(ctx, client, ns, writer, snapshot))
+                    consistent = snapshot.active
             sink.close()
             upload.commit()
         except BaseException:
@@ -193,7 +202,7 @@ class BackupJob:
             "server_version": server_version,
             "engine": opts.engine,
             "compression": opts.compression,
-            "consistent_snapshot": session is not None,
+            "consistent_snapshot": consistent,
             "started_at": started.isoformat(),
             "finished_at": finished.isoformat(),
             "duration_s": round((finished - started).total_seconds(), 3),
@@ -209,15 +218,13 @@ class BackupJob:
         return manifest
 
     def _collection(self, ctx: JobContext, client: Any, ns: Namespace, writer: ArchiveWriter,
-                    session: Any) -> dict[str, Any]:  # fmt: skip
+                    session: _Snapshot) -> dict[str, Any]:  # fmt: skip
         started = time.monotonic()
         data_ns = ns.data_collection
         crc: int | None = None
         digest = documents = size = 0
         if ns.type != "view":
-            kwargs = {"session": session} if session is not None else {}
-            cursor = client[ns.db][data_ns].find_raw_batches({}, batch_size=self.options.batch_size, **kwargs)
-            for batch in prefetched(cursor):
+            for batch in self._batches(client, ns, session):
                 if ctx.cancel.is_set():
                     raise InterruptedError(f"stopped while dumping {ns.db}.{ns.name}")
                 for doc in iter_documents(batch):
@@ -242,6 +249,24 @@ class BackupJob:
             "options": json.loads(json_util.dumps(ns.options)),
             "indexes": json.loads(json_util.dumps(ns.indexes)),
         }
+
+    def _batches(self, client: Any, ns: Namespace, snapshot: _Snapshot) -> Iterator[bytes]:
+        """Raw batches of a collection, read at the snapshot while the server allows it."""
+        collection = client[ns.db][ns.data_collection]
+        batches = prefetched(collection.find_raw_batches({}, batch_size=self.options.batch_size,
+                                                         **snapshot.kwargs()))  # fmt: skip
+        try:
+            first = next(batches, None)
+        except OperationFailure:
+            if not snapshot.active:
+                raise
+            # The server refuses snapshot reads (a standalone mongod): go on without one.
+            snapshot.give_up()
+            batches = prefetched(collection.find_raw_batches({}, batch_size=self.options.batch_size))
+            first = next(batches, None)
+        if first is not None:
+            yield first
+            yield from batches
 
 
 class _Failure:
@@ -293,30 +318,32 @@ def prefetched(batches: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
         thread.join(5)
 
 
-class _snapshot_session:  # noqa: N801 - used like a function in a `with`
-    """A snapshot session where the server supports one (one consistent point in time), else None."""
+class _Snapshot:
+    """One snapshot session for the whole dump where the server offers one (a consistent backup)."""
 
-    def __init__(self, client: Any, probe: Namespace | None) -> None:
-        self._client = client
-        self._probe = probe
-        self._session: Any = None
-
-    def __enter__(self) -> Any:
-        if self._probe is None:
-            return None
+    def __init__(self, client: Any) -> None:
         try:
-            self._session = self._client.start_session(snapshot=True)
-            # A server without snapshot reads (a standalone mongod) refuses at the first read.
-            self._client[self._probe.db][self._probe.data_collection].find_one({}, session=self._session)
-        except (ConfigurationError, OperationFailure):
-            if self._session is not None:
-                self._session.end_session()
-            self._session = None
-        return self._session
+            self.session: Any = client.start_session(snapshot=True)
+        except ConfigurationError:
+            self.session = None
+
+    @property
+    def active(self) -> bool:
+        return self.session is not None
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"session": self.session} if self.session is not None else {}
+
+    def give_up(self) -> None:
+        if self.session is not None:
+            self.session.end_session()
+        self.session = None
+
+    def __enter__(self) -> _Snapshot:
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._session is not None:
-            self._session.end_session()
+        self.give_up()
 
 
 def _mb(size: int) -> str:
@@ -332,3 +359,81 @@ def format_duration_s(seconds: float) -> str:
 def backups_of(options: BackupOptions, job_id: str) -> list[Any]:
     """This job's complete backups, newest first."""
     return list_backups(options.open_storage(), job_id)
+
+
+class _Tee:
+    """Reads from a stream and writes every byte read to a sink: parse and store in one pass."""
+
+    def __init__(self, stream: Any, sink: CompressingSink) -> None:
+        self._stream, self._sink = stream, sink
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._stream.read(size)
+        if data:
+            self._sink.write(data)
+        return data
+
+
+def dump_with_mongodump(
+    ctx: JobContext, uri: str, options: BackupOptions, namespaces: list[Namespace], sink: CompressingSink
+) -> list[dict[str, Any]]:
+    """Run the real `mongodump --archive`, storing its stream as it comes and checking it as it passes.
+
+    The URI (with its password) goes in a 0600 config file, never on the command line.
+    """
+    exe = shutil.which("mongodump")
+    if exe is None:
+        raise RuntimeError("engine: mongodump, but no mongodump is installed here; use engine: native")
+    with tempfile.TemporaryDirectory(prefix="opskeeper-mongodump-") as tmp:
+        config = Path(tmp) / "mongodump.yaml"
+        config.touch(mode=0o600)
+        config.write_text(f"uri: {json.dumps(uri)}\n", encoding="utf-8")
+        argv = [exe, f"--config={config}", "--archive", f"--readPreference={options.read_preference}",
+                *(f"--nsInclude={n.db}.{n.name}" for n in namespaces)]  # fmt: skip
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,  # noqa: S603
+                                start_new_session=True)  # fmt: skip
+        errors: list[bytes] = []
+        drain = threading.Thread(target=lambda: errors.append(proc.stderr.read() if proc.stderr else b""), daemon=True)
+        drain.start()
+        try:
+            reader = ArchiveReader(_Tee(proc.stdout, sink))  # type: ignore[arg-type]
+            reader.read_prelude()
+            digests: dict[str, int] = {}
+            for event in reader.events():
+                if ctx.cancel.is_set():
+                    raise InterruptedError("stopped while mongodump was running")
+                if isinstance(event, Segment):
+                    total = digests.get(event.ns, 0)
+                    for doc in iter_documents(event.data):
+                        total = digest_update(total, doc)
+                    digests[event.ns] = total
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            drain.join(5)
+        if code != 0:
+            tail = b"".join(errors).decode("utf-8", "replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"mongodump exited {code}: {' / '.join(tail)}")
+    bad = sorted(ns for ns, ok in reader.crc_ok.items() if not ok)
+    if bad:
+        raise RuntimeError(f"mongodump's archive failed its own CRC for {', '.join(bad)}")
+    return _stats_from_archive(reader, digests)
+
+
+def _stats_from_archive(reader: ArchiveReader, digests: dict[str, int]) -> list[dict[str, Any]]:
+    stats = []
+    for prelude in reader.preludes:
+        meta = json_util.loads(prelude.metadata) if prelude.metadata else {}
+        data_ns = prelude.ns
+        if prelude.type == "timeseries":
+            data_ns = f"{prelude.db}.system.buckets.{prelude.collection}"
+        stats.append({
+            "ns": prelude.ns, "data_ns": data_ns, "type": prelude.type or "collection",
+            "documents": reader.documents.get(data_ns, 0), "bytes": reader.bytes.get(data_ns, 0),
+            "crc": f"{reader.crc_values.get(data_ns, 0):016x}", "digest": f"{digests.get(data_ns, 0):032x}",
+            "options": json.loads(json_util.dumps(meta.get("options", {}))),
+            "indexes": json.loads(json_util.dumps(meta.get("indexes", []))),
+        })  # fmt: skip
+    return stats
