@@ -119,11 +119,12 @@ def test_backup_to_disk_verifies_and_matches_the_source(
     assert not list((tmp_path / "backups").rglob("*.partial"))
 
 
+@pytest.mark.parametrize("compression", ["zstd", "gzip", "none"])
 def test_backup_to_s3_and_cli_list_and_verify(
-    tmp_path: Path, mongo_uri: str, source: tuple[str, dict[str, int]], s3_endpoint: str, bucket: str,
-    env: dict[str, str],
+    compression: str, tmp_path: Path, mongo_uri: str, source: tuple[str, dict[str, int]], s3_endpoint: str,
+    bucket: str, env: dict[str, str],
 ) -> None:  # fmt: skip
-    """A scheduled backup to S3 (zstd) through `run-now`; `backups list` and `backups verify KEY` agree."""
+    """A backup to S3 through `run-now`, encrypted at rest; `backups list` and `backups verify KEY` agree."""
     prefix, counts = source
     config = write(tmp_path / "jobs.yaml", f"""\
 jobs:
@@ -135,23 +136,28 @@ jobs:
       databases: ["{prefix}_*"]
       storage: s3://{bucket}/mongo
       endpoint_url: {s3_endpoint}
-      compression: zstd
+      compression: {compression}
+      sse: AES256
 """)  # fmt: skip
     run_env = {**env, **AWS_ENV}
     result = opskeeper("run-now", "nightly", "--config", str(config), "--json", env=run_env)
     assert result.code == 0, result.stdout + result.stderr
     listed = json.loads(opskeeper("backups", "list", "--config", str(config), "--json", env=run_env).stdout)
     assert len(listed) == 1
-    assert (listed[0]["job_id"], listed[0]["compression"], listed[0]["documents"]) == ("nightly", "zstd",
-                                                                                      sum(counts.values()))  # fmt: skip
+    assert (listed[0]["job_id"], listed[0]["compression"]) == ("nightly", compression)
+    assert listed[0]["documents"] == sum(counts.values())
     assert set(listed[0]) == {"key", "job_id", "created_at", "size_bytes", "compression", "collections", "documents",
                               "verified"}  # fmt: skip
     checked = opskeeper("backups", "verify", listed[0]["key"], "--config", str(config), "--json", env=run_env)
     assert checked.code == 0, checked.stdout
     assert json.loads(checked.stdout)["ok"] is True
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=bucket)["Contents"]]
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     assert all(k.startswith("mongo/nightly/") for k in keys)
-    assert sorted(k.rsplit(".", 2)[-2:][0] for k in keys) == ["archive", "manifest"]
+    assert s3.head_object(Bucket=bucket, Key="mongo/" + listed[0]["key"])["ServerSideEncryption"] == "AES256"
+    suffix = {"zstd": ".archive.zst", "gzip": ".archive.gz", "none": ".archive"}[compression]
+    assert sorted(k.endswith(suffix) for k in keys) == [False, True]
+    assert sum(k.endswith(".manifest.json") for k in keys) == 1
 
 
 def test_s3_going_away_mid_upload_leaves_nothing_and_the_next_run_cleans_up(

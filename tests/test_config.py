@@ -12,6 +12,7 @@ from worker.cli import main
 from worker.registry import OPTIONS
 from worker.schedule import ConfigError, load_config
 
+KINDS = ", ".join(sorted(OPTIONS))
 GOOD_JOB = """\
   - id: deps
     kind: command
@@ -41,12 +42,12 @@ CASES = [
     (
         "unknown kind",
         "jobs:\n  - id: backup\n    kind: mongodumb\n    schedule: '@daily'\n",
-        "3:11: jobs[0] (backup).kind: unknown kind 'mongodumb'; known kinds: command",
+        "3:11: jobs[0] (backup).kind: unknown kind 'mongodumb'; known kinds: " + KINDS,
     ),
     (
         "misspelt kind",
         "jobs:\n  - id: backup\n    kind: comand\n    schedule: '@daily'\n",
-        "3:11: jobs[0] (backup).kind: unknown kind 'comand'; did you mean 'command'? known kinds: command",
+        "3:11: jobs[0] (backup).kind: unknown kind 'comand'; did you mean 'command'? known kinds: " + KINDS,
     ),
     (
         "duplicate id",
