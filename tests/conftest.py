@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import json
 import os
@@ -11,13 +12,21 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
+from pymongo import MongoClient
+
+from jobs.backup.job import BackupJob, BackupOptions
+from worker.job import JobContext
+from worker.ledger import JobChecks, JobState, SqliteLedger
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -433,3 +442,68 @@ def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     name = f"backups-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return name
+
+
+# --- a realistic MongoDB dataset and the backup job run in-process ----------------------
+
+
+@pytest.fixture
+def source(mongo_uri: str) -> Iterator[tuple[str, dict[str, int]]]:
+    """Two fresh databases with realistic shapes; yields their prefix and the expected counts."""
+    client: Any = MongoClient(mongo_uri)
+    prefix = f"t{uuid.uuid4().hex[:6]}"
+    shop, crm = client[f"{prefix}_shop"], client[f"{prefix}_crm"]
+    shop.users.create_index("email", unique=True)
+    shop.users.insert_many([{"email": f"u{i}@example.com", "name": f"User {i}", "tags": ["a", "b"][: i % 3],
+                             "profile": {"age": 20 + i, "city": "Berlin"}} for i in range(120)])  # fmt: skip
+    shop.sessions.create_index("at", expireAfterSeconds=3600)
+    shop.sessions.insert_many([{"at": dt.datetime(2026, 11, 26, tzinfo=dt.UTC), "user": i} for i in range(30)])
+    shop.orders.create_index([("status", 1), ("total", -1)], partialFilterExpression={"total": {"$gt": 0}})
+    shop.orders.insert_many([{"status": "paid", "total": i * 1.5, "items": [{"sku": f"s{i}", "qty": i}]}
+                             for i in range(250)])  # fmt: skip
+    shop.create_collection("empty")
+    shop.create_collection("paid_orders", viewOn="orders", pipeline=[{"$match": {"status": "paid"}}])
+    shop["audit.log"].insert_one({"event": "login"})
+    shop["größe"].insert_one({"x": "ü"})
+    crm.types.insert_one({
+        "oid": ObjectId(), "int": 1, "long": Int64(2**40), "double": 1.5, "dec": Decimal128(Decimal("1.10")),
+        "str": "text", "bool": True, "null": None, "date": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        "ts": Timestamp(1700000000, 1), "bin": Binary(b"\x00\x01", 0), "uuid": Binary(uuid.uuid4().bytes, 4),
+        "regex": Regex("^a.*z$", "i"), "code": Code("function() {}"), "min": MinKey(), "max": MaxKey(),
+        "arr": [1, "two", {"three": 3}], "doc": {"nested": {"deep": [1, 2]}},
+    })  # fmt: skip
+    counts = {f"{prefix}_shop.users": 120, f"{prefix}_shop.sessions": 30, f"{prefix}_shop.orders": 250,
+              f"{prefix}_shop.empty": 0, f"{prefix}_shop.paid_orders": 0, f"{prefix}_shop.audit.log": 1,
+              f"{prefix}_shop.größe": 1, f"{prefix}_crm.types": 1}  # fmt: skip
+    yield prefix, counts
+    client.drop_database(shop.name)
+    client.drop_database(crm.name)
+    client.close()
+
+
+class Harness:
+    """Runs a backup job in-process the way the runner does."""
+
+    def __init__(self, ledger: SqliteLedger, job_id: str = "nightly") -> None:
+        self.ledger, self.job_id, self.logged = ledger, job_id, []  # type: ignore[var-annotated]
+        self.on_log: Any = None
+
+    def run(self, **options: Any) -> Any:
+        def log(event: str, **fields: Any) -> None:
+            self.logged.append((event, fields))
+            if self.on_log:
+                self.on_log(event, fields)
+
+        ctx = JobContext(
+            job_id=self.job_id, run_id="r", scheduled_at=dt.datetime.now(dt.UTC), deadline=time.monotonic() + 300,
+            state=JobState(self.ledger, self.job_id), cancel=threading.Event(), log=log,
+            checks=JobChecks(self.ledger, self.job_id),
+        )  # fmt: skip
+        return BackupJob(BackupOptions.model_validate(options)).run(ctx)
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    yield Harness(ledger)
+    ledger.close()

@@ -7,15 +7,17 @@ monitoring plugin (0 ok, 1 warn, 2 fail, 3 error or timeout).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from worker import registry
 from worker.job import Status, TransientError
@@ -94,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
     rollback.add_argument("--disable-autodeploy", action="store_true",
                           help="also turn auto-deploy off, so the next push does not deploy again")  # fmt: skip
+    _backup_commands(sub)
+    return parser
+
+
+def _backup_commands(sub: Any) -> None:
+    """`backups list|verify|prune` and `restore`."""
     backups = sub.add_parser("backups", help="List, verify and prune MongoDB backups.",
                              description="List, verify and prune MongoDB backups.")  # fmt: skip
     backup_sub = backups.add_subparsers(dest="backups_command", required=True, metavar="ACTION")
@@ -106,12 +114,23 @@ def _parser() -> argparse.ArgumentParser:
     b_prune = backup_sub.add_parser("prune", help="apply each backup job's retention now")
     b_prune.add_argument("--job", help="only this backup job")
     b_prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
+    restore = sub.add_parser("restore", help="Restore a backup (or any mongodump archive) into a server.",
+                             description="Restore a backup (or any mongodump archive) into a server. "
+                                         "Refuses to touch a database that holds data unless --drop.")  # fmt: skip
+    restore.add_argument("target", metavar="KEY_OR_PATH", help="a key in a backup job's storage, or a file")
+    restore.add_argument("--to", required=True, metavar="URI", help="the server to restore into")
+    restore.add_argument("--ns-from", metavar="PATTERN", help="rename namespaces: e.g. 'app.*'")
+    restore.add_argument("--ns-to", metavar="PATTERN", help="... to e.g. 'app_restored.*'")
+    restore.add_argument("--drop", action="store_true", help="drop target databases that hold data first")
+    restore.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    restore.add_argument("--dry-run", action="store_true", help="say what would be restored where; change nothing")
+    restore.add_argument("--config", type=Path, help="schedule file (default: $OPSKEEPER_CONFIG or config/jobs.yaml)")
+    restore.set_defaults(handler=_restore)
     for p in (b_list, b_verify, b_prune):
         p.add_argument("--config", type=Path, help="schedule file (default: $OPSKEEPER_CONFIG or config/jobs.yaml)")
     b_list.set_defaults(handler=_backups_list)
     b_verify.set_defaults(handler=_backups_verify)
     b_prune.set_defaults(handler=_backups_prune)
-    return parser
 
 
 def _config(args: argparse.Namespace, settings: Settings) -> ScheduleConfig:
@@ -215,7 +234,9 @@ def _run_now(args: argparse.Namespace, settings: Settings) -> int:
     redactor, sentry = _reporting(settings, config)
     ledger = _ledger(settings, redactor)
     try:
-        record = Runner(ledger, sentry, redactor, config.timezone).run(job)
+        runner = Runner(ledger, sentry, redactor, config.timezone)
+        runner.jobs = {j.id: j for j in config.jobs}
+        record = runner.run(job)
     finally:
         sentry.flush()
         ledger.close()
@@ -422,6 +443,124 @@ class _Progress:
     def done(self) -> None:
         if self.enabled:
             print(file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _open_archive(args: argparse.Namespace, settings: Settings) -> Iterator[tuple[BinaryIO, dict[str, Any] | None]]:
+    """An archive by local path or by key in a backup job's storage, with its manifest if any."""
+    from jobs.backup.catalog import MANIFEST, base_of
+
+    path = Path(args.target)
+    if path.is_file():
+        sibling = path.with_name(Path(base_of(path.name)).name + MANIFEST)
+        manifest = json.loads(sibling.read_text(encoding="utf-8")) if sibling.is_file() else None
+        with path.open("rb") as stream:
+            yield stream, manifest
+        return
+    config = _config(args, settings)
+    storage = next((s for s in (j.options.open_storage() for j in _backup_jobs(config)) if s.exists(args.target)),
+                   None)  # fmt: skip
+    if storage is None:
+        raise _CliError(f"{args.target}: no such file, nor a key in any backup job's storage")
+    manifest_key = base_of(args.target) + MANIFEST
+    manifest = None
+    if storage.exists(manifest_key):
+        with storage.open(manifest_key) as stream:
+            manifest = json.loads(stream.read())
+    with storage.open(args.target) as stream:
+        yield stream, manifest
+
+
+def _restore(args: argparse.Namespace, settings: Settings) -> int:
+    from pymongo import MongoClient
+
+    from jobs.backup.archive import ArchiveReader
+    from jobs.backup.catalog import HashingReader, decompressed
+    from jobs.backup.restore import RestoreError, ns_mapper, restore
+
+    try:
+        rename = ns_mapper(args.ns_from, args.ns_to)
+    except ValueError as exc:
+        raise _CliError(str(exc)) from None
+    redactor = Redactor([*settings.secret_values(), *secret_env_values(os.environ)])
+    target_display = redactor.text(args.to)
+    with _open_archive(args, settings) as (stream, _manifest):
+        reader = ArchiveReader(decompressed(HashingReader(stream)))
+        try:
+            reader.read_prelude()
+        except Exception as exc:  # noqa: BLE001 - any unreadable archive: one clear line
+            raise _CliError(f"{args.target}: {exc}") from None
+    plan = [(p.ns, *rename(p.db, p.collection), p.type or "collection") for p in reader.preludes if p.db]
+    _print_plan(args.target, target_display, plan, _manifest)
+    client: Any = MongoClient(args.to, appname="opskeeper-restore", serverSelectionTimeoutMS=10_000)
+    try:
+        targets = sorted({db for _, db, _, _ in plan})
+        occupied = [db for db in targets if _holds_data(client, db)]
+        if args.dry_run:
+            note = f"; {', '.join(occupied)} already hold data (needs --drop)" if occupied else ""
+            print(f"dry run: nothing was restored{note}")
+            return 0
+        if not _may_drop(args, occupied, target_display):
+            print("cancelled: nothing was changed")
+            return 1
+        for db in occupied:
+            client.drop_database(db)
+        progress = _Progress()
+        started = datetime.now(UTC)
+        with _open_archive(args, settings) as (stream, _):
+            try:
+                report = restore(stream, client, rename, progress)
+            except RestoreError as exc:
+                raise _CliError(f"restore failed: {redactor.text(str(exc))}", 3) from None
+        progress.done()
+    finally:
+        client.close()
+    summary = f"restored {report.documents} documents into {len(targets)} database(s) from {args.target}"
+    ledger = _ledger(settings, redactor)
+    try:
+        ledger.record(RunRecord(
+            run_id=uuid.uuid4().hex, job_id="(restore)", kind="restore", status=Status.OK, started_at=started,
+            finished_at=datetime.now(UTC), summary=summary, host=socket.gethostname(), version=version(),
+            details={"source": args.target, "target": target_display, "dropped": occupied,
+                     "namespaces": {n.source: n.documents for n in report.namespaces},
+                     "skipped": {n.source: n.skipped for n in report.namespaces if n.skipped}},
+        ))  # fmt: skip
+    finally:
+        ledger.close()
+    print(summary + "".join(f"\n    skipped {n.source}: {n.skipped}" for n in report.namespaces if n.skipped))
+    return 0
+
+
+def _print_plan(source: str, target: str, plan: list[tuple[str, str, str, str]], manifest: Any) -> None:
+    counts = {n["ns"]: n for n in (manifest or {}).get("namespaces", [])}
+    print(f"Restore {source} into {target}:")
+    for ns, db, coll, kind in plan:
+        known = counts.get(ns)
+        size = f"{known['documents']} documents, {known['bytes'] / 1e6:.1f} MB" if known else "size unknown"
+        print(f"    {ns} -> {db}.{coll}  ({kind}; {size})")
+
+
+def _may_drop(args: argparse.Namespace, occupied: list[str], target: str) -> bool:
+    """Whether databases that hold data may be replaced: --drop, then typed names or --yes."""
+    if not occupied:
+        return True
+    if not args.drop:
+        raise _CliError(f"refusing to restore: {', '.join(occupied)} already hold data on {target}; "
+                        "pass --drop to replace them")  # fmt: skip
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise _CliError("refusing to drop without confirmation: stdin is not a terminal; pass --yes")
+    return all(input(f"Type the database name to drop and replace it ({db}): ").strip() == db for db in occupied)
+
+
+def _holds_data(client: Any, db: str) -> bool:
+    """Whether a database exists and any of its collections holds a document."""
+    if db not in client.list_database_names():
+        return False
+    database = client[db]
+    return any(database[name].find_one({}, {"_id": 1}) is not None for name in database.list_collection_names()
+               if not name.startswith("system."))  # fmt: skip
 
 
 def _backups_verify(args: argparse.Namespace, settings: Settings) -> int:

@@ -140,6 +140,8 @@ class JobContext:
     notify: Callable[[Notice], None] = field(default=lambda notice: None)
     """Send a notice to the log and to Sentry (redacted), now, not at the end of the run."""
     checks: CheckLog | None = None
+    jobs: Mapping[str, Any] = field(default_factory=dict)
+    """The schedule's jobs by id (their specs): a restore drill finds its backup job here."""
 
 
 class Job(Protocol):

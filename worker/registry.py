@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from jobs.backup.atlas import AtlasBackupJob, AtlasBackupOptions
+from jobs.backup.drill import DrillJob, DrillOptions
 from jobs.backup.job import BackupJob, BackupOptions
 from jobs.command import CommandJob, CommandOptions
 from jobs.deploys import DeploysJob, DeploysOptions
@@ -18,6 +19,7 @@ KINDS: Mapping[str, tuple[type[JobOptions], Callable[[Any], Job]]] = {
     "deploys": (DeploysOptions, DeploysJob),
     "backup": (BackupOptions, BackupJob),
     "atlas_backup": (AtlasBackupOptions, AtlasBackupJob),
+    "restore_drill": (DrillOptions, DrillJob),
 }
 
 #: The options model of each kind, which is all the schedule validator needs.

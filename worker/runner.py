@@ -59,6 +59,8 @@ class Runner:
         build: Callable[[str, Any], Job] = registry.build,
     ) -> None:
         self.build = build
+        #: The schedule's jobs by id, for jobs that work on another job's output.
+        self.jobs: dict[str, JobSpec] = {}
         self.ledger = ledger
         self.sentry = sentry
         self.redact = redactor
@@ -160,6 +162,7 @@ class Runner:
             log=log.info,
             notify=lambda notice: self._notify(job, handle.run_id, notice, log),
             checks=JobChecks(self.ledger, job.id),
+            jobs=self.jobs,
         )
 
         def work() -> None:

@@ -187,6 +187,7 @@ class Daemon:
         changed = [i for i in new if i in old and (tz_changed or new[i] != old[i])]
         self.config = config
         self.runner.tz = config.timezone
+        self.runner.jobs = {j.id: j for j in config.jobs}
         self.redactor.add(config.secrets)
         for job_id in removed + changed:
             self._scheduler.remove_job(job_id)

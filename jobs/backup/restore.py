@@ -1,0 +1,283 @@
+"""Restore a mongodump archive (ours or mongodump's) into a server, streaming, and check the result.
+
+One pass over the stored object: decompress, parse, create collections with their options,
+insert raw documents in bounded unordered batches, then build indexes and create views.
+Verification reads the restored data back and recomputes counts and content digests.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import zstandard
+from bson import json_util
+from bson.raw_bson import RawBSONDocument
+from pymongo.errors import OperationFailure
+
+from jobs.backup.archive import ArchiveError, ArchiveReader, End, iter_documents
+from jobs.backup.catalog import HashingReader, decompressed, digest_update
+
+_BATCH_BYTES = 8 * 1024 * 1024
+_BATCH_DOCS = 5000
+_INDEX_FIELDS_IGNORED = ("v", "ns", "background")
+_SERVER_DATABASES = ("admin", "config", "local")
+
+
+class RestoreError(Exception):
+    """The archive cannot be restored; the message names the namespace and the reason."""
+
+
+Rename = Callable[[str, str], tuple[str, str]]
+
+
+def ns_mapper(pattern_from: str | None, pattern_to: str | None) -> Rename:
+    """mongorestore's --nsFrom/--nsTo: `app.*` -> `app_copy.*` (each `*` carries over in order)."""
+    if not pattern_from or not pattern_to:
+        return lambda db, coll: (db, coll)
+    if pattern_from.count("*") != pattern_to.count("*"):
+        raise ValueError("--ns-from and --ns-to must have the same number of '*' wildcards")
+    regex = re.compile("^" + "(.*?)".join(re.escape(p) for p in pattern_from.split("*")) + "$")
+    pieces = pattern_to.split("*")
+
+    def rename(db: str, coll: str) -> tuple[str, str]:
+        match = regex.match(f"{db}.{coll}")
+        if not match:
+            return db, coll
+        target = pieces[0] + "".join(g + p for g, p in zip(match.groups(), pieces[1:], strict=True))
+        new_db, _, new_coll = target.partition(".")
+        return new_db, new_coll
+
+    return rename
+
+
+@dataclass
+class Restored:
+    """One namespace as restored."""
+
+    source: str
+    target_db: str
+    target_coll: str
+    type: str
+    documents: int = 0
+    bytes: int = 0
+    indexes: list[dict[str, Any]] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    skipped: str = ""
+    """Why it was not restored (the oplog; a type the target does not support)."""
+
+
+@dataclass
+class RestoreReport:
+    """What a restore did, and how long each part took."""
+
+    namespaces: list[Restored] = field(default_factory=list)
+    stored_bytes: int = 0
+    sha256: str = ""
+    read_insert_s: float = 0.0
+    index_s: float = 0.0
+
+    @property
+    def documents(self) -> int:
+        return sum(n.documents for n in self.namespaces)
+
+    @property
+    def bytes(self) -> int:
+        return sum(n.bytes for n in self.namespaces)
+
+
+def restore(
+    raw: BinaryIO, client: Any, rename: Rename = lambda db, coll: (db, coll),
+    progress: Callable[[int, int], None] | None = None,
+) -> RestoreReport:  # fmt: skip
+    """Restore every namespace of the archive in `raw` (compressed or not) through `client`."""
+    report = RestoreReport()
+    started = time.monotonic()
+    reader = HashingReader(raw)
+    archive = ArchiveReader(decompressed(reader))
+    try:
+        archive.read_prelude()
+        by_data_ns, views = _prepare(archive, client, rename, report)
+        _load(archive, client, by_data_ns, lambda: progress(reader.count, report.documents) if progress else None)
+        reader.drain()
+    except ArchiveError as exc:
+        raise RestoreError(str(exc)) from None
+    except (EOFError, zlib.error, zstandard.ZstdError, gzip.BadGzipFile) as exc:
+        raise RestoreError(f"compressed stream is corrupt near stored byte {reader.count}: {exc}") from None
+    bad = sorted(ns for ns, ok in archive.crc_ok.items() if not ok)
+    if bad:
+        raise RestoreError(f"{', '.join(bad)}: CRC mismatch in the archive")
+    report.read_insert_s = time.monotonic() - started
+    index_started = time.monotonic()
+    for item in report.namespaces:
+        if not item.skipped and item.type != "view":
+            _indexes(client, item)
+    for item in views:
+        _view(client, item)
+    report.index_s = time.monotonic() - index_started
+    report.stored_bytes = reader.count
+    report.sha256 = reader.sha256.hexdigest()
+    return report
+
+
+def _prepare(
+    archive: ArchiveReader, client: Any, rename: Rename, report: RestoreReport
+) -> tuple[dict[str, Restored], list[Restored]]:
+    """Create every collection the archive announces; views wait until their sources hold data."""
+    by_data_ns: dict[str, Restored] = {}
+    views = []
+    for prelude in archive.preludes:
+        if not prelude.db:  # mongodump's oplog namespace
+            report.namespaces.append(Restored(prelude.ns, "", "", "oplog", skipped="oplog entries are not replayed"))
+            continue
+        if prelude.db in _SERVER_DATABASES and prelude.collection.startswith("system."):
+            # The server's own state (feature compatibility version, users): never written over.
+            report.namespaces.append(Restored(prelude.ns, "", "", "system", skipped="server system collection"))
+            continue
+        try:
+            meta = json_util.loads(prelude.metadata) if prelude.metadata else {}
+        except (ValueError, TypeError) as exc:
+            raise RestoreError(f"{prelude.ns}: metadata is not valid JSON ({exc})") from None
+        db, coll = rename(prelude.db, prelude.collection)
+        kind = prelude.type or meta.get("type") or "collection"
+        item = Restored(prelude.ns, db, coll, kind, indexes=list(meta.get("indexes", [])),
+                        options=dict(meta.get("options", {})))  # fmt: skip
+        report.namespaces.append(item)
+        if kind == "view":
+            views.append(item)
+            continue
+        _create(client, item)
+        if not item.skipped:
+            data_ns = f"{prelude.db}.system.buckets.{prelude.collection}" if kind == "timeseries" else prelude.ns
+            by_data_ns[data_ns] = item
+    return by_data_ns, views
+
+
+def _load(archive: ArchiveReader, client: Any, by_data_ns: dict[str, Restored], tick: Callable[[], None]) -> None:
+    """Insert the documents in bounded unordered batches, per namespace."""
+    pending: dict[str, list[RawBSONDocument]] = {}
+    sizes: dict[str, int] = {}
+    for event in archive.events():
+        target = by_data_ns.get(event.ns)
+        if target is None:
+            continue
+        if isinstance(event, End):
+            _flush(client, target, pending.pop(event.ns, []))
+            sizes.pop(event.ns, None)
+        else:
+            batch = pending.setdefault(event.ns, [])
+            for doc in iter_documents(event.data):
+                batch.append(RawBSONDocument(bytes(doc)))
+                sizes[event.ns] = sizes.get(event.ns, 0) + len(doc)
+                if len(batch) >= _BATCH_DOCS or sizes[event.ns] >= _BATCH_BYTES:
+                    _flush(client, target, batch)
+                    batch.clear()
+                    sizes[event.ns] = 0
+            tick()
+    for ns, leftover in pending.items():  # a namespace without its EOF: keep what arrived
+        _flush(client, by_data_ns[ns], leftover)
+
+
+def _create(client: Any, item: Restored) -> None:
+    db = client[item.target_db]
+    options = {k: v for k, v in item.options.items() if k not in ("uuid",)}
+    try:
+        db.create_collection(item.target_coll, **options)
+    except OperationFailure as exc:
+        if item.type == "timeseries":
+            item.skipped = f"time-series collections are not supported by the target ({exc.details and exc.code})"
+            return
+        if exc.code == 48:  # NamespaceExists: restoring into an existing collection (allowed with --drop off)
+            return
+        raise RestoreError(f"{item.source}: cannot create {item.target_db}.{item.target_coll}: {exc}") from None
+
+
+def _flush(client: Any, item: Restored, batch: list[RawBSONDocument]) -> None:
+    if not batch:
+        return
+    collection = client[item.target_db][_data_collection(item)]
+    collection.insert_many(batch, ordered=False)
+    item.documents += len(batch)
+    item.bytes += sum(len(d.raw) for d in batch)
+
+
+def _data_collection(item: Restored) -> str:
+    return f"system.buckets.{item.target_coll}" if item.type == "timeseries" else item.target_coll
+
+
+def index_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """An index spec as createIndexes takes it (and as compared after a restore)."""
+    return {k: v for k, v in spec.items() if k not in _INDEX_FIELDS_IGNORED}
+
+
+def _indexes(client: Any, item: Restored) -> None:
+    specs = [index_spec(s) for s in item.indexes if s.get("name") != "_id_"]
+    if not specs:
+        return
+    try:
+        client[item.target_db].command("createIndexes", item.target_coll, indexes=specs)
+    except OperationFailure as exc:
+        raise RestoreError(f"{item.source}: cannot build its indexes: {exc}") from None
+
+
+def _view(client: Any, item: Restored) -> None:
+    options = dict(item.options)
+    view_on = options.pop("viewOn", None)
+    pipeline = options.pop("pipeline", [])
+    if view_on is None:
+        raise RestoreError(f"{item.source}: a view without viewOn in its metadata")
+    try:
+        client[item.target_db].create_collection(item.target_coll, viewOn=view_on, pipeline=pipeline, **options)
+    except OperationFailure as exc:
+        raise RestoreError(f"{item.source}: cannot create the view: {exc}") from None
+
+
+# --- checking a restored copy --------------------------------------------------------
+
+
+def check(client: Any, restored: list[Restored], manifest: dict[str, Any]) -> list[str]:
+    """Compare the restored copy with the manifest: counts, content digests, indexes, views.
+
+    Every problem names the collection and what differed.
+    """
+    expected = {n["ns"]: n for n in manifest.get("namespaces", [])}
+    problems = []
+    for item in restored:
+        if item.skipped:
+            continue
+        want = expected.get(item.source)
+        if want is None:
+            problems.append(f"{item.source}: in the archive but not in the manifest")
+            continue
+        db = client[item.target_db]
+        if item.type == "view":
+            info = next(iter(db.list_collections(filter={"name": item.target_coll})), None)
+            if info is None or info.get("type") != "view":
+                problems.append(f"{item.source}: the view is missing after the restore")
+            continue
+        count, digest = 0, 0
+        for batch in db[_data_collection(item)].find_raw_batches({}):
+            for doc in iter_documents(batch):
+                digest = digest_update(digest, doc)
+                count += 1
+        if count != want["documents"]:
+            problems.append(f"{item.source}: {count} documents restored, the backup has {want['documents']}")
+        elif f"{digest:032x}" != want.get("digest", f"{digest:032x}"):
+            problems.append(f"{item.source}: document contents differ from the backup (content digest mismatch)")
+        have = {ix["name"]: index_spec(dict(ix)) for ix in db[item.target_coll].list_indexes()}
+        for spec in want.get("indexes", []):
+            name = spec.get("name")
+            if name not in have:
+                problems.append(f"{item.source}: index {name} is missing after the restore")
+            elif _comparable(have[name]) != _comparable(index_spec(spec)):
+                problems.append(f"{item.source}: index {name} differs: {have[name]} != {index_spec(spec)}")
+    return problems
+
+
+def _comparable(spec: dict[str, Any]) -> str:
+    return json_util.dumps({k: spec[k] for k in sorted(spec)})

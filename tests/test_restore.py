@@ -1,0 +1,326 @@
+"""Restores and restore drills against SecantusDB: round trips, damage caught, faults, safety."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bson import decode_all
+from pymongo import MongoClient
+
+from jobs.backup.catalog import list_backups
+from jobs.backup.drill import SCRATCH_PREFIX, DrillJob, DrillOptions
+from jobs.backup.job import BackupOptions
+from jobs.backup.restore import RestoreError, check, ns_mapper, restore
+from tests.conftest import ROOT, SHARED, Harness, opskeeper, write
+from worker.job import JobContext, Outcome
+from worker.ledger import JobState, SqliteLedger
+from worker.schedule import JobSpec
+from worker.timespec import parse_schedule
+
+FIXTURES = SHARED / "fixtures" / "mongodump"
+
+
+@pytest.fixture
+def client(mongo_uri: str) -> Iterator[Any]:
+    connection: Any = MongoClient(mongo_uri)
+    yield connection
+    connection.close()
+
+
+def prefixed(prefix: str) -> Any:
+    return lambda db, coll: (f"{prefix}_{db}", coll)
+
+
+# --- any mongodump archive -----------------------------------------------------------
+
+
+def test_oplog_archive_restores_with_the_right_counts(client: Any) -> None:
+    """dump-w-oplog restores test.foo with 25 documents; the oplog is reported as skipped."""
+    prefix = f"r{uuid.uuid4().hex[:6]}"
+    with (FIXTURES / "dump-w-oplog.archive").open("rb") as stream:
+        report = restore(stream, client, prefixed(prefix))
+    counts = {n.source: (n.documents, n.skipped) for n in report.namespaces}
+    assert counts["test.foo"] == (25, "")
+    assert counts[".oplog"] == (0, "oplog entries are not replayed")
+    assert counts["admin.system.version"] == (0, "server system collection")
+    assert client[f"{prefix}_test"].foo.count_documents({}) == 25
+    assert f"{prefix}_admin" not in client.list_database_names()
+    client.drop_database(f"{prefix}_test")
+
+
+def test_old_archive_with_relaxed_metadata_restores(client: Any) -> None:
+    """test.bar (mongodump 3.4, relaxed JSON, a decimal index version) restores with its document."""
+    prefix = f"r{uuid.uuid4().hex[:6]}"
+    with (FIXTURES / "test.bar.archive").open("rb") as stream:
+        report = restore(stream, client, prefixed(prefix))
+    assert {n.source: n.documents for n in report.namespaces}["test.bar"] == 1
+    client.drop_database(f"{prefix}_test")
+
+
+def test_timeseries_archive_is_restored_or_reported_unsupported(client: Any) -> None:
+    """A time-series collection restores where the target supports it, else is skipped with the reason."""
+    prefix = f"r{uuid.uuid4().hex[:6]}"
+    with (FIXTURES / "timeseries.archive").open("rb") as stream:
+        report = restore(stream, client, prefixed(prefix))
+    ts = next(n for n in report.namespaces if n.source == "timeseries_test.foo_ts")
+    assert ts.documents == 10 or "not supported by the target" in ts.skipped
+    for name in client.list_database_names():
+        if name.startswith(prefix):
+            client.drop_database(name)
+
+
+def test_malformed_metadata_is_a_clear_error(client: Any) -> None:
+    """bad-index-metadata stops the restore with an error naming test.ixtest."""
+    with (FIXTURES / "bad-index-metadata.archive").open("rb") as stream, \
+            pytest.raises(RestoreError, match=r"^test\.ixtest: metadata is not valid JSON"):  # fmt: skip
+        restore(stream, client, prefixed(f"r{uuid.uuid4().hex[:6]}"))
+
+
+def test_truncated_archive_is_a_clear_error(client: Any) -> None:
+    """A cut-short archive is a RestoreError naming the namespace and byte offset."""
+    prefix = f"r{uuid.uuid4().hex[:6]}"
+    data = (FIXTURES / "dump-w-oplog.archive").read_bytes()[:1500]
+    with pytest.raises(RestoreError, match=r"archive truncated.* in test\.foo at byte \d+"):
+        restore(io.BytesIO(data), client, prefixed(prefix))
+    client.drop_database(f"{prefix}_test")
+
+
+def test_ns_mapper_follows_mongorestore_wildcards() -> None:
+    """--ns-from 'app.*' --ns-to 'copy_*.x_*' carries each wildcard over, in order."""
+    rename = ns_mapper("app.*", "app_restored.*")
+    assert rename("app", "users") == ("app_restored", "users")
+    assert rename("other", "users") == ("other", "users")
+    assert ns_mapper("*.*", "copy_*.*")("shop", "orders") == ("copy_shop", "orders")
+    with pytest.raises(ValueError, match="same number"):
+        ns_mapper("a.*", "b.c")
+
+
+# --- round trip and damage ----------------------------------------------------------------
+
+
+@pytest.fixture
+def backed_up(tmp_path: Path, mongo_uri: str, source: tuple[str, dict[str, int]], harness: Harness) -> Any:
+    """A backup of the rich dataset (gzip) in a local storage: (prefix, storage path, entry)."""
+    prefix, _ = source
+    outcome = harness.run(uri=mongo_uri, databases=[f"{prefix}_*"], storage=str(tmp_path / "b"), compression="gzip")
+    assert outcome.status.value == "ok", outcome.summary
+    [entry] = list_backups(BackupOptions(storage=str(tmp_path / "b")).open_storage(), "nightly")
+    return prefix, tmp_path / "b", entry
+
+
+def decoded(client: Any, db: str, coll: str) -> list[dict[str, Any]]:
+    docs = [d for batch in client[db][coll].find_raw_batches({}) for d in decode_all(batch)]
+    return sorted(docs, key=lambda d: str(d["_id"]))
+
+
+def test_round_trip_documents_indexes_and_views_equal_the_source(client: Any, backed_up: Any) -> None:
+    """Every restored document equals the source's (decoded, not just counted); indexes and views too."""
+    prefix, storage, entry = backed_up
+    copy = f"c{uuid.uuid4().hex[:5]}"
+    with (storage / entry.key).open("rb") as stream:
+        report = restore(stream, client, lambda db, coll: (db.replace(prefix, copy), coll))
+    try:
+        assert check(client, report.namespaces, entry.manifest) == []
+        for n in entry.manifest["namespaces"]:
+            db, coll = n["ns"].split(".", 1)
+            if n["type"] == "view":
+                info = next(iter(client[db.replace(prefix, copy)].list_collections(filter={"name": coll})))
+                assert info["type"] == "view"
+                continue
+            assert decoded(client, db.replace(prefix, copy), coll) == decoded(client, db, coll), n["ns"]
+    finally:
+        for name in client.list_database_names():
+            if name.startswith(copy):
+                client.drop_database(name)
+
+
+@pytest.mark.parametrize("damage", ["changed", "removed", "added", "index"])
+def test_check_catches_damage_in_the_restored_copy(client: Any, backed_up: Any, damage: str) -> None:
+    """A changed, missing or extra document, or a missing index, fails the check naming the collection."""
+    prefix, storage, entry = backed_up
+    copy = f"d{uuid.uuid4().hex[:5]}"
+    with (storage / entry.key).open("rb") as stream:
+        report = restore(stream, client, lambda db, coll: (db.replace(prefix, copy), coll))
+    users = client[f"{copy}_shop"].users
+    try:
+        if damage == "changed":
+            users.update_one({"email": "u7@example.com"}, {"$set": {"name": "Mallory"}})
+        elif damage == "removed":
+            users.delete_one({"email": "u7@example.com"})
+        elif damage == "added":
+            users.insert_one({"email": "extra@example.com"})
+        else:
+            users.drop_index("email_1")
+        problems = check(client, report.namespaces, entry.manifest)
+    finally:
+        for name in client.list_database_names():
+            if name.startswith(copy):
+                client.drop_database(name)
+    expected = {
+        "changed": "content digest mismatch",
+        "removed": "119 documents restored, the backup has 120",
+        "added": "121 documents restored, the backup has 120",
+        "index": "index email_1 is missing after the restore",
+    }[damage]
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{prefix}_shop.users: ")
+    assert expected in problems[0]
+
+
+# --- the drill job ------------------------------------------------------------------------
+
+
+def drill(ledger: SqliteLedger, storage: Path, **options: Any) -> Outcome:
+    backup = JobSpec(id="nightly", kind="backup", schedule=parse_schedule("@daily"),
+                     options=BackupOptions(storage=str(storage), uri=options.pop("uri", None)))  # fmt: skip
+    ctx = JobContext(
+        job_id="drill", run_id=uuid.uuid4().hex, scheduled_at=datetime.now(UTC), deadline=time.monotonic() + 300,
+        state=JobState(ledger, "drill"), cancel=threading.Event(), log=lambda *a, **k: None, jobs={"nightly": backup},
+    )  # fmt: skip
+    return DrillJob(DrillOptions.model_validate(options)).run(ctx)
+
+
+def scratch(client: Any) -> list[str]:
+    return [n for n in client.list_database_names() if n.startswith(SCRATCH_PREFIX)]
+
+
+def test_drill_passes_marks_verified_and_leaves_no_scratch(
+    client: Any, backed_up: Any, mongo_uri: str, tmp_path: Path
+) -> None:
+    """A drill of a good backup: OK, a recovery time, the backup marked verified, scratch databases gone."""
+    _prefix, storage, entry = backed_up
+    ledger = SqliteLedger(tmp_path / "drill.db")
+    outcome = drill(ledger, storage, target_uri=mongo_uri)
+    assert outcome.status.value == "ok", outcome.summary
+    assert outcome.details["documents"] == entry.documents
+    assert outcome.details["recovery_s"] > 0
+    assert outcome.details["problems"] == []
+    assert scratch(client) == []
+    [again] = list_backups(BackupOptions(storage=str(storage)).open_storage(), "nightly")
+    assert again.verified
+
+
+def test_drill_of_a_doctored_archive_fails_and_cleans_up(
+    client: Any, backed_up: Any, mongo_uri: str, tmp_path: Path
+) -> None:
+    """An archive changed after its manifest was written fails the drill; nothing is left behind."""
+    _prefix, storage, entry = backed_up
+    archive = storage / entry.key
+    import gzip
+
+    data = bytearray(gzip.decompress(archive.read_bytes()))
+    at = data.index(b"User 7")
+    data[at : at + 6] = b"User X"  # same length: every frame still parses
+    archive.write_bytes(gzip.compress(bytes(data)))
+    outcome = drill(SqliteLedger(tmp_path / "d.db"), storage, target_uri=mongo_uri)
+    assert outcome.status.value == "fail"
+    assert "CRC mismatch" in outcome.summary or "differ" in outcome.summary
+    assert scratch(client) == []
+
+
+def test_drill_of_a_truncated_archive_fails_clearly(
+    client: Any, backed_up: Any, mongo_uri: str, tmp_path: Path
+) -> None:
+    """A truncated stored archive: FAIL naming the problem, and no scratch database remains."""
+    _prefix, storage, entry = backed_up
+    archive = storage / entry.key
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    outcome = drill(SqliteLedger(tmp_path / "d.db"), storage, target_uri=mongo_uri)
+    assert outcome.status.value == "fail"
+    assert outcome.summary.startswith(f"restore of {entry.key} failed: ")
+    assert scratch(client) == []
+
+
+def test_leftover_scratch_from_a_crash_is_removed_next_run(
+    client: Any, backed_up: Any, mongo_uri: str, tmp_path: Path
+) -> None:
+    """Scratch data a crashed drill left behind is dropped by the next drill."""
+    _prefix, storage, _entry = backed_up
+    client[f"{SCRATCH_PREFIX}shop_20200101000000"].orders.insert_one({"left": "behind"})
+    assert drill(SqliteLedger(tmp_path / "d.db"), storage, target_uri=mongo_uri).status.value == "ok"
+    assert scratch(client) == []
+
+
+def test_target_down_is_an_error(backed_up: Any, tmp_path: Path) -> None:
+    """With the target server unreachable, the drill raises (the runner records ERROR)."""
+    from pymongo.errors import ServerSelectionTimeoutError
+
+    from tests.conftest import free_port_closed
+
+    _prefix, storage, _entry = backed_up
+    uri = f"mongodb://127.0.0.1:{free_port_closed()}/?serverSelectionTimeoutMS=300"
+    with pytest.raises(ServerSelectionTimeoutError):
+        drill(SqliteLedger(tmp_path / "d.db"), storage, target_uri=uri)
+
+
+# --- the restore command -------------------------------------------------------------------
+
+
+def restore_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "worker", "restore", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=120, check=False)  # fmt: skip
+
+
+def test_restore_refuses_a_database_with_data_and_changes_nothing(
+    client: Any, mongo_uri: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Restoring over a database that holds data without --drop refuses, and the data is untouched."""
+    target = f"live{uuid.uuid4().hex[:5]}"
+    client[target].foo.insert_one({"keep": "me"})
+    archive = str(FIXTURES / "dump-w-oplog.archive")
+    result = restore_cli(env, archive, "--to", mongo_uri, "--ns-from", "test.*", "--ns-to", f"{target}.*")
+    assert result.returncode == 2
+    assert f"refusing to restore: {target} already hold data" in result.stderr
+    assert list(client[target].foo.find({}, {"_id": 0})) == [{"keep": "me"}]
+    dry = restore_cli(env, archive, "--to", mongo_uri, "--ns-from", "test.*", "--ns-to", f"{target}.*", "--dry-run")
+    assert dry.returncode == 0
+    assert f"test.foo -> {target}.foo" in dry.stdout
+    assert "needs --drop" in dry.stdout
+    no_tty = restore_cli(env, archive, "--to", mongo_uri, "--ns-from", "test.*", "--ns-to", f"{target}.*", "--drop")
+    assert no_tty.returncode == 2
+    assert "refusing to drop without confirmation" in no_tty.stderr
+    assert client[target].foo.count_documents({}) == 1
+    client.drop_database(target)
+
+
+def test_restore_with_drop_and_yes_replaces_and_is_recorded(client: Any, mongo_uri: str, env: dict[str, str]) -> None:
+    """--drop --yes replaces the database with the archive's data and records the restore in history."""
+    target = f"live{uuid.uuid4().hex[:5]}"
+    client[target].foo.insert_one({"old": True})
+    archive = str(FIXTURES / "dump-w-oplog.archive")
+    result = restore_cli(env, archive, "--to", mongo_uri, "--ns-from", "test.*", "--ns-to", f"{target}.*",
+                         "--drop", "--yes")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert client[target].foo.count_documents({}) == 25
+    assert client[target].foo.count_documents({"old": True}) == 0
+    history = json.loads(opskeeper("history", "--json", env=env).stdout)
+    assert history[0]["kind"] == "restore"
+    assert history[0]["summary"].startswith("restored ")
+    client.drop_database(target)
+
+
+def test_restore_config_with_a_drill_job_validates(tmp_path: Path) -> None:
+    """A restore_drill job validates next to its backup job."""
+    from worker.registry import OPTIONS
+    from worker.schedule import load_config
+
+    config = write(
+        tmp_path / "jobs.yaml",
+        """\
+jobs:
+  - {id: nightly, kind: backup, schedule: "@daily", options: {storage: var/backups}}
+  - {id: monthly-drill, kind: restore_drill, schedule: "0 5 1 * *", options: {backup_job: nightly, max_age: 26h}}
+""",
+    )
+    assert [j.kind for j in load_config(config, OPTIONS, env={}).jobs] == ["backup", "restore_drill"]
