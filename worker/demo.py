@@ -66,16 +66,19 @@ def main() -> int:
             code = cli.main(["run", "--config", args.config, "--for", f"{args.seconds}s"])
         finally:
             server.shutdown()
-    print("\n--- opskeeper history --limit 15 ---", flush=True)
-    cli.main(["history", "--limit", "15"])
-    print("\n--- opskeeper uptime --window 1h ---", flush=True)
-    cli.main(["uptime", "--window", "1h"])
-    print("\n--- opskeeper backups list ---", flush=True)
-    cli.main(["backups", "list", "--config", args.config])
-    newest = _newest_backup(args.config)
-    if newest:
-        print(f"\n--- opskeeper backups verify {newest} ---", flush=True)
-        cli.main(["backups", "verify", newest, "--config", args.config])
+        print("\n--- opskeeper history --limit 15 ---", flush=True)
+        cli.main(["history", "--limit", "15"])
+        print("\n--- opskeeper uptime --window 1h ---", flush=True)
+        cli.main(["uptime", "--window", "1h"])
+        print("\n--- opskeeper backups list ---", flush=True)
+        cli.main(["backups", "list", "--config", args.config])
+        newest = _newest_backup(args.config)
+        if newest:
+            print(f"\n--- opskeeper backups verify {newest} ---", flush=True)
+            cli.main(["backups", "verify", newest, "--config", args.config])
+        # The restore drill: restore the newest backup into scratch databases and prove it whole.
+        print("\n--- opskeeper run-now backup-drill ---", flush=True)
+        cli.main(["run-now", "backup-drill", "--config", args.config, "--json"])
     return code
 
 
