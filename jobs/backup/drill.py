@@ -121,7 +121,7 @@ class DrillJob:
         }, indent=2).encode())  # fmt: skip
         summary = (
             f"{newest.key} restored and verified: {details['collections']} collections, "
-            f"{report.documents} documents in {format_duration(timedelta(seconds=round(recovery_s)))}"
+            f"{report.documents} documents in {format_duration(timedelta(seconds=recovery_s))}"
         )
         age = datetime.now(UTC) - newest.created_at
         if age > self.options.max_age:
