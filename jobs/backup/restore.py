@@ -8,7 +8,9 @@ Verification reads the restored data back and recomputes counts and content dige
 from __future__ import annotations
 
 import gzip
+import queue
 import re
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -159,28 +161,63 @@ def _prepare(
 
 
 def _load(archive: ArchiveReader, client: Any, by_data_ns: dict[str, Restored], tick: Callable[[], None]) -> None:
-    """Insert the documents in bounded unordered batches, per namespace."""
+    """Insert the documents in bounded unordered batches, per namespace, while the next are read."""
     pending: dict[str, list[RawBSONDocument]] = {}
     sizes: dict[str, int] = {}
-    for event in archive.events():
-        target = by_data_ns.get(event.ns)
-        if target is None:
-            continue
-        if isinstance(event, End):
-            _flush(client, target, pending.pop(event.ns, []))
-            sizes.pop(event.ns, None)
-        else:
+    with _Inserter(client) as inserter:
+        for event in archive.events():
+            target = by_data_ns.get(event.ns)
+            if target is None:
+                continue
+            if isinstance(event, End):
+                inserter.submit(target, pending.pop(event.ns, []))
+                sizes.pop(event.ns, None)
+                continue
             batch = pending.setdefault(event.ns, [])
             for doc in iter_documents(event.data):
                 batch.append(RawBSONDocument(bytes(doc)))
                 sizes[event.ns] = sizes.get(event.ns, 0) + len(doc)
                 if len(batch) >= _BATCH_DOCS or sizes[event.ns] >= _BATCH_BYTES:
-                    _flush(client, target, batch)
-                    batch.clear()
+                    inserter.submit(target, batch)
+                    batch = pending[event.ns] = []
                     sizes[event.ns] = 0
             tick()
-    for ns, leftover in pending.items():  # a namespace without its EOF: keep what arrived
-        _flush(client, by_data_ns[ns], leftover)
+        for ns, leftover in pending.items():  # a namespace without its EOF: keep what arrived
+            inserter.submit(by_data_ns[ns], leftover)
+
+
+class _Inserter:
+    """Inserts batches in a thread, at most two queued, so reading and inserting overlap."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._queue: queue.Queue[tuple[Restored, list[RawBSONDocument]] | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="restore-insert", daemon=True)
+
+    def __enter__(self) -> _Inserter:
+        self._thread.start()
+        return self
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    _flush(self._client, *item)
+                except BaseException as exc:  # noqa: BLE001 - raised in the reading thread
+                    self._error = exc
+
+    def submit(self, target: Restored, batch: list[RawBSONDocument]) -> None:
+        if self._error is not None:
+            raise self._error
+        if batch:
+            self._queue.put((target, batch))
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
 
 
 def _create(client: Any, item: Restored) -> None:
