@@ -37,11 +37,12 @@ typecheck: $(VENV)/.synced
 pytest: $(VENV)/.synced
 	$(VENV)/bin/pytest
 
-## bench: idle daemon, health probe and backup figures (about 15 minutes)
+## bench: idle daemon, health probe, backup and restore figures (about 25 minutes)
 bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/idle.py
 	$(VENV)/bin/python bench/probe.py
 	$(VENV)/bin/python bench/backup.py
+	$(VENV)/bin/python bench/restore.py
 
 clean:
 	rm -rf $(TOOLS) $(VENV) var .pytest_cache .mypy_cache .ruff_cache
