@@ -298,7 +298,7 @@ def check(client: Any, restored: list[Restored], manifest: dict[str, Any]) -> li
                 problems.append(f"{item.source}: the view is missing after the restore")
             continue
         count, digest = 0, 0
-        for batch in db[_data_collection(item)].find_raw_batches({}):
+        for batch in db[_data_collection(item)].find_raw_batches({}, batch_size=1000):  # bounded memory
             for doc in iter_documents(batch):
                 digest = digest_update(digest, doc)
                 count += 1
