@@ -131,3 +131,17 @@ def test_not_an_archive() -> None:
 def test_fixture_files_are_where_the_readme_says() -> None:
     """The shared fixtures exist (CI lays shared/ beside the checkout)."""
     assert all(Path(FIXTURES / f"{n}.archive").is_file() for n in ARCHIVES)
+
+
+def test_verify_command_on_files_mongodump_wrote(env: dict[str, str]) -> None:
+    """`backups verify PATH` checks an archive mongodump wrote (no manifest): exit 0, or 2 with the problem."""
+    import json
+
+    from tests.conftest import opskeeper
+
+    good = opskeeper("backups", "verify", str(FIXTURES / "dump-w-oplog.archive"), "--json", env=env)
+    assert good.code == 0
+    assert json.loads(good.stdout)["namespaces"][-1] == {"ns": "test.foo", "documents": 25, "crc_ok": True}
+    bad = opskeeper("backups", "verify", str(FIXTURES / "bad-index-metadata.archive"), env=env)
+    assert bad.code == 2
+    assert "problem: test.ixtest: metadata is not valid JSON" in bad.stdout

@@ -564,30 +564,11 @@ def _holds_data(client: Any, db: str) -> bool:
 
 
 def _backups_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from jobs.backup.catalog import MANIFEST, base_of, verify
+    from jobs.backup.catalog import verify
 
     progress = _Progress()
-
-    path = Path(args.target)
-    manifest: dict[str, Any] | None = None
-    if path.is_file():
-        sibling = path.with_name(Path(base_of(path.name)).name + MANIFEST)
-        if sibling.is_file():
-            manifest = json.loads(sibling.read_text(encoding="utf-8"))
-        with path.open("rb") as stream:
-            report = verify(stream, manifest, progress)
-    else:
-        config = _config(args, settings)
-        storage = next((s for s in (j.options.open_storage() for j in _backup_jobs(config)) if s.exists(args.target)),
-                       None)  # fmt: skip
-        if storage is None:
-            raise _CliError(f"{args.target}: no such file, nor a key in any backup job's storage")
-        manifest_key = base_of(args.target) + MANIFEST
-        if storage.exists(manifest_key):
-            with storage.open(manifest_key) as stream:
-                manifest = json.loads(stream.read())
-        with storage.open(args.target) as stream:
-            report = verify(stream, manifest, progress)
+    with _open_archive(args, settings) as (stream, manifest):
+        report = verify(stream, manifest, progress)
     progress.done()
     if args.json:
         print(json.dumps(report.public(), indent=2))
