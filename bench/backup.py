@@ -40,6 +40,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_secantus(storage: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A SecantusDB daemon in its own process (so its work is not on our GIL), ready to use."""
+    from pymongo import MongoClient
+
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "secantusd-py"), "--port", str(port),
+                               "--storage-path", str(storage)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    uri = f"mongodb://127.0.0.1:{port}/"
+    MongoClient(uri, serverSelectionTimeoutMS=30_000).admin.command("ping")
+    return server, uri
+
+
 def load(uri: str, db: str, megabytes: float, seed: int) -> int:
     """Insert about `megabytes` of realistic documents; returns the BSON bytes inserted."""
     import bson
@@ -130,15 +143,8 @@ def main() -> None:
     endpoint = f"http://{host}:{port}"
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench-backups")
     work = Path(tempfile.mkdtemp(prefix="opskeeper-bench-backup-"))
-    mongo_port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "secantusd-py"), "--port", str(mongo_port),
-                               "--storage-path", str(work / "db")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    uri = f"mongodb://127.0.0.1:{mongo_port}/"
+    server, uri = start_secantus(work / "db")
     try:
-        from pymongo import MongoClient
-
-        MongoClient(uri, serverSelectionTimeoutMS=30_000).admin.command("ping")
         sizes = {"small": args.small_mb, "large": args.small_mb * args.factor}
         loaded = {name: load(uri, f"bench_{name}", mb, seed=i) for i, (name, mb) in enumerate(sizes.items())}
         figures: dict[str, Any] = {"bench": "backup", "bson_mb": {k: round(v / 1e6, 1) for k, v in loaded.items()}}

@@ -108,21 +108,15 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    from backup import free_port, load  # bench/backup.py: the same dataset
-    from pymongo import MongoClient
+    from backup import load, start_secantus  # bench/backup.py: the same dataset and server
 
     from jobs.backup.job import BackupJob, BackupOptions
     from worker.job import JobContext
     from worker.ledger import JobState, SqliteLedger
 
     work = Path(tempfile.mkdtemp(prefix="opskeeper-bench-restore-"))
-    port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "secantusd-py"), "--port", str(port),
-                               "--storage-path", str(work / "db")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    uri = f"mongodb://127.0.0.1:{port}/"
+    server, uri = start_secantus(work / "db")
     try:
-        MongoClient(uri, serverSelectionTimeoutMS=30_000).admin.command("ping")
         loaded = load(uri, "bench_source", args.mb, seed=7)
         ledger = SqliteLedger(work / "ledger.db")
         ctx = JobContext(job_id="bench", run_id="r", scheduled_at=datetime.now(UTC),
