@@ -1,0 +1,1 @@
+"""Dependency checks for the app's client and server: lockfiles, registry, advisories, Node.js."""
