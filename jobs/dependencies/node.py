@@ -1,0 +1,162 @@
+"""Is the app's Node.js runtime still supported? Its declared version against the release data.
+
+Pure functions of the release schedule (nodejs/Release schedule.json), the release index
+(nodejs.org/dist/index.json or index.tab) and `today`; reading the project is at the edge.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Release:
+    """One Node.js release from the index."""
+
+    version: tuple[int, int, int]
+    released: date
+    lts: str | None
+    security: bool
+
+    @property
+    def text(self) -> str:
+        return "v" + ".".join(map(str, self.version))
+
+
+@dataclass(frozen=True)
+class Declared:
+    """The runtime a project asks for, and where it says so."""
+
+    source: str
+    spec: str
+    line: int
+    exact: tuple[int, int, int] | None
+
+
+def parse_index(text: str) -> list[Release]:
+    """nodejs.org/dist/index.json or index.tab, newest first."""
+    text = text.lstrip()
+    rows: list[dict[str, Any]]
+    if text.startswith("["):
+        rows = json.loads(text)
+    else:
+        lines = text.splitlines()
+        header = lines[0].split("\t")
+        rows = [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:] if line.strip()]
+    releases = []
+    for row in rows:
+        version = _triple(str(row["version"]))
+        if version is None:
+            continue
+        lts = row.get("lts")
+        releases.append(Release(
+            version, date.fromisoformat(str(row["date"])),
+            None if lts in (False, "-", "", None) else str(lts),
+            row.get("security") in (True, "true"),
+        ))  # fmt: skip
+    return sorted(releases, key=lambda r: r.version, reverse=True)
+
+
+def _triple(text: str) -> tuple[int, int, int] | None:
+    match = re.match(r"^v?(\d+)\.(\d+)\.(\d+)", text.strip())
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def declared_runtime(folder: Path, codenames: Mapping[str, int] | None = None) -> Declared | None:
+    """The Node.js version a project declares: .nvmrc, .node-version, engines.node, or its Dockerfile."""
+    candidates: list[tuple[str, str]] = []
+    for name in (".nvmrc", ".node-version"):
+        if (folder / name).is_file():
+            candidates.append((name, (folder / name).read_text(encoding="utf-8").strip()))
+    package = folder / "package.json"
+    if package.is_file():
+        engines = json.loads(package.read_text(encoding="utf-8")).get("engines") or {}
+        if engines.get("node"):
+            candidates.append(("package.json engines.node", str(engines["node"])))
+    dockerfile = folder / "Dockerfile"
+    if dockerfile.is_file():
+        match = re.search(r"^FROM\s+(?:--\S+\s+)*node:(\S+)", dockerfile.read_text(encoding="utf-8"), re.M | re.I)
+        if match:
+            candidates.append(("Dockerfile FROM node", match[1]))
+    for source, spec in candidates:
+        parsed = parse_spec(spec, codenames or {})
+        if parsed is not None:
+            return Declared(source, spec, *parsed)
+    return None
+
+
+def parse_spec(spec: str, codenames: Mapping[str, int]) -> tuple[int, tuple[int, int, int] | None] | None:
+    """(release line, exact version if pinned) from `20.11.1`, `v20`, `^20.11`, `>=18`, `lts/iron`, `20-alpine`."""
+    text = spec.strip().lower()
+    if text.startswith("lts/"):
+        line = codenames.get(text[4:])
+        return (line, None) if line is not None else None
+    exact = _triple(text)
+    match = re.search(r"(\d+)", text)
+    if not match:
+        return None
+    return int(match[1]), exact
+
+
+@dataclass(frozen=True)
+class RuntimeVerdict:
+    """How supported a release line is today."""
+
+    line: int
+    status: str
+    """eol | maintenance | active-lts | current | unknown"""
+    eol_date: str | None
+    latest_lts: str | None
+    newest_in_line: str | None
+    security_release: str | None
+    """A newer release in the same line that is a security release, if the exact version is known."""
+
+
+def assess(declared: Declared, schedule: Mapping[str, Any], releases: list[Release], today: date) -> RuntimeVerdict:
+    """Judge a declared runtime against the schedule and release index. Pure."""
+    entry = schedule.get(f"v{declared.line}") or {}
+    end = _day(entry.get("end"))
+    lts_lines = [int(key[1:]) for key, info in schedule.items() if re.fullmatch(r"v\d+", key) and _lts_on(info, today)]
+    latest_lts_line = max(lts_lines, default=None)
+    latest_lts = next((r.text for r in releases if latest_lts_line and r.version[0] == latest_lts_line), None)
+    if latest_lts is None and latest_lts_line is not None:
+        latest_lts = f"v{latest_lts_line}"  # the index may be older than the schedule
+    if not entry:
+        status = "unknown"
+    elif end and today > end:
+        status = "eol"
+    elif _day(entry.get("maintenance")) and today >= _day(entry.get("maintenance")):  # type: ignore[operator]
+        status = "maintenance"
+    elif _day(entry.get("lts")) and today >= _day(entry.get("lts")):  # type: ignore[operator]
+        status = "active-lts"
+    else:
+        status = "current"
+    in_line = [r for r in releases if r.version[0] == declared.line]
+    security = None
+    if declared.exact is not None:
+        newer = [r for r in in_line if r.version > declared.exact and r.security]
+        security = max(newer, key=lambda r: r.version).text if newer else None
+    return RuntimeVerdict(declared.line, status, end.isoformat() if end else None, latest_lts,
+                          in_line[0].text if in_line else None, security)  # fmt: skip
+
+
+def _lts_on(info: Mapping[str, Any], today: date) -> bool:
+    """Whether a line is in its LTS period (active or maintenance) on `today`."""
+    lts, end = _day(info.get("lts")), _day(info.get("end"))
+    return lts is not None and end is not None and lts <= today < end
+
+
+def _day(text: Any) -> date | None:
+    return date.fromisoformat(str(text)) if text else None
+
+
+def codenames(schedule: Mapping[str, Any]) -> dict[str, int]:
+    """LTS codenames (lower case) to release lines, for `lts/iron` style specs."""
+    return {str(info["codename"]).lower(): int(key[1:]) for key, info in schedule.items()
+            if re.fullmatch(r"v\d+", key) and info.get("codename")}  # fmt: skip
