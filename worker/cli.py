@@ -97,6 +97,14 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--disable-autodeploy", action="store_true",
                           help="also turn auto-deploy off, so the next push does not deploy again")  # fmt: skip
     _backup_commands(sub)
+    deps = command("deps", "Check local projects' dependencies, advisories and Node.js runtime now.", _deps,
+                   config=False)  # fmt: skip
+    deps.add_argument("paths", nargs="+", metavar="PATH", help="project folders (with package.json and a lockfile)")
+    deps.add_argument("--registry", default=None, help="npm registry URL (default: the public registry)")
+    deps.add_argument("--fail-on", default="high", choices=["info", "low", "moderate", "high", "critical"])
+    deps.add_argument("--node-index", default=None, help="Node.js release index URL (index.json or index.tab)")
+    deps.add_argument("--node-schedule", default=None, help="Node.js release schedule URL (schedule.json)")
+    deps.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -605,3 +613,67 @@ def _backups_prune(args: argparse.Namespace, settings: Settings) -> int:
         if ledger is not None:
             ledger.close()
     return 0
+
+
+def _deps(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from jobs.dependencies.job import (
+        NODE_INDEX,
+        NODE_SCHEDULE,
+        NPM_REGISTRY,
+        DependenciesOptions,
+        Project,
+        check_projects,
+        verdict,
+    )  # fmt: skip
+    from jobs.dependencies.registry import RegistryError
+
+    options = DependenciesOptions(
+        projects=tuple(Project(name=Path(p).resolve().name, path=str(Path(p).resolve())) for p in args.paths),
+        registry=args.registry or NPM_REGISTRY, fail_on_severity=args.fail_on,
+        node_index=args.node_index or NODE_INDEX, node_schedule=args.node_schedule or NODE_SCHEDULE,
+    )  # fmt: skip
+    redactor = Redactor([*settings.secret_values(), *secret_env_values(os.environ)])
+    ledger = _ledger(settings, redactor)
+    today = datetime.now(UTC).date()
+    try:
+        # The ETag cache lives in the ledger, so the next check asks the registry only for what changed.
+        cache = ledger.get_state("(deps)", "registry_cache", {}) or {}
+        try:
+            reports = asyncio.run(check_projects(options, Path.cwd(), cache, today, os.environ.get("NPM_TOKEN")))
+        except RegistryError as exc:
+            raise _CliError(redactor.text(str(exc)), 3) from None
+        ledger.set_state("(deps)", "registry_cache", cache)
+    finally:
+        ledger.close()
+    status, summary = verdict(reports, options, today)
+    if args.json:
+        print(json.dumps({"status": status.value, "projects": [r.public() for r in reports]}, indent=2, default=str))
+        return status.exit_code
+    _print_deps(reports)
+    print(f"{status.value.upper()}: {summary}")
+    return status.exit_code
+
+
+def _print_deps(reports: list[Any]) -> None:
+    """The readable table `opskeeper deps` prints on a terminal."""
+    for report in reports:
+        print(f"{report.name} ({report.path}), lockfile {report.lockfile_version}, {report.resolved_count} packages")
+        for problem in report.problems:
+            print(f"    problem: {problem}")
+        for d in report.direct:
+            if d["update"] != "none" or d["deprecated"]:
+                note = f"  DEPRECATED: {d['deprecated']}" if d["deprecated"] else ""
+                print(f"    {d['name']:<32} {d['locked']:>12} wanted {d['wanted'] or '-':>12} "
+                      f"latest {d['latest'] or '-':>12}  {d['update']}{note}")  # fmt: skip
+        for a in report.advisories:
+            via = ", ".join(" > ".join(chain) for chain in a["via"][:2]) or a["package"]
+            fix = f", fixed in {a['fixed_in']}" if a["fixed_in"] else ""
+            head = f"    {a['severity'].upper():<9} {a['package']}@{a['version']}"
+            print(f"{head}: {a['title']} ({a['url']}){fix}; via {via}")
+        if report.node:
+            n = report.node
+            print(f"    Node.js {n['declared']}: {n['status']}, end of life {n['eol_date']}, "
+                  f"latest LTS {n['latest_lts']}" + (f", security release {n['security_release']}"
+                                                     if n["security_release"] else ""))  # fmt: skip

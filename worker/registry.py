@@ -9,6 +9,7 @@ from jobs.backup.atlas import AtlasBackupJob, AtlasBackupOptions
 from jobs.backup.drill import DrillJob, DrillOptions
 from jobs.backup.job import BackupJob, BackupOptions
 from jobs.command import CommandJob, CommandOptions
+from jobs.dependencies.job import DependenciesJob, DependenciesOptions
 from jobs.deploys import DeploysJob, DeploysOptions
 from jobs.health import HealthJob, HealthOptions
 from worker.job import Job, JobOptions
@@ -20,6 +21,7 @@ KINDS: Mapping[str, tuple[type[JobOptions], Callable[[Any], Job]]] = {
     "backup": (BackupOptions, BackupJob),
     "atlas_backup": (AtlasBackupOptions, AtlasBackupJob),
     "restore_drill": (DrillOptions, DrillJob),
+    "dependencies": (DependenciesOptions, DependenciesJob),
 }
 
 #: The options model of each kind, which is all the schedule validator needs.

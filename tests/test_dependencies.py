@@ -1,0 +1,259 @@
+"""Dependency checks against a local registry serving real recorded answers (never the live one)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from datetime import date
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+import nodesemver
+import pytest
+
+from jobs.dependencies.job import DependenciesOptions, Ignore, Report, notices, update_kind, verdict
+from tests.conftest import ROOT, SHARED, opskeeper
+from worker.job import Status
+
+RECORDED = ROOT / "tests" / "fixtures" / "registry"
+NODEJS = SHARED / "fixtures" / "nodejs"
+BULK = json.loads((SHARED / "fixtures" / "npm-audit" / "audit-omit" / "bulk.json").read_text())
+
+
+class LocalRegistry:
+    """GET /<package> from recorded documents (with ETags), POST bulk advisories from npm's recorded answer."""
+
+    def __init__(self, bulk: dict[str, Any]) -> None:
+        self.bulk = bulk
+        self.gets = self.not_modified = self.posts = 0
+        self.down = False
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path in ("/node/index.tab", "/node/schedule.json"):
+                    name = self.path.rsplit("/", 1)[1]
+                    return self._send(200, (NODEJS / name).read_bytes(), {})
+                registry.gets += 1
+                if registry.down:
+                    return self._send(503, b"{}", {})
+                path = RECORDED / f"{quote(unquote(self.path.lstrip('/')), safe='')}.json"
+                if not path.is_file():
+                    return self._send(404, b'{"error": "Not found"}', {})
+                record = json.loads(path.read_text())
+                body = json.dumps(record["doc"]).encode()
+                # Not every recorded answer carried an ETag; a content hash is what a server would send.
+                etag = record["etag"] or f'"{hashlib.sha1(body).hexdigest()}"'  # noqa: S324 - not security
+                if self.headers.get("If-None-Match") == etag:
+                    registry.not_modified += 1
+                    return self._send(304, b"", {"ETag": etag})
+                return self._send(200, body, {"ETag": etag})
+
+            def do_POST(self) -> None:
+                registry.posts += 1
+                asked = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                # npm's recorded answer, for the packages asked about (the real endpoint leaves out the rest).
+                answer = {name: advisories for name, advisories in registry.bulk.items() if name in asked}
+                return self._send(200, json.dumps(answer).encode(), {})
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def args(self) -> list[str]:
+        return ["--registry", self.url, "--node-index", f"{self.url}/node/index.tab",
+                "--node-schedule", f"{self.url}/node/schedule.json"]  # fmt: skip
+
+
+@pytest.fixture
+def registry() -> Iterator[LocalRegistry]:
+    server = LocalRegistry(BULK)
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def deps(env: dict[str, str], registry: LocalRegistry, *paths: Path) -> tuple[int, dict[str, Any]]:
+    result = opskeeper("deps", *map(str, paths), *registry.args(), "--json", env=env)
+    assert result.stdout.startswith("{"), result.stderr
+    return result.code, json.loads(result.stdout)
+
+
+def copy_project(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_every_vulnerable_package_in_npms_answer_is_reported_at_its_severity(
+    tmp_path: Path, env: dict[str, str], registry: LocalRegistry
+) -> None:
+    """audit-omit: each advisory npm's own bulk answer names is reported, with npm's severity."""
+    project = copy_project(SHARED / "fixtures" / "npm-audit" / "audit-omit", tmp_path / "audit-omit")
+    code, out = deps(env, registry, project)
+    [report] = out["projects"]
+    found = {(a["package"], a["id"]): a["severity"] for a in report["advisories"]}
+    # npm's answer lists every advisory of each package; the installed versions decide which apply,
+    # judged here by npm's own semver rules (node-semver) against the lockfile.
+    installed = {}
+    for key, info in json.loads((project / "package-lock.json").read_text())["packages"].items():
+        if key:
+            installed.setdefault(info.get("name") or key.rsplit("node_modules/", 1)[1], set()).add(info["version"])
+    expected = {
+        (name, adv["id"]): adv["severity"]
+        for name, advs in BULK.items()
+        for adv in advs
+        if any(nodesemver.satisfies(v, adv["vulnerable_versions"], loose=True) for v in installed[name])
+    }
+    assert found == expected
+    assert ("atob", 646) not in found  # atob 2.1.1 is past the vulnerable <=2.0.3
+    assert len(found) >= 10
+    assert out["status"] == "fail"
+    assert code == 2
+    assert report["lockfile_version"] == "2"
+
+
+def test_vulnerable_transitive_package_is_traced_to_its_direct_dependency(
+    tmp_path: Path, env: dict[str, str], registry: LocalRegistry
+) -> None:
+    """Every advisory says which direct dependency (nyc or tap) pulls the package in."""
+    project = copy_project(SHARED / "fixtures" / "npm-audit" / "audit-omit", tmp_path / "audit-omit")
+    _, out = deps(env, registry, project)
+    advisories = out["projects"][0]["advisories"]
+    assert advisories
+    for advisory in advisories:
+        assert advisory["via"], advisory
+        assert all(chain[0] in ("nyc", "tap") and chain[-1] == advisory["package"] for chain in advisory["via"])
+    mixin = next(a for a in advisories if a["package"] == "mixin-deep")
+    assert len(mixin["via"][0]) > 2  # a real chain, not just the package itself
+
+
+def test_outdated_direct_dependencies_of_the_mern_server(
+    tmp_path: Path, env: dict[str, str], registry: LocalRegistry
+) -> None:
+    """Locked, wanted (what `pnpm update` installs), latest and the kind of update, from the registry's data."""
+    project = copy_project(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    _, out = deps(env, registry, project)
+    [report] = out["projects"]
+    express = next(d for d in report["direct"] if d["name"] == "express")
+    doc = json.loads((RECORDED / "express.json").read_text())["doc"]
+    fours = sorted((v for v in doc["versions"] if v.startswith("4.") and "-" not in v),
+                   key=lambda v: tuple(int(x) for x in v.split(".")))  # fmt: skip
+    assert (express["specifier"], express["locked"]) == ("^4.19.2", "4.21.2")
+    assert express["wanted"] == fours[-1]
+    assert express["latest"] == doc["dist-tags"]["latest"]
+    assert express["update"] == update_kind("4.21.2", doc["dist-tags"]["latest"]) == "major"
+    assert report["resolved_count"] == 166
+    assert {d["name"] for d in report["direct"]} >= {"cors", "dotenv", "express", "mongoose"}
+
+
+def test_etag_cache_makes_the_second_check_ask_only_for_changes(
+    tmp_path: Path, env: dict[str, str], registry: LocalRegistry
+) -> None:
+    """The second run sends If-None-Match for every package and gets 304s back."""
+    project = copy_project(SHARED / "fixtures" / "pnpm" / "mern-v9" / "client", tmp_path / "client")
+    deps(env, registry, project)
+    first = registry.gets
+    assert registry.not_modified == 0
+    deps(env, registry, project)
+    assert registry.gets == 2 * first
+    assert registry.not_modified == first
+
+
+def test_eol_runtime_fails(tmp_path: Path, env: dict[str, str], registry: LocalRegistry) -> None:
+    """A project pinned to Node.js 20 (end of life 2026-04-30) fails, with the date."""
+    project = copy_project(SHARED / "fixtures" / "pnpm" / "workspace-v6" / "packages" / "server", tmp_path / "api")
+    (project / ".nvmrc").write_text("20.11.0\n")
+    code, out = deps(env, registry, project)
+    node = out["projects"][0]["node"]
+    assert (node["line"], node["status"], node["eol_date"]) == (20, "eol", "2026-04-30")
+    assert code == 2
+
+
+def test_registry_outage_is_an_error_naming_the_registry(
+    tmp_path: Path, env: dict[str, str], registry: LocalRegistry
+) -> None:
+    """A registry answering 503 is exit 3 with its URL, not a traceback."""
+    registry.down = True
+    project = copy_project(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    result = opskeeper("deps", str(project), *registry.args(), env=env, timeout=120)
+    assert result.code == 3
+    assert f"registry {registry.url}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreadable_lockfile_is_reported_with_its_path(
+    tmp_path: Path, env: dict[str, str], registry: LocalRegistry
+) -> None:
+    """A broken lockfile is a problem naming the file; the run fails but reports the other projects."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "package.json").write_text("{}")
+    (broken / "pnpm-lock.yaml").write_text("lockfileVersion: '9.0'\nimporters: [oops\n")
+    _code, out = deps(env, registry, broken)
+    assert out["projects"][0]["problems"][0].startswith(f"{broken / 'pnpm-lock.yaml'}: not valid YAML")
+    assert out["status"] == "fail"
+
+
+# --- ignores and alerts, as pure functions -----------------------------------------------------
+
+
+def report_with(severity: str) -> Report:
+    advisory = {"package": "semver", "version": "4.3.1", "id": 31, "severity": severity, "title": "ReDoS",
+                "url": "u", "fixed_in": "4.3.2", "via": [["nyc", "semver"]]}  # fmt: skip
+    return Report("client", "client", advisories=[advisory])
+
+
+def test_ignored_advisory_alerts_again_after_its_expiry() -> None:
+    """An ignore with `until` silences the advisory until that date, then it fails and alerts again."""
+    ignore = Ignore(advisory="31", reason="no fix released yet", until=date(2026, 12, 31))
+    options = DependenciesOptions(projects=(), ignore=(ignore,))
+    reports = [report_with("high")]
+    assert verdict(reports, options, date(2026, 12, 1))[0] is Status.OK
+    assert notices(reports, options, {}, date(2026, 12, 1)) == []
+    assert verdict(reports, options, date(2027, 1, 1))[0] is Status.FAIL
+    assert len(notices(reports, options, {}, date(2027, 1, 1))) == 1
+
+
+def test_same_advisory_alerts_once_unless_its_severity_rises() -> None:
+    """Next week's identical advisory is quiet; a severity raised from moderate to critical alerts again."""
+    options = DependenciesOptions(projects=())
+    alerted: dict[str, Any] = {}
+    assert len(notices([report_with("moderate")], options, alerted, date(2026, 11, 1))) == 1
+    assert notices([report_with("moderate")], options, alerted, date(2026, 11, 8)) == []
+    again = notices([report_with("critical")], options, alerted, date(2026, 11, 15))
+    assert len(again) == 1
+    assert again[0].level == "error"
+    assert again[0].message == "client: critical advisory 31 in semver@4.3.1 (ReDoS) via semver <- nyc"
+
+
+@pytest.mark.live
+def test_live_registry_document_has_what_we_read() -> None:
+    """Opt-in (-m live): the live registry's abbreviated document still has dist-tags and versions."""
+    import httpx
+
+    from jobs.dependencies.registry import ABBREVIATED, trim
+
+    response = httpx.get("https://registry.npmjs.org/express", headers={"Accept": ABBREVIATED}, timeout=60)
+    doc = trim(response.json())
+    assert response.headers.get("etag")
+    assert "latest" in doc["dist-tags"]
+    assert doc["dist-tags"]["latest"] in doc["versions"]
