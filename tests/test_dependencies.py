@@ -254,6 +254,5 @@ def test_live_registry_document_has_what_we_read() -> None:
 
     response = httpx.get("https://registry.npmjs.org/express", headers={"Accept": ABBREVIATED}, timeout=60)
     doc = trim(response.json())
-    assert response.headers.get("etag")
     assert "latest" in doc["dist-tags"]
     assert doc["dist-tags"]["latest"] in doc["versions"]
