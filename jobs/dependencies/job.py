@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -119,16 +120,30 @@ def update_kind(locked: str, latest: str | None) -> str:
 def wanted(specifier: str, versions: list[str]) -> str | None:
     """The newest version the specifier allows: what `pnpm update` would install."""
     try:
-        found = nodesemver.max_satisfying(versions, specifier, loose=True)
+        # Newest first, so the first match ends the search (a package may have thousands of versions).
+        return next((v for v in newest_first(versions) if nodesemver.satisfies(v, specifier, loose=True)), None)
     except (ValueError, TypeError):
         return None
-    return str(found) if found else None
+
+
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?")
+
+
+def newest_first(versions: list[str]) -> list[str]:
+    """Versions sorted newest first by their numbers (a prerelease before its release); cheap to compute."""
+
+    def key(version: str) -> tuple[int, int, int, int, str]:
+        match = _VERSION.match(version)
+        if not match:
+            return (-1, -1, -1, -1, version)
+        return (int(match[1]), int(match[2]), int(match[3]), 0 if match[4] else 1, match[4] or "")
+
+    return sorted(versions, key=key, reverse=True)
 
 
 def fixed_in(vulnerable: str, current: str, versions: list[str]) -> str | None:
     """The first version after `current` outside the vulnerable range, when the registry knows one."""
-    later = sorted((v for v in versions if _is_release(v) and nodesemver.gt(v, current, loose=True)),
-                   key=nodesemver.cmp_to_key(lambda a, b: nodesemver.compare(a, b, loose=True)))  # fmt: skip
+    later = [v for v in reversed(newest_first(versions)) if _is_release(v) and nodesemver.gt(v, current, loose=True)]
     return next((v for v in later if not nodesemver.satisfies(v, vulnerable, loose=True)), None)
 
 
@@ -193,6 +208,7 @@ async def check_projects(options: DependenciesOptions, base: Path, cache: Mutabl
             locks.append((project, folder, read_lockfile(path), importer))
         except LockfileError as exc:
             reports.append(Report(project.name, project.path, problems=[str(exc)]))
+    node_data = asyncio.create_task(_node_data(options))
     registry = Registry(options.registry, token or options.registry_token, cache, options.concurrency)
     try:
         direct_names = {d.package[0] for _, _, lock, imp in locks
@@ -204,10 +220,13 @@ async def check_projects(options: DependenciesOptions, base: Path, cache: Mutabl
         advisories_task = asyncio.create_task(registry.advisories(wanted_versions))
         metas = await registry.packages(direct_names)
         advisories = await advisories_task
-        metas.update(await registry.packages(set(advisories) - set(metas)))
+        affected = {name for name, advs in advisories.items() for adv in advs
+                    if any(nodesemver.satisfies(v, adv.get("vulnerable_versions", "*"), loose=True)
+                           for v in wanted_versions.get(name, ()))}  # fmt: skip
+        metas.update(await registry.packages(affected - set(metas)))  # for `fixed_in`
     finally:
         await registry.close()
-    schedule, releases = await _node_data(options)
+    schedule, releases = await node_data
     for project, folder, lock, importer in locks:
         declared = declared_runtime(folder, codenames(schedule)) if schedule else None
         runtime = assess(declared, schedule, releases, today) if declared and schedule else None

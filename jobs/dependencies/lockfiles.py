@@ -90,7 +90,8 @@ def read_lockfile(path: Path) -> Lockfile:
         raise LockfileError(f"{path}: cannot read: {exc.strerror}") from None
     try:
         if path.name == "pnpm-lock.yaml":
-            return _pnpm(path, yaml.safe_load(text))
+            # libyaml's loader, where PyYAML has it, reads a large lockfile several times faster.
+            return _pnpm(path, yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))  # noqa: S506
         if path.name in ("package-lock.json", "npm-shrinkwrap.json"):
             return _npm(path, json.loads(text))
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
