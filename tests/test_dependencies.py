@@ -32,10 +32,17 @@ class LocalRegistry:
         self.bulk = bulk
         self.gets = self.not_modified = self.posts = 0
         self.down = False
+        self.github_auth: list[str] = []
         registry = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if self.path.startswith("/repos/"):  # the GitHub contents API
+                    registry.github_auth.append(self.headers.get("Authorization", ""))
+                    name = self.path.split("?", 1)[0].rsplit("/", 1)[1]
+                    source = SHARED / "fixtures" / "pnpm" / "mern-v9" / "server" / name
+                    return self._send(200 if source.is_file() else 404,
+                                      source.read_bytes() if source.is_file() else b"{}", {})  # fmt: skip
                 if self.path in ("/node/index.tab", "/node/schedule.json"):
                     name = self.path.rsplit("/", 1)[1]
                     return self._send(200, (NODEJS / name).read_bytes(), {})
@@ -256,3 +263,32 @@ def test_live_registry_document_has_what_we_read() -> None:
     doc = trim(response.json())
     assert "latest" in doc["dist-tags"]
     assert doc["dist-tags"]["latest"] in doc["versions"]
+
+
+def test_project_read_from_github(tmp_path: Path, env: dict[str, str], registry: LocalRegistry) -> None:
+    """A project given as github: {repo, ref, path} is fetched through the contents API with GITHUB_TOKEN."""
+    from tests.conftest import write
+
+    config = write(tmp_path / "jobs.yaml", f"""\
+jobs:
+  - id: deps
+    kind: dependencies
+    schedule: "0 6 * * 1"
+    options:
+      registry: {registry.url}
+      node_index: {registry.url}/node/index.tab
+      node_schedule: {registry.url}/node/schedule.json
+      projects:
+        - name: server
+          github: {{repo: acme/shop, ref: main, path: server, api_url: "{registry.url}"}}
+""")  # fmt: skip
+    token = "ghp_TestGitHubToken000000000000"
+    result = opskeeper("run-now", "deps", "--config", str(config), "--json", env={**env, "GITHUB_TOKEN": token})
+    out = json.loads(result.stdout[result.stdout.index("{\n") :])
+    [project] = out["details"]["projects"]
+    assert (project["path"], project["lockfile_version"], project["resolved_count"]) == (
+        "github:acme/shop/server", "9.0", 166
+    )  # fmt: skip
+    assert registry.github_auth
+    assert all(a == f"Bearer {token}" for a in registry.github_auth)
+    assert token not in result.stdout + result.stderr

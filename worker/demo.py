@@ -17,7 +17,9 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from worker import cli
 
@@ -79,7 +81,61 @@ def main() -> int:
         # The restore drill: restore the newest backup into scratch databases and prove it whole.
         print("\n--- opskeeper run-now backup-drill ---", flush=True)
         cli.main(["run-now", "backup-drill", "--config", args.config, "--json"])
+    with offline_registry() as registry:
+        print("\n--- opskeeper deps config/examples/shop-server ---", flush=True)
+        cli.main(
+            [
+                "deps",
+                "config/examples/shop-server",
+                "--registry",
+                registry,
+                "--node-index",
+                f"{registry}/-/node/index.tab",
+                "--node-schedule",
+                f"{registry}/-/node/schedule.json",
+            ]
+        )
     return code
+
+
+@contextlib.contextmanager
+def offline_registry() -> Iterator[str]:
+    """An npm registry stand-in serving recorded package documents, so `deps` runs without network."""
+    recorded = Path("tests/fixtures/registry")
+    nodejs = Path("config/examples/nodejs")
+
+    class Registry(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/-/node/"):
+                path = nodejs / self.path.rsplit("/", 1)[1]
+                self._send(200, path.read_bytes() if path.is_file() else b"")
+                return
+            path = recorded / f"{quote(unquote(self.path.lstrip('/')), safe='')}.json"
+            if path.is_file():
+                self._send(200, json.dumps(json.loads(path.read_text())["doc"]).encode())
+            else:
+                self._send(404, b"{}")
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self._send(200, b"{}")  # no recorded advisories for the example project
+
+        def _send(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    ThreadingHTTPServer.request_queue_size = 64
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
 
 
 def _newest_backup(config: str) -> str | None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import tempfile
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -54,11 +56,49 @@ class Ignore(JobOptions):
         return str(advisory["id"]) == self.advisory or advisory["package"] == self.package
 
 
+class GitHubSource(JobOptions):
+    """A project folder in a GitHub repository, read through the GitHub API."""
+
+    repo: str
+    ref: str = "main"
+    path: str = ""
+    api_url: str = "https://api.github.com"
+
+
 class Project(JobOptions):
     """One project folder (client/ or server/) holding package.json and a lockfile."""
 
     name: str
-    path: str
+    path: str | None = None
+    github: GitHubSource | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Project:
+        if (self.path is None) == (self.github is None):
+            raise ValueError("a project has exactly one of path or github")
+        return self
+
+
+PROJECT_FILES = ("package.json", "pnpm-lock.yaml", "package-lock.json", ".nvmrc", ".node-version", "Dockerfile")
+
+
+async def fetch_github(source: GitHubSource, into: Path, token: str | None) -> None:
+    """Copy a project's package and lockfiles from GitHub into `into` (missing ones are skipped)."""
+    headers = {"Accept": "application/vnd.github.raw+json", "X-GitHub-Api-Version": "2022-11-28"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with httpx.AsyncClient(base_url=source.api_url.rstrip("/"), headers=headers, timeout=30,
+                                 trust_env=False) as client:  # fmt: skip
+        for name in PROJECT_FILES:
+            path = "/".join(p for p in (source.path.strip("/"), name) if p)
+            response = await client.get(f"/repos/{source.repo}/contents/{path}", params={"ref": source.ref})
+            if response.status_code == 404:
+                continue
+            if response.status_code in (401, 403):
+                raise RegistryError(f"GitHub API refused {source.repo} (HTTP {response.status_code}): "
+                                    "check GITHUB_TOKEN")  # fmt: skip
+            response.raise_for_status()
+            (into / name).write_bytes(response.content)
 
 
 class DependenciesOptions(JobOptions):
@@ -158,7 +198,8 @@ def build_report(project: Project, lock: Lockfile, importer: str, *, metas: Mapp
                  advisories: Mapping[str, list[dict[str, Any]]], runtime: RuntimeVerdict | None,
                  declared: Declared | None) -> Report:  # fmt: skip
     """The findings for one project. Pure: everything fetched is passed in."""
-    report = Report(project.name, project.path, lock.version, len(lock.packages))
+    where = f"github:{project.github.repo}/{project.github.path}" if project.github else str(project.path)
+    report = Report(project.name, where, lock.version, len(lock.packages))
     for direct in lock.importers.get(importer, lock.importers.get(".", [])):
         meta = metas.get(direct.package[0]) or {}
         versions = list((meta.get("versions") or {}).keys())
@@ -199,15 +240,26 @@ def _by_name(lock: Lockfile) -> dict[str, set[str]]:
 async def check_projects(options: DependenciesOptions, base: Path, cache: MutableMapping[str, Any], today: date,
                          token: str | None = None) -> list[Report]:  # fmt: skip
     """Read every project, ask the registry (concurrently, cached), and judge."""
+    with tempfile.TemporaryDirectory(prefix="opskeeper-deps-") as scratch:
+        return await _check(options, base, cache, today, token=token, scratch=Path(scratch))
+
+
+async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping[str, Any], today: date, *,
+                 token: str | None, scratch: Path) -> list[Report]:  # fmt: skip
     locks: list[tuple[Project, Path, Lockfile, str]] = []
     reports: list[Report] = []
     for project in options.projects:
-        folder = (base / project.path).resolve()
+        if project.github is not None:
+            folder = scratch / project.name
+            folder.mkdir()
+            await fetch_github(project.github, folder, os.environ.get("GITHUB_TOKEN"))
+        else:
+            folder = (base / str(project.path)).resolve()
         try:
             path, importer = find_lockfile(folder)
             locks.append((project, folder, read_lockfile(path), importer))
         except LockfileError as exc:
-            reports.append(Report(project.name, project.path, problems=[str(exc)]))
+            reports.append(Report(project.name, str(project.path or project.github), problems=[str(exc)]))
     node_data = asyncio.create_task(_node_data(options))
     registry = Registry(options.registry, token or options.registry_token, cache, options.concurrency)
     try:
@@ -312,8 +364,6 @@ class DependenciesJob:
         self.options = options
 
     def run(self, ctx: JobContext) -> Outcome:
-        import os
-
         today = datetime.now(UTC).date()
         cache = ctx.state.get("registry_cache", {}) or {}
         try:
