@@ -375,6 +375,12 @@ class DependenciesJob:
         except RegistryError as exc:
             return Outcome(Status.ERROR, str(exc), {"registry": self.options.registry})
         ctx.state.set("registry_cache", cache)
+        for report in reports:
+            ctx.log("dependencies.report", project=report.name, lockfile_version=report.lockfile_version,
+                    resolved=report.resolved_count, advisories=len(report.advisories),
+                    majors=[d["name"] for d in report.direct if d["update"] == "major"],
+                    deprecated=[d["name"] for d in report.direct if d["deprecated"]],
+                    node=report.node and report.node["status"], problems=report.problems)  # fmt: skip
         alerted = ctx.state.get("alerted", {}) or {}
         for notice in notices(reports, self.options, alerted, today):
             ctx.notify(notice)
