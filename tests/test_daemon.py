@@ -167,3 +167,18 @@ def test_run_for_stops_by_itself(tmp_path: Path, env: dict[str, str], daemon_fac
     assert proc.returncode == 0
     assert '"event": "daemon.stopped"' in proc.stdout
     assert ledger_of(env).recent("tick")
+
+
+def test_half_written_file_is_not_reported_as_invalid(
+    tmp_path: Path, env: dict[str, str], daemon_factory: Start
+) -> None:
+    """A save that passes through a broken state is reloaded once settled, with no config.invalid noise."""
+    config = write(tmp_path / "jobs.yaml", "jobs:\n" + job("first", "every 1s", "['true']"))
+    daemon = daemon_factory(config, {**env, "OPSKEEPER_RELOAD_POLL": "300ms"})
+    daemon.finished("first")
+    config.write_text("jobs:\n  - id: second\n    kind: comm")  # an editor mid-save, in place
+    config.write_text("jobs:\n" + job("second", "every 1s", "['true']"))
+    at, reloaded = daemon.wait_for(lambda e: e["event"] == "config.reloaded")
+    assert reloaded["added"] == ["second"]
+    assert not [e for e in daemon.events[:at] if e["event"] == "config.invalid"]
+    assert daemon.terminate() == 0

@@ -123,6 +123,7 @@ class Daemon:
         self.stop = threading.Event()
         self.reload = threading.Event()
         self._watched = _Watched()
+        self._settling: str | None = None
         self._scheduler = BackgroundScheduler(
             timezone=config.timezone,
             executors={"default": _RunExecutor()},
@@ -230,10 +231,16 @@ class Daemon:
     def _maybe_reload(self, forced: bool) -> None:
         path = Path(self.config.path)
         seen = self._look(path, previous=self._watched)
-        if not forced and seen.digest == self._watched.digest:
-            self._watched = seen
-            return
+        changed = seen.digest != self._watched.digest
         self._watched = seen
+        if not forced:
+            if changed:
+                # Wait one poll for the content to settle: an editor saving in place may not be done.
+                self._settling = seen.digest
+                return
+            if self._settling != seen.digest:
+                return
+        self._settling = None
         try:
             config = load_config(path, registry.OPTIONS)
         except ConfigError as exc:
