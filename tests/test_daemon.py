@@ -177,8 +177,9 @@ def test_half_written_file_is_not_reported_as_invalid(
     daemon = daemon_factory(config, {**env, "OPSKEEPER_RELOAD_POLL": "300ms"})
     daemon.finished("first")
     config.write_text("jobs:\n  - id: second\n    kind: comm")  # an editor mid-save, in place
+    seen, _ = daemon.wait_for(lambda e: e["event"] == "config.changed")  # the daemon saw the broken state
     config.write_text("jobs:\n" + job("second", "every 1s", "['true']"))
-    at, reloaded = daemon.wait_for(lambda e: e["event"] == "config.reloaded")
+    at, reloaded = daemon.wait_for(lambda e: e["event"] == "config.reloaded", after=seen)
     assert reloaded["added"] == ["second"]
     assert not [e for e in daemon.events[:at] if e["event"] == "config.invalid"]
     assert daemon.terminate() == 0

@@ -237,6 +237,7 @@ class Daemon:
             if changed:
                 # Wait one poll for the content to settle: an editor saving in place may not be done.
                 self._settling = seen.digest
+                self.log.info("config.changed", config=str(path), summary="reloading once the file stops changing")
                 return
             if self._settling != seen.digest:
                 return
