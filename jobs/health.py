@@ -168,9 +168,6 @@ def evaluate(
     return Check("ok", "", **base)  # type: ignore[arg-type]
 
 
-_MISSING = object()
-
-
 def _json_mismatch(document: Any, path: str, expected: Any) -> str | None:
     value: Any = document
     for part in path.split("."):

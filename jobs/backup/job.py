@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,7 +30,7 @@ from pymongo import MongoClient
 from pymongo.errors import ConfigurationError, OperationFailure
 
 from jobs.backup.archive import ArchiveReader, ArchiveWriter, Header, Prelude, Segment, crc64, iter_documents
-from jobs.backup.catalog import MANIFEST, SUFFIX, CompressingSink, digest_update, list_backups, prune, stamp
+from jobs.backup.catalog import MANIFEST, SUFFIX, CompressingSink, digest_update, prune, stamp
 from jobs.backup.retention import Retention
 from worker.job import JobContext, JobOptions, Outcome, Status
 from worker.reporting.redact import Redactor
@@ -146,14 +146,16 @@ class BackupJob:
         uri = opts.mongo_uri()
         client: Any = MongoClient(uri, appname="opskeeper-backup", serverSelectionTimeoutMS=10_000,
                                   readPreference=opts.read_preference, tz_aware=True)  # fmt: skip
+        # One storage client for the dump, the manifest and the pruning.
+        storage = opts.open_storage()
         try:
-            manifest = self._dump(ctx, client, uri)
+            manifest = self._dump(ctx, client, uri, storage)
         finally:
             client.close()
-        storage = opts.open_storage()
+        took = format_duration(timedelta(seconds=manifest["duration_s"]))
         summary = (f"{len(manifest['namespaces'])} collections, {manifest['documents']} documents, "
                    f"{_mb(manifest['archive_bytes'])} → {_mb(manifest['stored_bytes'])} {opts.compression} "
-                   f"in {format_duration_s(manifest['duration_s'])} to {storage.display}{manifest['key']}")  # fmt: skip
+                   f"in {took} to {storage.display}{manifest['key']}")  # fmt: skip
         details = {k: manifest[k] for k in ("key", "documents", "archive_bytes", "stored_bytes", "sha256",
                                             "duration_s", "consistent_snapshot")}  # fmt: skip
         try:
@@ -163,11 +165,10 @@ class BackupJob:
         details["pruned"] = [e.key for e in pruned]
         return Outcome(Status.OK, f"backed up {summary}" + (f"; pruned {len(pruned)}" if pruned else ""), details)
 
-    def _dump(self, ctx: JobContext, client: Any, uri: str) -> dict[str, Any]:
+    def _dump(self, ctx: JobContext, client: Any, uri: str, storage: Storage) -> dict[str, Any]:
         opts = self.options
         server_version = client.admin.command("buildInfo")["version"]
         namespaces = select(opts, client)
-        storage = opts.open_storage()
         started = datetime.now(UTC)
         key = f"{ctx.job_id}/{stamp(started)}{SUFFIX[opts.compression]}"
         # Only one run of a job at a time: anything unfinished under its prefix is abandoned.
@@ -348,17 +349,6 @@ class _Snapshot:
 
 def _mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
-
-
-def format_duration_s(seconds: float) -> str:
-    from datetime import timedelta
-
-    return format_duration(timedelta(seconds=seconds))
-
-
-def backups_of(options: BackupOptions, job_id: str) -> list[Any]:
-    """This job's complete backups, newest first."""
-    return list_backups(options.open_storage(), job_id)
 
 
 class _Tee:

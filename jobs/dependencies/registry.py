@@ -43,8 +43,6 @@ class Registry:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.AsyncClient(base_url=self.base, headers=headers, timeout=timeout, trust_env=False,
                                          limits=httpx.Limits(max_connections=concurrency))  # fmt: skip
-        self.requests = 0
-        self.not_modified = 0
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -62,7 +60,6 @@ class Registry:
             headers["If-None-Match"] = cached["etag"]
         response = await self._request("GET", "/" + quote(name, safe="@"), headers=headers)
         if response.status_code == 304 and cached:
-            self.not_modified += 1
             return dict(cached["doc"])
         if response.status_code == 404:
             return None
@@ -85,7 +82,6 @@ class Registry:
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         async with self._gate:
             for attempt in range(_ATTEMPTS):
-                self.requests += 1
                 try:
                     response = await self._client.request(method, path, **kwargs)
                 except httpx.TransportError as exc:
