@@ -158,10 +158,13 @@ def _ledger(settings: Settings, redactor: Redactor) -> Ledger:
         raise _CliError(f"cannot open the ledger {redactor.text(target)}: {reason}", 3) from None
 
 
+def _redactor(settings: Settings, config: ScheduleConfig | None = None) -> Redactor:
+    """Every secret this process knows of: settings, secret-named environment variables, the schedule's."""
+    return Redactor([*settings.secret_values(), *secret_env_values(os.environ), *(config.secrets if config else ())])
+
+
 def _reporting(settings: Settings, config: ScheduleConfig | None) -> tuple[Redactor, SentryReporter]:
-    redactor = Redactor(
-        [*settings.secret_values(), *secret_env_values(os.environ), *(config.secrets if config else ())]
-    )
+    redactor = _redactor(settings, config)
     configure(settings.log_format, redactor)
     dsn = settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None
     sentry = SentryReporter(
@@ -263,7 +266,7 @@ def _run_now(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _history(args: argparse.Namespace, settings: Settings) -> int:
-    redactor = Redactor(settings.secret_values())
+    redactor = _redactor(settings)
     ledger = _ledger(settings, redactor)
     try:
         records = ledger.recent(args.job, max(1, args.limit))
@@ -291,7 +294,7 @@ def _uptime(args: argparse.Namespace, settings: Settings) -> int:
     if window > CHECKS_KEPT:
         raise _CliError(f"--window {args.window}: checks are kept for {CHECKS_KEPT.days} days at most")
     now = datetime.now(UTC)
-    redactor = Redactor(settings.secret_values())
+    redactor = _redactor(settings)
     ledger = _ledger(settings, redactor)
     try:
         checks = ledger.checks(now - window, args.job, args.endpoint)
@@ -326,7 +329,7 @@ def _deploys(args: argparse.Namespace, settings: Settings) -> int:
     pairs = [(j, s) for j, s in _deploy_services(config) if args.service in (None, s.name)]
     if not pairs:
         raise _CliError(f"no deploys job in {config.path} follows {args.service or 'any service'}")
-    ledger = _ledger(settings, Redactor(settings.secret_values()))
+    ledger = _ledger(settings, _redactor(settings))
     try:
         histories = [(s.name, ServiceHistory.load(ledger.get_state(j.id, state_key(s.name)))) for j, s in pairs]
     finally:
@@ -490,7 +493,7 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
         rename = ns_mapper(args.ns_from, args.ns_to)
     except ValueError as exc:
         raise _CliError(str(exc)) from None
-    redactor = Redactor([*settings.secret_values(), *secret_env_values(os.environ)])
+    redactor = _redactor(settings)
     target_display = redactor.text(args.to)
     with _open_archive(args, settings) as (stream, _manifest):
         reader = ArchiveReader(decompressed(HashingReader(stream)))
@@ -593,7 +596,7 @@ def _backups_prune(args: argparse.Namespace, settings: Settings) -> int:
     from jobs.backup.catalog import prune
 
     config = _config(args, settings)
-    redactor = Redactor(settings.secret_values())
+    redactor = _redactor(settings)
     ledger = None if args.dry_run else _ledger(settings, redactor)
     try:
         for job in _backup_jobs(config, args.job):
@@ -634,7 +637,7 @@ def _deps(args: argparse.Namespace, settings: Settings) -> int:
         registry=args.registry or NPM_REGISTRY, fail_on_severity=args.fail_on,
         node_index=args.node_index or NODE_INDEX, node_schedule=args.node_schedule or NODE_SCHEDULE,
     )  # fmt: skip
-    redactor = Redactor([*settings.secret_values(), *secret_env_values(os.environ)])
+    redactor = _redactor(settings)
     ledger = _ledger(settings, redactor)
     today = datetime.now(UTC).date()
     try:
