@@ -456,8 +456,9 @@ def source(mongo_uri: str) -> Iterator[tuple[str, dict[str, int]]]:
     shop.users.create_index("email", unique=True)
     shop.users.insert_many([{"email": f"u{i}@example.com", "name": f"User {i}", "tags": ["a", "b"][: i % 3],
                              "profile": {"age": 20 + i, "city": "Berlin"}} for i in range(120)])  # fmt: skip
+    # A TTL index; the dates lie far ahead so the server's TTL sweeper never removes them mid-test.
     shop.sessions.create_index("at", expireAfterSeconds=3600)
-    shop.sessions.insert_many([{"at": dt.datetime(2026, 11, 26, tzinfo=dt.UTC), "user": i} for i in range(30)])
+    shop.sessions.insert_many([{"at": dt.datetime(2100, 1, 1, tzinfo=dt.UTC), "user": i} for i in range(30)])
     shop.orders.create_index([("status", 1), ("total", -1)], partialFilterExpression={"total": {"$gt": 0}})
     shop.orders.insert_many([{"status": "paid", "total": i * 1.5, "items": [{"sku": f"s{i}", "qty": i}]}
                              for i in range(250)])  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime
@@ -12,25 +13,16 @@ import pytest
 
 from jobs.command import CommandJob, CommandOptions
 from worker.job import JobContext, Status
+from worker.ledger import JobState, SqliteLedger
 
-
-class MemoryState:
-    """A StateStore in a dict; the command kind never uses it."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
-
-    def set(self, key: str, value: Any) -> None:
-        self.values[key] = value
+# The command kind keeps no state; the context still gets the real store a run gets.
+_LEDGER = SqliteLedger(Path(tempfile.mkdtemp(prefix="opskeeper-command-")) / "ledger.db")
 
 
 def context(timeout: float = 30, cancel: threading.Event | None = None) -> JobContext:
     return JobContext(
         job_id="cmd", run_id="r1", scheduled_at=datetime.now(UTC), deadline=time.monotonic() + timeout,
-        state=MemoryState(), cancel=cancel or threading.Event(), log=lambda *a, **k: None,
+        state=JobState(_LEDGER, "cmd"), cancel=cancel or threading.Event(), log=lambda *a, **k: None,
     )  # fmt: skip
 
 

@@ -44,44 +44,36 @@ class Header:
 
 
 @dataclass(frozen=True)
-class Prelude:
-    """One namespace announced up front, with its `.metadata.json` text."""
-
+class _Namespaced:
     db: str
     collection: str
+
+    @property
+    def ns(self) -> str:
+        return f"{self.db}.{self.collection}"
+
+
+@dataclass(frozen=True)
+class Prelude(_Namespaced):
+    """One namespace announced up front, with its `.metadata.json` text."""
+
     metadata: str
     size: int = 0
     type: str | None = "collection"
 
-    @property
-    def ns(self) -> str:
-        return f"{self.db}.{self.collection}"
-
 
 @dataclass(frozen=True)
-class Segment:
+class Segment(_Namespaced):
     """Some documents of one namespace: their concatenated raw BSON."""
 
-    db: str
-    collection: str
     data: bytes
-
-    @property
-    def ns(self) -> str:
-        return f"{self.db}.{self.collection}"
 
 
 @dataclass(frozen=True)
-class End:
+class End(_Namespaced):
     """A namespace is complete; `crc` is CRC-64/XZ over all its documents."""
 
-    db: str
-    collection: str
     crc: int
-
-    @property
-    def ns(self) -> str:
-        return f"{self.db}.{self.collection}"
 
 
 Event = Segment | End

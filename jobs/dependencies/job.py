@@ -325,9 +325,7 @@ def verdict(reports: list[Report], options: DependenciesOptions, today: date) ->
             bits.append(f"Node.js {node['line']} is in maintenance (end of life {node['eol_date']})")
         if report.problems:
             status = Status.FAIL
-        if bits and status is Status.OK:
-            status = Status.WARN
-        if (live or majors or deprecated or (node and node["status"] == "maintenance")) and status is Status.OK:
+        if bits and status is Status.OK:  # every finding above added a bit
             status = Status.WARN
         parts.append(f"{report.name}: " + ("; ".join(bits) if bits else "up to date"))
     return status, " | ".join(parts)
