@@ -95,6 +95,16 @@ def test_recent_is_newest_first_filtered_and_limited(ledger: Ledger) -> None:
     assert ledger.recent("nothing") == []
 
 
+def test_runs_are_a_half_open_window_oldest_first(ledger: Ledger) -> None:
+    """A review reads every job's runs that started in [since, until), oldest first."""
+    for i in range(5):
+        ledger.record(finished("backup" if i % 2 else "health", T0 + timedelta(days=i), f"r{i}"))
+    window = ledger.runs(T0 + timedelta(days=1), T0 + timedelta(days=4))
+    assert [r.summary for r in window] == ["r1", "r2", "r3"]
+    assert [r.job_id for r in window] == ["backup", "health", "backup"]
+    assert ledger.runs(T0 + timedelta(days=9), T0 + timedelta(days=10)) == []
+
+
 def test_record_keeps_a_missed_run(ledger: Ledger) -> None:
     """A run that never happened is stored as `missed` with its reason."""
     missed = replace(run(), status=Status.MISSED, finished_at=T0, summary="missed: 12m late")

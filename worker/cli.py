@@ -96,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
     rollback.add_argument("--disable-autodeploy", action="store_true",
                           help="also turn auto-deploy off, so the next push does not deploy again")  # fmt: skip
+    report = command("report", "Build a review report now, from the ledger and the configured sources.", _report)
+    report.add_argument("which", choices=["weekly"], help="which report")
+    report.add_argument("--job", help="take the options of this weekly_review job (default: the schedule's first)")
+    report.add_argument("--now", help="end the week at this ISO 8601 time instead of now")
+    report.add_argument("--json", action="store_true", help="print (or write) the JSON report instead of Markdown")
+    report.add_argument("--out", type=Path, metavar="FILE", help="write the report to FILE and print where it is")
     _backup_commands(sub)
     deps = command("deps", "Check local projects' dependencies, advisories and Node.js runtime now.", _deps,
                    config=False)  # fmt: skip
@@ -314,6 +320,38 @@ def _uptime(args: argparse.Namespace, settings: Settings) -> int:
         for outage in row["outages"]:
             end = outage["end"] or "ongoing"
             print(f"    outage {outage['start']} → {end} ({format_duration(timedelta(seconds=outage['duration_s']))})")
+    return 0
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.review.markdown import to_markdown
+    from jobs.review.weekly import WeeklyReviewOptions, build
+
+    config = _config(args, settings)
+    reviews = [j for j in config.jobs if j.kind == "weekly_review" and (args.job is None or j.id == args.job)]
+    if args.job and not reviews:
+        raise _CliError(f"no weekly_review job {args.job!r} in {config.path}")
+    options = reviews[0].options if reviews else WeeklyReviewOptions()
+    try:
+        now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
+    except ValueError:
+        raise _CliError(f"--now {args.now!r}: not an ISO 8601 time") from None
+    if now.tzinfo is None:
+        raise _CliError(f"--now {args.now!r}: give a UTC offset, e.g. {args.now}+00:00")
+    redactor = _redactor(settings, config)
+    ledger = _ledger(settings, redactor)
+    try:
+        report = redactor(build(options, ledger, {j.id: j for j in config.jobs}, now))
+    finally:
+        ledger.close()
+    text = json.dumps(report, indent=2) + "\n" if args.json else to_markdown(report)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    need = len(report["needs_attention"])
+    print(f"weekly report written to {args.out} ({need} item(s) need attention, {len(report['gaps'])} gap(s))")
     return 0
 
 

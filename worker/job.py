@@ -105,6 +105,16 @@ class CheckLog(Protocol):
     def read(self, job_id: str, since: datetime) -> list[CheckRecord]: ...
 
 
+class History(Protocol):
+    """What a review may read of the ledger: every job's runs, state and checks."""
+
+    def runs(self, since: datetime, until: datetime) -> list[Any]: ...
+
+    def get_state(self, job_id: str, key: str, default: Any = None) -> Any: ...
+
+    def checks(self, since: datetime, job_id: str | None = None, endpoint: str | None = None) -> list[CheckRecord]: ...
+
+
 class TransientError(Exception):
     """A failure worth retrying (a dropped connection, a 503): the runner retries these only."""
 
@@ -142,6 +152,8 @@ class JobContext:
     checks: CheckLog | None = None
     jobs: Mapping[str, Any] = field(default_factory=dict)
     """The schedule's jobs by id (their specs): a restore drill finds its backup job here."""
+    history: History | None = None
+    """The whole ledger, read-only by convention: the reviews summarise what other jobs recorded."""
 
 
 class Job(Protocol):

@@ -90,6 +90,9 @@ class Ledger(Protocol):
     def get(self, run_id: str) -> RunRecord | None:
         """One run by id."""
 
+    def runs(self, since: datetime, until: datetime) -> list[RunRecord]:
+        """Every run that started in [since, until), oldest first (a review reads a week)."""
+
     def interrupt_stale(self, host: str, finished_at: datetime) -> int:
         """Mark this host's runs left `running` by a crash as `interrupted`; how many."""
 
@@ -261,6 +264,14 @@ class SqliteLedger:
             row = self._db.execute(f"SELECT {_COLUMNS} FROM runs WHERE run_id=?", (run_id,)).fetchone()
         return None if row is None else self._row(row)
 
+    def runs(self, since: datetime, until: datetime) -> list[RunRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM runs WHERE started_at >= ? AND started_at < ? ORDER BY started_at, rowid",
+                (_iso(to_ms(since)), _iso(to_ms(until))),
+            ).fetchall()
+        return [self._row(row) for row in rows]
+
     def interrupt_stale(self, host: str, finished_at: datetime) -> int:
         with self._lock:
             cur = self._db.execute(
@@ -374,6 +385,10 @@ class MongoLedger:
     def get(self, run_id: str) -> RunRecord | None:
         doc = self._runs.find_one({"_id": run_id})
         return None if doc is None else self._record(doc)
+
+    def runs(self, since: datetime, until: datetime) -> list[RunRecord]:
+        query = {"started_at": {"$gte": to_ms(since), "$lt": to_ms(until)}}
+        return [self._record(doc) for doc in self._runs.find(query).sort([("started_at", 1), ("_id", 1)])]
 
     def interrupt_stale(self, host: str, finished_at: datetime) -> int:
         result = self._runs.update_many(

@@ -12,6 +12,9 @@ from jobs.command import CommandJob, CommandOptions
 from jobs.dependencies.job import DependenciesJob, DependenciesOptions
 from jobs.deploys import DeploysJob, DeploysOptions
 from jobs.health import HealthJob, HealthOptions
+from jobs.review.docs import DocsReviewJob, DocsReviewOptions
+from jobs.review.security import SecurityReviewJob, SecurityReviewOptions
+from jobs.review.weekly import WeeklyReviewJob, WeeklyReviewOptions
 from worker.job import Job, JobOptions
 
 KINDS: Mapping[str, tuple[type[JobOptions], Callable[[Any], Job]]] = {
@@ -22,6 +25,9 @@ KINDS: Mapping[str, tuple[type[JobOptions], Callable[[Any], Job]]] = {
     "atlas_backup": (AtlasBackupOptions, AtlasBackupJob),
     "restore_drill": (DrillOptions, DrillJob),
     "dependencies": (DependenciesOptions, DependenciesJob),
+    "weekly_review": (WeeklyReviewOptions, WeeklyReviewJob),
+    "docs_review": (DocsReviewOptions, DocsReviewJob),
+    "security_review": (SecurityReviewOptions, SecurityReviewJob),
 }
 
 #: The options model of each kind, which is all the schedule validator needs.

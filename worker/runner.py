@@ -163,6 +163,7 @@ class Runner:
             notify=lambda notice: self._notify(job, handle.run_id, notice, log),
             checks=JobChecks(self.ledger, job.id),
             jobs=self.jobs,
+            history=self.ledger,
         )
 
         def work() -> None:

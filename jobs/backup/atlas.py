@@ -50,13 +50,13 @@ class AtlasBackupJob:
 
     def run(self, ctx: JobContext) -> Outcome:
         opts = self.options
-        with self._client() as client:
+        with self.client() as client:
             base = f"/groups/{opts.group_id}/clusters/{opts.cluster}/backup"
-            schedule = self._get(client, f"{base}/schedule", "2024-08-05")
-            snapshots = self._get(client, f"{base}/snapshots", "2023-01-01")
+            schedule = self.get(client, f"{base}/schedule", "2024-08-05")
+            snapshots = self.get(client, f"{base}/snapshots", "2023-01-01")
         return judge(opts.cluster, schedule, snapshots, datetime.now(UTC), opts.max_age)
 
-    def _client(self) -> httpx.Client:
+    def client(self) -> httpx.Client:
         opts = self.options
         auth: httpx.Auth
         if opts.auth == "digest":
@@ -75,7 +75,7 @@ class AtlasBackupJob:
         response.raise_for_status()
         return str(response.json()["access_token"])
 
-    def _get(self, client: httpx.Client, path: str, version: str) -> Any:
+    def get(self, client: httpx.Client, path: str, version: str) -> Any:
         try:
             response = client.get(path, headers={"Accept": f"application/vnd.atlas.{version}+json"})
         except httpx.TransportError as exc:

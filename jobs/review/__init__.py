@@ -1,0 +1,1 @@
+"""The recurring reviews: the weekly digest, the docs review and the security review."""

@@ -1,0 +1,233 @@
+"""The weekly report as Markdown, with its charts as inline SVG (drawn by leather).
+
+Inline `<svg>` shows in the Markdown viewers operators use (VS Code, Obsidian, pandoc's
+HTML) and in the saved file opened in a browser; the same data is in the JSON report.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import leather
+
+from worker.timespec import format_duration
+
+_WIDTH, _HEIGHT = 640, 220
+
+
+def _svg(chart: Any) -> str:
+    out = io.StringIO()
+    chart.to_svg(out, width=_WIDTH, height=_HEIGHT)
+    # Inline SVG in HTML/Markdown takes no XML prolog or DOCTYPE.
+    text = out.getvalue()
+    return text[text.index("<svg") :]
+
+
+def _day_axis(chart: Any, days: Sequence[date]) -> None:
+    chart.add_x_scale(days[0], days[-1] if len(days) > 1 else days[0] + timedelta(days=1))
+    chart.add_x_axis(ticks=list(days), tick_formatter=lambda value, index, count: value.strftime("%a %d"))
+
+
+def uptime_chart(rows: Sequence[Mapping[str, Any]], days: Sequence[date]) -> str | None:
+    """Uptime % per day, one line per endpoint (days without checks are left out)."""
+    series = [(r["endpoint"], [(date.fromisoformat(d["date"]), d["uptime_pct"]) for d in r["days"]
+                               if d["uptime_pct"] is not None]) for r in rows]  # fmt: skip
+    series = [(name, points) for name, points in series if points]
+    if not series:
+        return None
+    chart = leather.Chart("Uptime % per day")
+    _day_axis(chart, days)
+    low = min(v for _, points in series for _, v in points)
+    chart.add_y_scale(min(99.0, float(low) // 1), 100)
+    for name, points in series:
+        chart.add_line(points, name=name)
+    return _svg(chart)
+
+
+def latency_chart(rows: Sequence[Mapping[str, Any]], days: Sequence[date]) -> str | None:
+    """p95 latency per day in ms, one line per endpoint."""
+    series = [(r["endpoint"], [(date.fromisoformat(d["date"]), d["p95_ms"]) for d in r["days"]
+                               if d["p95_ms"] is not None]) for r in rows]  # fmt: skip
+    series = [(name, points) for name, points in series if points]
+    if not series:
+        return None
+    chart = leather.Chart("p95 latency per day (ms)")
+    _day_axis(chart, days)
+    chart.add_y_scale(0, max(v for _, points in series for _, v in points) * 1.1 or 1)
+    for name, points in series:
+        chart.add_line(points, name=name)
+    return _svg(chart)
+
+
+def size_chart(jobs: Sequence[Mapping[str, Any]]) -> str | None:
+    """Stored size of each backup, over the week, one line per backup job."""
+    series = [(j["job_id"], [(_naive(s["at"]), s["stored_bytes"] / 1e6) for s in j["sizes"]])
+              for j in jobs]  # fmt: skip
+    series = [(name, points) for name, points in series if len(points) >= 2]
+    if not series:
+        return None
+    chart = leather.Chart("Backup size (MB)")
+    chart.add_y_scale(0, max(v for _, points in series for _, v in points) * 1.1 or 1)
+    chart.add_x_axis(tick_formatter=lambda value, index, count: value.strftime("%a %d"))
+    for name, points in series:
+        chart.add_line(points, name=name)
+        chart.add_dots(points, name=name)
+    return _svg(chart)
+
+
+def _naive(moment: str) -> datetime:
+    """leather's time scale compares against naive datetimes: UTC, without the offset."""
+    return datetime.fromisoformat(moment).astimezone(UTC).replace(tzinfo=None)
+
+
+def _mb(size: float) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+
+
+def _dur(seconds: float | None) -> str:
+    return "-" if seconds is None else format_duration(timedelta(seconds=seconds if seconds < 1 else round(seconds)))
+
+
+def _t(moment: str | None) -> str:
+    """An ISO time as `2026-11-26 19:21` UTC, short enough for a table."""
+    if not moment:
+        return "-"
+    return datetime.fromisoformat(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def to_markdown(report: Mapping[str, Any]) -> str:
+    """The whole report: what needs a human first, then each area, charts inline."""
+    sections = (_head, _uptime, _backups, _drills, _dependencies, _deploys, _sentry, _render)
+    return "\n".join(line for section in sections for line in section(report)) + "\n"
+
+
+def _head(report: Mapping[str, Any]) -> list[str]:
+    period = report["period"]
+    out: list[str] = [f"# Weekly review: {_t(period['start'])} to {_t(period['end'])} UTC", ""]
+    need = report["needs_attention"]
+    if need:
+        out += [f"## Needs attention ({len(need)})", ""] + [f"- **{n['area']}**: {n['message']}" for n in need]
+    else:
+        out += ["## Needs attention", "", "Nothing this week."]
+    failing = [g for g in report["gaps"] if g["configured"] == "yes"]
+    missing = [g for g in report["gaps"] if g["configured"] != "yes"]
+    if failing or missing:
+        out += ["", "## Gaps", "", "This report could not include:"]
+        out += [f"- **{g['source']}**: {g['reason']}" for g in failing + missing]
+    return out
+
+
+def _uptime(report: Mapping[str, Any]) -> list[str]:
+    days = [date.fromisoformat(d) for d in report["period"]["days"]]
+    out = ["", "## Uptime", ""]
+    if report["uptime"]:
+        out += [
+            "| endpoint | uptime | checks | failed | p50 | p95 | p99 | outages |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in report["uptime"]:
+            lat = row["latency_ms"]
+            out.append(f"| {row['job_id']}/{row['endpoint']} | {row['uptime_pct']}% | {row['checks']} | "
+                       f"{row['failures']} | {lat['p50']} ms | {lat['p95']} ms | {lat['p99']} ms | "
+                       f"{len(row['outages'])} |")  # fmt: skip
+        for row in report["uptime"]:
+            for outage in row["outages"]:
+                end = outage["end"] or "ongoing"
+                out.append(
+                    f"\n- {row['endpoint']} down {_t(outage['start'])} to {_t(end) if outage['end'] else end} "
+                    f"({_dur(outage['duration_s'])})"
+                )
+        for chart in (uptime_chart(report["uptime"], days), latency_chart(report["uptime"], days)):
+            if chart:
+                out += ["", chart]
+    else:
+        out.append("No health checks were recorded this week.")
+    return out
+
+
+def _backups(report: Mapping[str, Any]) -> list[str]:
+    backups = report["backups"]
+    out = ["", "## Backups", "", f"{backups['made']} made, {backups['failed']} failed.", ""]
+    if backups["jobs"]:
+        out += ["| job | made | failed | newest size | stored this week |", "|---|---|---|---|---|"]
+        for job in backups["jobs"]:
+            newest = _mb(job["sizes"][-1]["stored_bytes"]) if job["sizes"] else "-"
+            out.append(f"| {job['job_id']} | {job['made']} | {job['failed']} | {newest} | {_mb(job['stored_bytes'])} |")
+        for job in backups["jobs"]:
+            out += [f"- {job['job_id']} {_t(f['at'])}: {f['status']}: {f['summary']}" for f in job["failures"]]
+        chart = size_chart(backups["jobs"])
+        if chart:
+            out += ["", chart]
+    return out
+
+
+def _drills(report: Mapping[str, Any]) -> list[str]:
+    drills = report["drills"]
+    out = ["", "## Restore drills", "", f"{drills['passed']} passed, {drills['failed']} failed this week."]
+    out += [f"- {_t(r['at'])} {r['job_id']}: {r['status']}, recovery {_dur(r['recovery_s'])}: {r['summary']}"
+            for r in drills["runs"]]  # fmt: skip
+    last = drills["last_passed"]
+    out.append(f"\nLast passing drill: {_t(last['at'])} ({last['job_id']}, recovery {_dur(last['recovery_s'])})."
+               if last else "\nNo restore drill has passed in the last 92 days.")  # fmt: skip
+    return out
+
+
+def _dependencies(report: Mapping[str, Any]) -> list[str]:
+    out = ["", "## Dependencies", ""]
+    if not report["dependencies"]["projects"]:
+        out.append("No dependency report in the last 92 days.")
+    for project in report["dependencies"]["projects"]:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(project["advisories"].items())) or "no advisories"
+        out.append(f"- **{project['project']}** (checked {project['checked_at'][:10]}): {counts}; "
+                   f"{len(project['majors_behind'])} major update(s) behind; "
+                   f"{len(project['deprecated'])} deprecated; Node.js {project['node'] or 'unknown'}")  # fmt: skip
+        out += [f"  - {a}" for a in project["serious"]]
+    return out
+
+
+def _deploys(report: Mapping[str, Any]) -> list[str]:
+    deploys = report["deploys"]
+    out = ["", "## Deploys", ""]
+    if not deploys["services"]:
+        out.append("No deploys job in this schedule.")
+    for service in deploys["services"]:
+        good = service["last_good"]
+        out.append(f"- **{service['service']}**: {service['deploys']} deploy(s), {service['failed']} failed; "
+                   f"last good: {good['commit'] + ' (' + good['id'] + ')' if good else 'none'}")  # fmt: skip
+        out += [f"  - {_t(d['created_at'])} {d['commit']} {d['status']}{' (good)' if d['good'] else ''}: "
+                f"{d['message']}" for d in service["list"]]  # fmt: skip
+    out += [f"- rollback {_t(r['at'])}: {r['service']} from {r['from']} to {r['to']}" for r in deploys["rollbacks"]]
+    return out
+
+
+def _sentry(report: Mapping[str, Any]) -> list[str]:
+    sentry = report["sentry"]
+    out: list[str] = []
+    if sentry is not None:
+        out += ["", "## Sentry", ""]
+        for title, key in (("New issues", "new_issues"), ("Regressions", "regressions"), ("Top issues by events",
+                                                                                            "top_issues")):  # fmt: skip
+            out += [f"**{title}** ({len(sentry[key])})", ""]
+            out += [
+                f"- [{i['short_id'] or i['id']}]({i['link']}) {i['title']}: {i['events']} events" for i in sentry[key]
+            ]
+            out.append("")
+        out += ["**Slowest transactions (p95)**", "", "| transaction | p95 | count |", "|---|---|---|"]
+        out += [f"| {t['transaction']} | {t['p95_ms']:.0f} ms | {t['count']} |" for t in sentry["slow_transactions"]
+                if t["p95_ms"] is not None]  # fmt: skip
+    return out
+
+
+def _render(report: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    if report["render"] is not None:
+        out += ["", "## Render", "", "| service | plan | CPU avg | CPU peak | memory avg | memory peak |",
+                "|---|---|---|---|---|---|"]  # fmt: skip
+        for s in report["render"]:
+            out.append(f"| {s['service']} | {s['plan']} ({s['cpu_limit']} CPU, {s['memory_limit_mb']} MB) | "
+                       f"{s['cpu_avg_pct']}% | {s['cpu_peak_pct']}% | {s['memory_avg_mb']} MB | "
+                       f"{s['memory_peak_mb']} MB ({s['memory_peak_pct']}%) |")  # fmt: skip
+    return out
