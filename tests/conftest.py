@@ -508,3 +508,78 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     ledger = SqliteLedger(tmp_path / "ledger.db")
     yield Harness(ledger)
     ledger.close()
+
+
+# --- vendor web APIs: a local server routing by path, answering from the query -------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request a VendorAPI received."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+
+
+class VendorAPI:
+    """A real HTTP server for a vendor's web API (Sentry, Render, Atlas, GitHub): routes are
+    functions of the request, keyed by path without the query; every request is recorded."""
+
+    def __init__(self) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        self.routes: dict[str, Callable[[Request], Reply]] = {}
+        self.requests: list[Request] = []
+        self.release = threading.Event()
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                parts = urlsplit(self.path)
+                request = Request("GET", parts.path, parse_qs(parts.query), {k.lower(): v for k, v in self.headers.items()})
+                api.requests.append(request)
+                route = api.routes.get(parts.path)
+                reply = route(request) if route else Reply(404, {"detail": "not found"})
+                if reply.wait is not None:
+                    reply.wait.wait(reply.wait_timeout)
+                body = reply.body
+                body = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
+                body = body.encode() if isinstance(body, str) else body
+                self.send_response(reply.status)
+                for key, value in {"Content-Type": "application/json", **reply.headers}.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def hang(self) -> Reply:
+        """A reply that comes only when the test ends: the client's timeout must fire first."""
+        return Reply(200, [], wait=self.release, wait_timeout=30)
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def vendor() -> Iterator[VendorAPI]:
+    """A local vendor API per test."""
+    server = VendorAPI()
+    yield server
+    server.close()

@@ -1,0 +1,358 @@
+"""The weekly review: a known week in a real ledger, Sentry and Render answering over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from freezegun import freeze_time
+
+from jobs.deploys import DeployRecord, ServiceHistory, state_key
+from jobs.review.markdown import to_markdown
+from jobs.review.weekly import WeeklyReviewOptions, build
+from tests.conftest import Reply, Request, SentryReceiver, VendorAPI, opskeeper, write
+from worker import registry
+from worker.job import CheckRecord, Status
+from worker.ledger import RunRecord, SqliteLedger
+from worker.schedule import load_config
+
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)  # a Monday morning
+TOKEN = "sntrys_weekly-review-token-0123456789"
+RENDER_KEY = "rnd_weekly-review-key-0123456789"
+
+
+def schedule(tmp_path: Path, vendor: VendorAPI | None, extra: str = "") -> Path:
+    """A schedule with the jobs a week's ledger comes from, and the weekly review reading `vendor`."""
+    sources = (f"""
+      sentry: {{org: acme, projects: ["42"], api_url: "{vendor.url}"}}
+      render: {{api_url: "{vendor.url}/v1", services: [{{name: api, service_id: srv-api1, plan: starter}}]}}
+      api_timeout: 500ms""" if vendor else "")  # fmt: skip
+    return write(tmp_path / "jobs.yaml", f"""
+timezone: UTC
+jobs:
+  - id: api-health
+    kind: health
+    schedule: every 1m
+    options: {{endpoints: [{{name: backend, url: "http://127.0.0.1:9/api/health"}}]}}
+  - id: nightly
+    kind: backup
+    schedule: "0 3 * * *"
+    options: {{uri: "mongodb://127.0.0.1:9/", storage: "{tmp_path / 'backups'}"}}
+  - id: render-deploys
+    kind: deploys
+    schedule: every 5m
+    options: {{services: [{{name: api, service_id: srv-api1, health: api-health}}]}}
+  - id: weekly
+    kind: weekly_review
+    schedule: "0 9 * * mon"
+    options:{sources}{extra}
+""")
+
+
+def run(job_id: str, kind: str, at: datetime, status: Status, summary: str = "", **details: Any) -> RunRecord:
+    return RunRecord(run_id=f"{job_id}-{at.isoformat()}", job_id=job_id, kind=kind, status=status, started_at=at,
+                     finished_at=at + timedelta(minutes=1), summary=summary, details=details)  # fmt: skip
+
+
+def fill_week(ledger: SqliteLedger, now: datetime) -> None:
+    """A known week: hourly checks with one 2-hour outage, daily backups (one failed), two drills,
+    a dependency report, three deploys (one failed) and a rollback; plus rows outside the week."""
+    since = now - timedelta(days=7)
+    checks = []
+    for hour in range(-3, 168):  # three checks before the week, which must not count
+        at = since + timedelta(hours=hour)
+        outage = since + timedelta(days=2, hours=1) <= at < since + timedelta(days=2, hours=3)
+        slow = (since + timedelta(days=4)).date() == at.date()
+        checks.append(CheckRecord(
+            "api-health", "backend", at, "fail" if outage else "ok",
+            "DOWN" if at == since + timedelta(days=2, hours=2) else "UP",
+            None if outage else 200, None if outage else (240.0 if slow else 100.0), "HTTP 500" if outage else "",
+        ))  # fmt: skip
+    ledger.record_checks(checks)
+    ledger.record(run("nightly", "backup", since - timedelta(hours=6), Status.OK, stored_bytes=999))
+    for day in range(7):
+        at = since + timedelta(days=day, hours=18)
+        if day == 3:
+            ledger.record(run("nightly", "backup", at, Status.FAIL, "dump failed: connection refused"))
+        else:
+            ledger.record(run("nightly", "backup", at, Status.OK, "backed up", stored_bytes=1_000_000 + 10_000 * day,
+                              documents=5000 + day))  # fmt: skip
+    ledger.record(run("drill", "restore_drill", since - timedelta(days=20), Status.OK, recovery_s=40.0))
+    ledger.record(run("drill", "restore_drill", since + timedelta(days=4), Status.OK, "restored", recovery_s=42.5,
+                      key="nightly/x.archive.gz"))  # fmt: skip
+    ledger.record(run("drill", "restore_drill", since + timedelta(days=5), Status.FAIL, "drill failed: count differs"))
+    ledger.record(run("deps", "dependencies", since + timedelta(days=5), Status.WARN, projects=[{
+        "name": "server", "advisories": [
+            {"id": 1096366, "severity": "high", "package": "ws", "version": "8.0.0", "title": "ws DoS"},
+            {"id": 1099999, "severity": "moderate", "package": "qs", "version": "6.5.2", "title": "qs pollution"},
+        ],
+        "direct": [{"name": "express", "update": "major", "deprecated": False},
+                   {"name": "request", "update": "none", "deprecated": True}],
+        "node": {"status": "eol", "version": "16.20.2"},
+    }]))  # fmt: skip
+    history = ServiceHistory([
+        DeployRecord("dep-3", "live", "c3" * 20, "fix orders", "new_commit", (since + timedelta(days=6)).isoformat(),
+                     good=True, good_at=(since + timedelta(days=6, minutes=10)).isoformat()),
+        DeployRecord("dep-2", "build_failed", "c2" * 20, "bump deps", "new_commit", (since + timedelta(days=3)).isoformat()),
+        DeployRecord("dep-1", "deactivated", "c1" * 20, "old", "new_commit", (since - timedelta(days=3)).isoformat(),
+                     good=True),
+    ])  # fmt: skip
+    ledger.set_state("render-deploys", state_key("api"), history.dump())
+    ledger.record(run("render-deploys", "rollback", since + timedelta(days=6, hours=2), Status.OK,
+                      service="api", **{"from": "dep-3", "to": "dep-1"}))  # fmt: skip
+
+
+def issue(n: int, title: str, count: int, first_seen: datetime) -> dict[str, Any]:
+    """An issue as Sentry's organization issues endpoint returns it."""
+    return {"id": str(4504731000 + n), "shortId": f"SHOP-API-{n:X}", "title": title, "culprit": "GET /api/orders",
+            "permalink": f"https://acme.sentry.io/issues/{4504731000 + n}/", "level": "error", "status": "unresolved",
+            "count": str(count), "userCount": count // 4, "firstSeen": first_seen.isoformat(),
+            "lastSeen": NOW.isoformat(), "project": {"id": "42", "slug": "shop-api"}}  # fmt: skip
+
+
+def serve_sentry(vendor: VendorAPI) -> None:
+    """Issues (new ones over two pages, joined by the Link cursor), regressions and slow spans."""
+    new = [issue(i, f"TypeError #{i}", 10 + i, NOW - timedelta(days=2)) for i in range(3)]
+
+    def issues(request: Request) -> Reply:
+        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+            return Reply(401, {"detail": "Invalid token"})
+        query = request.query["query"][0]
+        if query.startswith("is:unresolved firstSeen:"):
+            cursor = request.query.get("cursor", ["0:0:0"])[0]
+            if cursor == "0:0:0":
+                link = (f'<{vendor.url}/api/0/organizations/acme/issues/?cursor=0:0:1>; rel="previous"; '
+                        f'results="false"; cursor="0:0:1", <{vendor.url}/api/0/organizations/acme/issues/'
+                        f'?query=is%3Aunresolved+firstSeen%3A-7d&cursor=0:2:0>; rel="next"; results="true"; '
+                        f'cursor="0:2:0"')  # fmt: skip
+                return Reply(200, new[:2], {"Link": link})  # type: ignore[arg-type]
+            return Reply(200, new[2:], {"Link": f'<{vendor.url}/x>; rel="next"; results="false"; cursor="0:4:0"'})  # type: ignore[arg-type]
+        if query == "is:regressed":
+            return Reply(200, [issue(9, "MongoServerError: E11000 duplicate key", 77, NOW - timedelta(days=60))])  # type: ignore[arg-type]
+        return Reply(200, [issue(7, "Timeout in /api/checkout", 900, NOW - timedelta(days=40)), *new])  # type: ignore[arg-type]
+
+    def events(request: Request) -> Reply:
+        assert request.query["dataset"] == ["spans"]
+        return Reply(200, {"data": [
+            {"transaction": "POST /api/checkout", "p95(span.duration)": 2850.0, "count()": 1200},
+            {"transaction": "GET /api/orders", "p95(span.duration)": 410.5, "count()": 8800},
+        ], "meta": {"fields": {"p95(span.duration)": "duration"}}})  # fmt: skip
+
+    vendor.routes["/api/0/organizations/acme/issues/"] = issues
+    vendor.routes["/api/0/organizations/acme/events/"] = events
+
+
+def serve_render(vendor: VendorAPI) -> None:
+    """CPU in cores and memory in bytes, two instances, as Render's metrics endpoints return them."""
+
+    def metric(values: list[float], unit: str) -> Any:
+        def answer(request: Request) -> Reply:
+            if request.headers.get("authorization") != f"Bearer {RENDER_KEY}":
+                return Reply(401, {"message": "unauthorized"})
+            assert request.query["resource"] == ["srv-api1"]
+            half = len(values) // 2
+            return Reply(200, [  # type: ignore[arg-type]
+                {"labels": [{"field": "instance", "value": f"srv-api1-{i}"}],
+                 "values": [{"timestamp": (NOW - timedelta(hours=h)).isoformat(), "value": v}
+                            for h, v in enumerate(part)], "unit": unit}
+                for i, part in enumerate((values[:half], values[half:]))
+            ])  # fmt: skip
+
+        return answer
+
+    vendor.routes["/v1/metrics/cpu"] = metric([0.1, 0.2, 0.3, 0.2, 0.45, 0.25], "cpu")
+    vendor.routes["/v1/metrics/memory"] = metric([200e6, 250e6, 300e6, 480e6], "bytes")
+
+
+@pytest.fixture
+def week(tmp_path: Path, vendor: VendorAPI, monkeypatch: pytest.MonkeyPatch) -> tuple[SqliteLedger, Any]:
+    """A ledger holding the known week, the schedule's jobs, and both vendors serving."""
+    monkeypatch.setenv("SENTRY_AUTH_TOKEN", TOKEN)
+    monkeypatch.setenv("RENDER_API_KEY", RENDER_KEY)
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    fill_week(ledger, NOW)
+    serve_sentry(vendor)
+    serve_render(vendor)
+    config = load_config(schedule(tmp_path, vendor), registry.OPTIONS)
+    return ledger, config
+
+
+def options(config: Any) -> WeeklyReviewOptions:
+    return next(j.options for j in config.jobs if j.kind == "weekly_review")
+
+
+def test_known_week_gives_the_right_numbers(week: tuple[SqliteLedger, Any]) -> None:
+    """Uptime, outages, backups, drills, dependencies and deploys are counted from the week's rows only."""
+    ledger, config = week
+    report = build(options(config), ledger, {j.id: j for j in config.jobs}, NOW)
+    (uptime,) = report["uptime"]
+    assert (uptime["checks"], uptime["failures"], uptime["uptime_pct"]) == (168, 2, round(100 * 166 / 168, 3))
+    assert uptime["outages"] == [{"start": "2026-11-18T10:00:00+00:00", "end": "2026-11-18T12:00:00+00:00",
+                                  "duration_s": 7200.0}]  # fmt: skip
+    days = {d["date"]: d for d in uptime["days"]}
+    assert len(days) == 8 and days["2026-11-16"]["checks"] == 15 and days["2026-11-23"]["checks"] == 9
+    assert days["2026-11-18"]["uptime_pct"] == round(100 * 22 / 24, 3)
+    assert days["2026-11-20"]["p95_ms"] == 240.0 and days["2026-11-19"]["p95_ms"] == 100.0
+
+    backups = report["backups"]
+    assert (backups["made"], backups["failed"]) == (6, 1)
+    (nightly,) = backups["jobs"]
+    assert nightly["stored_bytes"] == sum(1_000_000 + 10_000 * d for d in (0, 1, 2, 4, 5, 6))
+    assert [s["stored_bytes"] for s in nightly["sizes"]][-1] == 1_060_000
+    assert nightly["failures"][0]["summary"] == "dump failed: connection refused"
+
+    drills = report["drills"]
+    assert (drills["passed"], drills["failed"]) == (1, 1)
+    assert drills["last_passed"]["recovery_s"] == 42.5
+
+    (server,) = report["dependencies"]["projects"]
+    assert server["advisories"] == {"high": 1, "moderate": 1}
+    assert server["serious"] == ["high 1096366 in ws@8.0.0: ws DoS"]
+    assert (server["majors_behind"], server["deprecated"], server["node"]) == (["express"], ["request"], "eol")
+
+    (api,) = report["deploys"]["services"]
+    assert (api["deploys"], api["failed"]) == (2, 1)
+    assert api["last_good"]["id"] == "dep-3"
+    assert report["deploys"]["rollbacks"] == [{"at": "2026-11-22T11:00:00+00:00", "service": "api",
+                                               "from": "dep-3", "to": "dep-1"}]  # fmt: skip
+
+
+def test_sentry_and_render_sections(week: tuple[SqliteLedger, Any], vendor: VendorAPI) -> None:
+    """New issues follow the Link cursor; CPU and memory are measured against the plan's limits."""
+    ledger, config = week
+    report = build(options(config), ledger, {j.id: j for j in config.jobs}, NOW)
+    sentry = report["sentry"]
+    assert [i["short_id"] for i in sentry["new_issues"]] == ["SHOP-API-0", "SHOP-API-1", "SHOP-API-2"]
+    assert [i["title"] for i in sentry["regressions"]] == ["MongoServerError: E11000 duplicate key"]
+    assert sentry["top_issues"][0] == {**sentry["top_issues"][0], "title": "Timeout in /api/checkout", "events": 900}
+    assert sentry["slow_transactions"][0] == {"transaction": "POST /api/checkout", "p95_ms": 2850.0, "count": 1200}
+    asked = [r for r in vendor.requests if r.path.endswith("/issues/")]
+    assert all(r.query.get("statsPeriod", ["7d"]) == ["7d"] for r in asked)
+    assert asked[0].query["project"] == ["42"]
+    (api,) = report["render"]
+    assert (api["cpu_limit"], api["memory_limit_mb"]) == (0.5, 512)
+    assert (api["cpu_avg"], api["cpu_peak"], api["cpu_peak_pct"]) == (0.25, 0.45, 90.0)
+    assert (api["memory_peak_mb"], api["memory_peak_pct"]) == (480.0, 93.8)
+    assert report["gaps"] == []
+
+
+def test_needs_attention_names_each_problem(week: tuple[SqliteLedger, Any]) -> None:
+    """Each problem of the week is one item, in its area, against the configured thresholds."""
+    ledger, config = week
+    report = build(options(config), ledger, {j.id: j for j in config.jobs}, NOW)
+    areas = [n["area"] for n in report["needs_attention"]]
+    assert areas.count("uptime") == 2  # under 99.9 %, and the outage
+    assert areas.count("backups") == 1 and areas.count("drills") == 1
+    assert areas.count("dependencies") == 2  # the high advisory and the EOL Node.js
+    assert areas.count("deploys") == 2  # the failed build and the rollback
+    assert areas.count("sentry") == 3  # new issues, a regression, /api/checkout's p95 over 2000 ms
+    assert areas.count("render") == 1  # peak memory 93.8 % > 90 %; average CPU 50 % is under 80 %
+    messages = " | ".join(n["message"] for n in report["needs_attention"])
+    assert "was down 2h from 2026-11-18 10:00 UTC" in messages and "POST /api/checkout p95 2850 ms" in messages
+    relaxed = options(config).model_copy(update={"thresholds": options(config).thresholds.model_copy(
+        update={"memory_pct": 95.0, "slow_p95_ms": 3000.0})})  # fmt: skip
+    again = build(relaxed, ledger, {j.id: j for j in config.jobs}, NOW)
+    assert [n["area"] for n in again["needs_attention"]].count("render") == 0
+    assert [n["area"] for n in again["needs_attention"]].count("sentry") == 2
+
+
+@pytest.mark.parametrize("source", ["sentry", "render"])
+@pytest.mark.parametrize("failure", ["401", "500", "timeout"])
+def test_a_failing_api_is_a_named_gap(week: tuple[SqliteLedger, Any], vendor: VendorAPI, source: str,
+                                      failure: str) -> None:  # fmt: skip
+    """A refused token, a server error or a hang leaves that source out with a gap; the rest stands."""
+    ledger, config = week
+    reply = {"401": Reply(401, {"detail": "Invalid token"}), "500": Reply(500, {"detail": "oops"})}.get(failure)
+    paths = [p for p in vendor.routes if (p.startswith("/api/0/") if source == "sentry" else p.startswith("/v1/"))]
+    for path in paths:
+        vendor.routes[path] = (lambda r, reply=reply: reply) if reply else (lambda r: vendor.hang())
+    report = build(options(config), ledger, {j.id: j for j in config.jobs}, NOW)
+    reason = {"401": "token rejected (HTTP 401)", "500": "HTTP 500 from", "timeout": "timed out after 500ms"}[failure]
+    (gap,) = report["gaps"]
+    assert gap["source"] == source and gap["reason"].startswith(reason)
+    assert report[source] is None
+    other = "render" if source == "sentry" else "sentry"
+    assert report[other] is not None and report["backups"]["made"] == 6
+
+
+def test_markdown_has_every_section_and_three_charts(week: tuple[SqliteLedger, Any]) -> None:
+    """The Markdown report leads with what needs attention and embeds uptime, latency and size charts."""
+    ledger, config = week
+    markdown = to_markdown(build(options(config), ledger, {j.id: j for j in config.jobs}, NOW))
+    headings = [line for line in markdown.splitlines() if line.startswith("## ")]
+    assert headings == ["## Needs attention (12)", "## Uptime", "## Backups", "## Restore drills", "## Dependencies",
+                        "## Deploys", "## Sentry", "## Render"]  # fmt: skip
+    charts = [line for line in markdown.splitlines() if line.startswith("<svg")]
+    assert len(charts) == 3
+    titles = [ET.fromstring(svg).find(".//{http://www.w3.org/2000/svg}text").text for svg in charts]  # type: ignore[union-attr]
+    assert titles == ["Uptime % per day", "p95 latency per day (ms)", "Backup size (MB)"]
+    assert "| api-health/backend | 98.81% | 168 | 2 |" in markdown
+
+
+def test_job_keeps_the_report_and_alerts_once(tmp_path: Path, vendor: VendorAPI, sentry: SentryReceiver,
+                                              env: dict[str, str]) -> None:  # fmt: skip
+    """run-now: WARN, one Sentry message listing what needs a human, the report in the ledger and beside the backups."""
+    serve_sentry(vendor)
+    serve_render(vendor)
+    ledger = SqliteLedger(Path(env["OPSKEEPER_LEDGER"]))
+    fill_week(ledger, datetime.now(UTC))
+    config = schedule(tmp_path, vendor, "\n      backup_job: nightly")
+    result = opskeeper("run-now", "weekly", "--config", str(config), "--json",
+                       env={**env, "SENTRY_AUTH_TOKEN": TOKEN, "RENDER_API_KEY": RENDER_KEY,
+                            "SENTRY_DSN": sentry.dsn})  # fmt: skip
+    assert result.code == 1, result.stderr
+    record = json.loads(result.stdout[result.stdout.index("{\n") :])
+    assert record["status"] == "warn" and "12 need(s) attention" in record["summary"]
+    (event,) = [e for e in sentry.wait_items("event", 1) if "weekly review" in json.dumps(e)]
+    assert "weekly review: 12 thing(s) need a human: uptime:" in json.dumps(event)
+    assert TOKEN not in json.dumps(sentry.items("event")) and RENDER_KEY not in result.stdout + result.stderr
+    saved = sorted((tmp_path / "backups" / "reports" / "weekly").iterdir())
+    assert [p.suffix for p in saved] == [".json", ".md"]
+    assert json.loads(saved[0].read_text())["backups"]["made"] == 6
+    reports = ledger.get_state("weekly", "reports")
+    kept = ledger.get_state("weekly", f"report:{reports[-1]}")
+    assert kept["json"]["drills"]["failed"] == 1 and kept["markdown"].startswith("# Weekly review")
+    ledger.close()
+
+
+def test_report_command_prints_json_and_writes_files(tmp_path: Path, env: dict[str, str]) -> None:
+    """`opskeeper report weekly --json` has the documented keys; --out writes the file and says where."""
+    ledger = SqliteLedger(Path(env["OPSKEEPER_LEDGER"]))
+    fill_week(ledger, NOW)
+    ledger.close()
+    config = schedule(tmp_path, None, " {}")
+    result = opskeeper("report", "weekly", "--config", str(config), "--json", "--now", NOW.isoformat(), env=env)
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert list(report) == ["period", "uptime", "backups", "drills", "dependencies", "deploys", "sentry", "render",
+                            "needs_attention", "gaps"]  # fmt: skip
+    assert [(g["source"], g["reason"]) for g in report["gaps"]] == [("sentry", "not configured"),
+                                                                    ("render", "not configured")]  # fmt: skip
+    out = tmp_path / "out" / "week.md"
+    written = opskeeper("report", "weekly", "--config", str(config), "--now", NOW.isoformat(), "--out", str(out),
+                        env=env)  # fmt: skip
+    assert written.code == 0 and f"weekly report written to {out}" in written.stdout
+    assert out.read_text().startswith("# Weekly review: 2026-11-16 09:00 to 2026-11-23 09:00 UTC")
+    bad = opskeeper("report", "weekly", "--config", str(config), "--now", "yesterday", env=env)
+    assert bad.code == 2 and "--now 'yesterday': not an ISO 8601 time" in bad.stderr
+
+
+@freeze_time(NOW)
+def test_a_quiet_week_needs_nothing(tmp_path: Path) -> None:
+    """A week with every check up, every backup made and no sources configured needs no human."""
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    ledger.record_checks([CheckRecord("api-health", "backend", NOW - timedelta(hours=h), "ok", "UP", 200, 50.0)
+                          for h in range(1, 100)])  # fmt: skip
+    for day in range(7):
+        ledger.record(run("nightly", "backup", NOW - timedelta(days=day, hours=2), Status.OK, stored_bytes=10))
+    config = load_config(schedule(tmp_path, None, " {}"), registry.OPTIONS)
+    report = build(options(config), ledger, {j.id: j for j in config.jobs}, datetime.now(UTC))
+    assert report["needs_attention"] == []
+    assert report["uptime"][0]["uptime_pct"] == 100.0 and report["backups"]["made"] == 7
+    assert asdict(ServiceHistory())["deploys"] == [] and report["deploys"]["services"][0]["deploys"] == 0
+    ledger.close()
