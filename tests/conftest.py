@@ -540,7 +540,9 @@ class VendorAPI:
 
             def do_GET(self) -> None:
                 parts = urlsplit(self.path)
-                request = Request("GET", parts.path, parse_qs(parts.query), {k.lower(): v for k, v in self.headers.items()})
+                request = Request(
+                    "GET", parts.path, parse_qs(parts.query), {k.lower(): v for k, v in self.headers.items()}
+                )
                 api.requests.append(request)
                 route = api.routes.get(parts.path)
                 reply = route(request) if route else Reply(404, {"detail": "not found"})

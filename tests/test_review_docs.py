@@ -87,14 +87,18 @@ def test_local_checkout_flags_stale_and_dangling(repo: Path) -> None:
     assert outcome.status is Status.WARN
     docs = by_doc(outcome)
     checklist = docs["PRODUCTION_CHECKLIST.md"]
-    assert checklist["stale"] and checklist["age_days"] == 200 and checklist["source"] == "git"
+    assert checklist["stale"]
+    assert checklist["age_days"] == 200
+    assert checklist["source"] == "git"
     assert len(checklist["commit"]) == 40
     refs = {(d["kind"], d["ref"]) for d in checklist["dangling"]}
     assert refs == {("env", "LEGACY_REDIS_URL"), ("env", "STRIPE_API_KEY"), ("script", "seed"),
                     ("file", "docs/backups.md"), ("file", "scripts/cleanup.sh")}  # fmt: skip
     lines = {d["ref"]: d["line"] for d in checklist["dangling"]}
-    assert lines["LEGACY_REDIS_URL"] == 4 and lines["docs/backups.md"] == 6
-    assert not docs["MAINTENANCE.md"]["stale"] and docs["MAINTENANCE.md"]["dangling"] == []
+    assert lines["LEGACY_REDIS_URL"] == 4
+    assert lines["docs/backups.md"] == 6
+    assert not docs["MAINTENANCE.md"]["stale"]
+    assert docs["MAINTENANCE.md"]["dangling"] == []
     assert docs["README.md"]["age_days"] == 10
     assert "PRODUCTION_CHECKLIST.md: last changed 200 days ago (older than 90d)" in outcome.summary
 
@@ -111,9 +115,11 @@ def test_fixed_docs_are_current(repo: Path) -> None:
 def test_missing_document_and_missing_repository(repo: Path, tmp_path: Path) -> None:
     """A configured document that is not there is flagged; a path that is not there is a gap."""
     outcome = run({"path": str(repo), "documents": ["README.md", "RUNBOOK.md"]})
-    assert outcome.status is Status.WARN and "RUNBOOK.md is missing" in outcome.summary
+    assert outcome.status is Status.WARN
+    assert "RUNBOOK.md is missing" in outcome.summary
     gone = run({"path": str(tmp_path / "nowhere")})
-    assert gone.status is Status.WARN and gone.details["gaps"][0]["reason"].endswith("no such directory")
+    assert gone.status is Status.WARN
+    assert gone.details["gaps"][0]["reason"].endswith("no such directory")
 
 
 def test_exactly_one_source_is_required() -> None:
@@ -160,14 +166,15 @@ def serve_github(vendor: VendorAPI, dates: dict[str, datetime]) -> None:
             return Reply(200, [])  # type: ignore[arg-type]
         stamp = when.strftime("%Y-%m-%dT%H:%M:%SZ")
         return Reply(200, [{"sha": "a" * 40, "html_url": "https://github.com/acme/shop/commit/aaa",  # type: ignore[arg-type]
-                            "commit": {"message": "docs", "author": {"date": stamp}, "committer": {"date": stamp}}}])  # fmt: skip
+                            "commit": {"message": "docs", "author": {"date": stamp},
+                                       "committer": {"date": stamp}}}])  # fmt: skip
 
     vendor.routes["/repos/acme/shop"] = repo
     vendor.routes["/repos/acme/shop/git/trees/main"] = tree
     vendor.routes["/repos/acme/shop/commits"] = commits
     for path, text in files.items():
-        vendor.routes[f"/repos/acme/shop/contents/{path}"] = (
-            lambda request, text=text: Reply(200, text, {"Content-Type": "application/vnd.github.raw+json"})
+        vendor.routes[f"/repos/acme/shop/contents/{path}"] = lambda request, text=text: (
+            Reply(200, text, {"Content-Type": "application/vnd.github.raw+json"})
             if request.headers.get("accept") == "application/vnd.github.raw+json"
             else Reply(200, {"content": base64.b64encode(text.encode()).decode(), "encoding": "base64"})
         )
@@ -177,11 +184,13 @@ def test_github_repository_is_reviewed_through_the_api(vendor: VendorAPI, monkey
     """The commits API dates each document; the tree and raw contents give files, scripts and variables."""
     monkeypatch.setenv("GITHUB_TOKEN", GH_TOKEN)
     now = datetime.now(UTC)
-    serve_github(vendor, {"PRODUCTION_CHECKLIST.md": now - timedelta(days=120), "MAINTENANCE.md": now - timedelta(days=5),
+    serve_github(vendor, {"PRODUCTION_CHECKLIST.md": now - timedelta(days=120),
+                          "MAINTENANCE.md": now - timedelta(days=5),
                           "README.md": now - timedelta(days=1)})  # fmt: skip
     outcome = run({"github": {"repo": "acme/shop", "api_url": vendor.url}})
     docs = by_doc(outcome)
-    assert docs["PRODUCTION_CHECKLIST.md"]["age_days"] == 120 and docs["PRODUCTION_CHECKLIST.md"]["stale"]
+    assert docs["PRODUCTION_CHECKLIST.md"]["age_days"] == 120
+    assert docs["PRODUCTION_CHECKLIST.md"]["stale"]
     assert docs["PRODUCTION_CHECKLIST.md"]["source"] == "github"
     assert {d["ref"] for d in docs["PRODUCTION_CHECKLIST.md"]["dangling"]} == {
         "LEGACY_REDIS_URL", "STRIPE_API_KEY", "seed", "docs/backups.md", "scripts/cleanup.sh"}  # fmt: skip
@@ -206,4 +215,5 @@ def test_github_failures_are_gaps(vendor: VendorAPI, monkeypatch: pytest.MonkeyP
     assert outcome.status is Status.WARN
     (gap,) = outcome.details["gaps"]
     reason = {"401": "token rejected (HTTP 401)", "500": "HTTP 500 from", "timeout": "timed out after 300ms"}[failure]
-    assert gap["source"] == "github.com/acme/shop/README.md" and gap["reason"].startswith(reason)
+    assert gap["source"] == "github.com/acme/shop/README.md"
+    assert gap["reason"].startswith(reason)

@@ -32,7 +32,9 @@ def schedule(tmp_path: Path, vendor: VendorAPI | None, extra: str = "") -> Path:
       sentry: {{org: acme, projects: ["42"], api_url: "{vendor.url}"}}
       render: {{api_url: "{vendor.url}/v1", services: [{{name: api, service_id: srv-api1, plan: starter}}]}}
       api_timeout: 500ms""" if vendor else "")  # fmt: skip
-    return write(tmp_path / "jobs.yaml", f"""
+    return write(
+        tmp_path / "jobs.yaml",
+        f"""
 timezone: UTC
 jobs:
   - id: api-health
@@ -42,7 +44,7 @@ jobs:
   - id: nightly
     kind: backup
     schedule: "0 3 * * *"
-    options: {{uri: "mongodb://127.0.0.1:9/", storage: "{tmp_path / 'backups'}"}}
+    options: {{uri: "mongodb://127.0.0.1:9/", storage: "{tmp_path / "backups"}"}}
   - id: render-deploys
     kind: deploys
     schedule: every 5m
@@ -51,7 +53,8 @@ jobs:
     kind: weekly_review
     schedule: "0 9 * * mon"
     options:{sources}{extra}
-""")
+""",
+    )
 
 
 def run(job_id: str, kind: str, at: datetime, status: Status, summary: str = "", **details: Any) -> RunRecord:
@@ -98,7 +101,8 @@ def fill_week(ledger: SqliteLedger, now: datetime) -> None:
     history = ServiceHistory([
         DeployRecord("dep-3", "live", "c3" * 20, "fix orders", "new_commit", (since + timedelta(days=6)).isoformat(),
                      good=True, good_at=(since + timedelta(days=6, minutes=10)).isoformat()),
-        DeployRecord("dep-2", "build_failed", "c2" * 20, "bump deps", "new_commit", (since + timedelta(days=3)).isoformat()),
+        DeployRecord("dep-2", "build_failed", "c2" * 20, "bump deps", "new_commit",
+                     (since + timedelta(days=3)).isoformat()),
         DeployRecord("dep-1", "deactivated", "c1" * 20, "old", "new_commit", (since - timedelta(days=3)).isoformat(),
                      good=True),
     ])  # fmt: skip
@@ -195,9 +199,12 @@ def test_known_week_gives_the_right_numbers(week: tuple[SqliteLedger, Any]) -> N
     assert uptime["outages"] == [{"start": "2026-11-18T10:00:00+00:00", "end": "2026-11-18T12:00:00+00:00",
                                   "duration_s": 7200.0}]  # fmt: skip
     days = {d["date"]: d for d in uptime["days"]}
-    assert len(days) == 8 and days["2026-11-16"]["checks"] == 15 and days["2026-11-23"]["checks"] == 9
+    assert len(days) == 8
+    assert days["2026-11-16"]["checks"] == 15
+    assert days["2026-11-23"]["checks"] == 9
     assert days["2026-11-18"]["uptime_pct"] == round(100 * 22 / 24, 3)
-    assert days["2026-11-20"]["p95_ms"] == 240.0 and days["2026-11-19"]["p95_ms"] == 100.0
+    assert days["2026-11-20"]["p95_ms"] == 240.0
+    assert days["2026-11-19"]["p95_ms"] == 100.0
 
     backups = report["backups"]
     assert (backups["made"], backups["failed"]) == (6, 1)
@@ -247,13 +254,15 @@ def test_needs_attention_names_each_problem(week: tuple[SqliteLedger, Any]) -> N
     report = build(options(config), ledger, {j.id: j for j in config.jobs}, NOW)
     areas = [n["area"] for n in report["needs_attention"]]
     assert areas.count("uptime") == 2  # under 99.9 %, and the outage
-    assert areas.count("backups") == 1 and areas.count("drills") == 1
+    assert areas.count("backups") == 1
+    assert areas.count("drills") == 1
     assert areas.count("dependencies") == 2  # the high advisory and the EOL Node.js
     assert areas.count("deploys") == 2  # the failed build and the rollback
     assert areas.count("sentry") == 3  # new issues, a regression, /api/checkout's p95 over 2000 ms
     assert areas.count("render") == 1  # peak memory 93.8 % > 90 %; average CPU 50 % is under 80 %
     messages = " | ".join(n["message"] for n in report["needs_attention"])
-    assert "was down 2h from 2026-11-18 10:00 UTC" in messages and "POST /api/checkout p95 2850 ms" in messages
+    assert "was down 2h from 2026-11-18 10:00 UTC" in messages
+    assert "POST /api/checkout p95 2850 ms" in messages
     relaxed = options(config).model_copy(update={"thresholds": options(config).thresholds.model_copy(
         update={"memory_pct": 95.0, "slow_p95_ms": 3000.0})})  # fmt: skip
     again = build(relaxed, ledger, {j.id: j for j in config.jobs}, NOW)
@@ -274,10 +283,12 @@ def test_a_failing_api_is_a_named_gap(week: tuple[SqliteLedger, Any], vendor: Ve
     report = build(options(config), ledger, {j.id: j for j in config.jobs}, NOW)
     reason = {"401": "token rejected (HTTP 401)", "500": "HTTP 500 from", "timeout": "timed out after 500ms"}[failure]
     (gap,) = report["gaps"]
-    assert gap["source"] == source and gap["reason"].startswith(reason)
+    assert gap["source"] == source
+    assert gap["reason"].startswith(reason)
     assert report[source] is None
     other = "render" if source == "sentry" else "sentry"
-    assert report[other] is not None and report["backups"]["made"] == 6
+    assert report[other] is not None
+    assert report["backups"]["made"] == 6
 
 
 def test_markdown_has_every_section_and_three_charts(week: tuple[SqliteLedger, Any]) -> None:
@@ -289,7 +300,8 @@ def test_markdown_has_every_section_and_three_charts(week: tuple[SqliteLedger, A
                         "## Deploys", "## Sentry", "## Render"]  # fmt: skip
     charts = [line for line in markdown.splitlines() if line.startswith("<svg")]
     assert len(charts) == 3
-    titles = [ET.fromstring(svg).find(".//{http://www.w3.org/2000/svg}text").text for svg in charts]  # type: ignore[union-attr]
+    # Our own output, parsed to prove each chart is well-formed SVG.
+    titles = [ET.fromstring(svg).find(".//{http://www.w3.org/2000/svg}text").text for svg in charts]  # type: ignore[union-attr]  # noqa: S314
     assert titles == ["Uptime % per day", "p95 latency per day (ms)", "Backup size (MB)"]
     assert "| api-health/backend | 98.81% | 168 | 2 |" in markdown
 
@@ -307,16 +319,19 @@ def test_job_keeps_the_report_and_alerts_once(tmp_path: Path, vendor: VendorAPI,
                             "SENTRY_DSN": sentry.dsn})  # fmt: skip
     assert result.code == 1, result.stderr
     record = json.loads(result.stdout[result.stdout.index("{\n") :])
-    assert record["status"] == "warn" and "12 need(s) attention" in record["summary"]
+    assert record["status"] == "warn"
+    assert "12 need(s) attention" in record["summary"]
     (event,) = [e for e in sentry.wait_items("event", 1) if "weekly review" in json.dumps(e)]
     assert "weekly review: 12 thing(s) need a human: uptime:" in json.dumps(event)
-    assert TOKEN not in json.dumps(sentry.items("event")) and RENDER_KEY not in result.stdout + result.stderr
+    assert TOKEN not in json.dumps(sentry.items("event"))
+    assert RENDER_KEY not in result.stdout + result.stderr
     saved = sorted((tmp_path / "backups" / "reports" / "weekly").iterdir())
     assert [p.suffix for p in saved] == [".json", ".md"]
     assert json.loads(saved[0].read_text())["backups"]["made"] == 6
     reports = ledger.get_state("weekly", "reports")
     kept = ledger.get_state("weekly", f"report:{reports[-1]}")
-    assert kept["json"]["drills"]["failed"] == 1 and kept["markdown"].startswith("# Weekly review")
+    assert kept["json"]["drills"]["failed"] == 1
+    assert kept["markdown"].startswith("# Weekly review")
     ledger.close()
 
 
@@ -336,10 +351,12 @@ def test_report_command_prints_json_and_writes_files(tmp_path: Path, env: dict[s
     out = tmp_path / "out" / "week.md"
     written = opskeeper("report", "weekly", "--config", str(config), "--now", NOW.isoformat(), "--out", str(out),
                         env=env)  # fmt: skip
-    assert written.code == 0 and f"weekly report written to {out}" in written.stdout
+    assert written.code == 0
+    assert f"weekly report written to {out}" in written.stdout
     assert out.read_text().startswith("# Weekly review: 2026-11-16 09:00 to 2026-11-23 09:00 UTC")
     bad = opskeeper("report", "weekly", "--config", str(config), "--now", "yesterday", env=env)
-    assert bad.code == 2 and "--now 'yesterday': not an ISO 8601 time" in bad.stderr
+    assert bad.code == 2
+    assert "--now 'yesterday': not an ISO 8601 time" in bad.stderr
 
 
 @freeze_time(NOW)
@@ -353,6 +370,8 @@ def test_a_quiet_week_needs_nothing(tmp_path: Path) -> None:
     config = load_config(schedule(tmp_path, None, " {}"), registry.OPTIONS)
     report = build(options(config), ledger, {j.id: j for j in config.jobs}, datetime.now(UTC))
     assert report["needs_attention"] == []
-    assert report["uptime"][0]["uptime_pct"] == 100.0 and report["backups"]["made"] == 7
-    assert asdict(ServiceHistory())["deploys"] == [] and report["deploys"]["services"][0]["deploys"] == 0
+    assert report["uptime"][0]["uptime_pct"] == 100.0
+    assert report["backups"]["made"] == 7
+    assert asdict(ServiceHistory())["deploys"] == []
+    assert report["deploys"]["services"][0]["deploys"] == 0
     ledger.close()

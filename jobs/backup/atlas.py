@@ -29,6 +29,7 @@ class AtlasBackupOptions(JobOptions):
     api_url: str = ATLAS_API
     auth: Literal["digest", "service_account"] = "digest"
     """digest: ATLAS_PUBLIC_KEY / ATLAS_PRIVATE_KEY; service_account: ATLAS_CLIENT_ID / ATLAS_CLIENT_SECRET."""
+    api_timeout: Duration = timedelta(seconds=30)
 
 
 class AtlasError(Exception):
@@ -64,7 +65,8 @@ class AtlasBackupJob:
         else:
             token = self._token()
             auth = _Bearer(token)
-        return httpx.Client(base_url=opts.api_url.rstrip("/"), auth=auth, timeout=30, trust_env=False)
+        return httpx.Client(base_url=opts.api_url.rstrip("/"), auth=auth, timeout=opts.api_timeout.total_seconds(),
+                            trust_env=False)  # fmt: skip
 
     def _token(self) -> str:
         root = httpx.URL(self.options.api_url).copy_with(path="/api/oauth/token")
@@ -78,6 +80,10 @@ class AtlasBackupJob:
     def get(self, client: httpx.Client, path: str, version: str) -> Any:
         try:
             response = client.get(path, headers={"Accept": f"application/vnd.atlas.{version}+json"})
+        except httpx.TimeoutException:
+            raise TransientError(
+                f"Atlas API {path}: timed out after {format_duration(self.options.api_timeout)}"
+            ) from None
         except httpx.TransportError as exc:
             raise TransientError(f"Atlas API {self.options.api_url} unreachable: {exc}") from None
         if response.status_code in (401, 403):

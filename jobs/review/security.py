@@ -51,6 +51,7 @@ class AtlasTarget(JobOptions):
     cluster: str
     api_url: str = AtlasBackupOptions.model_fields["api_url"].default
     auth: Literal["digest", "service_account"] = "digest"
+    api_timeout: Duration = timedelta(seconds=30)
 
 
 class SecurityReviewOptions(JobOptions):
@@ -387,7 +388,8 @@ class SecurityReviewJob:
         if target is None:
             return
         api = AtlasBackupJob(AtlasBackupOptions(group_id=target.group_id, cluster=target.cluster,
-                                                api_url=target.api_url, auth=target.auth))  # fmt: skip
+                                                api_url=target.api_url, auth=target.auth,
+                                                api_timeout=target.api_timeout))  # fmt: skip
         group = f"/groups/{target.group_id}"
         with api.client() as client:
             access = api.get(client, f"{group}/accessList", "2023-01-01")

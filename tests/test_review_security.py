@@ -1,0 +1,290 @@
+"""The security review: buckets on moto's S3 server, Atlas behind real HTTP Digest, the worker's own config."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from jobs.review.security import SecurityReviewJob, SecurityReviewOptions
+from tests.conftest import Reply, Request, VendorAPI, write
+from tests.test_atlas import PRIVATE, PUBLIC, REALM, md5
+from worker.job import JobContext, Outcome, Status
+from worker.ledger import RunRecord, SqliteLedger
+
+PROTECTIONS = ["public_access_block", "policy", "encryption", "versioning", "multipart_lifecycle", "object_lock"]
+
+
+def protected_bucket(s3: Any, *, without: str | None = None) -> str:
+    """A bucket with every protection the review looks for, except `without`."""
+    name = f"backups-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=without != "object_lock")
+    if without == "object_lock":
+        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    if without == "versioning":
+        # Object Lock needs versioning, so a bucket without versioning has no lock either.
+        s3.delete_bucket(Bucket=name)
+        s3.create_bucket(Bucket=name)
+    block = dict.fromkeys(("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets"), True)
+    if without == "public_access_block":
+        block["RestrictPublicBuckets"] = False
+    s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=block)
+    if without == "policy":
+        s3.put_bucket_policy(Bucket=name, Policy=json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+             "Resource": f"arn:aws:s3:::{name}/*"}]}))  # fmt: skip
+    if without != "encryption":
+        s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})  # fmt: skip
+    if without != "multipart_lifecycle":
+        s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [
+            {"ID": "abort-uploads", "Status": "Enabled", "Filter": {"Prefix": ""},
+             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}}]})  # fmt: skip
+    return name
+
+
+def run(options: dict[str, Any], ledger: SqliteLedger | None = None, jobs: dict[str, Any] | None = None) -> Outcome:
+    ctx = JobContext(job_id="security", run_id="r", scheduled_at=datetime.now(UTC), deadline=time.monotonic() + 60,
+                     state=None, cancel=threading.Event(), log=lambda e, **f: None, jobs=jobs or {},  # type: ignore[arg-type]
+                     history=ledger)  # fmt: skip
+    return SecurityReviewJob(SecurityReviewOptions.model_validate(options)).run(ctx)
+
+
+def checks(outcome: Outcome, prefix: str = "") -> dict[str, str]:
+    return {f["check"]: f["severity"] for f in outcome.details["findings"] if f["check"].startswith(prefix)}
+
+
+@pytest.fixture
+def quiet_worker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A worker with Sentry set and a clean schedule file, so only what a test adds is found."""
+    monkeypatch.setenv("SENTRY_DSN", "http://key@127.0.0.1:9/1")
+    config = write(tmp_path / "jobs.yaml", "jobs: []\n")
+    monkeypatch.setenv("OPSKEEPER_CONFIG", str(config))
+    return config
+
+
+def test_fully_protected_bucket_has_no_bucket_findings(s3_endpoint: str, bucket: str, quiet_worker: Path) -> None:
+    """Public access blocked, policy private, encrypted, versioned, uploads expire, Object Lock: nothing to say."""
+    name = protected_bucket(boto3.client("s3", endpoint_url=s3_endpoint))
+    outcome = run({"storage": f"s3://{name}/db", "endpoint_url": s3_endpoint})
+    assert checks(outcome, "bucket.") == {}
+    assert outcome.details["gaps"] == []
+    assert outcome.status is Status.OK, outcome.summary
+
+
+@pytest.mark.parametrize("missing", PROTECTIONS)
+def test_each_missing_protection_is_its_own_finding(s3_endpoint: str, bucket: str, quiet_worker: Path,
+                                                    missing: str) -> None:  # fmt: skip
+    """Taking one protection away gives exactly that finding, with its severity, evidence and fix."""
+    name = protected_bucket(boto3.client("s3", endpoint_url=s3_endpoint), without=missing)
+    outcome = run({"storage": f"s3://{name}", "endpoint_url": s3_endpoint})
+    expected = {"public_access_block": "high", "policy": "high", "encryption": "medium", "versioning": "medium",
+                "multipart_lifecycle": "medium", "object_lock": "low"}  # fmt: skip
+    found = checks(outcome, "bucket.")
+    if missing == "versioning":  # a bucket without versioning cannot hold an Object Lock either
+        assert found == {"bucket.versioning": "medium", "bucket.object_lock": "low"}
+    else:
+        assert found == {f"bucket.{missing}": expected[missing]}
+    finding = next(f for f in outcome.details["findings"] if f["check"] == f"bucket.{missing}")
+    assert name in finding["evidence"]
+    assert finding["fix"]
+    assert outcome.status is {"high": Status.FAIL, "medium": Status.WARN, "low": Status.OK}[expected[missing]]
+
+
+def test_bare_bucket_and_local_storage(s3_endpoint: str, bucket: str, quiet_worker: Path, tmp_path: Path) -> None:
+    """A bucket with no protection has them all missing; backups on the worker's disk are high."""
+    outcome = run({"storage": f"s3://{bucket}", "endpoint_url": s3_endpoint})
+    assert checks(outcome, "bucket.") == {"bucket.public_access_block": "high", "bucket.encryption": "medium",
+                                          "bucket.versioning": "medium", "bucket.multipart_lifecycle": "medium",
+                                          "bucket.object_lock": "low"}  # fmt: skip
+    assert outcome.status is Status.FAIL
+    assert outcome.summary.startswith("1 high, 3 medium, 1 low")
+    local = run({"storage": str(tmp_path / "backups")})
+    assert checks(local, "bucket.") == {"bucket.offsite": "high"}
+
+
+def test_old_aws_key_is_reported(s3_endpoint: str, bucket: str, quiet_worker: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """IAM's CreateDate of the key in use is compared with max_key_age."""
+    iam = boto3.client("iam", endpoint_url=s3_endpoint)
+    user = f"opskeeper-{uuid.uuid4().hex[:6]}"
+    iam.create_user(UserName=user)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    options = {"storage": f"s3://{bucket}", "endpoint_url": s3_endpoint, "iam_endpoint_url": s3_endpoint}
+    fresh = run({**options, "max_key_age": "1d"})
+    assert "worker.key_age" not in checks(fresh)
+    assert fresh.details["checked"]["aws_key_age"] == "0 days"
+    old = run({**options, "max_key_age": "0s"})
+    (finding,) = [f for f in old.details["findings"] if f["check"] == "worker.key_age"]
+    assert finding["severity"] == "medium"
+    assert user in finding["evidence"]
+    assert key["AccessKeyId"] not in json.dumps(old.details)
+
+
+def test_literal_secrets_in_the_schedule_are_high(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A secret-named key or a URL password written into the YAML is found by line; the value never shows."""
+    monkeypatch.delenv("SENTRY_DSN", raising=False)
+    config = write(
+        tmp_path / "jobs.yaml",
+        """jobs:
+  - id: deploys
+    kind: deploys
+    schedule: every 5m
+    options:
+      api_key: rnd_literalkey1234567890
+      services: [{name: api, service_id: srv-abc}]
+  - id: nightly
+    kind: backup
+    schedule: "0 3 * * *"
+    options:
+      uri: mongodb://backup:hunter2hunter2@db.example.com/shop
+  - id: fine
+    kind: backup
+    schedule: "0 4 * * *"
+    options: {uri: "${MONGODB_URI}", storage: "s3://b"}
+""",
+    )
+    outcome = run({"config_file": str(config)})
+    literal = [f for f in outcome.details["findings"] if f["check"] == "worker.literal_secret"]
+    assert [f["evidence"].split(" holds")[0] for f in literal] == [
+        f"{config}:6: jobs[0].options.api_key", f"{config}:12: jobs[1].options.uri"]  # fmt: skip
+    assert "rnd_literalkey" not in json.dumps(outcome.details)
+    assert "hunter2" not in json.dumps(outcome.details)
+    assert checks(outcome, "worker.sentry_dsn") == {"worker.sentry_dsn": "medium"}
+    assert outcome.status is Status.FAIL
+
+
+def test_dependency_posture_from_the_newest_report(tmp_path: Path, quiet_worker: Path) -> None:
+    """Open high/critical advisories and an EOL Node.js in the newest dependencies run are high findings."""
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    now = datetime.now(UTC)
+    project = {"name": "server", "advisories": [
+        {"id": 1, "severity": "critical", "package": "jsonwebtoken", "version": "8.5.1", "title": "forgery"},
+        {"id": 2, "severity": "low", "package": "debug", "version": "2.6.8", "title": "ReDoS"}],
+        "node": {"status": "eol", "version": "16.20.2", "eol_date": "2023-09-11", "latest_lts": "24.11.1"}}  # fmt: skip
+    for days, advisories in ((10, project["advisories"]), (2, project["advisories"][:1])):
+        ledger.record(RunRecord(run_id=f"d{days}", job_id="deps", kind="dependencies", status=Status.WARN,
+                                started_at=now - timedelta(days=days), finished_at=now,
+                                details={"projects": [{**project, "advisories": advisories}]}))  # fmt: skip
+    outcome = run({}, ledger)
+    found = {f["check"]: f for f in outcome.details["findings"] if f["check"].startswith("app.")}
+    assert set(found) == {"app.advisories", "app.node_eol"}
+    assert found["app.advisories"]["evidence"].startswith("critical 1 jsonwebtoken@8.5.1")
+    assert "24.11.1" in found["app.node_eol"]["fix"]
+    assert outcome.status is Status.FAIL
+    ledger.close()
+
+
+# --- Atlas ----------------------------------------------------------------------------
+
+
+def digest(vendor: VendorAPI, route: Callable[[Request], Reply]) -> Callable[[Request], Reply]:
+    """Wrap a route in RFC 7616 Digest auth (MD5, qop=auth), as Atlas's API keys use."""
+    nonces: set[str] = set()
+
+    def guarded(request: Request) -> Reply:
+        header = request.headers.get("authorization", "")
+        fields = dict(re.findall(r'(\w+)="?([^",]*)"?', header[len("Digest ") :]))
+        uri = fields.get("uri", "")
+        if header.startswith("Digest ") and fields.get("username") == PUBLIC and fields.get("nonce") in nonces:
+            ha1, ha2 = md5(f"{PUBLIC}:{REALM}:{PRIVATE}"), md5(f"GET:{uri}")
+            want = md5(f"{ha1}:{fields['nonce']}:{fields['nc']}:{fields['cnonce']}:{fields['qop']}:{ha2}")
+            if fields.get("response") == want and uri.split("?")[0] == request.path:
+                return route(request)
+        nonce = secrets.token_hex(16)
+        nonces.add(nonce)
+        return Reply(
+            401, b"", {"WWW-Authenticate": f'Digest realm="{REALM}", nonce="{nonce}", algorithm=MD5, qop="auth"'}
+        )
+
+    return guarded
+
+
+def serve_atlas(vendor: VendorAPI, *, open_list: bool, broad: bool, backup: bool) -> None:
+    group = "/api/atlas/v2/groups/5f1a2b3c4d5e6f7a8b9c0d1e"
+    access = [{"ipAddress": "203.0.113.7", "cidrBlock": "203.0.113.7/32", "comment": "Render outbound"}]
+    if open_list:
+        access.append({"cidrBlock": "0.0.0.0/0", "comment": "temporary"})
+    users = [
+        {"username": "shop-app", "databaseName": "admin", "roles": [{"roleName": "readWrite", "databaseName": "shop"}]}
+    ]
+    if broad:
+        users.append({"username": "ops", "databaseName": "admin", "roles": [
+            {"roleName": "atlasAdmin", "databaseName": "admin"},
+            {"roleName": "readWriteAnyDatabase", "databaseName": "admin"}]})  # fmt: skip
+    vendor.routes[f"{group}/accessList"] = digest(
+        vendor, lambda r: Reply(200, {"results": access, "totalCount": len(access)})
+    )
+    vendor.routes[f"{group}/databaseUsers"] = digest(
+        vendor, lambda r: Reply(200, {"results": users, "totalCount": len(users)})
+    )
+    vendor.routes[f"{group}/clusters/shop"] = digest(vendor, lambda r: Reply(200, {
+        "name": "shop", "clusterType": "REPLICASET", "backupEnabled": backup, "stateName": "IDLE"}))  # fmt: skip
+
+
+def atlas_options(vendor: VendorAPI) -> dict[str, Any]:
+    return {"atlas": {"group_id": "5f1a2b3c4d5e6f7a8b9c0d1e", "cluster": "shop",
+                      "api_url": f"{vendor.url}/api/atlas/v2",
+                      "api_timeout": "500ms"}}  # fmt: skip
+
+
+@pytest.fixture
+def atlas_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATLAS_PUBLIC_KEY", PUBLIC)
+    monkeypatch.setenv("ATLAS_PRIVATE_KEY", PRIVATE)
+
+
+def test_atlas_open_access_broad_users_and_no_backup(vendor: VendorAPI, atlas_keys: None, quiet_worker: Path) -> None:
+    """0.0.0.0/0 and a cluster without cloud backup are high; broad roles are listed as medium."""
+    serve_atlas(vendor, open_list=True, broad=True, backup=False)
+    outcome = run(atlas_options(vendor))
+    assert checks(outcome, "atlas.") == {"atlas.access_list": "high", "atlas.database_users": "medium",
+                                         "atlas.cloud_backup": "high"}  # fmt: skip
+    users = next(f for f in outcome.details["findings"] if f["check"] == "atlas.database_users")
+    assert users["evidence"] == "ops@admin (atlasAdmin, readWriteAnyDatabase)"
+    assert PRIVATE not in json.dumps(outcome.details)
+
+
+def test_atlas_locked_down_has_no_findings(vendor: VendorAPI, atlas_keys: None, quiet_worker: Path) -> None:
+    """A listed IP, narrow users and cloud backup on: nothing about Atlas."""
+    serve_atlas(vendor, open_list=False, broad=False, backup=True)
+    outcome = run(atlas_options(vendor))
+    assert checks(outcome, "atlas.") == {}
+    assert outcome.details["gaps"] == []
+
+
+@pytest.mark.parametrize("failure", ["401", "500", "timeout"])
+def test_atlas_failures_are_gaps(vendor: VendorAPI, atlas_keys: None, quiet_worker: Path,
+                                 monkeypatch: pytest.MonkeyPatch, failure: str) -> None:  # fmt: skip
+    """A wrong key, a server error or a hang: a named gap and WARN, and the other checks still run."""
+    serve_atlas(vendor, open_list=True, broad=False, backup=True)
+    group = "/api/atlas/v2/groups/5f1a2b3c4d5e6f7a8b9c0d1e"
+    if failure == "401":
+        monkeypatch.setenv("ATLAS_PRIVATE_KEY", "wrong-private-key")
+    elif failure == "500":
+        vendor.routes[f"{group}/accessList"] = lambda r: Reply(500, {"error": 500})
+    else:
+        vendor.routes[f"{group}/accessList"] = lambda r: vendor.hang()
+    monkeypatch.delenv("SENTRY_DSN")
+    outcome = run(atlas_options(vendor))
+    (gap,) = outcome.details["gaps"]
+    reason = {"401": "Atlas API key rejected", "500": "Atlas API /groups/", "timeout": "Atlas API /groups/"}[failure]
+    assert gap["source"] == "atlas"
+    assert gap["reason"].startswith(reason)
+    if failure == "timeout":
+        assert gap["reason"].endswith("timed out after 500ms")
+    assert checks(outcome, "atlas.") == {}
+    assert outcome.status is Status.WARN
+    assert checks(outcome, "worker.") == {"worker.sentry_dsn": "medium"}  # the worker was still reviewed
