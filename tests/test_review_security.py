@@ -288,3 +288,21 @@ def test_atlas_failures_are_gaps(vendor: VendorAPI, atlas_keys: None, quiet_work
     assert checks(outcome, "atlas.") == {}
     assert outcome.status is Status.WARN
     assert checks(outcome, "worker.") == {"worker.sentry_dsn": "medium"}  # the worker was still reviewed
+
+
+def test_every_backup_job_is_checked_by_default(s3_endpoint: str, bucket: str, quiet_worker: Path,
+                                                tmp_path: Path) -> None:  # fmt: skip
+    """With no backup_job or storage, each backup job's storage in the schedule is reviewed once."""
+    from worker import registry
+    from worker.schedule import load_config
+
+    config = load_config(write(tmp_path / "jobs.yaml", f"""jobs:
+  - {{id: a, kind: backup, schedule: "@daily", options: {{storage: "s3://{bucket}/a", endpoint_url: "{s3_endpoint}"}}}}
+  - {{id: b, kind: backup, schedule: "@daily", options: {{storage: "{tmp_path / 'local'}"}}}}
+  - {{id: c, kind: backup, schedule: "@daily", options: {{storage: "s3://{bucket}/a", endpoint_url: "{s3_endpoint}"}}}}
+"""), registry.OPTIONS)  # fmt: skip
+    outcome = run({}, jobs={j.id: j for j in config.jobs})
+    assert outcome.details["checked"]["storage"] == [f"s3://{bucket}/a", str(tmp_path / "local")]
+    found = [f["check"] for f in outcome.details["findings"] if f["check"].startswith("bucket.")]
+    assert found.count("bucket.offsite") == 1
+    assert found.count("bucket.versioning") == 1

@@ -1,7 +1,8 @@
 """`make demo`: a local app whose /api/health goes down and comes back, watched by the daemon.
 
 Runs the daemon on config/demo.yaml for a few seconds against that app and an embedded
-MongoDB-compatible server, then shows `opskeeper history`, `uptime` and `backups list`, so
+MongoDB-compatible server, then shows `opskeeper history`, `uptime`, `backups list` and the
+weekly report (written to var/reports/weekly.md), so
 a newcomer sees an outage detected, alerted once and recovered, and backups made and
 verified, without any outside service.
 """
@@ -81,6 +82,9 @@ def main() -> int:
         # The restore drill: restore the newest backup into scratch databases and prove it whole.
         print("\n--- opskeeper run-now backup-drill ---", flush=True)
         cli.main(["run-now", "backup-drill", "--config", args.config, "--json"])
+        print("\n--- opskeeper report weekly --out var/reports/weekly.md ---", flush=True)
+        cli.main(["report", "weekly", "--config", args.config, "--out", "var/reports/weekly.md"])
+        _print_head("var/reports/weekly.md")
     with offline_registry() as registry:
         print("\n--- opskeeper deps config/examples/shop-server ---", flush=True)
         cli.main(
@@ -136,6 +140,14 @@ def offline_registry() -> Iterator[str]:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+
+
+def _print_head(path: str) -> None:
+    """The report's first section (what needs attention), as an operator would read it first."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    end = next((i for i, line in enumerate(lines) if i > 2 and line.startswith("## Uptime")), len(lines))
+    print("\n".join(f"    {line}" for line in lines[:end] if not line.startswith("<svg")).rstrip())
+    print(f"    ... the whole report, with its charts, is in {Path(path).resolve()}", flush=True)
 
 
 def _newest_backup(config: str) -> str | None:

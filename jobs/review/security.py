@@ -354,34 +354,45 @@ class SecurityReviewJob:
             return Outcome(Status.WARN, summary[:500], details, fingerprint="security review: medium findings")
         return Outcome(Status.OK, summary[:500], details)
 
-    def _storage(self, ctx: JobContext, findings: list[Finding], gaps: list[dict[str, str]],
-                 checked: dict[str, Any], now: datetime) -> None:  # fmt: skip
+    def _targets(self, ctx: JobContext) -> list[tuple[str, str | None, str | None]]:
+        """(storage URL, endpoint, region) to check: the named job's or storage, else every backup job's."""
         opts = self.options
+        if opts.storage:
+            return [(opts.storage, opts.endpoint_url, opts.region)]
         if opts.backup_job:
             spec = ctx.jobs.get(opts.backup_job)
             if spec is None or spec.kind != "backup":
                 raise ValueError(f"backup_job {opts.backup_job!r} is not a backup job of this schedule")
-            url, endpoint, region = spec.options.storage, spec.options.endpoint_url, spec.options.region
-        elif opts.storage:
-            url, endpoint, region = opts.storage, opts.endpoint_url, opts.region
+            specs = [spec]
         else:
-            return
-        checked["storage"] = url
-        if not url.startswith("s3://"):
-            findings.append(Finding(
-                "bucket.offsite", "high", "Backups are kept on the worker's own disk",
-                f"storage {url} is a local path: a Render worker's disk goes with the instance",
-                "back up to S3, GCS or R2 (storage: s3://bucket/prefix) so a lost worker loses no backups",
-            ))  # fmt: skip
-            return
-        storage: Any = open_storage(url, endpoint_url=endpoint, region=region)
-        gcs = "storage.googleapis.com" in (endpoint or "")
-        more, missing = bucket_findings(storage.client, storage.bucket, gcs)
-        findings += more
-        gaps += missing
-        if endpoint is None or opts.iam_endpoint_url:
-            aged, checked["aws_key_age"] = aws_key_age(opts.iam_endpoint_url, region, now, opts.max_key_age)
-            findings += aged
+            specs = [s for s in ctx.jobs.values() if s.kind == "backup"]
+        targets = [(s.options.storage, s.options.endpoint_url, s.options.region) for s in specs]
+        return list(dict.fromkeys(targets))
+
+    def _storage(self, ctx: JobContext, findings: list[Finding], gaps: list[dict[str, str]],
+                 checked: dict[str, Any], now: datetime) -> None:  # fmt: skip
+        opts = self.options
+        targets = self._targets(ctx)
+        checked["storage"] = [url for url, _, _ in targets]
+        asked_iam = False
+        for url, endpoint, region in targets:
+            if not url.startswith("s3://"):
+                findings.append(Finding(
+                    "bucket.offsite", "high", "Backups are kept on the worker's own disk",
+                    f"storage {url} is a local path: a Render worker's disk goes with the instance",
+                    "back up to S3, GCS or R2 (storage: s3://bucket/prefix) so a lost worker loses no backups",
+                ))  # fmt: skip
+                continue
+            storage: Any = open_storage(url, endpoint_url=endpoint, region=region)
+            gcs = "storage.googleapis.com" in (endpoint or "")
+            more, missing = bucket_findings(storage.client, storage.bucket, gcs)
+            findings += more
+            gaps += missing
+            # One key serves every bucket (the standard AWS_* variables): ask IAM once.
+            if not asked_iam and (endpoint is None or opts.iam_endpoint_url):
+                asked_iam = True
+                aged, checked["aws_key_age"] = aws_key_age(opts.iam_endpoint_url, region, now, opts.max_key_age)
+                findings += aged
 
     def _atlas(self, findings: list[Finding]) -> None:
         target = self.options.atlas
