@@ -217,3 +217,26 @@ def test_github_failures_are_gaps(vendor: VendorAPI, monkeypatch: pytest.MonkeyP
     reason = {"401": "token rejected (HTTP 401)", "500": "HTTP 500 from", "timeout": "timed out after 300ms"}[failure]
     assert gap["source"] == "github.com/acme/shop/README.md"
     assert gap["reason"].startswith(reason)
+
+
+def test_without_git_file_times_date_the_documents(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker image has no git: a checkout is then dated by file times, not an error."""
+    monkeypatch.setenv("PATH", str(repo / "no-such-bin"))
+    os.utime(repo / "README.md", (time.time() - 100 * 86400, time.time() - 100 * 86400))
+    docs = by_doc(run({"path": str(repo)}))
+    assert docs["README.md"]["source"] == "mtime"
+    assert docs["README.md"]["age_days"] == 100
+    assert docs["README.md"]["stale"]
+
+
+def test_github_contents_timeout_is_a_gap(vendor: VendorAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hang while reading a document's contents is a gap naming the document, not an error."""
+    monkeypatch.setenv("GITHUB_TOKEN", GH_TOKEN)
+    serve_github(vendor, {})
+    vendor.routes["/repos/acme/shop/contents/MAINTENANCE.md"] = lambda r: vendor.hang()
+    outcome = run({"github": {"repo": "acme/shop", "api_url": vendor.url}, "documents": ["MAINTENANCE.md", "README.md"],
+                   "api_timeout": "300ms"})  # fmt: skip
+    assert outcome.status is Status.WARN
+    assert outcome.details["gaps"] == [{"source": "github.com/acme/shop/MAINTENANCE.md",
+                                        "reason": "reading MAINTENANCE.md: timed out after 300ms"}]  # fmt: skip
+    assert [d["document"] for d in outcome.details["documents"]] == ["README.md"]

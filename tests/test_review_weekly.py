@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import xml.etree.ElementTree as ET
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -357,6 +358,27 @@ def test_report_command_prints_json_and_writes_files(tmp_path: Path, env: dict[s
     bad = opskeeper("report", "weekly", "--config", str(config), "--now", "yesterday", env=env)
     assert bad.code == 2
     assert "--now 'yesterday': not an ISO 8601 time" in bad.stderr
+
+
+def test_the_job_under_frozen_time_reports_the_same_week(tmp_path: Path) -> None:
+    """Run at a frozen Monday 09:00, the job's report is the week before it, kept in the ledger."""
+    from jobs.review.weekly import WeeklyReviewJob
+    from worker.job import JobContext
+    from worker.ledger import JobState
+
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    fill_week(ledger, NOW)
+    config = load_config(schedule(tmp_path, None, " {}"), registry.OPTIONS)
+    jobs = {j.id: j for j in config.jobs}
+    with freeze_time(NOW):
+        ctx = JobContext(job_id="weekly", run_id="r", scheduled_at=NOW, deadline=float("inf"),
+                         state=JobState(ledger, "weekly"), cancel=threading.Event(), log=lambda e, **f: None,
+                         jobs=jobs, history=ledger)  # fmt: skip
+        outcome = WeeklyReviewJob(options(config)).run(ctx)
+    assert outcome.status is Status.WARN
+    assert outcome.details["report"] == build(options(config), ledger, jobs, NOW)
+    assert ledger.get_state("weekly", "reports") == ["weekly-2026-11-23"]
+    ledger.close()
 
 
 @freeze_time(NOW)

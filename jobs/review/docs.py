@@ -131,8 +131,11 @@ class LocalRepository:
         if self._git:
             # argv only: no shell, and the path cannot be taken for an option.
             argv = ["git", "-C", str(self.root), "log", "-1", "--format=%cI %H", "--", path]
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)  # noqa: S603
-            if done.returncode == 0 and done.stdout.strip():
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)  # noqa: S603
+            except (OSError, subprocess.TimeoutExpired):
+                done = None  # no git on this machine (the worker image has none): file times it is
+            if done is not None and done.returncode == 0 and done.stdout.strip():
                 when, sha = done.stdout.split()
                 return Change(datetime.fromisoformat(when), sha, "git")
         return Change(datetime.fromtimestamp((self.root / path).stat().st_mtime, UTC), "", "mtime")
@@ -166,8 +169,15 @@ class GitHubRepository:
         return self._tree
 
     def read(self, path: str) -> str | None:
-        response = self._client.get(f"/repos/{self.options.repo}/contents/{path}", params={"ref": self._ref},
-                                    headers={"Accept": "application/vnd.github.raw+json"})  # fmt: skip
+        try:
+            response = self._client.get(f"/repos/{self.options.repo}/contents/{path}", params={"ref": self._ref},
+                                        headers={"Accept": "application/vnd.github.raw+json"})  # fmt: skip
+        except httpx.TimeoutException:
+            raise SourceError(f"reading {path}: timed out after {format_duration(self.timeout)}") from None
+        except httpx.TransportError as exc:
+            raise SourceError(f"reading {path}: unreachable: {type(exc).__name__}") from None
+        if response.status_code in (401, 403):
+            raise SourceError(f"reading {path}: token rejected (HTTP {response.status_code})")
         if response.status_code == 404:
             return None
         if response.status_code >= 400:

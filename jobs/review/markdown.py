@@ -62,18 +62,20 @@ def latency_chart(rows: Sequence[Mapping[str, Any]], days: Sequence[date]) -> st
     return _svg(chart)
 
 
-def size_chart(jobs: Sequence[Mapping[str, Any]]) -> str | None:
-    """Stored size of each backup, over the week, one line per backup job."""
+def size_chart(jobs: Sequence[Mapping[str, Any]], days: Sequence[date]) -> str | None:
+    """Stored size of each backup over the week: a dot per backup, a colour per backup job."""
     series = [(j["job_id"], [(_naive(s["at"]), s["stored_bytes"] / 1e6) for s in j["sizes"]])
               for j in jobs]  # fmt: skip
     series = [(name, points) for name, points in series if len(points) >= 2]
     if not series:
         return None
     chart = leather.Chart("Backup size (MB)")
+    start = datetime.combine(days[0], datetime.min.time())
+    chart.add_x_scale(start, datetime.combine(days[-1], datetime.min.time()) + timedelta(days=1))
+    chart.add_x_axis(ticks=[start + timedelta(days=i) for i in range(len(days))],
+                     tick_formatter=lambda value, index, count: value.strftime("%a %d"))  # fmt: skip
     chart.add_y_scale(0, max(v for _, points in series for _, v in points) * 1.1 or 1)
-    chart.add_x_axis(tick_formatter=lambda value, index, count: value.strftime("%a %d"))
     for name, points in series:
-        chart.add_line(points, name=name)
         chart.add_dots(points, name=name)
     return _svg(chart)
 
@@ -158,7 +160,7 @@ def _backups(report: Mapping[str, Any]) -> list[str]:
             out.append(f"| {job['job_id']} | {job['made']} | {job['failed']} | {newest} | {_mb(job['stored_bytes'])} |")
         for job in backups["jobs"]:
             out += [f"- {job['job_id']} {_t(f['at'])}: {f['status']}: {f['summary']}" for f in job["failures"]]
-        chart = size_chart(backups["jobs"])
+        chart = size_chart(backups["jobs"], [date.fromisoformat(d) for d in report["period"]["days"]])
         if chart:
             out += ["", chart]
     return out

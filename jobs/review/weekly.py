@@ -141,11 +141,13 @@ def uptime_section(week: Week) -> list[dict[str, Any]]:
     """Per endpoint: the week's uptime, latency and outages, and the same per UTC day."""
     checks = [c for c in week.checks if week.since <= c.at < week.until]
     rows = uptime_report(checks, format_duration(week.until - week.since), week.until)
+    by_day: dict[tuple[str, str, date], list[CheckRecord]] = {}
+    for check in checks:
+        by_day.setdefault((check.job_id, check.endpoint, check.at.astimezone(UTC).date()), []).append(check)
     for row in rows:
-        mine = [c for c in checks if (c.job_id, c.endpoint) == (row["job_id"], row["endpoint"])]
         row["days"] = []
         for day in _days(week.since, week.until):
-            today = [c for c in mine if c.at.astimezone(UTC).date() == day]
+            today = by_day.get((row["job_id"], row["endpoint"], day), [])
             latencies = [c.latency_ms for c in today if c.latency_ms is not None and c.verdict != "fail"]
             failed = sum(1 for c in today if c.verdict == "fail")
             row["days"].append({
@@ -385,6 +387,14 @@ def render_services(options: WeeklyReviewOptions, jobs: Mapping[str, Any]) -> li
 
 # --- the whole report ---------------------------------------------------------------
 
+#: A source failed (SourceError), or answered in a shape we do not know (the rest).
+_UNREADABLE = (SourceError, ValueError, KeyError, TypeError, AttributeError)
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, SourceError) else f"unexpected answer ({type(exc).__name__}: {exc})"
+
+
 
 def build(options: WeeklyReviewOptions, history: History, jobs: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """The week's report up to `now`: the JSON document `opskeeper report weekly --json` prints."""
@@ -410,8 +420,8 @@ def build(options: WeeklyReviewOptions, history: History, jobs: Mapping[str, Any
     else:
         try:
             report["sentry"] = sentry_section(options.sentry, since, until, options.api_timeout)
-        except SourceError as exc:
-            gaps.append({"source": "sentry", "reason": str(exc), "configured": "yes"})
+        except _UNREADABLE as exc:
+            gaps.append({"source": "sentry", "reason": _reason(exc), "configured": "yes"})
     services = render_services(options, jobs)
     if options.render is None or not services:
         reason = "not configured" if options.render is None else "no services (name them, or add a deploys job)"
@@ -419,8 +429,8 @@ def build(options: WeeklyReviewOptions, history: History, jobs: Mapping[str, Any
     else:
         try:
             report["render"] = render_section(options.render, services, since, until, options.api_timeout)
-        except SourceError as exc:
-            gaps.append({"source": "render", "reason": str(exc), "configured": "yes"})
+        except _UNREADABLE as exc:
+            gaps.append({"source": "render", "reason": _reason(exc), "configured": "yes"})
     report["needs_attention"] = attention(report, options.thresholds)
     report["gaps"] = gaps
     return report
