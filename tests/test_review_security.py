@@ -173,7 +173,8 @@ def test_dependency_posture_from_the_newest_report(tmp_path: Path, quiet_worker:
     project = {"name": "server", "advisories": [
         {"id": 1, "severity": "critical", "package": "jsonwebtoken", "version": "8.5.1", "title": "forgery"},
         {"id": 2, "severity": "low", "package": "debug", "version": "2.6.8", "title": "ReDoS"}],
-        "node": {"status": "eol", "version": "16.20.2", "eol_date": "2023-09-11", "latest_lts": "24.11.1"}}  # fmt: skip
+        "node": {"declared": "16.20.2 (.nvmrc)", "line": "16", "status": "eol", "eol_date": "2023-09-11",
+                 "latest_lts": "24.11.1", "security_release": None}}  # fmt: skip
     for days, advisories in ((10, project["advisories"]), (2, project["advisories"][:1])):
         ledger.record(RunRecord(run_id=f"d{days}", job_id="deps", kind="dependencies", status=Status.WARN,
                                 started_at=now - timedelta(days=days), finished_at=now,
@@ -306,3 +307,34 @@ def test_every_backup_job_is_checked_by_default(s3_endpoint: str, bucket: str, q
     found = [f["check"] for f in outcome.details["findings"] if f["check"].startswith("bucket.")]
     assert found.count("bucket.offsite") == 1
     assert found.count("bucket.versioning") == 1
+
+
+def test_reviews_read_the_real_dependencies_report(tmp_path: Path, quiet_worker: Path) -> None:
+    """The dependencies job's own report (recorded registry answers) feeds both reviews: Node.js 18 is EOL."""
+    from jobs.dependencies.job import DependenciesJob, DependenciesOptions
+    from jobs.review.weekly import WeeklyReviewOptions, build
+    from worker.demo import offline_registry
+    from worker.ledger import JobState
+
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    with offline_registry() as registry:
+        options = DependenciesOptions.model_validate({
+            "projects": [{"name": "shop-server", "path": "config/examples/shop-server"}], "registry": registry,
+            "node_index": f"{registry}/-/node/index.tab",
+            "node_schedule": f"{registry}/-/node/schedule.json"})  # fmt: skip
+        ctx = JobContext(job_id="app-deps", run_id="d", scheduled_at=datetime.now(UTC),
+                         deadline=time.monotonic() + 60, state=JobState(ledger, "app-deps"),
+                         cancel=threading.Event(), log=lambda e, **f: None)  # fmt: skip
+        outcome = DependenciesJob(options).run(ctx)
+    started = datetime.now(UTC) - timedelta(minutes=1)
+    ledger.record(RunRecord(run_id="d", job_id="app-deps", kind="dependencies", status=outcome.status,
+                            started_at=started, finished_at=started, details=outcome.details))  # fmt: skip
+    security = run({}, ledger)
+    (eol,) = [f for f in security.details["findings"] if f["check"] == "app.node_eol"]
+    assert eol["title"] == "shop-server: Node.js 18.20.4 (.nvmrc) is end-of-life"
+    assert eol["evidence"] == "no more security releases since 2025-04-30"
+    report = build(WeeklyReviewOptions(), ledger, {}, datetime.now(UTC))
+    (project,) = report["dependencies"]["projects"]
+    assert project["majors_behind"] == ["dotenv", "express", "mongoose"]
+    assert "shop-server: Node.js 18.20.4 (.nvmrc) is end-of-life" in [n["message"] for n in report["needs_attention"]]
+    ledger.close()

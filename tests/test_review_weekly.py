@@ -97,7 +97,8 @@ def fill_week(ledger: SqliteLedger, now: datetime) -> None:
         ],
         "direct": [{"name": "express", "update": "major", "deprecated": False},
                    {"name": "request", "update": "none", "deprecated": True}],
-        "node": {"status": "eol", "version": "16.20.2"},
+        "node": {"declared": "16.20.2 (.nvmrc)", "line": "16", "status": "eol", "eol_date": "2023-09-11",
+                 "latest_lts": "24.11.1", "security_release": None},
     }]))  # fmt: skip
     history = ServiceHistory([
         DeployRecord("dep-3", "live", "c3" * 20, "fix orders", "new_commit", (since + timedelta(days=6)).isoformat(),

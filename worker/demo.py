@@ -63,8 +63,11 @@ def main() -> int:
     args = parser.parse_args()
     server, url = start_app(down_after=args.seconds * 0.25, down_for=args.seconds * 0.4)
     os.environ["DEMO_APP_URL"] = url
-    with demo_mongodb() as mongo_uri:
+    with demo_mongodb() as mongo_uri, offline_registry() as registry:
         os.environ["DEMO_MONGODB_URI"] = mongo_uri
+        os.environ["DEMO_REGISTRY"] = registry
+        os.environ["DEMO_NODE_INDEX"] = f"{registry}/-/node/index.tab"
+        os.environ["DEMO_NODE_SCHEDULE"] = f"{registry}/-/node/schedule.json"
         try:
             code = cli.main(["run", "--config", args.config, "--for", f"{args.seconds}s"])
         finally:
@@ -82,23 +85,15 @@ def main() -> int:
         # The restore drill: restore the newest backup into scratch databases and prove it whole.
         print("\n--- opskeeper run-now backup-drill ---", flush=True)
         cli.main(["run-now", "backup-drill", "--config", args.config, "--json"])
+        print("\n--- opskeeper deps config/examples/shop-server ---", flush=True)
+        node = ["--node-index", os.environ["DEMO_NODE_INDEX"], "--node-schedule", os.environ["DEMO_NODE_SCHEDULE"]]
+        cli.main(["deps", "config/examples/shop-server", "--registry", registry, *node])
+        # The same check as a scheduled job, so its findings are in the ledger for the review.
+        print("\n--- opskeeper run-now app-deps ---", flush=True)
+        cli.main(["run-now", "app-deps", "--config", args.config])
         print("\n--- opskeeper report weekly --out var/reports/weekly.md ---", flush=True)
         cli.main(["report", "weekly", "--config", args.config, "--out", "var/reports/weekly.md"])
         _print_head("var/reports/weekly.md")
-    with offline_registry() as registry:
-        print("\n--- opskeeper deps config/examples/shop-server ---", flush=True)
-        cli.main(
-            [
-                "deps",
-                "config/examples/shop-server",
-                "--registry",
-                registry,
-                "--node-index",
-                f"{registry}/-/node/index.tab",
-                "--node-schedule",
-                f"{registry}/-/node/schedule.json",
-            ]
-        )
     return code
 
 
@@ -140,6 +135,7 @@ def offline_registry() -> Iterator[str]:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+        server.server_close()
 
 
 def _print_head(path: str) -> None:

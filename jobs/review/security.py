@@ -301,7 +301,8 @@ def dependency_findings(runs: list[Any], now: datetime) -> list[Finding]:
             node = project.get("node") or {}
             if node.get("status") == "eol":
                 found.append(Finding(
-                    "app.node_eol", "high", f"{project['name']}: Node.js {node.get('version')} is end-of-life",
+                    "app.node_eol", "high",
+                    f"{project['name']}: Node.js {node.get('declared') or node.get('line')} is end-of-life",
                     f"no more security releases since {node.get('eol_date')}",
                     f"move to Node.js {node.get('latest_lts') or 'the current LTS'} "
                     "(engines.node and Render's NODE_VERSION)",

@@ -224,7 +224,7 @@ def dependencies_section(week: Week) -> dict[str, Any]:
                             for a in project.get("advisories") or [] if a["severity"] in ("high", "critical")],
                 "majors_behind": [d["name"] for d in direct if d.get("update") == "major"],
                 "deprecated": [d["name"] for d in direct if d.get("deprecated")],
-                "node": node.get("status"), "node_version": node.get("version"),
+                "node": node.get("status"), "node_version": node.get("declared") or node.get("line"),
             })  # fmt: skip
     return {"projects": projects}
 
@@ -393,7 +393,6 @@ _UNREADABLE = (SourceError, ValueError, KeyError, TypeError, AttributeError)
 
 def _reason(exc: Exception) -> str:
     return str(exc) if isinstance(exc, SourceError) else f"unexpected answer ({type(exc).__name__}: {exc})"
-
 
 
 def build(options: WeeklyReviewOptions, history: History, jobs: Mapping[str, Any], now: datetime) -> dict[str, Any]:
