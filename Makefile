@@ -44,6 +44,7 @@ bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/backup.py
 	$(VENV)/bin/python bench/restore.py
 	$(VENV)/bin/python bench/deps.py
+	$(VENV)/bin/python bench/review.py
 
 clean:
 	rm -rf $(TOOLS) $(VENV) var .pytest_cache .mypy_cache .ruff_cache

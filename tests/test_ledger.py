@@ -169,6 +169,8 @@ def test_checks_are_kept_filtered_and_pruned(ledger: Ledger) -> None:
     ]
     assert len(ledger.checks(T0)) == 4
     assert len(ledger.checks(T0 + timedelta(minutes=2), "h")) == 2
+    assert ledger.endpoints(T0) == [("h", "api"), ("h", "web"), ("other", "api")]
+    assert ledger.endpoints(T0 + timedelta(minutes=3)) == [("h", "api"), ("other", "api")]
     # Recording a check a month later prunes this job's checks older than the longest window.
     JobChecks(ledger, "h").record([check("h", "api", int(CHECKS_KEPT.total_seconds() // 60) + 3)])
     assert [c.endpoint for c in ledger.checks(T0, "h")] == ["api", "api"]

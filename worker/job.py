@@ -114,6 +114,8 @@ class History(Protocol):
 
     def checks(self, since: datetime, job_id: str | None = None, endpoint: str | None = None) -> list[CheckRecord]: ...
 
+    def endpoints(self, since: datetime) -> list[tuple[str, str]]: ...
+
 
 class TransientError(Exception):
     """A failure worth retrying (a dropped connection, a 503): the runner retries these only."""

@@ -108,6 +108,9 @@ class Ledger(Protocol):
     def checks(self, since: datetime, job_id: str | None = None, endpoint: str | None = None) -> list[CheckRecord]:
         """Checks at or after `since`, oldest first."""
 
+    def endpoints(self, since: datetime) -> list[tuple[str, str]]:
+        """The (job_id, endpoint) pairs with checks at or after `since`, sorted: a week is read one at a time."""
+
     def prune_checks(self, job_id: str, before: datetime) -> int:
         """Forget a job's checks older than `before` (past the longest uptime window); how many."""
 
@@ -193,6 +196,7 @@ CREATE TABLE IF NOT EXISTS checks (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS checks_by_job ON checks (job_id, at);
+CREATE INDEX IF NOT EXISTS checks_by_endpoint ON checks (job_id, endpoint, at);
 CREATE INDEX IF NOT EXISTS checks_by_time ON checks (at);
 CREATE TABLE IF NOT EXISTS job_state (
     job_id TEXT NOT NULL,
@@ -300,6 +304,13 @@ class SqliteLedger:
         with self._lock:
             self._db.executemany(f"INSERT INTO checks ({_CHECK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows)
 
+    def endpoints(self, since: datetime) -> list[tuple[str, str]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT job_id, endpoint FROM checks WHERE at >= ? ORDER BY job_id, endpoint", (_iso(since),)
+            ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
     def checks(self, since: datetime, job_id: str | None = None, endpoint: str | None = None) -> list[CheckRecord]:
         where, args = ["at >= ?"], [_iso(since)]
         for column, value in (("job_id", job_id), ("endpoint", endpoint)):
@@ -351,6 +362,7 @@ class MongoLedger:
         self._state = db["job_state"]
         self._checks = db["checks"]
         self._checks.create_index([("job_id", ASCENDING), ("at", ASCENDING)])
+        self._checks.create_index([("job_id", ASCENDING), ("endpoint", ASCENDING), ("at", ASCENDING)])
         self._checks.create_index([("at", ASCENDING)])
         self._runs.create_index([("job_id", ASCENDING), ("started_at", DESCENDING)])
         self._runs.create_index([("started_at", DESCENDING)])
@@ -412,6 +424,11 @@ class MongoLedger:
 
     def record_checks(self, checks: list[CheckRecord]) -> None:
         self._checks.insert_many([{**c.__dict__, "at": to_ms(c.at)} for c in checks], ordered=False)
+
+    def endpoints(self, since: datetime) -> list[tuple[str, str]]:
+        pipeline: list[dict[str, Any]] = [{"$match": {"at": {"$gte": to_ms(since)}}},
+                    {"$group": {"_id": {"job_id": "$job_id", "endpoint": "$endpoint"}}}]  # fmt: skip
+        return sorted((d["_id"]["job_id"], d["_id"]["endpoint"]) for d in self._checks.aggregate(pipeline))
 
     def checks(self, since: datetime, job_id: str | None = None, endpoint: str | None = None) -> list[CheckRecord]:
         query: dict[str, Any] = {"at": {"$gte": to_ms(since)}}

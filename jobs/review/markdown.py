@@ -16,6 +16,8 @@ import leather
 from worker.timespec import format_duration
 
 _WIDTH, _HEIGHT = 640, 220
+#: leather has five series colours; more lines than that would not be readable anyway.
+MAX_SERIES = len(leather.theme.default_series_colors)
 
 
 def _svg(chart: Any) -> str:
@@ -31,14 +33,21 @@ def _day_axis(chart: Any, days: Sequence[date]) -> None:
     chart.add_x_axis(ticks=list(days), tick_formatter=lambda value, index, count: value.strftime("%a %d"))
 
 
-def uptime_chart(rows: Sequence[Mapping[str, Any]], days: Sequence[date]) -> str | None:
-    """Uptime % per day, one line per endpoint (days without checks are left out)."""
-    series = [(r["endpoint"], [(date.fromisoformat(d["date"]), d["uptime_pct"]) for d in r["days"]
-                               if d["uptime_pct"] is not None]) for r in rows]  # fmt: skip
+def _worst(rows: Sequence[Mapping[str, Any]], key: str, worst_first: Any) -> tuple[list[Any], str]:
+    """At most MAX_SERIES (name, points) series, the worst first, and a title note when some are left out."""
+    series = [(r["endpoint"], [(date.fromisoformat(d["date"]), d[key]) for d in r["days"] if d[key] is not None])
+              for r in sorted(rows, key=worst_first)]  # fmt: skip
     series = [(name, points) for name, points in series if points]
+    note = f" ({MAX_SERIES} worst of {len(series)})" if len(series) > MAX_SERIES else ""
+    return series[:MAX_SERIES], note
+
+
+def uptime_chart(rows: Sequence[Mapping[str, Any]], days: Sequence[date]) -> str | None:
+    """Uptime % per day, one line per endpoint, the lowest first (days without checks are left out)."""
+    series, note = _worst(rows, "uptime_pct", lambda r: r["uptime_pct"])
     if not series:
         return None
-    chart = leather.Chart("Uptime % per day")
+    chart = leather.Chart(f"Uptime % per day{note}")
     _day_axis(chart, days)
     low = min(v for _, points in series for _, v in points)
     chart.add_y_scale(min(99.0, float(low) // 1), 100)
@@ -48,13 +57,11 @@ def uptime_chart(rows: Sequence[Mapping[str, Any]], days: Sequence[date]) -> str
 
 
 def latency_chart(rows: Sequence[Mapping[str, Any]], days: Sequence[date]) -> str | None:
-    """p95 latency per day in ms, one line per endpoint."""
-    series = [(r["endpoint"], [(date.fromisoformat(d["date"]), d["p95_ms"]) for d in r["days"]
-                               if d["p95_ms"] is not None]) for r in rows]  # fmt: skip
-    series = [(name, points) for name, points in series if points]
+    """p95 latency per day in ms, one line per endpoint, the slowest first."""
+    series, note = _worst(rows, "p95_ms", lambda r: -(r["latency_ms"]["p95"] or 0))
     if not series:
         return None
-    chart = leather.Chart("p95 latency per day (ms)")
+    chart = leather.Chart(f"p95 latency per day (ms){note}")
     _day_axis(chart, days)
     chart.add_y_scale(0, max(v for _, points in series for _, v in points) * 1.1 or 1)
     for name, points in series:
@@ -66,10 +73,12 @@ def size_chart(jobs: Sequence[Mapping[str, Any]], days: Sequence[date]) -> str |
     """Stored size of each backup over the week: a dot per backup, a colour per backup job."""
     series = [(j["job_id"], [(_naive(s["at"]), s["stored_bytes"] / 1e6) for s in j["sizes"]])
               for j in jobs]  # fmt: skip
-    series = [(name, points) for name, points in series if len(points) >= 2]
+    series = sorted(((name, points) for name, points in series if len(points) >= 2), key=lambda s: -s[1][-1][1])
     if not series:
         return None
-    chart = leather.Chart("Backup size (MB)")
+    note = f" ({MAX_SERIES} largest of {len(series)})" if len(series) > MAX_SERIES else ""
+    series = series[:MAX_SERIES]
+    chart = leather.Chart(f"Backup size (MB){note}")
     start = datetime.combine(days[0], datetime.min.time())
     chart.add_x_scale(start, datetime.combine(days[-1], datetime.min.time()) + timedelta(days=1))
     chart.add_x_axis(ticks=[start + timedelta(days=i) for i in range(len(days))],

@@ -111,7 +111,8 @@ class Week:
     until: datetime
     runs: list[Any]
     """Runs that started in the lookback window (drills and dependency reports are monthly)."""
-    checks: list[CheckRecord]
+    uptime: list[dict[str, Any]]
+    """Each endpoint's uptime row (computed while reading: one endpoint's checks in memory at a time)."""
     deploys: dict[str, ServiceHistory] = field(default_factory=dict)
     """Deploy history per service name."""
     backup_jobs: list[str] = field(default_factory=list)
@@ -125,7 +126,11 @@ def read_week(history: History, jobs: Mapping[str, Any], since: datetime, until:
         if spec.kind == "deploys":
             for service in spec.options.services:
                 deploys[service.name] = ServiceHistory.load(history.get_state(spec.id, state_key(service.name)))
-    return Week(since, until, history.runs(since - _LOOKBACK, until), history.checks(since), deploys,
+    # A week of 10 s probes is 60,000 checks per endpoint: read and summarise one endpoint at a
+    # time, so the review's memory does not grow with the number of endpoints.
+    uptime = [row for job_id, endpoint in history.endpoints(since)
+              for row in uptime_rows(history.checks(since, job_id, endpoint), since, until)]  # fmt: skip
+    return Week(since, until, history.runs(since - _LOOKBACK, until), uptime, deploys,
                 sorted(s.id for s in jobs.values() if s.kind in ("backup", "atlas_backup")))  # fmt: skip
 
 
@@ -137,16 +142,16 @@ def _days(since: datetime, until: datetime) -> list[date]:
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def uptime_section(week: Week) -> list[dict[str, Any]]:
-    """Per endpoint: the week's uptime, latency and outages, and the same per UTC day."""
-    checks = [c for c in week.checks if week.since <= c.at < week.until]
-    rows = uptime_report(checks, format_duration(week.until - week.since), week.until)
+def uptime_rows(checks: list[CheckRecord], since: datetime, until: datetime) -> list[dict[str, Any]]:
+    """Per endpoint: the window's uptime, latency and outages, and the same per UTC day. Pure."""
+    checks = [c for c in checks if since <= c.at < until]
+    rows = uptime_report(checks, format_duration(until - since), until)
     by_day: dict[tuple[str, str, date], list[CheckRecord]] = {}
     for check in checks:
         by_day.setdefault((check.job_id, check.endpoint, check.at.astimezone(UTC).date()), []).append(check)
     for row in rows:
         row["days"] = []
-        for day in _days(week.since, week.until):
+        for day in _days(since, until):
             today = by_day.get((row["job_id"], row["endpoint"], day), [])
             latencies = [c.latency_ms for c in today if c.latency_ms is not None and c.verdict != "fail"]
             failed = sum(1 for c in today if c.verdict == "fail")
@@ -406,7 +411,7 @@ def build(options: WeeklyReviewOptions, history: History, jobs: Mapping[str, Any
             "end": until.isoformat(),
             "days": [d.isoformat() for d in _days(since, until)],
         },
-        "uptime": uptime_section(week),
+        "uptime": week.uptime,
         "backups": backups_section(week),
         "drills": drills_section(week),
         "dependencies": dependencies_section(week),
