@@ -37,7 +37,7 @@ typecheck: $(VENV)/.synced
 pytest: $(VENV)/.synced
 	$(VENV)/bin/pytest
 
-## bench: idle daemon, health probe, backup and restore figures (about 25 minutes)
+## bench: idle daemon, health probe, backup, restore, dependency and review figures (about 25 minutes)
 bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/idle.py
 	$(VENV)/bin/python bench/probe.py
