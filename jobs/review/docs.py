@@ -24,7 +24,7 @@ from typing import Annotated, Any, Protocol
 import httpx
 from pydantic import Field, model_validator
 
-from jobs.review.sources import SourceError, get_json
+from jobs.review.sources import SourceError, fetch, get_json
 from worker.job import JobContext, JobOptions, Outcome, Status
 from worker.schedule import Duration
 from worker.timespec import format_duration
@@ -170,19 +170,11 @@ class GitHubRepository:
 
     def read(self, path: str) -> str | None:
         try:
-            response = self._client.get(f"/repos/{self.options.repo}/contents/{path}", params={"ref": self._ref},
-                                        headers={"Accept": "application/vnd.github.raw+json"})  # fmt: skip
-        except httpx.TimeoutException:
-            raise SourceError(f"reading {path}: timed out after {format_duration(self.timeout)}") from None
-        except httpx.TransportError as exc:
-            raise SourceError(f"reading {path}: unreachable: {type(exc).__name__}") from None
-        if response.status_code in (401, 403):
-            raise SourceError(f"reading {path}: token rejected (HTTP {response.status_code})")
-        if response.status_code == 404:
-            return None
-        if response.status_code >= 400:
-            raise SourceError(f"reading {path}: HTTP {response.status_code}")
-        return response.text
+            response = fetch(self._client, f"/repos/{self.options.repo}/contents/{path}", {"ref": self._ref},
+                             self.timeout, {"Accept": "application/vnd.github.raw+json"}, allow=(404,))  # fmt: skip
+        except SourceError as exc:
+            raise SourceError(f"reading {path}: {exc}") from None
+        return None if response.status_code == 404 else response.text
 
     def last_change(self, path: str) -> Change | None:
         commits = get_json(self._client, f"/repos/{self.options.repo}/commits",

@@ -24,18 +24,29 @@ class SourceError(Exception):
     """A source could not be read; the message is the reason, without the URL's credentials."""
 
 
-def get_json(client: httpx.Client, url: str, params: Mapping[str, Any] | None, timeout: timedelta) -> httpx.Response:
-    """GET and check: a named reason for refused tokens, server errors, timeouts and bad JSON."""
+def fetch(
+    client: httpx.Client, url: str, params: Mapping[str, Any] | None, timeout: timedelta,
+    headers: Mapping[str, str] | None = None, *, allow: tuple[int, ...] = (),
+) -> httpx.Response:  # fmt: skip
+    """GET: a named reason for refused tokens, server errors and timeouts; `allow` lists statuses to return."""
     try:
-        response = client.get(url, params=params)
+        response = client.get(url, params=params, headers=headers)
     except httpx.TimeoutException:
         raise SourceError(f"timed out after {format_duration(timeout)}") from None
     except httpx.TransportError as exc:
         raise SourceError(f"unreachable: {type(exc).__name__}: {exc}") from None
+    if response.status_code in allow:
+        return response
     if response.status_code in (401, 403):
         raise SourceError(f"token rejected (HTTP {response.status_code})")
     if response.status_code >= 400:
         raise SourceError(f"HTTP {response.status_code} from {httpx.URL(url).path}")
+    return response
+
+
+def get_json(client: httpx.Client, url: str, params: Mapping[str, Any] | None, timeout: timedelta) -> httpx.Response:
+    """GET and check as `fetch` does, and that the answer is JSON."""
+    response = fetch(client, url, params, timeout)
     try:
         response.json()
     except ValueError:
