@@ -150,6 +150,13 @@ def test_literal_secrets_in_the_schedule_are_high(tmp_path: Path, monkeypatch: p
     schedule: "0 3 * * *"
     options:
       uri: mongodb://backup:hunter2hunter2@db.example.com/shop
+  - id: probe
+    kind: health
+    schedule: every 1m
+    options:
+      endpoints:
+        - {name: api, url: "https://api.example.com/health", headers: {Authorization: "Bearer abcdef123456"}}
+        - {name: web, url: "https://example.com/", headers: {Authorization: "${HEALTH_AUTH}"}}
   - id: fine
     kind: backup
     schedule: "0 4 * * *"
@@ -159,9 +166,10 @@ def test_literal_secrets_in_the_schedule_are_high(tmp_path: Path, monkeypatch: p
     outcome = run({"config_file": str(config)})
     literal = [f for f in outcome.details["findings"] if f["check"] == "worker.literal_secret"]
     assert [f["evidence"].split(" holds")[0] for f in literal] == [
-        f"{config}:6: jobs[0].options.api_key", f"{config}:12: jobs[1].options.uri"]  # fmt: skip
-    assert "rnd_literalkey" not in json.dumps(outcome.details)
-    assert "hunter2" not in json.dumps(outcome.details)
+        f"{config}:6: jobs[0].options.api_key", f"{config}:12: jobs[1].options.uri",
+        f"{config}:18: jobs[2].options.endpoints[0].headers.Authorization"]  # fmt: skip
+    for secret in ("rnd_literalkey", "hunter2", "abcdef123456"):
+        assert secret not in json.dumps(outcome.details)
     assert checks(outcome, "worker.sentry_dsn") == {"worker.sentry_dsn": "medium"}
     assert outcome.status is Status.FAIL
 

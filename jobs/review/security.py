@@ -26,7 +26,10 @@ from worker.storage import open_storage
 
 Severity = Literal["high", "medium", "low"]
 BROAD_ROLES = frozenset({"atlasAdmin", "readWriteAnyDatabase", "dbAdminAnyDatabase"})
-_SECRET_KEY = re.compile(r"(pass(word|wd)?|secret|token|api_?key|private_?key|access_?key|dsn|credentials?)$", re.I)
+_SECRET_KEY = re.compile(
+    r"(pass(word|wd)?|secret|token|api[_-]?key|private[_-]?key|access[_-]?key|dsn|credentials?|authorization|cookie)$",
+    re.I,
+)
 _URL_PASSWORD = re.compile(r"://[^/@:\s]+:([^/@\s]+)@")
 _LOOKBACK = timedelta(days=92)
 #: Access list entries that admit every address (strings to compare, not addresses to bind).
