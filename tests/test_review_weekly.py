@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import xml.etree.ElementTree as ET
 from dataclasses import asdict
@@ -398,3 +399,38 @@ def test_a_quiet_week_needs_nothing(tmp_path: Path) -> None:
     assert asdict(ServiceHistory())["deploys"] == []
     assert report["deploys"]["services"][0]["deploys"] == 0
     ledger.close()
+
+
+def test_report_on_a_terminal_leaves_the_charts_out(tmp_path: Path, env: dict[str, str]) -> None:
+    """Printed to a terminal the Markdown has no SVG lines and says how to get them; piped, it has them."""
+    import pty
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    ledger = SqliteLedger(Path(env["OPSKEEPER_LEDGER"]))
+    fill_week(ledger, NOW)
+    ledger.close()
+    config = schedule(tmp_path, None, " {}")
+    argv = [sys.executable, "-m", "worker", "report", "weekly", "--config", str(config), "--now", NOW.isoformat()]
+    leader, follower = pty.openpty()
+    with subprocess.Popen(argv, cwd=ROOT, env=env, stdout=follower, stderr=subprocess.PIPE) as proc:
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=60) == 0
+    os.close(leader)
+    shown = b"".join(chunks).decode()
+    assert "## Uptime" in shown
+    assert "<svg" not in shown
+    assert "use --out FILE for the report with its charts" in shown
+    piped = opskeeper("report", "weekly", "--config", str(config), "--now", NOW.isoformat(), env=env)
+    assert piped.stdout.count("\n<svg") == 3

@@ -346,6 +346,10 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
         ledger.close()
     text = json.dumps(report, indent=2) + "\n" if args.json else to_markdown(report)
     if args.out is None:
+        if not args.json and sys.stdout.isatty():
+            # A chart is one long line of SVG: noise on a terminal, so only files get them.
+            text = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("<svg"))
+            text += "\n(charts are left out on a terminal: use --out FILE for the report with its charts)\n"
         sys.stdout.write(text)
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
