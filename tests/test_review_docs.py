@@ -16,7 +16,7 @@ import pytest
 
 from jobs.review.docs import DocsReviewJob, DocsReviewOptions, Inventory, dangling
 from tests.conftest import Reply, Request, VendorAPI
-from worker.job import JobContext, Outcome, Status
+from worker.job import JobContext, Notice, Outcome, Status
 
 CHECKLIST = """# Production checklist
 
@@ -70,10 +70,10 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
-def run(options: dict[str, Any]) -> Outcome:
-    logged: list[tuple[str, dict[str, Any]]] = []
+def run(options: dict[str, Any], notices: list[Notice] | None = None) -> Outcome:
+    sent = notices if notices is not None else []
     ctx = JobContext(job_id="docs", run_id="r", scheduled_at=datetime.now(UTC), deadline=time.monotonic() + 60,
-                     state=None, cancel=threading.Event(), log=lambda e, **f: logged.append((e, f)))  # type: ignore[arg-type]  # fmt: skip
+                     state=None, cancel=threading.Event(), log=lambda e, **f: None, notify=sent.append)  # type: ignore[arg-type]  # fmt: skip
     return DocsReviewJob(DocsReviewOptions.model_validate(options)).run(ctx)
 
 
@@ -83,8 +83,12 @@ def by_doc(outcome: Outcome) -> dict[str, Any]:
 
 def test_local_checkout_flags_stale_and_dangling(repo: Path) -> None:
     """Git dates give each document's age; files, scripts and variables the repo lacks are named."""
-    outcome = run({"path": str(repo)})
+    notices: list[Notice] = []
+    outcome = run({"path": str(repo)}, notices)
     assert outcome.status is Status.WARN
+    (notice,) = notices
+    assert notice.level == "warning"
+    assert notice.message.startswith("docs review: 1 thing(s) need a look: PRODUCTION_CHECKLIST.md: last changed")
     docs = by_doc(outcome)
     checklist = docs["PRODUCTION_CHECKLIST.md"]
     assert checklist["stale"]
@@ -107,8 +111,10 @@ def test_fixed_docs_are_current(repo: Path) -> None:
     """Once the checklist is updated and its references exist, the review is OK."""
     (repo / "PRODUCTION_CHECKLIST.md").write_text("# Production checklist\n\n- [ ] `MONGODB_URI` is set\n")
     git(repo, "commit", "-qam", "refresh checklist")
-    outcome = run({"path": str(repo), "max_age": "30d"})
+    notices: list[Notice] = []
+    outcome = run({"path": str(repo), "max_age": "30d"}, notices)
     assert outcome.status is Status.OK, outcome.summary
+    assert notices == []
     assert outcome.summary == "3 documents current (newest change 0 days ago)"
 
 

@@ -19,7 +19,7 @@ import pytest
 from jobs.review.security import SecurityReviewJob, SecurityReviewOptions
 from tests.conftest import Reply, Request, VendorAPI, write
 from tests.test_atlas import PRIVATE, PUBLIC, REALM, md5
-from worker.job import JobContext, Outcome, Status
+from worker.job import JobContext, Notice, Outcome, Status
 from worker.ledger import RunRecord, SqliteLedger
 
 PROTECTIONS = ["public_access_block", "policy", "encryption", "versioning", "multipart_lifecycle", "object_lock"]
@@ -53,10 +53,12 @@ def protected_bucket(s3: Any, *, without: str | None = None) -> str:
     return name
 
 
-def run(options: dict[str, Any], ledger: SqliteLedger | None = None, jobs: dict[str, Any] | None = None) -> Outcome:
+def run(options: dict[str, Any], ledger: SqliteLedger | None = None, jobs: dict[str, Any] | None = None,
+        notices: list[Notice] | None = None) -> Outcome:  # fmt: skip
+    sent = notices if notices is not None else []
     ctx = JobContext(job_id="security", run_id="r", scheduled_at=datetime.now(UTC), deadline=time.monotonic() + 60,
                      state=None, cancel=threading.Event(), log=lambda e, **f: None, jobs=jobs or {},  # type: ignore[arg-type]
-                     history=ledger)  # fmt: skip
+                     history=ledger, notify=sent.append)  # fmt: skip
     return SecurityReviewJob(SecurityReviewOptions.model_validate(options)).run(ctx)
 
 
@@ -76,7 +78,9 @@ def quiet_worker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 def test_fully_protected_bucket_has_no_bucket_findings(s3_endpoint: str, bucket: str, quiet_worker: Path) -> None:
     """Public access blocked, policy private, encrypted, versioned, uploads expire, Object Lock: nothing to say."""
     name = protected_bucket(boto3.client("s3", endpoint_url=s3_endpoint))
-    outcome = run({"storage": f"s3://{name}/db", "endpoint_url": s3_endpoint})
+    notices: list[Notice] = []
+    outcome = run({"storage": f"s3://{name}/db", "endpoint_url": s3_endpoint}, notices=notices)
+    assert notices == []
     assert checks(outcome, "bucket.") == {}
     assert outcome.details["gaps"] == []
     assert outcome.status is Status.OK, outcome.summary
@@ -103,7 +107,12 @@ def test_each_missing_protection_is_its_own_finding(s3_endpoint: str, bucket: st
 
 def test_bare_bucket_and_local_storage(s3_endpoint: str, bucket: str, quiet_worker: Path, tmp_path: Path) -> None:
     """A bucket with no protection has them all missing; backups on the worker's disk are high."""
-    outcome = run({"storage": f"s3://{bucket}", "endpoint_url": s3_endpoint})
+    notices: list[Notice] = []
+    outcome = run({"storage": f"s3://{bucket}", "endpoint_url": s3_endpoint}, notices=notices)
+    (notice,) = notices
+    assert notice.level == "error"
+    assert notice.fingerprint == ("security_review", "high")
+    assert "Fix: aws s3api put-public-access-block" in notice.context["findings"][0]
     assert checks(outcome, "bucket.") == {"bucket.public_access_block": "high", "bucket.encryption": "medium",
                                           "bucket.versioning": "medium", "bucket.multipart_lifecycle": "medium",
                                           "bucket.object_lock": "low"}  # fmt: skip

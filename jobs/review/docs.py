@@ -6,7 +6,8 @@ flags documents older than `max_age`, missing, or referring to things the reposi
 longer has: relative links and paths to files, `npm|pnpm|yarn run X` scripts that no
 package.json defines, and environment variables (`FOO_BAR` in code spans, `$FOO_BAR`,
 `process.env.FOO_BAR`) that no file other than the docs mentions. WARN when any document
-needs a look; a repository that cannot be read is a named gap.
+needs a look, with one Sentry message listing what; a repository that cannot be read is a
+named gap.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import httpx
 from pydantic import Field, model_validator
 
 from jobs.review.sources import SourceError, fetch, get_json
-from worker.job import JobContext, JobOptions, Outcome, Status
+from worker.job import JobContext, JobOptions, Notice, Outcome, Status
 from worker.schedule import Duration
 from worker.timespec import format_duration
 
@@ -399,8 +400,11 @@ class DocsReviewJob:
         for line in flagged:
             ctx.log("docs.flagged", document=line.split(":")[0], detail=line)
         if flagged or gaps:
-            summary = "; ".join(flagged + [f"{g['source']}: {g['reason']}" for g in gaps])
-            return Outcome(Status.WARN, summary[:500], details, fingerprint="docs need a look")
+            items = flagged + [f"{g['source']}: could not read: {g['reason']}" for g in gaps]
+            # One message per review for the human who updates the docs (the run itself worked).
+            ctx.notify(Notice("warning", f"docs review: {len(items)} thing(s) need a look: " + "; ".join(items)[:900],
+                              ("docs_review",), {"repository": repo.display, "items": items}))  # fmt: skip
+            return Outcome(Status.WARN, "; ".join(items)[:500], details, alerted=True)
         newest = min((r.age_days for r in reports if r.age_days is not None), default=None)
         since = f" (newest change {newest} days ago)" if newest is not None else ""
         return Outcome(Status.OK, f"{len(reports)} documents current{since}", details)

@@ -3,7 +3,8 @@
 Checks the backup bucket (reference §8), the Atlas project (reference §7), the worker's own
 configuration and the app's dependency posture. Every finding has a severity, the evidence
 and the fix. FAIL on any high finding, WARN on a medium one or on a check that could not be
-made (a named gap); low findings are recommendations.
+made (a named gap); low findings are recommendations. One Sentry message lists the high and
+medium findings with their fixes (the run's own Crons check-in stays ok: the review worked).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import yaml
 from pydantic import model_validator
 
 from jobs.backup.atlas import AtlasBackupJob, AtlasBackupOptions, AtlasError
-from worker.job import JobContext, JobOptions, Outcome, Status, TransientError
+from worker.job import JobContext, JobOptions, Notice, Outcome, Status, TransientError
 from worker.schedule import Duration
 from worker.storage import open_storage
 
@@ -352,11 +353,15 @@ class SecurityReviewJob:
         summary = (f"{counts['high']} high, {counts['medium']} medium, {counts['low']} low"
                    + (": " + "; ".join(f.title for f in worst[:3]) if worst else "")
                    + (f"; could not check {', '.join(g['source'] for g in gaps)}" if gaps else ""))  # fmt: skip
-        if counts["high"]:
-            return Outcome(Status.FAIL, summary[:500], details, fingerprint="security review: high findings")
-        if counts["medium"] or gaps:
-            return Outcome(Status.WARN, summary[:500], details, fingerprint="security review: medium findings")
-        return Outcome(Status.OK, summary[:500], details)
+        if not (worst or gaps):
+            return Outcome(Status.OK, summary[:500], details)
+        # One message listing what needs fixing, each with its fix; the run itself worked.
+        high = bool(counts["high"])
+        ctx.notify(Notice("error" if high else "warning", f"security review: {summary}"[:900],
+                          ("security_review", "high" if high else "medium"),
+                          {"findings": [f"[{f.severity}] {f.title}: {f.evidence}. Fix: {f.fix}" for f in worst],
+                           "gaps": gaps}))  # fmt: skip
+        return Outcome(Status.FAIL if high else Status.WARN, summary[:500], details, alerted=True)
 
     def _targets(self, ctx: JobContext) -> list[tuple[str, str | None, str | None]]:
         """(storage URL, endpoint, region) to check: the named job's or storage, else every backup job's."""
