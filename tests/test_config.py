@@ -284,13 +284,41 @@ def test_readme_example_is_valid(tmp_path: Path) -> None:
 
 
 def test_every_yaml_block_in_the_readme_is_valid(tmp_path: Path) -> None:
-    """Each YAML snippet in the README (whole files or lists of jobs) validates."""
+    """Each whole schedule in the README validates, and its job snippets together make one valid schedule."""
     import textwrap
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     found = re.findall(r"^( *)```yaml\n(.*?)^\1```", readme, re.S | re.M)
     blocks = [textwrap.dedent(body) for _indent, body in found]
-    assert len(blocks) >= 2
-    for i, block in enumerate(blocks):
-        text = block if block.lstrip().startswith(("timezone", "defaults", "jobs")) else "jobs:\n" + block
-        load_config(write(tmp_path / f"readme{i}.yaml", text), OPTIONS, env={})
+    whole = [b for b in blocks if b.lstrip().startswith(("timezone", "defaults", "jobs"))]
+    snippets = [b for b in blocks if b not in whole]
+    assert whole
+    assert len(snippets) >= 5
+    for i, block in enumerate(whole):
+        load_config(write(tmp_path / f"readme{i}.yaml", block), OPTIONS, env={})
+    # Snippets refer to each other (a drill's backup_job, a service's health job), as in one real schedule.
+    load_config(write(tmp_path / "snippets.yaml", "jobs:\n" + "".join(snippets)), OPTIONS, env={})
+
+
+def test_options_naming_another_job_must_name_one_of_its_kind(tmp_path: Path) -> None:
+    """A drill's or review's backup_job and a service's health job are checked when the file is read."""
+    text = """jobs:
+  - {id: api, kind: health, schedule: every 1m, options: {endpoints: [{name: a, url: "http://x/"}]}}
+  - {id: nightly, kind: backup, schedule: "@daily", options: {uri: "mongodb://x/"}}
+  - {id: drill, kind: restore_drill, schedule: "@monthly", options: {backup_job: nightly-backup}}
+  - {id: weekly, kind: weekly_review, schedule: "@weekly", options: {backup_job: api}}
+  - {id: ok, kind: security_review, schedule: "@quarterly", options: {backup_job: nightly}}
+  - id: deploys
+    kind: deploys
+    schedule: every 5m
+    options: {services: [{name: web, service_id: srv-a1, health: api-helth}]}
+"""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path / "j.yaml", text), OPTIONS)
+    assert [f"{p.line}:{p.col} {p.where}: {p.message}" for p in info.value.problems] == [
+        "4:82 jobs[2] (drill).options.backup_job: no backup job 'nightly-backup' in this schedule; "
+        "backup jobs: 'nightly'",
+        "5:82 jobs[3] (weekly).options.backup_job: no backup job 'api' in this schedule; backup jobs: 'nightly'",
+        "10:66 jobs[5] (deploys).options.services[0].health: no health job 'api-helth' in this schedule; "
+        "health jobs: 'api'",
+    ]

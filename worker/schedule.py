@@ -346,9 +346,32 @@ class _Validator:
             spec = self._job(i, {**defaults, **raw})
             if spec is not None:
                 jobs.append(spec)
+        self._references(jobs)
         if tz is None:
             return None
         return ScheduleConfig(path=self.file, timezone=tz, jobs=tuple(jobs), secrets=secrets)
+
+    def _references(self, jobs: list[JobSpec]) -> None:
+        """An option naming another job (a drill's backup_job, a service's health job) must name one of that kind."""
+        kinds = {job.id: job.kind for job in jobs}
+        index: dict[str, int] = {}
+        for i, job_id in sorted(self.ids.items()):
+            index.setdefault(job_id, i)
+
+        def check(loc: Loc, wanted: str, kind: str) -> None:
+            if kinds.get(wanted) != kind:
+                have = ", ".join(repr(j) for j, k in kinds.items() if k == kind) or "none"
+                self._add(loc, f"no {kind} job {wanted!r} in this schedule; {kind} jobs: {have}")
+
+        for job in jobs:
+            loc: Loc = ("jobs", index[job.id], "options")
+            backup_job = getattr(job.options, "backup_job", None)
+            if isinstance(backup_job, str):
+                check((*loc, "backup_job"), backup_job, "backup")
+            for n, service in enumerate(getattr(job.options, "services", None) or ()):
+                health = getattr(service, "health", None)
+                if isinstance(health, str):
+                    check((*loc, "services", n, "health"), health, "health")
 
     def _timezone(self, name: str) -> zoneinfo.ZoneInfo | None:
         try:
