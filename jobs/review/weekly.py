@@ -105,7 +105,7 @@ class WeeklyReviewOptions(JobOptions):
 
 @dataclass
 class Week:
-    """What the ledger holds for the review: runs, checks and deploy histories."""
+    """What the ledger holds for the review: runs, each endpoint's uptime, and deploy histories."""
 
     since: datetime
     until: datetime
