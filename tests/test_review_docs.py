@@ -246,3 +246,12 @@ def test_github_contents_timeout_is_a_gap(vendor: VendorAPI, monkeypatch: pytest
     assert outcome.details["gaps"] == [{"source": "github.com/acme/shop/MAINTENANCE.md",
                                         "reason": "reading MAINTENANCE.md: timed out after 300ms"}]  # fmt: skip
     assert [d["document"] for d in outcome.details["documents"]] == ["README.md"]
+
+
+def test_code_spans_that_are_not_paths_are_left_alone() -> None:
+    """`application/json` and `acme/shop` are not files; `app.js` is found anywhere; real dangling paths are named."""
+    inventory = Inventory(files={"server/app.js", "server/src/index.js", "README.md"}, scripts=set(), env=set())
+    text = ("Send `application/json` to `acme/shop`; start `app.js`.\n"
+            "See `server/src/` and `server/old/` and `./tools/run` and `client/app.js`.\n")  # fmt: skip
+    assert [(r.ref, r.line) for r in dangling("README.md", text, inventory)] == [
+        ("server/old", 2), ("./tools/run", 2), ("client/app.js", 2)]  # fmt: skip

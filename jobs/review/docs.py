@@ -12,6 +12,7 @@ named gap.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -200,6 +201,18 @@ class Inventory:
     read_env_from: int = 0
     """How many files the variable names came from (0: variables are not checked)."""
 
+    @functools.cached_property
+    def dirs(self) -> set[str]:
+        return {str(parent) for f in self.files for parent in PurePosixPath(f).parents if str(parent) != "."}
+
+    @functools.cached_property
+    def names(self) -> set[str]:
+        return {PurePosixPath(f).name for f in self.files}
+
+    @functools.cached_property
+    def top_level(self) -> set[str]:
+        return {f.split("/", 1)[0] for f in self.files}
+
 
 def scripts_of(package_json: str) -> set[str]:
     """The script names of one package.json (none when it is not valid JSON)."""
@@ -240,15 +253,16 @@ def dangling(document: str, text: str, inventory: Inventory) -> list[Reference]:
     for number, line in enumerate(text.splitlines(), 1):
         if line.lstrip().startswith("```"):
             in_fence = not in_fence
-        candidates = [m.group(1) for m in _LINK.finditer(line)]
-        candidates += [m.group(1).strip() for m in _CODE_SPAN.finditer(line) if _PATHLIKE.match(m.group(1).strip())]
-        for target in candidates:
+        candidates = [(m.group(1), True) for m in _LINK.finditer(line)]
+        candidates += [(m.group(1).strip(), False) for m in _CODE_SPAN.finditer(line)
+                       if _PATHLIKE.match(m.group(1).strip())]  # fmt: skip
+        for target, linked in candidates:
             if re.match(r"^[a-z][a-z0-9+.-]*:|^#|^mailto:", target, re.I) or "*" in target or "<" in target:
                 continue
             path = target.split("#")[0].split("?")[0].rstrip("/")
-            if not path:
+            if path and not linked and not _looks_like_a_path(path, inventory):
                 continue
-            if not _exists(path, folder, inventory.files):
+            if path and not _exists(path, folder, inventory):
                 add("file", path, number)
         for match in _SCRIPT.finditer(line):
             if match.group(1) not in inventory.scripts:
@@ -264,10 +278,24 @@ def dangling(document: str, text: str, inventory: Inventory) -> list[Reference]:
     return found
 
 
-def _exists(path: str, folder: PurePosixPath, files: set[str]) -> bool:
+def _looks_like_a_path(span: str, inventory: Inventory) -> bool:
+    """Whether a code span names a file of this repository (a link always does).
+
+    `application/json` or `acme/shop` in a code span are not paths: a span with a slash and
+    no extension counts only when it starts with ./ or ../ or with a top-level folder of the
+    repository. A bare file name (`app.js`) counts, and is found anywhere in the tree.
+    """
+    if span.startswith(("./", "../")) or "." in PurePosixPath(span).name:
+        return True
+    return span.split("/", 1)[0] in inventory.top_level
+
+
+def _exists(path: str, folder: PurePosixPath, inventory: Inventory) -> bool:
+    if "/" not in path and "." in path:
+        return path in inventory.names
     base = PurePosixPath(path.lstrip("/")) if path.startswith("/") else folder / path
     candidates = {_normal(base), _normal(PurePosixPath(path.lstrip("./")))}
-    return any(c in files or any(f.startswith(c + "/") for f in files) for c in candidates if c)
+    return any(c in inventory.files or c in inventory.dirs for c in candidates if c)
 
 
 def _normal(path: PurePosixPath) -> str:
