@@ -96,13 +96,19 @@ def test_recent_is_newest_first_filtered_and_limited(ledger: Ledger) -> None:
 
 
 def test_runs_are_a_half_open_window_oldest_first(ledger: Ledger) -> None:
-    """A review reads every job's runs that started in [since, until), oldest first."""
+    """A review reads the runs that started in [since, until), oldest first, of the kinds it names."""
     for i in range(5):
         ledger.record(finished("backup" if i % 2 else "health", T0 + timedelta(days=i), f"r{i}"))
     window = ledger.runs(T0 + timedelta(days=1), T0 + timedelta(days=4))
     assert [r.summary for r in window] == ["r1", "r2", "r3"]
     assert [r.job_id for r in window] == ["backup", "health", "backup"]
     assert ledger.runs(T0 + timedelta(days=9), T0 + timedelta(days=10)) == []
+    kinds = [replace(finished("drill", T0 + timedelta(hours=h), f"k{h}"), kind=k) for h, k in
+             ((1, "restore_drill"), (2, "health"), (3, "dependencies"))]  # fmt: skip
+    for record in kinds:
+        ledger.record(record)
+    picked = ledger.runs(T0, T0 + timedelta(days=1), ("restore_drill", "dependencies"))
+    assert [r.summary for r in picked] == ["k1", "k3"]
 
 
 def test_record_keeps_a_missed_run(ledger: Ledger) -> None:

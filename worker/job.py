@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -108,7 +108,7 @@ class CheckLog(Protocol):
 class History(Protocol):
     """What a review may read of the ledger: every job's runs, state and checks."""
 
-    def runs(self, since: datetime, until: datetime) -> list[Any]: ...
+    def runs(self, since: datetime, until: datetime, kinds: Sequence[str] = ()) -> list[Any]: ...
 
     def get_state(self, job_id: str, key: str, default: Any = None) -> Any: ...
 

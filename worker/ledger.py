@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,8 +90,11 @@ class Ledger(Protocol):
     def get(self, run_id: str) -> RunRecord | None:
         """One run by id."""
 
-    def runs(self, since: datetime, until: datetime) -> list[RunRecord]:
-        """Every run that started in [since, until), oldest first (a review reads a week)."""
+    def runs(self, since: datetime, until: datetime, kinds: Sequence[str] = ()) -> list[RunRecord]:
+        """Runs that started in [since, until), of these kinds (all when empty), oldest first.
+
+        A review names its kinds: a health job's run every minute is 132,000 runs in 92 days.
+        """
 
     def interrupt_stale(self, host: str, finished_at: datetime) -> int:
         """Mark this host's runs left `running` by a crash as `interrupted`; how many."""
@@ -185,6 +188,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job_id, started_at);
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
+CREATE INDEX IF NOT EXISTS runs_by_kind ON runs (kind, started_at);
 CREATE TABLE IF NOT EXISTS checks (
     job_id TEXT NOT NULL,
     endpoint TEXT NOT NULL,
@@ -268,11 +272,14 @@ class SqliteLedger:
             row = self._db.execute(f"SELECT {_COLUMNS} FROM runs WHERE run_id=?", (run_id,)).fetchone()
         return None if row is None else self._row(row)
 
-    def runs(self, since: datetime, until: datetime) -> list[RunRecord]:
+    def runs(self, since: datetime, until: datetime, kinds: Sequence[str] = ()) -> list[RunRecord]:
+        where, args = "started_at >= ? AND started_at < ?", [_iso(to_ms(since)), _iso(to_ms(until))]
+        if kinds:
+            where += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args += list(kinds)
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM runs WHERE started_at >= ? AND started_at < ? ORDER BY started_at, rowid",
-                (_iso(to_ms(since)), _iso(to_ms(until))),
+                f"SELECT {_COLUMNS} FROM runs WHERE {where} ORDER BY started_at, rowid", args
             ).fetchall()
         return [self._row(row) for row in rows]
 
@@ -366,6 +373,7 @@ class MongoLedger:
         self._checks.create_index([("at", ASCENDING)])
         self._runs.create_index([("job_id", ASCENDING), ("started_at", DESCENDING)])
         self._runs.create_index([("started_at", DESCENDING)])
+        self._runs.create_index([("kind", ASCENDING), ("started_at", ASCENDING)])
         self._runs.create_index([("host", ASCENDING), ("status", ASCENDING)])
 
     def start(self, record: RunRecord) -> None:
@@ -398,8 +406,10 @@ class MongoLedger:
         doc = self._runs.find_one({"_id": run_id})
         return None if doc is None else self._record(doc)
 
-    def runs(self, since: datetime, until: datetime) -> list[RunRecord]:
-        query = {"started_at": {"$gte": to_ms(since), "$lt": to_ms(until)}}
+    def runs(self, since: datetime, until: datetime, kinds: Sequence[str] = ()) -> list[RunRecord]:
+        query: dict[str, Any] = {"started_at": {"$gte": to_ms(since), "$lt": to_ms(until)}}
+        if kinds:
+            query["kind"] = {"$in": list(kinds)}
         return [self._record(doc) for doc in self._runs.find(query).sort([("started_at", 1), ("_id", 1)])]
 
     def interrupt_stale(self, host: str, finished_at: datetime) -> int:

@@ -343,7 +343,7 @@ class SecurityReviewJob:
             attempt("atlas", lambda: self._atlas(findings))
         attempt("worker", lambda: self._worker(findings))
         if ctx.history is not None:
-            findings += dependency_findings(ctx.history.runs(now - _LOOKBACK, now), now)
+            findings += dependency_findings(ctx.history.runs(now - _LOOKBACK, now, ("dependencies",)), now)
         findings.sort(key=lambda f: (_ORDER[f.severity], f.check))
         counts = {s: sum(1 for f in findings if f.severity == s) for s in ("high", "medium", "low")}
         for finding in findings:

@@ -34,6 +34,8 @@ RENDER_PLANS: Mapping[str, tuple[float, int]] = {
     "pro_plus": (4, 8192), "pro_max": (4, 16384), "pro_ultra": (8, 32768),
 }  # fmt: skip
 _BAD = frozenset({"fail", "error", "timeout"})
+#: The kinds of run the weekly review reads (rollbacks are recorded by `opskeeper rollback`).
+_REVIEWED_KINDS = ("backup", "atlas_backup", "restore_drill", "dependencies", "rollback")
 #: How far back the review looks for the newest drill and dependency report, which run monthly.
 _LOOKBACK = timedelta(days=92)
 
@@ -130,7 +132,8 @@ def read_week(history: History, jobs: Mapping[str, Any], since: datetime, until:
     # time, so the review's memory does not grow with the number of endpoints.
     uptime = [row for job_id, endpoint in history.endpoints(since)
               for row in uptime_rows(history.checks(since, job_id, endpoint), since, until)]  # fmt: skip
-    return Week(since, until, history.runs(since - _LOOKBACK, until), uptime, deploys,
+    runs = history.runs(since - _LOOKBACK, until, _REVIEWED_KINDS)
+    return Week(since, until, runs, uptime, deploys,
                 sorted(s.id for s in jobs.values() if s.kind in ("backup", "atlas_backup")))  # fmt: skip
 
 
