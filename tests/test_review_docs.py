@@ -159,7 +159,9 @@ def serve_github(vendor: VendorAPI, dates: dict[str, datetime]) -> None:
     def tree(request: Request) -> Reply:
         assert request.query["recursive"] == ["1"]
         return Reply(200, {"sha": "t1", "truncated": False, "tree": [
-            *({"path": p, "type": "blob", "sha": "b", "mode": "100644"} for p in files),
+            *({"path": p, "type": "blob", "sha": "b", "mode": "100644", "size": len(t.encode())}
+              for p, t in files.items()),
+            {"path": "server/public/bundle.js", "type": "blob", "sha": "c", "mode": "100644", "size": 4_800_000},
             {"path": "server", "type": "tree", "sha": "t2", "mode": "040000"},
         ]})  # fmt: skip
 
@@ -204,6 +206,9 @@ def test_github_repository_is_reviewed_through_the_api(vendor: VendorAPI, monkey
     commits = [r for r in vendor.requests if r.path.endswith("/commits")]
     assert {r.query["path"][0] for r in commits} == {"PRODUCTION_CHECKLIST.md", "MAINTENANCE.md", "README.md"}
     assert all(r.query["sha"] == ["main"] for r in commits)
+    read = {r.path.removeprefix("/repos/acme/shop/contents/") for r in vendor.requests if "/contents/" in r.path}
+    assert "server/.env.example" in read
+    assert "server/public/bundle.js" not in read  # 4.8 MB: not downloaded for variable names
     assert GH_TOKEN not in json.dumps(outcome.details) + outcome.summary
 
 

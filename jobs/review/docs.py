@@ -157,20 +157,22 @@ class GitHubRepository:
         self._ref = (
             options.ref or get_json(self._client, f"/repos/{options.repo}", None, timeout).json()["default_branch"]
         )
-        self._tree: list[str] | None = None
+        self._sizes: dict[str, int] | None = None
 
     def close(self) -> None:
         self._client.close()
 
     def files(self) -> list[str]:
-        if self._tree is None:
+        if self._sizes is None:
             tree = get_json(self._client, f"/repos/{self.options.repo}/git/trees/{self._ref}",
                             {"recursive": "1"}, self.timeout).json()  # fmt: skip
-            self._tree = sorted(e["path"] for e in tree.get("tree", []) if e.get("type") == "blob"
-                                and not _SKIP_DIRS.intersection(PurePosixPath(e["path"]).parts[:-1]))  # fmt: skip
-        return self._tree
+            self._sizes = {e["path"]: int(e.get("size") or 0) for e in tree.get("tree", []) if e.get("type") == "blob"
+                           and not _SKIP_DIRS.intersection(PurePosixPath(e["path"]).parts[:-1])}  # fmt: skip
+        return sorted(self._sizes)
 
     def read(self, path: str) -> str | None:
+        if self._sizes is not None and self._sizes.get(path, 0) > _MAX_FILE_BYTES:
+            return None  # a bundle or a data file: not worth a download, as for a local checkout
         try:
             response = fetch(self._client, f"/repos/{self.options.repo}/contents/{path}", {"ref": self._ref},
                              self.timeout, {"Accept": "application/vnd.github.raw+json"}, allow=(404,))  # fmt: skip
