@@ -281,7 +281,7 @@ def aws_key_age(
     return [], "not reported (the key is not listed for this user)"
 
 
-def dependency_findings(runs: list[Any], now: datetime) -> list[Finding]:
+def dependency_findings(runs: list[Any]) -> list[Finding]:
     """Open high/critical advisories and an end-of-life Node.js, from each dependencies job's newest run."""
     newest: dict[str, Any] = {}
     for run in runs:
@@ -343,7 +343,7 @@ class SecurityReviewJob:
             attempt("atlas", lambda: self._atlas(findings))
         attempt("worker", lambda: self._worker(findings))
         if ctx.history is not None:
-            findings += dependency_findings(ctx.history.runs(now - _LOOKBACK, now, ("dependencies",)), now)
+            findings += dependency_findings(ctx.history.runs(now - _LOOKBACK, now, ("dependencies",)))
         findings.sort(key=lambda f: (_ORDER[f.severity], f.check))
         counts = {s: sum(1 for f in findings if f.severity == s) for s in ("high", "medium", "low")}
         for finding in findings:
