@@ -81,11 +81,13 @@ class RenderError(Exception):
 class RenderAPI:
     """The few Render API calls opskeeper makes, with retries on 429 and 5xx."""
 
-    def __init__(self, api_url: str, key: str, *, attempts: int = 4, transport: httpx.BaseTransport | None = None):
+    def __init__(self, api_url: str, key: str, *, attempts: int = 4, timeout: timedelta = timedelta(seconds=30),
+                 transport: httpx.BaseTransport | None = None):  # fmt: skip
         self.api_url = api_url.rstrip("/")
         self.attempts = attempts
+        self.timeout = timeout
         self._client = httpx.Client(
-            base_url=self.api_url, timeout=30, transport=transport, trust_env=False,
+            base_url=self.api_url, timeout=timeout.total_seconds(), transport=transport, trust_env=False,
             headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
         )  # fmt: skip
 
@@ -109,6 +111,13 @@ class RenderAPI:
                 return  # a short page is the last one: no need to ask for an empty one
             cursor = page[-1]["cursor"]
 
+    def metric(self, name: str, service_id: str, since: datetime, until: datetime) -> list[float]:
+        """Every sample of every instance of one service in the window (`/metrics/cpu`, `/metrics/memory`)."""
+        params = {"resource": service_id, "startTime": since.isoformat(), "endTime": until.isoformat(),
+                  "resolutionSeconds": 3600}  # fmt: skip
+        series = self._call("GET", f"/metrics/{name}", params=params).json()
+        return [float(v["value"]) for s in series for v in s.get("values", []) if v.get("value") is not None]
+
     def rollback(self, service_id: str, deploy_id: str) -> dict[str, Any]:
         """Ask Render to roll the service back to a previous deploy; returns the new deploy."""
         response = self._call("POST", f"/services/{service_id}/rollback", json={"deployId": deploy_id})
@@ -124,6 +133,9 @@ class RenderAPI:
                 response = self._client.request(method, path, **kwargs)
             except httpx.TransportError as exc:
                 if attempt + 1 == self.attempts:
+                    if isinstance(exc, httpx.TimeoutException):
+                        raise TransientError(f"Render API {path}: timed out after "
+                                             f"{format_duration(self.timeout)}") from None  # fmt: skip
                     raise TransientError(f"Render API {self.api_url} unreachable: {exc}") from None
                 time.sleep(2**attempt)
                 continue

@@ -1,4 +1,4 @@
-"""The outside systems a weekly review reads: Sentry's web API and Render's metrics.
+"""Reading vendors' web APIs for the reviews: Sentry's, and GitHub's for the docs review.
 
 Each call either returns data or raises `SourceError` with a reason an operator can act on
 ("token rejected (HTTP 401)", "HTTP 500", "timed out after 20s"). The review turns that into
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -101,21 +101,3 @@ class SentryAPI:
         }  # fmt: skip
         page = next(self._pages(f"/api/0/organizations/{self.org}/events/", params, 1))
         return list(page.get("data", [])) if isinstance(page, dict) else []
-
-
-class RenderMetrics:
-    """CPU and memory series of Render services (reference §6: `/metrics/cpu|memory`)."""
-
-    def __init__(self, api_url: str, token: str, timeout: timedelta) -> None:
-        self.timeout = timeout
-        self._client = _client(api_url, token, timeout)
-
-    def close(self) -> None:
-        self._client.close()
-
-    def values(self, metric: str, service_id: str, since: datetime, until: datetime) -> list[float]:
-        """Every sample of every instance of one service in the window."""
-        params = {"resource": service_id, "startTime": since.isoformat(), "endTime": until.isoformat(),
-                  "resolutionSeconds": 3600}  # fmt: skip
-        series = get_json(self._client, f"/metrics/{metric}", params, self.timeout).json()
-        return [float(v["value"]) for s in series for v in s.get("values", []) if v.get("value") is not None]

@@ -21,10 +21,10 @@ from pydantic import Field
 
 from jobs.deploys import DEFAULT_API as RENDER_API
 from jobs.deploys import FAILED as FAILED_DEPLOYS
-from jobs.deploys import ServiceHistory, state_key
+from jobs.deploys import RenderAPI, RenderError, ServiceHistory, state_key
 from jobs.health import percentile, uptime_report
-from jobs.review.sources import RenderMetrics, SentryAPI, SourceError
-from worker.job import CheckRecord, History, JobContext, JobOptions, Notice, Outcome, Status
+from jobs.review.sources import SentryAPI, SourceError
+from worker.job import CheckRecord, History, JobContext, JobOptions, Notice, Outcome, Status, TransientError
 from worker.schedule import Duration
 from worker.timespec import format_duration
 
@@ -356,18 +356,21 @@ def render_section(
     key = source.api_key or os.environ.get("RENDER_API_KEY", "")
     if not key:
         raise SourceError("no API key: set RENDER_API_KEY (or options.render.api_key)")
-    api = RenderMetrics(source.api_url, key, timeout)
+    # The deploys job's client: its key handling and error messages; one retry of a 429 or 5xx.
+    api = RenderAPI(source.api_url, key, attempts=2, timeout=timeout)
     rows = []
     try:
         for service in services:
             cpu_limit, memory_limit = service.limits()
-            cpu = api.values("cpu", service.service_id, since, until)
-            memory = [v / 1e6 for v in api.values("memory", service.service_id, since, until)]
+            cpu = api.metric("cpu", service.service_id, since, until)
+            memory = [v / 1e6 for v in api.metric("memory", service.service_id, since, until)]
             rows.append({
                 "service": service.name, "service_id": service.service_id, "plan": service.plan,
                 "cpu_limit": cpu_limit, "memory_limit_mb": memory_limit, "samples": len(cpu),
                 **_usage("cpu", cpu, cpu_limit, 3), **_usage("memory", memory, memory_limit, 1, "_mb"),
             })  # fmt: skip
+    except (RenderError, TransientError) as exc:
+        raise SourceError(str(exc)) from None
     finally:
         api.close()
     return rows
