@@ -348,6 +348,21 @@ class Reply:
     wait_timeout: float = 0.0
 
 
+def send_reply(handler: BaseHTTPRequestHandler, reply: Reply, headers: dict[str, str] | None = None) -> None:
+    """Answer a request with `reply` (after its wait): a dict or list body goes as JSON."""
+    if reply.wait is not None:
+        reply.wait.wait(reply.wait_timeout)
+    body = reply.body
+    body = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
+    body = body.encode() if isinstance(body, str) else body
+    handler.send_response(reply.status)
+    for key, value in {**(headers or {}), **reply.headers}.items():
+        handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class AppServer:
     """A real HTTP server whose routes are functions of how often they were called."""
 
@@ -365,20 +380,7 @@ class AppServer:
                     n = app.calls.get(self.path, 0)
                     app.calls[self.path] = n + 1
                 route = app.routes.get(self.path)
-                reply = route(n) if route else Reply(404, b"not found")
-                if reply.wait is not None:
-                    reply.wait.wait(reply.wait_timeout)
-                body = reply.body
-                if isinstance(body, dict):
-                    body = json.dumps(body).encode()
-                elif isinstance(body, str):
-                    body = body.encode()
-                self.send_response(reply.status)
-                for key, value in reply.headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_reply(self, route(n) if route else Reply(404, b"not found"))
 
             do_GET = do_POST = do_HEAD = _serve  # noqa: N815 - http.server's naming
 
@@ -546,17 +548,7 @@ class VendorAPI:
                 api.requests.append(request)
                 route = api.routes.get(parts.path)
                 reply = route(request) if route else Reply(404, {"detail": "not found"})
-                if reply.wait is not None:
-                    reply.wait.wait(reply.wait_timeout)
-                body = reply.body
-                body = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
-                body = body.encode() if isinstance(body, str) else body
-                self.send_response(reply.status)
-                for key, value in {"Content-Type": "application/json", **reply.headers}.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_reply(self, reply, {"Content-Type": "application/json"})
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -577,6 +569,37 @@ class VendorAPI:
         self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def digest_auth(
+    route: Callable[[Request], Reply], username: str, password: str, realm: str
+) -> Callable[[Request], Reply]:  # fmt: skip
+    """Wrap a route in RFC 7616 Digest auth (MD5, qop=auth), as Atlas's API keys use: a request
+    without a valid answer to a nonce this server gave gets 401 and a new challenge."""
+    import hashlib
+    import re
+    import secrets
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()  # noqa: S324 - RFC 7616 Digest uses MD5
+
+    nonces: set[str] = set()
+
+    def guarded(request: Request) -> Reply:
+        header = request.headers.get("authorization", "")
+        fields = dict(re.findall(r'(\w+)="?([^",]*)"?', header[len("Digest ") :]))
+        uri = fields.get("uri", "")
+        if header.startswith("Digest ") and fields.get("username") == username and fields.get("nonce") in nonces:
+            ha1, ha2 = md5(f"{username}:{realm}:{password}"), md5(f"{request.method}:{uri}")
+            want = md5(f"{ha1}:{fields['nonce']}:{fields['nc']}:{fields['cnonce']}:{fields['qop']}:{ha2}")
+            if fields.get("response") == want and uri.split("?")[0] == request.path:
+                return route(request)
+        nonce = secrets.token_hex(16)
+        nonces.add(nonce)
+        challenge = f'Digest realm="{realm}", nonce="{nonce}", algorithm=MD5, qop="auth"'
+        return Reply(401, b"", {"WWW-Authenticate": challenge})
+
+    return guarded
 
 
 @pytest.fixture

@@ -2,89 +2,52 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-import secrets
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobs.backup.atlas import judge
-from tests.conftest import opskeeper, write
+from tests.conftest import Reply, Request, VendorAPI, digest_auth, opskeeper, write
 from worker.job import Status
 
 PUBLIC, PRIVATE = "abcdefgh", "0f1e2d3c-private-key-4b5a69788796"
 REALM = "MMS Public API"
+GROUP = "/api/atlas/v2/groups/5f1a2b3c4d5e6f7a8b9c0d1e/clusters/Cluster0/backup"
 
 
-def md5(text: str) -> str:
-    return hashlib.md5(text.encode()).hexdigest()  # noqa: S324 - RFC 7616 Digest uses MD5
+@dataclass
+class Atlas:
+    """The backup schedule and snapshots endpoints of one cluster, behind Digest auth."""
 
+    api: VendorAPI
+    schedule: dict[str, Any] = field(default_factory=dict)
+    snapshots: dict[str, Any] = field(default_factory=lambda: {"results": []})
+    accepts: list[str] = field(default_factory=list)
+    """The Accept header of each request that got past Digest auth."""
 
-class AtlasServer:
-    """Answers /api/atlas/v2/groups/{g}/clusters/{c}/backup/{schedule,snapshots} behind Digest auth."""
+    def answer(self, body: Callable[[], dict[str, Any]]) -> Callable[[Request], Reply]:
+        def route(request: Request) -> Reply:
+            self.accepts.append(request.headers.get("accept", ""))
+            return Reply(200, body())
 
-    def __init__(self) -> None:
-        self.schedule: dict[str, Any] = {}
-        self.snapshots: dict[str, Any] = {"results": []}
-        self.accepts: list[str] = []
-        self.nonces: set[str] = set()
-        atlas = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                header = self.headers.get("Authorization", "")
-                if not header.startswith("Digest ") or not atlas.valid(header, "GET", self.path):
-                    nonce = secrets.token_hex(16)
-                    atlas.nonces.add(nonce)
-                    self.send_response(401)
-                    self.send_header(
-                        "WWW-Authenticate",
-                        f'Digest realm="{REALM}", domain="", nonce="{nonce}", algorithm=MD5, qop="auth"',
-                    )
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                atlas.accepts.append(self.headers.get("Accept", ""))
-                body = atlas.schedule if self.path.endswith("/schedule") else atlas.snapshots
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def valid(self, header: str, method: str, path: str) -> bool:
-        fields = dict(re.findall(r'(\w+)="?([^",]*)"?', header[len("Digest ") :]))
-        if fields.get("username") != PUBLIC or fields.get("nonce") not in self.nonces or fields.get("uri") != path:
-            return False
-        ha1, ha2 = md5(f"{PUBLIC}:{REALM}:{PRIVATE}"), md5(f"{method}:{path}")
-        expected = md5(f"{ha1}:{fields['nonce']}:{fields['nc']}:{fields['cnonce']}:{fields['qop']}:{ha2}")
-        return fields.get("response") == expected
+        return digest_auth(route, PUBLIC, PRIVATE, REALM)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/api/atlas/v2"
+        return f"{self.api.url}/api/atlas/v2"
 
 
 @pytest.fixture
-def atlas() -> Iterator[AtlasServer]:
-    server = AtlasServer()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+def atlas(vendor: VendorAPI) -> Atlas:
+    server = Atlas(vendor)
+    vendor.routes[f"{GROUP}/schedule"] = server.answer(lambda: server.schedule)
+    vendor.routes[f"{GROUP}/snapshots"] = server.answer(lambda: server.snapshots)
+    return server
 
 
 def policy(*frequencies: str) -> dict[str, Any]:
@@ -100,7 +63,7 @@ def snapshot(hours_ago: float, status: str = "completed") -> dict[str, Any]:
             "cloudProvider": "AWS", "replicaSetName": "Cluster0-shard-0"}  # fmt: skip
 
 
-def config(tmp_path: Path, atlas: AtlasServer) -> Path:
+def config(tmp_path: Path, atlas: Atlas) -> Path:
     return write(
         tmp_path / "jobs.yaml",
         f"""\
@@ -118,7 +81,7 @@ def atlas_env(env: dict[str, str]) -> dict[str, str]:
     return {**env, "ATLAS_PUBLIC_KEY": PUBLIC, "ATLAS_PRIVATE_KEY": PRIVATE}
 
 
-def test_daily_policy_and_recent_snapshot_is_ok(tmp_path: Path, atlas: AtlasServer, atlas_env: dict[str, str]) -> None:
+def test_daily_policy_and_recent_snapshot_is_ok(tmp_path: Path, atlas: Atlas, atlas_env: dict[str, str]) -> None:
     """Through real Digest auth: a daily policy and a 5-hour-old snapshot is OK, with versioned Accept headers."""
     atlas.schedule = policy("hourly", "daily", "weekly")
     atlas.snapshots = {"results": [snapshot(29), snapshot(5), snapshot(0.1, "inProgress")], "totalCount": 3}
@@ -130,9 +93,7 @@ def test_daily_policy_and_recent_snapshot_is_ok(tmp_path: Path, atlas: AtlasServ
     assert PRIVATE not in result.stdout + result.stderr
 
 
-def test_stale_snapshot_and_weekly_only_policy_fail(
-    tmp_path: Path, atlas: AtlasServer, atlas_env: dict[str, str]
-) -> None:
+def test_stale_snapshot_and_weekly_only_policy_fail(tmp_path: Path, atlas: Atlas, atlas_env: dict[str, str]) -> None:
     """Only a weekly policy item and a 3-day-old newest snapshot: FAIL naming both problems."""
     atlas.schedule = policy("weekly")
     atlas.snapshots = {"results": [snapshot(72), snapshot(1, "failed")]}
@@ -143,7 +104,7 @@ def test_stale_snapshot_and_weekly_only_policy_fail(
                               "newest completed snapshot is 3d old (max 1d2h)")  # fmt: skip
 
 
-def test_wrong_key_is_a_clear_error(tmp_path: Path, atlas: AtlasServer, env: dict[str, str]) -> None:
+def test_wrong_key_is_a_clear_error(tmp_path: Path, atlas: Atlas, env: dict[str, str]) -> None:
     """A private key the server does not accept: error naming the Atlas API, no key in the output."""
     bad = {**env, "ATLAS_PUBLIC_KEY": PUBLIC, "ATLAS_PRIVATE_KEY": "not-the-right-private-key"}
     result = opskeeper("run-now", "atlas-backups", "--config", str(config(tmp_path, atlas)), "--json", env=bad)

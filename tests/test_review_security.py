@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import re
-import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,8 +14,8 @@ import boto3
 import pytest
 
 from jobs.review.security import SecurityReviewJob, SecurityReviewOptions
-from tests.conftest import Reply, Request, VendorAPI, write
-from tests.test_atlas import PRIVATE, PUBLIC, REALM, md5
+from tests.conftest import Reply, VendorAPI, digest_auth, write
+from tests.test_atlas import PRIVATE, PUBLIC, REALM
 from worker.job import JobContext, Notice, Outcome, Status
 from worker.ledger import RunRecord, SqliteLedger
 
@@ -208,28 +205,6 @@ def test_dependency_posture_from_the_newest_report(tmp_path: Path, quiet_worker:
 # --- Atlas ----------------------------------------------------------------------------
 
 
-def digest(vendor: VendorAPI, route: Callable[[Request], Reply]) -> Callable[[Request], Reply]:
-    """Wrap a route in RFC 7616 Digest auth (MD5, qop=auth), as Atlas's API keys use."""
-    nonces: set[str] = set()
-
-    def guarded(request: Request) -> Reply:
-        header = request.headers.get("authorization", "")
-        fields = dict(re.findall(r'(\w+)="?([^",]*)"?', header[len("Digest ") :]))
-        uri = fields.get("uri", "")
-        if header.startswith("Digest ") and fields.get("username") == PUBLIC and fields.get("nonce") in nonces:
-            ha1, ha2 = md5(f"{PUBLIC}:{REALM}:{PRIVATE}"), md5(f"GET:{uri}")
-            want = md5(f"{ha1}:{fields['nonce']}:{fields['nc']}:{fields['cnonce']}:{fields['qop']}:{ha2}")
-            if fields.get("response") == want and uri.split("?")[0] == request.path:
-                return route(request)
-        nonce = secrets.token_hex(16)
-        nonces.add(nonce)
-        return Reply(
-            401, b"", {"WWW-Authenticate": f'Digest realm="{REALM}", nonce="{nonce}", algorithm=MD5, qop="auth"'}
-        )
-
-    return guarded
-
-
 def serve_atlas(vendor: VendorAPI, *, open_list: bool, broad: bool, backup: bool) -> None:
     group = "/api/atlas/v2/groups/5f1a2b3c4d5e6f7a8b9c0d1e"
     access = [{"ipAddress": "203.0.113.7", "cidrBlock": "203.0.113.7/32", "comment": "Render outbound"}]
@@ -242,14 +217,11 @@ def serve_atlas(vendor: VendorAPI, *, open_list: bool, broad: bool, backup: bool
         users.append({"username": "ops", "databaseName": "admin", "roles": [
             {"roleName": "atlasAdmin", "databaseName": "admin"},
             {"roleName": "readWriteAnyDatabase", "databaseName": "admin"}]})  # fmt: skip
-    vendor.routes[f"{group}/accessList"] = digest(
-        vendor, lambda r: Reply(200, {"results": access, "totalCount": len(access)})
-    )
-    vendor.routes[f"{group}/databaseUsers"] = digest(
-        vendor, lambda r: Reply(200, {"results": users, "totalCount": len(users)})
-    )
-    vendor.routes[f"{group}/clusters/shop"] = digest(vendor, lambda r: Reply(200, {
-        "name": "shop", "clusterType": "REPLICASET", "backupEnabled": backup, "stateName": "IDLE"}))  # fmt: skip
+    cluster = {"name": "shop", "clusterType": "REPLICASET", "backupEnabled": backup, "stateName": "IDLE"}
+    for path, body in ((f"{group}/accessList", {"results": access, "totalCount": len(access)}),
+                       (f"{group}/databaseUsers", {"results": users, "totalCount": len(users)}),
+                       (f"{group}/clusters/shop", cluster)):  # fmt: skip
+        vendor.routes[path] = digest_auth(lambda r, body=body: Reply(200, body), PUBLIC, PRIVATE, REALM)
 
 
 def atlas_options(vendor: VendorAPI) -> dict[str, Any]:
