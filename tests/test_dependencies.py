@@ -17,7 +17,7 @@ import nodesemver
 import pytest
 
 from jobs.dependencies.job import DependenciesOptions, Ignore, Report, notices, update_kind, verdict
-from tests.conftest import ROOT, SHARED, opskeeper
+from tests.conftest import ROOT, SHARED, Reply, opskeeper, send_reply
 from worker.job import Status
 
 RECORDED = ROOT / "tests" / "fixtures" / "registry"
@@ -69,12 +69,7 @@ class LocalRegistry:
                 return self._send(200, json.dumps(answer).encode(), {})
 
             def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_reply(self, Reply(status, body, headers))
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from jobs.deploys import DeployRecord, ServiceHistory, assess, retry_delay, rollback_target
-from tests.conftest import ROOT, AppServer, Reply, SentryReceiver, opskeeper, write
+from tests.conftest import ROOT, AppServer, Reply, SentryReceiver, opskeeper, send_reply, write
 from worker.job import CheckRecord, Status
 
 KEY = "rnd_TestRenderKey0123456789"
@@ -71,14 +71,7 @@ class RenderServer:
                 return self._send(404, {"message": "not found"})
 
             def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_reply(self, Reply(status, payload, headers or {}), {"Content-Type": "application/json"})
 
             do_GET = do_POST = do_PATCH = _handle  # noqa: N815 - http.server's naming
 
