@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from jobs.health import HealthJob, HealthOptions
+from jobs.health.job import HealthJob, HealthOptions
 from worker.job import JobContext, Status
 from worker.ledger import JobChecks, JobState, SqliteLedger
 

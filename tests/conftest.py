@@ -32,11 +32,24 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 
 
+#: Proxy and CA variables a developer's or CI's machine may have: no test may inherit them.
+NETWORK_ENV = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ssl_cert_file", "ssl_cert_dir"})
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without opskeeper/Sentry settings, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPSKEEPER_", "SENTRY_", "RENDER_"))}
+    """The test process's environment without opskeeper/Sentry settings or proxies, plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OPSKEEPER_", "SENTRY_", "RENDER_")) and k.lower() not in NETWORK_ENV}  # fmt: skip
     env.update(extra)
     return env
+
+
+@pytest.fixture(autouse=True)
+def _no_network_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts with no proxy or CA variables; a test that wants one sets it."""
+    for key in list(os.environ):
+        if key.lower() in NETWORK_ENV:
+            monkeypatch.delenv(key)
 
 
 @dataclass
@@ -363,6 +376,13 @@ def send_reply(handler: BaseHTTPRequestHandler, reply: Reply, headers: dict[str,
     handler.wfile.write(body)
 
 
+def serve_tls(server: ThreadingHTTPServer, context: Any) -> None:
+    """Make `server` speak TLS. The handshake runs in the request's thread, so a client that
+    rejects the certificate costs that connection only, and it is closed (not leaked by accept)."""
+    server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    server.handle_error = lambda request, address: None  # type: ignore[method-assign]
+
+
 class AppServer:
     """A real HTTP server whose routes are functions of how often they were called."""
 
@@ -391,7 +411,7 @@ class AppServer:
         self.server.daemon_threads = True
         self.scheme = "http"
         if ssl_context is not None:
-            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
+            serve_tls(self.server, ssl_context)
             self.scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -523,13 +543,14 @@ class Request:
     path: str
     query: dict[str, list[str]]
     headers: dict[str, str]
+    body: bytes = b""
 
 
 class VendorAPI:
     """A real HTTP server for a vendor's web API (Sentry, Render, Atlas, GitHub): routes are
     functions of the request, keyed by path without the query; every request is recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: Any = None) -> None:
         from urllib.parse import parse_qs, urlsplit
 
         self.routes: dict[str, Callable[[Request], Reply]] = {}
@@ -542,24 +563,35 @@ class VendorAPI:
 
             def do_GET(self) -> None:
                 parts = urlsplit(self.path)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 request = Request(
-                    "GET", parts.path, parse_qs(parts.query), {k.lower(): v for k, v in self.headers.items()}
+                    self.command,
+                    parts.path,
+                    parse_qs(parts.query),
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
                 )
                 api.requests.append(request)
                 route = api.routes.get(parts.path)
                 reply = route(request) if route else Reply(404, {"detail": "not found"})
                 send_reply(self, reply, {"Content-Type": "application/json"})
 
+            do_POST = do_PATCH = do_GET  # noqa: N815 - http.server's naming
+
             def log_message(self, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        self.scheme, self.host = "http", "127.0.0.1"
+        if ssl_context is not None:
+            serve_tls(self.server, ssl_context)
+            self.scheme, self.host = "https", "localhost"  # the name its certificate is for
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"{self.scheme}://{self.host}:{self.server.server_address[1]}"
 
     def hang(self) -> Reply:
         """A reply that comes only when the test ends: the client's timeout must fire first."""
@@ -606,5 +638,101 @@ def digest_auth(
 def vendor() -> Iterator[VendorAPI]:
     """A local vendor API per test."""
     server = VendorAPI()
+    yield server
+    server.close()
+
+
+# --- an HTTP proxy: CONNECT tunnels and absolute-URI requests, as corporate proxies take them --
+
+
+class Proxy:
+    """A real forward proxy on loopback. It tunnels CONNECT and relays plain-HTTP requests,
+    records every request line it was sent, and with `credentials` answers 407 to a request
+    without that exact `Proxy-Authorization: Basic`, as Squid does."""
+
+    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
+        import base64
+        import socketserver
+
+        self.seen: list[str] = []
+        wanted = None
+        if credentials is not None:
+            wanted = "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
+        proxy = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            rbufsize = 0  # unbuffered: a request body must stay in the socket for the relay, not in a buffer
+
+            def handle(self) -> None:
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    chunk = self.rfile.readline()
+                    if not chunk:
+                        return
+                    head += chunk
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _version = lines[0].split(" ", 2)
+                fields = (line.partition(":") for line in lines[1:] if line)
+                headers = {k.strip().lower(): v.strip() for k, _, v in fields}
+                proxy.seen.append(f"{method} {target}")
+                if wanted is not None and headers.get("proxy-authorization") != wanted:
+                    self.wfile.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                                     b'Proxy-Authenticate: Basic realm="corp"\r\n'
+                                     b"Content-Length: 0\r\n\r\n")  # fmt: skip
+                    return
+                if method == "CONNECT":
+                    host, port = target.rsplit(":", 1)
+                    upstream = socket.create_connection((host, int(port)))
+                    self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                else:  # GET http://host:port/path: forward in origin form
+                    parts = urlsplit(target)
+                    upstream = socket.create_connection((parts.hostname, parts.port or 80))
+                    origin = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+                    kept = [line for line in lines[1:] if line and not line.lower().startswith("proxy-")]
+                    upstream.sendall(f"{method} {origin} HTTP/1.1\r\n".encode() + "\r\n".join(kept).encode()
+                                     + b"\r\nConnection: close\r\n\r\n")  # fmt: skip
+                pipe(self.connection, upstream)
+
+        def pipe(client: socket.socket, upstream: socket.socket) -> None:
+            def copy(src: socket.socket, dst: socket.socket) -> None:
+                try:
+                    while data := src.recv(65536):
+                        dst.sendall(data)
+                except OSError:
+                    pass
+                finally:
+                    with contextlib.suppress(OSError):
+                        dst.shutdown(socket.SHUT_WR)
+
+            back = threading.Thread(target=copy, args=(upstream, client), daemon=True)
+            back.start()
+            copy(client, upstream)
+            back.join(30)
+            upstream.close()
+
+        import contextlib
+        import socket
+        from urllib.parse import urlsplit
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[Proxy]:
+    """A forward proxy per test."""
+    server = Proxy()
     yield server
     server.close()

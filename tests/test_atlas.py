@@ -86,7 +86,7 @@ def test_daily_policy_and_recent_snapshot_is_ok(tmp_path: Path, atlas: Atlas, at
     atlas.schedule = policy("hourly", "daily", "weekly")
     atlas.snapshots = {"results": [snapshot(29), snapshot(5), snapshot(0.1, "inProgress")], "totalCount": 3}
     result = opskeeper("run-now", "atlas-backups", "--config", str(config(tmp_path, atlas)), "--json", env=atlas_env)
-    out = json.loads(result.stdout[result.stdout.index("{\n") :])
+    out = json.loads(result.stdout)
     assert (result.code, out["status"]) == (0, "ok"), out
     assert out["summary"].startswith("Cluster0: daily, hourly, weekly backups; newest snapshot 5h")
     assert atlas.accepts == ["application/vnd.atlas.2024-08-05+json", "application/vnd.atlas.2023-01-01+json"]
@@ -98,7 +98,7 @@ def test_stale_snapshot_and_weekly_only_policy_fail(tmp_path: Path, atlas: Atlas
     atlas.schedule = policy("weekly")
     atlas.snapshots = {"results": [snapshot(72), snapshot(1, "failed")]}
     result = opskeeper("run-now", "atlas-backups", "--config", str(config(tmp_path, atlas)), "--json", env=atlas_env)
-    out = json.loads(result.stdout[result.stdout.index("{\n") :])
+    out = json.loads(result.stdout)
     assert result.code == 2
     assert out["summary"] == ("Cluster0: no daily backup in the policy (has: weekly); "
                               "newest completed snapshot is 3d old (max 1d2h)")  # fmt: skip
@@ -109,7 +109,10 @@ def test_wrong_key_is_a_clear_error(tmp_path: Path, atlas: Atlas, env: dict[str,
     bad = {**env, "ATLAS_PUBLIC_KEY": PUBLIC, "ATLAS_PRIVATE_KEY": "not-the-right-private-key"}
     result = opskeeper("run-now", "atlas-backups", "--config", str(config(tmp_path, atlas)), "--json", env=bad)
     assert result.code == 3
-    assert f"Atlas API key rejected by {atlas.url} (HTTP 401)" in result.stdout
+    assert json.loads(result.stdout)["summary"] == (
+        f"RejectedError: Atlas API: GET {atlas.api.url}{GROUP}/schedule: "
+        "ATLAS_PUBLIC_KEY / ATLAS_PRIVATE_KEY rejected (HTTP 401)"
+    )
     assert "not-the-right-private-key" not in result.stdout + result.stderr
 
 

@@ -75,7 +75,7 @@ def test_bad_now_is_a_clear_error(tmp_path: Path, env: dict[str, str]) -> None:
     """An unparseable --now is named with the expected format."""
     config = write(tmp_path / "jobs.yaml", SCHEDULE)
     result = opskeeper("jobs", "--config", str(config), "--now", "next tuesday", env=env)
-    assert result.code == 2
+    assert result.code == 64
     assert "--now 'next tuesday': not an ISO 8601 time" in result.stderr
 
 
@@ -85,7 +85,7 @@ def test_run_now_exits_like_a_monitoring_plugin(tmp_path: Path, env: dict[str, s
     codes = {}
     for job_id in ("sunday-backup", "warns", "fails", "errors"):
         result = opskeeper("run-now", job_id, "--config", str(config), "--json", env=env)
-        out = json.loads(result.stdout[result.stdout.index("{\n") :])
+        out = json.loads(result.stdout)
         assert set(out) == {"run_id", "job_id", "status", "summary", "details"}
         assert out["job_id"] == job_id
         codes[job_id] = (result.code, out["status"])
@@ -93,10 +93,10 @@ def test_run_now_exits_like_a_monitoring_plugin(tmp_path: Path, env: dict[str, s
 
 
 def test_run_now_unknown_job_lists_the_jobs(tmp_path: Path, env: dict[str, str]) -> None:
-    """An unknown job id exits 2 and names the ids that exist."""
+    """An unknown job id is a usage error (64, not a job's FAIL 2) and names the ids that exist."""
     config = write(tmp_path / "jobs.yaml", SCHEDULE)
     result = opskeeper("run-now", "backup", "--config", str(config), env=env)
-    assert result.code == 2
+    assert result.code == 64
     assert "no job 'backup' in" in result.stderr
     assert "sunday-backup, probe, paused, warns, fails, errors" in result.stderr
 
@@ -120,9 +120,9 @@ def test_history_lists_recorded_runs_newest_first(tmp_path: Path, env: dict[str,
 
 
 def test_bad_environment_names_the_variable(tmp_path: Path, env: dict[str, str]) -> None:
-    """An invalid setting exits 2 naming the variable and the allowed values."""
+    """An invalid setting exits 78 naming the variable and the allowed values."""
     result = opskeeper("history", env={**env, "OPSKEEPER_LOG_FORMAT": "xml"})
-    assert result.code == 2
+    assert result.code == 78
     assert "OPSKEEPER_LOG_FORMAT: Input should be 'json' or 'console' (got 'xml')" in result.stderr
 
 
@@ -130,7 +130,7 @@ def test_unreadable_secret_file_names_the_variable(tmp_path: Path, env: dict[str
     """SENTRY_DSN_FILE pointing nowhere is one clear line naming the variable and the path."""
     missing = tmp_path / "dsn"
     result = opskeeper("history", env={**env, "SENTRY_DSN_FILE": str(missing)})
-    assert result.code == 2
+    assert result.code == 78
     assert f"SENTRY_DSN_FILE={missing}: cannot read the secret file: No such file or directory" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -161,6 +161,6 @@ def test_mongodb_ledger_end_to_end(tmp_path: Path, env: dict[str, str], mongo_ur
     mongo_env = {**env, "OPSKEEPER_LEDGER": f"{mongo_uri.rstrip('/')}/cli_{uuid.uuid4().hex[:8]}"}
     ran = opskeeper("run-now", "fails", "--config", str(config), "--json", env=mongo_env)
     assert ran.code == 2, ran.stderr
-    run_id = json.loads(ran.stdout[ran.stdout.index("{\n") :])["run_id"]
+    run_id = json.loads(ran.stdout)["run_id"]
     runs = json.loads(opskeeper("history", "--json", env=mongo_env).stdout)
     assert [(r["run_id"], r["status"]) for r in runs] == [(run_id, "fail")]

@@ -180,11 +180,11 @@ CASES = [
 def test_mistake_gives_one_precise_line(
     name: str, text: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`opskeeper validate` exits 2 and prints the mistake as FILE:LINE:COL: place: message."""
+    """`opskeeper validate` exits 78 and prints the mistake as FILE:LINE:COL: place: message."""
     path = write(tmp_path / "jobs.yaml", text)
     code = main(["validate", "--config", str(path)])
     err = capsys.readouterr().err
-    assert code == 2, name
+    assert code == 78, name
     problem_lines = [line for line in err.splitlines() if line.startswith(str(path))]
     assert any(line.startswith(f"{path}:{expected}") for line in problem_lines), err
     assert "Traceback" not in err
@@ -205,18 +205,18 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_validate_as_a_process_prints_no_traceback(tmp_path: Path, env: dict[str, str]) -> None:
-    """A real `opskeeper validate` process on a broken file: exit 2, the error line, no traceback."""
+    """A real `opskeeper validate` process on a broken file: exit 78, the error line, no traceback."""
     path = write(tmp_path / "jobs.yaml", "jobs:\n  - id: x\n    kind: command\n    schedule: '0 3 * * 8'\n")
     result = opskeeper("validate", "--config", str(path), env=env)
-    assert result.code == 2
+    assert result.code == 78
     assert re.search(rf"^{re.escape(str(path))}:4:15: jobs\[0\] \(x\)\.schedule: ", result.stderr, re.M)
     assert "Traceback" not in result.stderr
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A schedule file that does not exist is named, with the reason."""
+    """A schedule file that does not exist is named, with the reason, as a usage error (64)."""
     code = main(["validate", "--config", str(tmp_path / "nope.yaml")])
-    assert code == 2
+    assert code == 64
     assert "nope.yaml:1:1: (file): cannot read the schedule file: No such file or directory" in capsys.readouterr().err
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -193,13 +194,17 @@ def test_eol_runtime_fails(tmp_path: Path, env: dict[str, str], registry: LocalR
 def test_registry_outage_is_an_error_naming_the_registry(
     tmp_path: Path, env: dict[str, str], registry: LocalRegistry
 ) -> None:
-    """A registry answering 503 is exit 3 with its URL, not a traceback."""
+    """A registry answering 503 is exit 3 naming the registry, the request and the retries; no traceback."""
     registry.down = True
     project = copy_project(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
     result = opskeeper("deps", str(project), *registry.args(), env=env, timeout=120)
     assert result.code == 3
-    assert f"registry {registry.url}" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    wanted = rf"opskeeper: npm registry: (GET|POST) {re.escape(registry.url)}/\S+: HTTP 503 after 4 attempts"
+    assert re.fullmatch(wanted, last), result.stderr
     assert "Traceback" not in result.stderr
+    assert "never retrieved" not in result.stderr
+    assert result.stdout == ""
 
 
 def test_unreadable_lockfile_is_reported_with_its_path(
@@ -252,7 +257,7 @@ def test_live_registry_document_has_what_we_read() -> None:
     """Opt-in (-m live): the live registry's abbreviated document still has dist-tags and versions."""
     import httpx
 
-    from jobs.dependencies.registry import ABBREVIATED, trim
+    from worker.vendors.npm import ABBREVIATED, trim
 
     response = httpx.get("https://registry.npmjs.org/express", headers={"Accept": ABBREVIATED}, timeout=60)
     doc = trim(response.json())
@@ -279,7 +284,7 @@ jobs:
 """)  # fmt: skip
     token = "ghp_TestGitHubToken000000000000"
     result = opskeeper("run-now", "deps", "--config", str(config), "--json", env={**env, "GITHUB_TOKEN": token})
-    out = json.loads(result.stdout[result.stdout.index("{\n") :])
+    out = json.loads(result.stdout)
     [project] = out["details"]["projects"]
     assert (project["path"], project["lockfile_version"], project["resolved_count"]) == (
         "github:acme/shop/server", "9.0", 166

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trustme
 
-from jobs.health import (
+from jobs.health.job import (
     DOWN,
     UP,
     Check,
@@ -113,7 +113,7 @@ def test_slow_answer_is_degraded_not_down(app: AppServer, ledger: SqliteLedger) 
 def test_server_that_never_answers_times_out(stuck_server: int, ledger: SqliteLedger) -> None:
     """A server that accepts and never answers fails with the endpoint's timeout as reason."""
     outcome = Harness(ledger, endpoints=[endpoint(f"http://127.0.0.1:{stuck_server}/h", timeout="300ms")]).run()
-    assert outcome.details["api"]["reason"] == "timeout after 300ms"
+    assert outcome.details["api"]["reason"] == "timed out after 300ms"
 
 
 def test_connection_refused(ledger: SqliteLedger) -> None:

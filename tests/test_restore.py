@@ -281,7 +281,7 @@ def test_restore_refuses_a_database_with_data_and_changes_nothing(
     client[target].foo.insert_one({"keep": "me"})
     archive = str(FIXTURES / "dump-w-oplog.archive")
     result = restore_cli(env, archive, "--to", mongo_uri, "--ns-from", "test.*", "--ns-to", f"{target}.*")
-    assert result.returncode == 2
+    assert result.returncode == 64
     assert f"refusing to restore: {target} already hold data" in result.stderr
     assert list(client[target].foo.find({}, {"_id": 0})) == [{"keep": "me"}]
     dry = restore_cli(env, archive, "--to", mongo_uri, "--ns-from", "test.*", "--ns-to", f"{target}.*", "--dry-run")
@@ -289,7 +289,7 @@ def test_restore_refuses_a_database_with_data_and_changes_nothing(
     assert f"test.foo -> {target}.foo" in dry.stdout
     assert "needs --drop" in dry.stdout
     no_tty = restore_cli(env, archive, "--to", mongo_uri, "--ns-from", "test.*", "--ns-to", f"{target}.*", "--drop")
-    assert no_tty.returncode == 2
+    assert no_tty.returncode == 64
     assert "refusing to drop without confirmation" in no_tty.stderr
     assert client[target].foo.count_documents({}) == 1
     client.drop_database(target)

@@ -10,8 +10,8 @@ from jobs.backup.drill import DrillJob, DrillOptions
 from jobs.backup.job import BackupJob, BackupOptions
 from jobs.command import CommandJob, CommandOptions
 from jobs.dependencies.job import DependenciesJob, DependenciesOptions
-from jobs.deploys import DeploysJob, DeploysOptions
-from jobs.health import HealthJob, HealthOptions
+from jobs.deploys.job import DeploysJob, DeploysOptions
+from jobs.health.job import HealthJob, HealthOptions
 from jobs.review.docs import DocsReviewJob, DocsReviewOptions
 from jobs.review.security import SecurityReviewJob, SecurityReviewOptions
 from jobs.review.weekly import WeeklyReviewJob, WeeklyReviewOptions

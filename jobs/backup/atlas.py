@@ -6,17 +6,14 @@ newest completed snapshot is older than `max_age` (or there is none).
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
-import httpx
-
-from worker.job import JobContext, JobOptions, Outcome, Status, TransientError
+from worker.job import JobContext, JobOptions, Outcome, Status
 from worker.schedule import Duration
 from worker.timespec import format_duration
+from worker.vendors.atlas import ATLAS_API, AtlasAPI, AtlasAuth
 
-ATLAS_API = "https://cloud.mongodb.com/api/atlas/v2"
 _FREQUENT = ("hourly", "daily")
 
 
@@ -27,20 +24,9 @@ class AtlasBackupOptions(JobOptions):
     cluster: str
     max_age: Duration = timedelta(hours=26)
     api_url: str = ATLAS_API
-    auth: Literal["digest", "service_account"] = "digest"
+    auth: AtlasAuth = "digest"
     """digest: ATLAS_PUBLIC_KEY / ATLAS_PRIVATE_KEY; service_account: ATLAS_CLIENT_ID / ATLAS_CLIENT_SECRET."""
     api_timeout: Duration = timedelta(seconds=30)
-
-
-class AtlasError(Exception):
-    """Atlas refused the request; the message says which credentials or call."""
-
-
-def _env(name: str) -> str:
-    value = os.environ.get(name, "")
-    if not value:
-        raise AtlasError(f"{name} is not set")
-    return value
 
 
 class AtlasBackupJob:
@@ -51,57 +37,11 @@ class AtlasBackupJob:
 
     def run(self, ctx: JobContext) -> Outcome:
         opts = self.options
-        with self.client() as client:
+        with AtlasAPI(opts.api_url, opts.auth, opts.api_timeout) as api:
             base = f"/groups/{opts.group_id}/clusters/{opts.cluster}/backup"
-            schedule = self.get(client, f"{base}/schedule", "2024-08-05")
-            snapshots = self.get(client, f"{base}/snapshots", "2023-01-01")
+            schedule = api.get(f"{base}/schedule", "2024-08-05")
+            snapshots = api.get(f"{base}/snapshots", "2023-01-01")
         return judge(opts.cluster, schedule, snapshots, datetime.now(UTC), opts.max_age)
-
-    def client(self) -> httpx.Client:
-        opts = self.options
-        auth: httpx.Auth
-        if opts.auth == "digest":
-            auth = httpx.DigestAuth(_env("ATLAS_PUBLIC_KEY"), _env("ATLAS_PRIVATE_KEY"))
-        else:
-            token = self._token()
-            auth = _Bearer(token)
-        return httpx.Client(base_url=opts.api_url.rstrip("/"), auth=auth, timeout=opts.api_timeout.total_seconds(),
-                            trust_env=False)  # fmt: skip
-
-    def _token(self) -> str:
-        root = httpx.URL(self.options.api_url).copy_with(path="/api/oauth/token")
-        response = httpx.post(root, auth=(_env("ATLAS_CLIENT_ID"), _env("ATLAS_CLIENT_SECRET")),
-                              data={"grant_type": "client_credentials"}, timeout=30, trust_env=False)  # fmt: skip
-        if response.status_code in (400, 401, 403):
-            raise AtlasError(f"Atlas service account rejected (HTTP {response.status_code})")
-        response.raise_for_status()
-        return str(response.json()["access_token"])
-
-    def get(self, client: httpx.Client, path: str, version: str) -> Any:
-        try:
-            response = client.get(path, headers={"Accept": f"application/vnd.atlas.{version}+json"})
-        except httpx.TimeoutException:
-            raise TransientError(
-                f"Atlas API {path}: timed out after {format_duration(self.options.api_timeout)}"
-            ) from None
-        except httpx.TransportError as exc:
-            raise TransientError(f"Atlas API {self.options.api_url} unreachable: {exc}") from None
-        if response.status_code in (401, 403):
-            raise AtlasError(f"Atlas API key rejected by {self.options.api_url} (HTTP {response.status_code})")
-        if response.status_code == 429 or response.status_code >= 500:
-            raise TransientError(f"Atlas API {path}: HTTP {response.status_code}")
-        if response.status_code >= 400:
-            raise AtlasError(f"Atlas API {path}: HTTP {response.status_code}: {response.text[:200]}")
-        return response.json()
-
-
-class _Bearer(httpx.Auth):
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def auth_flow(self, request: httpx.Request) -> Any:
-        request.headers["Authorization"] = f"Bearer {self._token}"
-        yield request
 
 
 def judge(cluster: str, schedule: Any, snapshots: Any, now: datetime, max_age: timedelta) -> Outcome:

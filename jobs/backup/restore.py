@@ -318,3 +318,39 @@ def check(client: Any, restored: list[Restored], manifest: dict[str, Any]) -> li
 
 def _comparable(spec: dict[str, Any]) -> str:
     return json_util.dumps({k: spec[k] for k in sorted(spec)})
+
+
+# --- what a restore may replace: the rules `opskeeper restore` follows ----------------
+
+
+def holds_data(client: Any, db: str) -> bool:
+    """Whether a database exists and any of its collections holds a document."""
+    if db not in client.list_database_names():
+        return False
+    database = client[db]
+    return any(database[name].find_one({}, {"_id": 1}) is not None for name in database.list_collection_names()
+               if not name.startswith("system."))  # fmt: skip
+
+
+def may_replace(occupied: list[str], target: str, *, drop: bool, yes: bool,
+                ask: Callable[[str], str] | None) -> bool:  # fmt: skip
+    """Whether databases that hold data may be dropped and replaced.
+
+    Never without `drop`; then either `yes`, or the operator types each database's name when
+    asked (`ask` is None where nobody can be asked: that refuses). Raises RestoreRefusedError with
+    the rule that stops it; False means the operator declined.
+    """
+    if not occupied:
+        return True
+    if not drop:
+        raise RestoreRefusedError(f"refusing to restore: {', '.join(occupied)} already hold data on {target}; "
+                             "pass --drop to replace them")  # fmt: skip
+    if yes:
+        return True
+    if ask is None:
+        raise RestoreRefusedError("refusing to drop without confirmation: stdin is not a terminal; pass --yes")
+    return all(ask(f"Type the database name to drop and replace it ({db}): ") == db for db in occupied)
+
+
+class RestoreRefusedError(Exception):
+    """A restore would replace data without the consent its rules ask for."""

@@ -19,20 +19,19 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 import nodesemver
 from pydantic import model_validator
 
 from jobs.dependencies.lockfiles import Lockfile, LockfileError, read_lockfile
 from jobs.dependencies.node import Declared, RuntimeVerdict, assess, codenames, declared_runtime, parse_index
-from jobs.dependencies.registry import Registry, RegistryError
+from worker.http import HttpError
 from worker.job import JobContext, JobOptions, Notice, Outcome, Status
+from worker.vendors.github import GITHUB_API, GitHub
+from worker.vendors.nodejs import NODE_INDEX, NODE_SCHEDULE, release_data
+from worker.vendors.npm import NPM_REGISTRY, Registry
 
 SEVERITIES = ("info", "low", "moderate", "high", "critical")
 Severity = Literal["info", "low", "moderate", "high", "critical"]
-NPM_REGISTRY = "https://registry.npmjs.org"
-NODE_INDEX = "https://nodejs.org/dist/index.json"
-NODE_SCHEDULE = "https://raw.githubusercontent.com/nodejs/Release/main/schedule.json"
 
 
 class Ignore(JobOptions):
@@ -62,7 +61,7 @@ class GitHubSource(JobOptions):
     repo: str
     ref: str = "main"
     path: str = ""
-    api_url: str = "https://api.github.com"
+    api_url: str = GITHUB_API
 
 
 class Project(JobOptions):
@@ -82,23 +81,13 @@ class Project(JobOptions):
 PROJECT_FILES = ("package.json", "pnpm-lock.yaml", "package-lock.json", ".nvmrc", ".node-version", "Dockerfile")
 
 
-async def fetch_github(source: GitHubSource, into: Path, token: str | None) -> None:
+def fetch_github(source: GitHubSource, into: Path) -> None:
     """Copy a project's package and lockfiles from GitHub into `into` (missing ones are skipped)."""
-    headers = {"Accept": "application/vnd.github.raw+json", "X-GitHub-Api-Version": "2022-11-28"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    async with httpx.AsyncClient(base_url=source.api_url.rstrip("/"), headers=headers, timeout=30,
-                                 trust_env=False) as client:  # fmt: skip
+    with GitHub(source.repo, api_url=source.api_url) as github:
         for name in PROJECT_FILES:
-            path = "/".join(p for p in (source.path.strip("/"), name) if p)
-            response = await client.get(f"/repos/{source.repo}/contents/{path}", params={"ref": source.ref})
-            if response.status_code == 404:
-                continue
-            if response.status_code in (401, 403):
-                raise RegistryError(f"GitHub API refused {source.repo} (HTTP {response.status_code}): "
-                                    "check GITHUB_TOKEN")  # fmt: skip
-            response.raise_for_status()
-            (into / name).write_bytes(response.content)
+            data = github.contents("/".join(p for p in (source.path.strip("/"), name) if p), source.ref)
+            if data is not None:
+                (into / name).write_bytes(data)
 
 
 class DependenciesOptions(JobOptions):
@@ -252,7 +241,7 @@ async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping
         if project.github is not None:
             folder = scratch / project.name
             folder.mkdir()
-            await fetch_github(project.github, folder, os.environ.get("GITHUB_TOKEN"))
+            await asyncio.to_thread(fetch_github, project.github, folder)
         else:
             folder = (base / str(project.path)).resolve()
         try:
@@ -262,6 +251,7 @@ async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping
             reports.append(Report(project.name, str(project.path or project.github), problems=[str(exc)]))
     node_data = asyncio.create_task(_node_data(options))
     registry = Registry(options.registry, token or options.registry_token, cache, options.concurrency)
+    pending: list[asyncio.Task[Any]] = [node_data]
     try:
         direct_names = {d.package[0] for _, _, lock, imp in locks
                         for d in lock.importers.get(imp, lock.importers.get(".", []))}  # fmt: skip
@@ -270,12 +260,19 @@ async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping
             for name, versions in _by_name(lock).items():
                 wanted_versions.setdefault(name, set()).update(versions)
         advisories_task = asyncio.create_task(registry.advisories(wanted_versions))
+        pending.append(advisories_task)
         metas = await registry.packages(direct_names)
         advisories = await advisories_task
         affected = {name for name, advs in advisories.items() for adv in advs
                     if any(nodesemver.satisfies(v, adv.get("vulnerable_versions", "*"), loose=True)
                            for v in wanted_versions.get(name, ()))}  # fmt: skip
         metas.update(await registry.packages(affected - set(metas)))  # for `fixed_in`
+    except BaseException:
+        # One failure ends the check: end the other requests too, so none dies unobserved.
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        raise
     finally:
         await registry.close()
     schedule, releases = await node_data
@@ -288,13 +285,11 @@ async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping
 
 
 async def _node_data(options: DependenciesOptions) -> tuple[dict[str, Any], list[Any]]:
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
-        try:
-            schedule = (await client.get(options.node_schedule)).raise_for_status().json()
-            releases = parse_index((await client.get(options.node_index)).raise_for_status().text)
-        except (httpx.HTTPError, ValueError):
-            return {}, []  # the runtime check is skipped; the report says so
-    return schedule, releases
+    try:
+        schedule, index = await release_data(options.node_index, options.node_schedule)
+        return schedule, parse_index(index)
+    except (HttpError, ValueError):
+        return {}, []  # the runtime check is skipped; the report says so
 
 
 def verdict(reports: list[Report], options: DependenciesOptions, today: date) -> tuple[Status, str]:
@@ -370,7 +365,7 @@ class DependenciesJob:
                     self.options, Path.cwd(), cache, today, self.options.registry_token or os.environ.get("NPM_TOKEN")
                 )
             )
-        except RegistryError as exc:
+        except HttpError as exc:
             return Outcome(Status.ERROR, str(exc), {"registry": self.options.registry})
         ctx.state.set("registry_cache", cache)
         for report in reports:

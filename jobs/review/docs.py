@@ -23,13 +23,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Protocol
 
-import httpx
 from pydantic import Field, model_validator
 
-from jobs.review.sources import SourceError, fetch, get_json
+from jobs.review.sources import SourceError
+from worker.http import HttpError
 from worker.job import JobContext, JobOptions, Notice, Outcome, Status
 from worker.schedule import Duration
 from worker.timespec import format_duration
+from worker.vendors.github import GITHUB_API, GitHub
 
 DEFAULT_DOCUMENTS = ("PRODUCTION_CHECKLIST.md", "MAINTENANCE.md", "README.md")
 _SKIP_DIRS = frozenset({".git", "node_modules", "dist", "build", ".next", "coverage", ".venv", "vendor"})
@@ -57,7 +58,7 @@ class GitHubRepo(JobOptions):
     repo: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$")]
     ref: str | None = None
     """Branch, tag or SHA; the default branch when unset."""
-    api_url: str = "https://api.github.com"
+    api_url: str = GITHUB_API
     token: str | None = None
     max_files: Annotated[int, Field(ge=0)] = 300
     """How many code files to read for environment variable names (each is one API call)."""
@@ -147,26 +148,25 @@ class GitHubRepository:
     """A repository read through GitHub's REST API: the tree, raw contents and the commits of a path."""
 
     def __init__(self, options: GitHubRepo, timeout: timedelta) -> None:
-        token = options.token or os.environ.get("GITHUB_TOKEN", "")
-        headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self.options, self.timeout, self.display = options, timeout, f"github.com/{options.repo}"
-        self._client = httpx.Client(base_url=options.api_url.rstrip("/"), headers=headers,
-                                    timeout=timeout.total_seconds(), trust_env=False)  # fmt: skip
-        self._ref = (
-            options.ref or get_json(self._client, f"/repos/{options.repo}", None, timeout).json()["default_branch"]
-        )
+        self.options, self.display = options, f"github.com/{options.repo}"
+        self._github = GitHub(options.repo, api_url=options.api_url, token=options.token, timeout=timeout)
+        try:
+            self._ref = options.ref or self._github.default_branch()
+        except HttpError as exc:
+            self._github.close()
+            raise SourceError(str(exc)) from None
         self._sizes: dict[str, int] | None = None
 
     def close(self) -> None:
-        self._client.close()
+        self._github.close()
 
     def files(self) -> list[str]:
         if self._sizes is None:
-            tree = get_json(self._client, f"/repos/{self.options.repo}/git/trees/{self._ref}",
-                            {"recursive": "1"}, self.timeout).json()  # fmt: skip
-            self._sizes = {e["path"]: int(e.get("size") or 0) for e in tree.get("tree", []) if e.get("type") == "blob"
+            try:
+                tree = self._github.tree(self._ref)
+            except HttpError as exc:
+                raise SourceError(str(exc)) from None
+            self._sizes = {e["path"]: int(e.get("size") or 0) for e in tree if e.get("type") == "blob"
                            and not _SKIP_DIRS.intersection(PurePosixPath(e["path"]).parts[:-1])}  # fmt: skip
         return sorted(self._sizes)
 
@@ -174,18 +174,18 @@ class GitHubRepository:
         if self._sizes is not None and self._sizes.get(path, 0) > _MAX_FILE_BYTES:
             return None  # a bundle or a data file: not worth a download, as for a local checkout
         try:
-            response = fetch(self._client, f"/repos/{self.options.repo}/contents/{path}", {"ref": self._ref},
-                             self.timeout, {"Accept": "application/vnd.github.raw+json"}, allow=(404,))  # fmt: skip
-        except SourceError as exc:
-            raise SourceError(f"reading {path}: {exc}") from None
-        return None if response.status_code == 404 else response.text
+            data = self._github.contents(path, self._ref)
+        except HttpError as exc:
+            raise SourceError(f"reading {path}: {exc.cause}") from None
+        return None if data is None else data.decode("utf-8", errors="replace")
 
     def last_change(self, path: str) -> Change | None:
-        commits = get_json(self._client, f"/repos/{self.options.repo}/commits",
-                           {"path": path, "sha": self._ref, "per_page": 1}, self.timeout).json()  # fmt: skip
-        if not commits:
+        try:
+            commit = self._github.last_commit(path, self._ref)
+        except HttpError as exc:
+            raise SourceError(str(exc)) from None
+        if commit is None:
             return None
-        commit = commits[0]
         return Change(datetime.fromisoformat(commit["commit"]["committer"]["date"].replace("Z", "+00:00")),
                       commit["sha"], "github")  # fmt: skip
 

@@ -20,10 +20,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import model_validator
 
-from jobs.backup.atlas import AtlasBackupJob, AtlasBackupOptions, AtlasError
-from worker.job import JobContext, JobOptions, Notice, Outcome, Status, TransientError
+from worker.http import HttpError
+from worker.job import JobContext, JobOptions, Notice, Outcome, Status
 from worker.schedule import Duration
 from worker.storage import open_storage
+from worker.vendors.atlas import ATLAS_API, AtlasAPI, AtlasAuth, AtlasError
 
 Severity = Literal["high", "medium", "low"]
 BROAD_ROLES = frozenset({"atlasAdmin", "readWriteAnyDatabase", "dbAdminAnyDatabase"})
@@ -53,8 +54,8 @@ class AtlasTarget(JobOptions):
 
     group_id: str
     cluster: str
-    api_url: str = AtlasBackupOptions.model_fields["api_url"].default
-    auth: Literal["digest", "service_account"] = "digest"
+    api_url: str = ATLAS_API
+    auth: AtlasAuth = "digest"
     api_timeout: Duration = timedelta(seconds=30)
 
 
@@ -335,7 +336,7 @@ class SecurityReviewJob:
         def attempt(source: str, step: Callable[[], None]) -> None:
             try:
                 step()
-            except (AtlasError, TransientError, OSError, ValueError, KeyError) as exc:
+            except (AtlasError, HttpError, OSError, ValueError, KeyError) as exc:
                 gaps.append({"source": source, "reason": str(exc) or type(exc).__name__})
 
         attempt("storage", lambda: self._storage(ctx, findings, gaps, checked, now))
@@ -407,14 +408,11 @@ class SecurityReviewJob:
         target = self.options.atlas
         if target is None:
             return
-        api = AtlasBackupJob(AtlasBackupOptions(group_id=target.group_id, cluster=target.cluster,
-                                                api_url=target.api_url, auth=target.auth,
-                                                api_timeout=target.api_timeout))  # fmt: skip
         group = f"/groups/{target.group_id}"
-        with api.client() as client:
-            access = api.get(client, f"{group}/accessList", "2023-01-01")
-            users = api.get(client, f"{group}/databaseUsers", "2023-01-01")
-            cluster = api.get(client, f"{group}/clusters/{target.cluster}", "2024-08-05")
+        with AtlasAPI(target.api_url, target.auth, target.api_timeout) as api:
+            access = api.get(f"{group}/accessList", "2023-01-01")
+            users = api.get(f"{group}/databaseUsers", "2023-01-01")
+            cluster = api.get(f"{group}/clusters/{target.cluster}", "2024-08-05")
         findings += atlas_findings(access, users, cluster, target.cluster)
 
     def _worker(self, findings: list[Finding]) -> None:

@@ -19,14 +19,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from jobs.deploys import DEFAULT_API as RENDER_API
-from jobs.deploys import FAILED as FAILED_DEPLOYS
-from jobs.deploys import RenderAPI, RenderError, ServiceHistory, state_key
-from jobs.health import percentile, uptime_report
-from jobs.review.sources import SentryAPI, SourceError
-from worker.job import CheckRecord, History, JobContext, JobOptions, Notice, Outcome, Status, TransientError
+from jobs.deploys.job import FAILED as FAILED_DEPLOYS
+from jobs.deploys.job import ServiceHistory, state_key
+from jobs.health.job import percentile, uptime_report
+from jobs.review.sources import SourceError
+from worker.http import HttpError, RetryPolicy
+from worker.job import CheckRecord, History, JobContext, JobOptions, Notice, Outcome, Status
 from worker.schedule import Duration
 from worker.timespec import format_duration
+from worker.vendors.render import RENDER_API, RenderAPI
+from worker.vendors.sentry_api import SENTRY_API, SentryAPI
 
 #: Render instance types: (CPU cores, memory MB), as Render's pricing page lists them.
 RENDER_PLANS: Mapping[str, tuple[float, int]] = {
@@ -46,7 +48,7 @@ class SentrySource(JobOptions):
     org: str
     projects: tuple[str, ...] = ()
     """Project ids; empty means every project the token can see."""
-    api_url: str = "https://sentry.io"
+    api_url: str = SENTRY_API
     token: str | None = None
     """Defaults to the SENTRY_AUTH_TOKEN environment variable."""
     top: Annotated[int, Field(ge=1, le=100)] = 5
@@ -336,6 +338,8 @@ def sentry_section(source: SentrySource, since: datetime, until: datetime, timeo
         regressed = api.issues("is:regressed", period)
         top = api.issues("is:unresolved", period, sort="freq", limit=source.top, max_pages=1)
         slow = api.slow_transactions(period, source.top)
+    except HttpError as exc:
+        raise SourceError(str(exc)) from None
     finally:
         api.close()
     return {
@@ -356,8 +360,8 @@ def render_section(
     key = source.api_key or os.environ.get("RENDER_API_KEY", "")
     if not key:
         raise SourceError("no API key: set RENDER_API_KEY (or options.render.api_key)")
-    # The deploys job's client: its key handling and error messages; one retry of a 429 or 5xx.
-    api = RenderAPI(source.api_url, key, attempts=2, timeout=timeout)
+    # A review reads a week of figures: one retry is patience enough, a gap says the rest.
+    api = RenderAPI(source.api_url, key, timeout=timeout, retry=RetryPolicy(attempts=2))
     rows = []
     try:
         for service in services:
@@ -369,7 +373,7 @@ def render_section(
                 "cpu_limit": cpu_limit, "memory_limit_mb": memory_limit, "samples": len(cpu),
                 **_usage("cpu", cpu, cpu_limit, 3), **_usage("memory", memory, memory_limit, 1, "_mb"),
             })  # fmt: skip
-    except (RenderError, TransientError) as exc:
+    except HttpError as exc:
         raise SourceError(str(exc)) from None
     finally:
         api.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 import structlog
@@ -11,10 +13,20 @@ import structlog
 from worker.reporting.redact import Redactor
 
 
+def use_color(stream: TextIO, environ: Mapping[str, str]) -> bool:
+    """Colour on a terminal, unless NO_COLOR is set (no-color.org); FORCE_COLOR asks for it anywhere."""
+    if environ.get("NO_COLOR"):
+        return False
+    if environ.get("FORCE_COLOR", "") not in ("", "0", "false"):
+        return True
+    return stream.isatty()
+
+
 def configure(log_format: str | None, redactor: Redactor, stream: TextIO | None = None) -> None:
     """Route every structlog event through the redactor to `stream` (stdout by default)."""
     out = stream or sys.stdout
     fmt = log_format or ("console" if out.isatty() else "json")
+    colors = use_color(out, os.environ)
 
     def redact(_logger: Any, _method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
         return dict(redactor(event))
@@ -22,7 +34,7 @@ def configure(log_format: str | None, redactor: Redactor, stream: TextIO | None 
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(sort_keys=False)
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+        else structlog.dev.ConsoleRenderer(colors=colors)
     )
     structlog.configure(
         processors=[

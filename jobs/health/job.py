@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
-import socket
 import ssl
 import time
 from collections.abc import Mapping
@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 import httpx
 from pydantic import Field, field_validator, model_validator
 
+from worker import http
 from worker.job import CheckRecord, JobContext, JobOptions, Notice, Outcome, Status
 from worker.schedule import Duration
 from worker.timespec import format_duration
@@ -194,28 +195,6 @@ def _both_numbers(a: Any, b: Any) -> bool:
     return all(isinstance(x, int | float) and not isinstance(x, bool) for x in (a, b))
 
 
-def describe_error(exc: BaseException, timeout: timedelta) -> str:
-    """A short, operator-readable reason for a failed request: timeout, refused, DNS, TLS."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    if any(isinstance(e, httpx.TimeoutException | TimeoutError) for e in chain):
-        return f"timeout after {format_duration(timeout)}"
-    for error in chain:
-        if isinstance(error, ssl.SSLCertVerificationError):
-            return f"TLS: {error.verify_message or error.reason or error}"
-        if isinstance(error, ssl.SSLError):
-            return f"TLS: {error.reason or error}"
-        if isinstance(error, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(error, socket.gaierror):
-            return "DNS: name not resolved"
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
-
-
 # --- state -------------------------------------------------------------------------
 
 
@@ -315,10 +294,7 @@ class HealthJob:
         for endpoint in self.options.endpoints:
             key = (endpoint.verify, endpoint.ca_file)
             if key not in clients:
-                verify: bool | ssl.SSLContext = endpoint.verify
-                if endpoint.verify and endpoint.ca_file:
-                    verify = ssl.create_default_context(cafile=endpoint.ca_file)
-                clients[key] = httpx.AsyncClient(verify=verify, limits=limits, trust_env=False)
+                clients[key] = http.async_client(verify=endpoint.verify, ca_file=endpoint.ca_file, limits=limits)
         try:
             return await asyncio.gather(*(self._probe(clients[(e.verify, e.ca_file)], e, gate)
                                           for e in self.options.endpoints))  # fmt: skip
@@ -383,7 +359,8 @@ async def probe(client: httpx.AsyncClient, endpoint: Endpoint) -> Check:
                 await response.aclose()
     except (httpx.HTTPError, TimeoutError, OSError, ssl.SSLError) as exc:
         latency = (time.perf_counter() - started) * 1000
-        return Check("fail", describe_error(exc, endpoint.timeout), latency_ms=round(latency, 1))
+        trust = http.Trust.resolve(endpoint.ca_file, os.environ) if endpoint.verify else None
+        return Check("fail", http.describe(exc, endpoint.timeout, trust), latency_ms=round(latency, 1))
     latency = (time.perf_counter() - started) * 1000
     return evaluate(endpoint.expect, response.status_code, response.headers, bytes(body), latency, cert_days=cert_days)
 

@@ -9,24 +9,21 @@ went live. Every deploy seen is kept in the ledger, so `opskeeper rollback` know
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-import httpx
 from pydantic import Field, model_validator
 
-from worker.job import CheckRecord, JobContext, JobOptions, Notice, Outcome, Status, TransientError
+from worker.job import CheckRecord, JobContext, JobOptions, Notice, Outcome, Status
 from worker.schedule import Duration
 from worker.timespec import format_duration
+from worker.vendors.render import RENDER_API, RenderAPI
 
 FAILED = frozenset({"build_failed", "update_failed", "pre_deploy_failed"})
 IN_PROGRESS = frozenset({"created", "queued", "build_in_progress", "update_in_progress", "pre_deploy_in_progress"})
-DEFAULT_API = "https://api.render.com/v1"
 _KEPT_PER_SERVICE = 200
-_MAX_RETRY_AFTER_S = 60.0
 
 
 class Service(JobOptions):
@@ -43,7 +40,7 @@ class DeploysOptions(JobOptions):
 
     services: Annotated[tuple[Service, ...], Field(min_length=1)]
     settle: Duration = timedelta(minutes=10)
-    api_url: str = DEFAULT_API
+    api_url: str = RENDER_API
     api_key: str | None = None
     """Defaults to the RENDER_API_KEY environment variable."""
     page_size: Annotated[int, Field(ge=1, le=100)] = 100
@@ -71,93 +68,8 @@ class DeploysOptions(JobOptions):
         raise KeyError(f"no service {name!r}; services: {', '.join(s.name for s in self.services)}")
 
 
-# --- the Render API ------------------------------------------------------------------
-
-
 class RenderError(Exception):
-    """The Render API refused or failed; the message names the API and the reason."""
-
-
-class RenderAPI:
-    """The few Render API calls opskeeper makes, with retries on 429 and 5xx."""
-
-    def __init__(self, api_url: str, key: str, *, attempts: int = 4, timeout: timedelta = timedelta(seconds=30),
-                 transport: httpx.BaseTransport | None = None):  # fmt: skip
-        self.api_url = api_url.rstrip("/")
-        self.attempts = attempts
-        self.timeout = timeout
-        self._client = httpx.Client(
-            base_url=self.api_url, timeout=timeout.total_seconds(), transport=transport, trust_env=False,
-            headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
-        )  # fmt: skip
-
-    def close(self) -> None:
-        """Release the connection pool."""
-        self._client.close()
-
-    def deploys(self, service_id: str, page_size: int, max_pages: int) -> Iterator[dict[str, Any]]:
-        """Deploys newest first, page by page (the cursor sits beside each item)."""
-        cursor: str | None = None
-        for _ in range(max_pages):
-            params: dict[str, Any] = {"limit": page_size}
-            if cursor:
-                params["cursor"] = cursor
-            page = self._call("GET", f"/services/{service_id}/deploys", params=params).json()
-            if not page:
-                return
-            for item in page:
-                yield item["deploy"]
-            if len(page) < page_size:
-                return  # a short page is the last one: no need to ask for an empty one
-            cursor = page[-1]["cursor"]
-
-    def metric(self, name: str, service_id: str, since: datetime, until: datetime) -> list[float]:
-        """Every sample of every instance of one service in the window (`/metrics/cpu`, `/metrics/memory`)."""
-        params = {"resource": service_id, "startTime": since.isoformat(), "endTime": until.isoformat(),
-                  "resolutionSeconds": 3600}  # fmt: skip
-        series = self._call("GET", f"/metrics/{name}", params=params).json()
-        return [float(v["value"]) for s in series for v in s.get("values", []) if v.get("value") is not None]
-
-    def rollback(self, service_id: str, deploy_id: str) -> dict[str, Any]:
-        """Ask Render to roll the service back to a previous deploy; returns the new deploy."""
-        response = self._call("POST", f"/services/{service_id}/rollback", json={"deployId": deploy_id})
-        return response.json() if response.content else {}
-
-    def disable_autodeploy(self, service_id: str) -> None:
-        """Turn auto-deploy off, so the next push does not undo a rollback."""
-        self._call("PATCH", f"/services/{service_id}", json={"autoDeploy": "no"})
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        for attempt in range(self.attempts):
-            try:
-                response = self._client.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                if attempt + 1 == self.attempts:
-                    if isinstance(exc, httpx.TimeoutException):
-                        raise TransientError(f"Render API {path}: timed out after "
-                                             f"{format_duration(self.timeout)}") from None  # fmt: skip
-                    raise TransientError(f"Render API {self.api_url} unreachable: {exc}") from None
-                time.sleep(2**attempt)
-                continue
-            if response.status_code in (401, 403):
-                raise RenderError(f"RENDER_API_KEY rejected by {self.api_url} (HTTP {response.status_code})")
-            if response.status_code == 429 or response.status_code >= 500:
-                if attempt + 1 == self.attempts:
-                    raise TransientError(f"Render API {self.api_url}{path}: HTTP {response.status_code} "
-                                         f"after {self.attempts} attempts")  # fmt: skip
-                time.sleep(retry_delay(response.headers.get("Retry-After"), attempt))
-                continue
-            if response.status_code >= 400:
-                raise RenderError(f"Render API {method} {path}: HTTP {response.status_code}: {response.text[:200]}")
-            return response
-        raise AssertionError("unreachable")
-
-
-def retry_delay(retry_after: str | None, attempt: int) -> float:
-    """Seconds to wait: the server's Retry-After when it gives one (capped), else 1, 2, 4 s."""
-    if retry_after and retry_after.strip().isdigit():
-        return min(float(retry_after), _MAX_RETRY_AFTER_S)
-    return float(2**attempt)
+    """A rollback or a deploys job cannot go ahead: no API key, no good deploy to go to."""
 
 
 # --- what the ledger remembers ------------------------------------------------------

@@ -1,0 +1,230 @@
+"""`opskeeper backups list|verify|prune` and `opskeeper restore`: the backup kind's commands."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from worker import commands
+from worker.commands import EXIT_BAD, EXIT_ERROR, CliError, Commands
+from worker.schedule import JobSpec, ScheduleConfig
+from worker.settings import Settings
+
+
+def register(cli: Commands) -> None:
+    """Add `backups ACTION` and `restore`."""
+    backups = cli.group("backups", "List, verify and prune MongoDB backups.")
+    listing = backups.add("list", "complete backups, newest first", _list)
+    listing.add_argument("--job", help="only this backup job's")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    verify = backups.add("verify", "check every frame, CRC and count of an archive", _verify)
+    verify.add_argument("target", metavar="KEY_OR_PATH", help="a key in a backup job's storage, or a file")
+    verify.add_argument("--json", action="store_true", help="print JSON")
+    prune = backups.add("prune", "apply each backup job's retention now", _prune)
+    prune.add_argument("--job", help="only this backup job")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
+    restore = cli.add("restore", "Restore a backup (or any mongodump archive) into a server. "
+                                 "Refuses to touch a database that holds data unless --drop.", _restore)  # fmt: skip
+    restore.add_argument("target", metavar="KEY_OR_PATH", help="a key in a backup job's storage, or a file")
+    restore.add_argument("--to", required=True, metavar="URI", help="the server to restore into")
+    restore.add_argument("--ns-from", metavar="PATTERN", help="rename namespaces: e.g. 'app.*'")
+    restore.add_argument("--ns-to", metavar="PATTERN", help="... to e.g. 'app_restored.*'")
+    restore.add_argument("--drop", action="store_true", help="drop target databases that hold data first")
+    restore.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    restore.add_argument("--dry-run", action="store_true", help="say what would be restored where; change nothing")
+
+
+def _backup_jobs(config: ScheduleConfig, only: str | None = None) -> list[JobSpec]:
+    jobs = [j for j in config.jobs if j.kind == "backup" and only in (None, j.id)]
+    if not jobs:
+        raise CliError(f"no backup job {only!r} in {config.path}" if only else f"no backup job in {config.path}")
+    return jobs
+
+
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.backup.catalog import list_backups
+
+    config = commands.schedule(args, settings)
+    entries = [e for job in _backup_jobs(config, args.job) for e in list_backups(job.options.open_storage(), job.id)]
+    entries.sort(key=lambda e: e.created_at, reverse=True)
+    if args.json:
+        print(json.dumps([e.public() for e in entries], indent=2))
+        return 0
+    if not entries:
+        print("no complete backups yet")
+    for e in entries:
+        mark = "verified" if e.verified else ""
+        print(f"{e.created_at:%Y-%m-%d %H:%M:%S}  {e.job_id:<16} {e.size_bytes / 1e6:9.2f} MB  {e.compression:<5} "
+              f"{e.collections:3d} coll {e.documents:10d} docs  {mark:<8} {e.key}")  # fmt: skip
+    return 0
+
+
+class _Progress:
+    """A one-line progress display on a terminal (bytes, docs/s); silent otherwise."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, stored_bytes: int, documents: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self._last < 0.25:
+            return
+        self._last = now
+        rate = documents / max(now - self.started, 1e-6)
+        print(f"\r  {stored_bytes / 1e6:10.1f} MB read  {documents:12d} docs  {rate:10.0f} docs/s",
+              end="", file=sys.stderr, flush=True)  # fmt: skip
+
+    def done(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _open_archive(args: argparse.Namespace, settings: Settings) -> Iterator[tuple[BinaryIO, dict[str, Any] | None]]:
+    """An archive by local path or by key in a backup job's storage, with its manifest if any."""
+    from jobs.backup.catalog import MANIFEST, base_of
+
+    path = Path(args.target)
+    if path.is_file():
+        sibling = path.with_name(Path(base_of(path.name)).name + MANIFEST)
+        manifest = json.loads(sibling.read_text(encoding="utf-8")) if sibling.is_file() else None
+        with path.open("rb") as stream:
+            yield stream, manifest
+        return
+    config = commands.schedule(args, settings)
+    storage = next((s for s in (j.options.open_storage() for j in _backup_jobs(config)) if s.exists(args.target)),
+                   None)  # fmt: skip
+    if storage is None:
+        raise CliError(f"{args.target}: no such file, nor a key in any backup job's storage")
+    manifest_key = base_of(args.target) + MANIFEST
+    manifest = None
+    if storage.exists(manifest_key):
+        with storage.open(manifest_key) as stream:
+            manifest = json.loads(stream.read())
+    with storage.open(args.target) as stream:
+        yield stream, manifest
+
+
+def _restore(args: argparse.Namespace, settings: Settings) -> int:
+    from pymongo import MongoClient
+
+    from jobs.backup.restore import RestoreError, RestoreRefusedError, holds_data, may_replace, ns_mapper, restore
+
+    try:
+        rename = ns_mapper(args.ns_from, args.ns_to)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    masks = commands.redactor(settings)
+    target_display = masks.text(args.to)
+    plan = _plan(args, settings, rename, target_display)
+    client: Any = MongoClient(args.to, appname="opskeeper-restore", serverSelectionTimeoutMS=10_000)
+    try:
+        targets = sorted({db for _, db, _, _ in plan})
+        occupied = [db for db in targets if holds_data(client, db)]
+        if args.dry_run:
+            note = f"; {', '.join(occupied)} already hold data (needs --drop)" if occupied else ""
+            print(f"dry run: nothing was restored{note}")
+            return 0
+        ask = (lambda prompt: input(prompt).strip()) if sys.stdin.isatty() else None
+        try:
+            allowed = may_replace(occupied, target_display, drop=args.drop, yes=args.yes, ask=ask)
+        except RestoreRefusedError as exc:
+            raise CliError(str(exc)) from None
+        if not allowed:
+            print("cancelled: nothing was changed")
+            return 1
+        for db in occupied:
+            client.drop_database(db)
+        progress = _Progress()
+        started = datetime.now(UTC)
+        with _open_archive(args, settings) as (stream, _):
+            try:
+                report = restore(stream, client, rename, progress)
+            except RestoreError as exc:
+                raise CliError(f"restore failed: {masks.text(str(exc))}", EXIT_ERROR) from None
+        progress.done()
+    finally:
+        client.close()
+    summary = f"restored {report.documents} documents into {len(targets)} database(s) from {args.target}"
+    ledger = commands.ledger(settings, masks)
+    try:
+        commands.record(ledger, job_id="(restore)", kind="restore", started=started, summary=summary, details={
+            "source": args.target, "target": target_display, "dropped": occupied,
+            "namespaces": {n.source: n.documents for n in report.namespaces},
+            "skipped": {n.source: n.skipped for n in report.namespaces if n.skipped},
+        })  # fmt: skip
+    finally:
+        ledger.close()
+    print(summary + "".join(f"\n    skipped {n.source}: {n.skipped}" for n in report.namespaces if n.skipped))
+    return 0
+
+
+def _plan(args: argparse.Namespace, settings: Settings, rename: Any, target: str) -> list[tuple[str, str, str, str]]:
+    """(source namespace, target db, target collection, type) for each namespace; printed for the operator."""
+    from jobs.backup.archive import ArchiveReader
+    from jobs.backup.catalog import HashingReader, decompressed
+
+    with _open_archive(args, settings) as (stream, manifest):
+        reader = ArchiveReader(decompressed(HashingReader(stream)))
+        try:
+            reader.read_prelude()
+        except Exception as exc:  # noqa: BLE001 - any unreadable archive: one clear line
+            raise CliError(f"{args.target}: {exc}", EXIT_BAD) from None
+    plan = [(p.ns, *rename(p.db, p.collection), p.type or "collection") for p in reader.preludes if p.db]
+    counts = {n["ns"]: n for n in (manifest or {}).get("namespaces", [])}
+    print(f"Restore {args.target} into {target}:")
+    for ns, db, coll, kind in plan:
+        known = counts.get(ns)
+        size = f"{known['documents']} documents, {known['bytes'] / 1e6:.1f} MB" if known else "size unknown"
+        print(f"    {ns} -> {db}.{coll}  ({kind}; {size})")
+    return plan
+
+
+def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.backup.catalog import verify
+
+    progress = _Progress()
+    with _open_archive(args, settings) as (stream, manifest):
+        report = verify(stream, manifest, progress)
+    progress.done()
+    if args.json:
+        print(json.dumps(report.public(), indent=2))
+    else:
+        for ns in report.namespaces:
+            print(f"{'ok ' if ns['crc_ok'] else 'BAD'} {ns['ns']}: {ns['documents']} documents")
+        for problem in report.problems:
+            print(f"problem: {problem}")
+        print("OK" if report.ok else f"FAILED: {len(report.problems)} problem(s)")
+    return 0 if report.ok else EXIT_BAD
+
+
+def _prune(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.backup.catalog import prune
+
+    config = commands.schedule(args, settings)
+    ledger = None if args.dry_run else commands.ledger(settings, commands.redactor(settings))
+    try:
+        for job in _backup_jobs(config, args.job):
+            started = datetime.now(UTC)
+            gone = prune(job.options.open_storage(), job.id, job.options.retention, dry_run=args.dry_run)
+            verb = "would delete" if args.dry_run else "deleted"
+            print(f"{job.id}: {verb} {len(gone)} backup(s)")
+            for entry in gone:
+                print(f"    {entry.key}")
+            if ledger is not None:
+                summary = f"pruned {len(gone)} backup(s)"
+                commands.record(ledger, job_id=job.id, kind="prune", started=started, summary=summary,
+                                details={"deleted": [e.key for e in gone]})  # fmt: skip
+    finally:
+        if ledger is not None:
+            ledger.close()
+    return 0

@@ -1,0 +1,1 @@
+"""`health`: HTTP probes with alert-once state, and the `uptime` command."""

@@ -1,0 +1,158 @@
+"""What every opskeeper command shares: exit codes, the schedule, the ledger, redaction, the run log.
+
+Each kind's commands live beside its code (`jobs/<kind>/commands.py`, a `register` function)
+and are listed in `worker.cli.COMMANDS`; this module is all of the core they use.
+
+Exit codes, the same for every command:
+
+| code | meaning |
+| ---- | ------- |
+| 0    | success (`run-now`: the job was OK) |
+| 1    | `run-now`: WARN; a confirmation was declined |
+| 2    | `run-now`: FAIL; `backups verify`: the archive is bad |
+| 3    | `run-now`: ERROR or timeout; an outside system failed (ledger, vendor, server) |
+| 64   | usage: an unknown option, job, service or file |
+| 78   | the schedule file is invalid |
+| 130  | interrupted (Ctrl-C) |
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from worker.job import Status
+from worker.ledger import Ledger, RunRecord, open_ledger
+from worker.reporting.log import configure
+from worker.reporting.redact import Redactor
+from worker.reporting.sentry import SentryReporter
+from worker.schedule import ConfigError, ScheduleConfig, load_config
+from worker.settings import Settings, secret_env_values
+from worker.version import version
+
+EXIT_BAD = 2
+EXIT_ERROR = 3
+EXIT_USAGE = 64
+EXIT_CONFIG = 78
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+class CliError(Exception):
+    """A message for stderr and the exit code to leave with."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 64 (argparse's own 2 is a job's FAIL here)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+class Commands:
+    """The table of subcommands; each kind's `register(commands)` adds its own."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    def add(self, name: str, help_text: str, handler: Handler, *, config: bool = True) -> argparse.ArgumentParser:
+        """A subcommand calling `handler(args, settings)`; `config` adds --config."""
+        parser: argparse.ArgumentParser = self._sub.add_parser(name, help=help_text, description=help_text)
+        if config:
+            add_config_option(parser)
+        parser.set_defaults(handler=handler)
+        return parser
+
+    def group(self, name: str, help_text: str) -> Commands:
+        """A subcommand with actions of its own (`backups list`, `backups verify`, ...)."""
+        parser = self._sub.add_parser(name, help=help_text, description=help_text)
+        return Commands(parser.add_subparsers(dest=f"{name}_action", required=True, metavar="ACTION"))
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """--config, as every command that reads the schedule takes it."""
+    parser.add_argument("--config", type=Path, help="schedule file (default: $OPSKEEPER_CONFIG or config/jobs.yaml)")
+
+
+def schedule(args: argparse.Namespace, settings: Settings) -> ScheduleConfig:
+    """The validated schedule; a missing file is a usage error, an invalid one a configuration error."""
+    from worker import registry  # the kinds, imported when a command needs the schedule
+
+    path: Path = getattr(args, "config", None) or settings.config_path
+    try:
+        return load_config(path, registry.OPTIONS)
+    except ConfigError as exc:
+        code = EXIT_CONFIG if path.exists() else EXIT_USAGE  # a wrong path is a usage slip, not a bad schedule
+        raise CliError(f"{len(exc.problems)} problem(s) in {path}:\n{exc}", code) from None
+
+
+def redactor(settings: Settings, config: ScheduleConfig | None = None) -> Redactor:
+    """Every secret this process knows of: settings, secret-named environment variables, the schedule's."""
+    return Redactor([*settings.secret_values(), *secret_env_values(os.environ), *(config.secrets if config else ())])
+
+
+def ledger(settings: Settings, masks: Redactor) -> Ledger:
+    """The ledger the settings name; failing to open it is an outside failure (3), said without secrets."""
+    target = settings.ledger.get_secret_value()
+    try:
+        return open_ledger(target)
+    except Exception as exc:  # noqa: BLE001 - any driver error: say where and why, without secrets
+        reason = masks.text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:300]
+        raise CliError(f"cannot open the ledger {masks.text(target)}: {reason}", EXIT_ERROR) from None
+
+
+def reporting(
+    settings: Settings, config: ScheduleConfig | None, *, daemon: bool = False
+) -> tuple[Redactor, SentryReporter]:
+    """Logging and Sentry for a command that runs jobs.
+
+    The daemon's output is its log, so it logs to stdout; any other command keeps stdout for
+    its result (one JSON document with --json) and logs to stderr.
+    """
+    masks = redactor(settings, config)
+    configure(settings.log_format, masks, sys.stdout if daemon else sys.stderr)
+    dsn = settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None
+    sentry = SentryReporter(
+        dsn, environment=settings.sentry_environment, release=settings.sentry_release,
+        traces_sample_rate=settings.sentry_traces_sample_rate, redactor=masks,
+    )  # fmt: skip
+    return masks, sentry
+
+
+def record(store: Ledger, *, job_id: str, kind: str, started: datetime, summary: str, details: dict[str, Any]) -> None:
+    """Keep a command's own action (a restore, a prune, a rollback) in the run history, as OK."""
+    store.record(RunRecord(
+        run_id=uuid.uuid4().hex, job_id=job_id, kind=kind, status=Status.OK, started_at=started,
+        finished_at=datetime.now(UTC), summary=summary, host=socket.gethostname(), version=version(),
+        details=details,
+    ))  # fmt: skip
+
+
+def confirm(prompt: str, refusal: str) -> str:
+    """Ask on the terminal; without one, refuse with `refusal` (which should name --yes)."""
+    if not sys.stdin.isatty():
+        raise CliError(refusal)
+    return input(prompt).strip()
+
+
+def parse_time(text: str, option: str) -> datetime:
+    """An ISO 8601 time from an option such as --now; it must carry a UTC offset."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"{option} {text!r}: not an ISO 8601 time like 2026-03-28T12:00:00+01:00") from None
+    if moment.tzinfo is None:
+        raise CliError(f"{option} {text!r}: give a UTC offset, e.g. {text}+00:00")
+    return moment

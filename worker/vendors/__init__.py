@@ -1,0 +1,1 @@
+"""One module per outside web API, each built on `worker.http`: jobs import these, never each other."""

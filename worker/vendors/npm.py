@@ -1,0 +1,80 @@
+"""The npm registry (reference §5): package metadata (with an ETag cache kept between runs) and bulk advisories."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, MutableMapping
+from datetime import timedelta
+from typing import Any
+from urllib.parse import quote
+
+from worker.http import DEFAULT_TIMEOUT, AsyncApi
+
+NPM_REGISTRY = "https://registry.npmjs.org"
+ABBREVIATED = "application/vnd.npm.install-v1+json"
+
+
+def trim(doc: dict[str, Any]) -> dict[str, Any]:
+    """What opskeeper keeps of a package document: dist-tags, versions, deprecations."""
+    versions = doc.get("versions") or {}
+    return {
+        "name": doc.get("name"),
+        "dist-tags": doc.get("dist-tags") or {},
+        "versions": {v: ({"deprecated": info["deprecated"]} if info.get("deprecated") else {})
+                     for v, info in versions.items()},
+    }  # fmt: skip
+
+
+class Registry:
+    """An npm registry client for one run; `cache` maps package -> {etag, doc} across runs.
+
+    Requests run concurrently, at most `concurrency` at a time; a failure raises
+    `worker.http.HttpError` naming the registry and the package.
+    """
+
+    def __init__(self, base: str, token: str | None, cache: MutableMapping[str, Any], concurrency: int = 16,
+                 timeout: timedelta = DEFAULT_TIMEOUT) -> None:  # fmt: skip
+        self.base = base.rstrip("/")
+        self.cache = cache
+        # The gate, not the pool, makes requests wait: a wait for a pooled connection would
+        # count against the request's own timeout.
+        self._gate = asyncio.Semaphore(concurrency)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._api = AsyncApi("npm registry", self.base, credential="the registry token (NPM_TOKEN)", headers=headers,
+                             timeout=timeout, concurrency=concurrency)  # fmt: skip
+
+    async def close(self) -> None:
+        """Release the connection pool."""
+        await self._api.close()
+
+    async def packages(self, names: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+        """Trimmed documents of these packages (None for a package the registry does not have)."""
+        unique = sorted(set(names))
+        found = await asyncio.gather(*(self._package(name) for name in unique))
+        return dict(zip(unique, found, strict=True))
+
+    async def _package(self, name: str) -> dict[str, Any] | None:
+        cached = self.cache.get(name)
+        headers = {"Accept": ABBREVIATED}
+        if cached and cached.get("etag"):
+            headers["If-None-Match"] = cached["etag"]
+        async with self._gate:
+            response = await self._api.get("/" + quote(name, safe="@"), headers=headers, allow=(404,))
+        if response.status_code == 304 and cached:
+            return dict(cached["doc"])
+        if response.status_code == 404:
+            return None
+        doc = trim(self._api.parse(response))
+        if response.headers.get("etag"):
+            self.cache[name] = {"etag": response.headers["etag"], "doc": doc}
+        return doc
+
+    async def advisories(self, packages: dict[str, set[str]]) -> dict[str, list[dict[str, Any]]]:
+        """The bulk advisory answer for these package versions (packages without advisories left out)."""
+        if not packages:
+            return {}
+        body = {name: sorted(versions) for name, versions in sorted(packages.items())}
+        async with self._gate:
+            response = await self._api.request("POST", "/-/npm/v1/security/advisories/bulk", json=body)
+        answer: dict[str, list[dict[str, Any]]] = self._api.parse(response)
+        return answer

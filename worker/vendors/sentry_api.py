@@ -1,0 +1,58 @@
+"""Sentry's web API (reference §3): the organization-level issues and spans endpoints."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+from worker.http import Api
+
+SENTRY_API = "https://sentry.io"
+#: Sentry pages with a Link header: `<url>; rel="next"; results="true"; cursor="…"`.
+_NEXT = re.compile(r'<([^>]+)>;\s*rel="next";\s*results="true"')
+
+
+class SentryAPI:
+    """Issues and slow transactions of one organization."""
+
+    def __init__(self, api_url: str, org: str, token: str, projects: Sequence[str], timeout: timedelta) -> None:
+        self.org, self.projects = org, projects
+        self.api = Api("Sentry API", api_url, credential="SENTRY_AUTH_TOKEN", timeout=timeout,
+                       headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})  # fmt: skip
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self.api.close()
+
+    def _pages(self, path: str, params: dict[str, Any], max_pages: int) -> Iterator[Any]:
+        url: str | None = path
+        query: dict[str, Any] | None = {**params, "project": list(self.projects)} if self.projects else params
+        for _ in range(max_pages):
+            if url is None:
+                return
+            response = self.api.get(url, params=query)
+            yield self.api.parse(response)
+            found = _NEXT.search(response.headers.get("Link", ""))
+            url, query = (found.group(1), None) if found else (None, None)
+
+    def issues(
+        self, query: str, stats_period: str, *, sort: str = "date", limit: int = 100, max_pages: int = 5
+    ) -> list[Any]:
+        """Issues matching a search, following the Link cursor up to `max_pages` pages."""
+        params = {"statsPeriod": stats_period, "query": query, "sort": sort, "limit": limit}
+        found: list[Any] = []
+        for page in self._pages(f"/api/0/organizations/{self.org}/issues/", params, max_pages):
+            found.extend(page)
+        return found
+
+    def slow_transactions(self, stats_period: str, limit: int) -> list[Any]:
+        """Transactions by p95 duration, slowest first, from the spans dataset."""
+        params = {
+            "dataset": "spans", "query": "is_transaction:true",
+            "field": ["transaction", "p95(span.duration)", "count()"], "sort": "-p95(span.duration)",
+            "statsPeriod": stats_period, "per_page": limit,
+        }  # fmt: skip
+        page = next(self._pages(f"/api/0/organizations/{self.org}/events/", params, 1))
+        return list(page.get("data", [])) if isinstance(page, dict) else []
