@@ -648,9 +648,10 @@ def vendor() -> Iterator[VendorAPI]:
 class Proxy:
     """A real forward proxy on loopback. It tunnels CONNECT and relays plain-HTTP requests,
     records every request line it was sent, and with `credentials` answers 407 to a request
-    without that exact `Proxy-Authorization: Basic`, as Squid does."""
+    without that exact `Proxy-Authorization: Basic`, as Squid does. With `dial=False` it only
+    records, and answers 502 without connecting anywhere."""
 
-    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
+    def __init__(self, credentials: tuple[str, str] | None = None, *, dial: bool = True) -> None:
         import base64
         import socketserver
 
@@ -679,6 +680,9 @@ class Proxy:
                     self.wfile.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
                                      b'Proxy-Authenticate: Basic realm="corp"\r\n'
                                      b"Content-Length: 0\r\n\r\n")  # fmt: skip
+                    return
+                if not dial:
+                    self.wfile.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
                     return
                 if method == "CONNECT":
                     host, port = target.rsplit(":", 1)

@@ -164,3 +164,76 @@ def test_mongodb_ledger_end_to_end(tmp_path: Path, env: dict[str, str], mongo_ur
     run_id = json.loads(ran.stdout)["run_id"]
     runs = json.loads(opskeeper("history", "--json", env=mongo_env).stdout)
     assert [(r["run_id"], r["status"]) for r in runs] == [(run_id, "fail")]
+
+
+def test_closed_pipe_ends_quietly(tmp_path: Path, env: dict[str, str]) -> None:
+    """`opskeeper jobs | head`: when the reader has gone, the command stops with 141 and no traceback."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    config = write(tmp_path / "jobs.yaml", SCHEDULE)
+    proc = subprocess.Popen([sys.executable, "-m", "worker", "jobs", "--config", str(config)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the command writes its first line
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141
+    assert err == ""
+
+
+def test_history_of_an_unknown_job_is_a_usage_error(tmp_path: Path, env: dict[str, str]) -> None:
+    """`history --job` with a typo says there is no such job (64); a real job with no runs just has none yet."""
+    config = write(tmp_path / "jobs.yaml", SCHEDULE)
+    typo = opskeeper("history", "--job", "sunday-bakup", "--config", str(config), env=env)
+    assert typo.code == 64
+    assert typo.stderr == (f"opskeeper: no job 'sunday-bakup' in {config} and no runs recorded for it; "
+                           "jobs: sunday-backup, probe, paused, warns, fails, errors\n")  # fmt: skip
+    quiet = opskeeper("history", "--job", "probe", "--config", str(config), env=env)
+    assert (quiet.code, quiet.stdout) == (0, "no runs of probe recorded yet\n")
+
+
+def test_no_color_and_force_color(tmp_path: Path, env: dict[str, str]) -> None:
+    """Console logs are coloured on FORCE_COLOR even into a pipe, and never with NO_COLOR."""
+    config = write(tmp_path / "jobs.yaml", SCHEDULE)
+    console = {**env, "OPSKEEPER_LOG_FORMAT": "console"}
+    plain = opskeeper("run-now", "probe", "--config", str(config), env=console)
+    forced = opskeeper("run-now", "probe", "--config", str(config), env={**console, "FORCE_COLOR": "1"})
+    muted = opskeeper("run-now", "probe", "--config", str(config),
+                      env={**console, "FORCE_COLOR": "1", "NO_COLOR": "1"})  # fmt: skip
+    assert "job.finished" in plain.stderr
+    assert "\x1b[" not in plain.stderr
+    assert "\x1b[" in forced.stderr
+    assert "job.finished" in muted.stderr
+    assert "\x1b[" not in muted.stderr + muted.stdout
+
+
+def test_color_follows_the_terminal_by_default() -> None:
+    """On a real terminal colour is on, unless NO_COLOR; FORCE_COLOR=0 forces nothing."""
+    import os
+
+    from worker.reporting.log import use_color
+
+    leader, follower = os.openpty()
+    try:
+        with open(follower, "w", closefd=False) as tty, open(os.devnull, "w") as pipe:  # noqa: PTH123 - an fd
+            assert use_color(tty, {}) is True
+            assert use_color(tty, {"NO_COLOR": "1"}) is False
+            assert use_color(pipe, {}) is False
+            assert use_color(pipe, {"FORCE_COLOR": "0"}) is False
+            assert use_color(pipe, {"FORCE_COLOR": "1"}) is True
+    finally:
+        os.close(leader)
+        os.close(follower)
+
+
+def test_a_bad_proxy_setting_is_one_line(tmp_path: Path, env: dict[str, str]) -> None:
+    """An unusable HTTPS_PROXY is named with its variable (78), with no traceback and no password."""
+    result = opskeeper("deps", str(tmp_path), env={**env, "HTTPS_PROXY": "ftp://bob:hunter22@proxy:8021"})
+    assert result.code == 78
+    assert result.stderr == ("opskeeper: HTTPS_PROXY=ftp://proxy:8021: not a proxy URL; use http://, https://, "
+                             "socks5:// or socks5h://\n")  # fmt: skip
+    assert "Traceback" not in result.stderr

@@ -5,7 +5,10 @@ from __future__ import annotations
 import ast
 import asyncio
 import email.utils
+import os
+import shutil
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -332,11 +335,17 @@ def spaced(vendor: VendorAPI, first: Callable[[], Reply]) -> Clock:
 
 
 def test_retry_after_seconds_is_honoured(vendor: VendorAPI) -> None:
-    """A 503 with Retry-After: 1 is asked again, and not before a second has passed."""
+    """A 503 with Retry-After: 1 is asked again, not before a second has passed, and the retry is logged once."""
+    from structlog.testing import capture_logs
+
     clock = spaced(vendor, lambda: Reply(503, {"message": "busy"}, {"Retry-After": "1"}))
-    assert call("github", vendor.url) == "main"
+    with capture_logs() as logs:
+        assert call("github", vendor.url) == "main"
     assert len(clock.arrivals) == 2
     assert clock.arrivals[1] - clock.arrivals[0] >= 1.0
+    url = f"{vendor.url}/repos/acme/shop"
+    assert logs == [{"event": "http.retry", "log_level": "warning", "method": "GET", "url": url, "attempt": 1,
+                     "wait_s": 1.0, "reason": "HTTP 503"}]  # fmt: skip
 
 
 def test_retry_after_http_date_is_honoured(vendor: VendorAPI) -> None:
@@ -466,3 +475,40 @@ jobs:
     assert [c["status"] for c in sentry.wait_items("check_in", 2)] == ["in_progress", "ok"]
     host, project = sentry.dsn.split("@", 1)[1].rsplit("/", 1)
     assert f"POST http://{host}/api/{project}/envelope/" in proxy.seen
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is the reference; this machine has none")
+@pytest.mark.parametrize(("host", "no_proxy"), [
+    ("localhost", "localhost"), ("api.localhost", "localhost"), ("api.localhost", ".localhost"),
+    ("localhost", ".localhost"), ("localhost", "api.localhost"), ("localhost", "LocalHost"),
+    ("127.0.0.1", "localhost"), ("127.0.0.1", "127.0.0.1"), ("127.5.5.5", "127.0.0.0/8"), ("127.5.5.5", "127.0.0.1/32"),
+    ("localhost", "other.test, localhost"), ("localhost", "*"), ("localhost", ""), ("[::1]", "::1"),
+    ("localhost", "localhost:1"),
+])  # fmt: skip
+def test_no_proxy_decisions_agree_with_curl(host: str, no_proxy: str, closed_port: int) -> None:
+    """For each NO_PROXY case, curl goes through the proxy exactly when opskeeper would (loopback targets only)."""
+    url = f"https://{host}:{closed_port}/"
+    ours = Proxies.from_environ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": no_proxy}).for_url(httpx.URL(url))
+    assert (ours is not None) is curl_uses_proxy(url, no_proxy)
+
+
+def curl_uses_proxy(url: str, no_proxy: str) -> bool:
+    """Whether the real curl, given HTTPS_PROXY and this NO_PROXY, sent its request to the proxy."""
+    recorder = Proxy(dial=False)
+    try:
+        env = {"PATH": os.environ["PATH"], "HTTPS_PROXY": f"http://127.0.0.1:{recorder.port}", "NO_PROXY": no_proxy}
+        subprocess.run(["curl", "-s", "-o", "/dev/null", "--max-time", "5", url], env=env, check=False, timeout=30)
+        return bool(recorder.seen)
+    finally:
+        recorder.close()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is the reference; this machine has none")
+def test_no_proxy_port_entries_follow_pip_not_curl(closed_port: int) -> None:
+    """`host:port` in NO_PROXY bypasses the proxy for that port, as pip (urllib) does; curl ignores such entries."""
+    import urllib.request
+
+    url, entry = f"https://localhost:{closed_port}/", f"localhost:{closed_port}"
+    assert bypasses("localhost", closed_port, [entry])
+    assert urllib.request.proxy_bypass_environment(f"localhost:{closed_port}", {"no": entry})
+    assert curl_uses_proxy(url, entry)  # the one place we part from curl, on purpose

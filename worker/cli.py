@@ -22,6 +22,7 @@ from jobs.health import commands as health_commands
 from jobs.review import commands as review_commands
 from worker import commands
 from worker.commands import EXIT_CONFIG, CliError, Commands, Parser, add_config_option
+from worker.http import HttpConfigError
 from worker.reporting.log import configure
 from worker.runner import Runner
 from worker.settings import Settings, SettingsError, load_settings
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args.handler(args, settings))
         sys.stdout.flush()  # a closed pipe shows here, inside the try, not at exit
         return code
-    except SettingsError as exc:
+    except (SettingsError, HttpConfigError) as exc:
         print(f"opskeeper: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except CliError as exc:

@@ -7,7 +7,8 @@ as for curl, pip and npm:
 - `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`: either case; the lower-case one wins, as in
   urllib (and so pip).
 - `NO_PROXY`: `*`, host names (the host and its subdomains; a leading dot changes nothing),
-  `host:port`, IP addresses and CIDR ranges, matched as curl matches them.
+  IP addresses and CIDR ranges, matched as curl matches them; and `host:port`, that port
+  only, as pip matches it (curl ignores such entries, which surprises whoever wrote one).
 - `SSL_CERT_FILE` and `SSL_CERT_DIR` replace the trusted CAs, as with OpenSSL. A per-endpoint
   or per-job `ca_file` overrides both. With neither, the operating system's store is used
   (truststore), so a CA the machine trusts works without any setting.
@@ -31,22 +32,26 @@ import re
 import socket
 import ssl
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import certifi
 import httpx
-import stamina
 import truststore
 
 from worker.job import TransientError
 from worker.reporting.log import get_logger
 from worker.timespec import format_duration
 from worker.version import version
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from stamina.instrumentation import RetryDetails
 
 DEFAULT_TIMEOUT = timedelta(seconds=30)
 #: Statuses that say "try again later"; 500 is left out: a server bug rarely fixes itself in seconds.
@@ -123,7 +128,7 @@ def bypasses(host: str, port: int, no_proxy: Iterable[str]) -> bool:
 
     As curl: `*` is every host; `example.com` and `.example.com` are that host and its
     subdomains; an IP address or CIDR range matches addresses in it (not names that resolve
-    there); `host:port` matches that port only.
+    there). As pip: `host:port` matches that port only.
     """
     host = host.lower().rstrip(".")
     try:
@@ -223,8 +228,10 @@ def _context(ca_file: str | None, ca_dir: str | None, _stamp: tuple[int, ...]) -
 def _proxy(variable: str, url: str) -> httpx.Proxy:
     try:
         return httpx.Proxy(url)
-    except ValueError as exc:
-        raise HttpConfigError(f"{variable}={display_url(url)}: {exc}") from None
+    except ValueError:
+        # httpx's own message repeats the URL with its user name: say it without.
+        raise HttpConfigError(f"{variable}={display_url(url)}: not a proxy URL; use http://, https://, "
+                              "socks5:// or socks5h://") from None  # fmt: skip
 
 
 def _note_proxy(exc: Exception, chosen: tuple[str, str]) -> None:
@@ -277,50 +284,56 @@ class _AsyncRouter(httpx.AsyncBaseTransport):
             await transport.aclose()
 
 
+class ClientOptions(TypedDict, total=False):
+    """What `client` and `async_client` take; `environ` defaults to os.environ, read when the client is built."""
+
+    base_url: str
+    headers: Mapping[str, str] | None
+    auth: httpx.Auth | None
+    timeout: timedelta
+    verify: bool
+    ca_file: str | None
+    limits: httpx.Limits | None
+    environ: Mapping[str, str] | None
+
+
 @dataclass(frozen=True)
 class _Setup:
-    """Everything a client is built from; read from the environment when the client is built."""
+    """Everything a client is built from."""
 
     proxies: Proxies
-    trust: Trust
     verify: ssl.SSLContext | bool
+    limits: httpx.Limits
     options: dict[str, Any]
 
     @classmethod
-    def of(cls, *, base_url: str, headers: Mapping[str, str] | None, auth: httpx.Auth | None, timeout: timedelta,
-           verify: bool, ca_file: str | None, environ: Mapping[str, str] | None) -> _Setup:  # fmt: skip
+    def of(cls, given: ClientOptions) -> _Setup:
+        environ = given.get("environ")
         environ = os.environ if environ is None else environ
-        trust = Trust.resolve(ca_file, environ)
-        options = {"base_url": base_url, "headers": {"User-Agent": user_agent(), **(headers or {})}, "auth": auth,
-                   "timeout": timeout.total_seconds(), "trust_env": False}  # fmt: skip
-        return cls(Proxies.from_environ(environ), trust, trust.context() if verify else False, options)
+        trust = Trust.resolve(given.get("ca_file"), environ)
+        headers = {"User-Agent": user_agent(), **(given.get("headers") or {})}
+        options = {"base_url": given.get("base_url", ""), "headers": headers, "auth": given.get("auth"),
+                   "timeout": given.get("timeout", DEFAULT_TIMEOUT).total_seconds(), "trust_env": False}  # fmt: skip
+        verify = trust.context() if given.get("verify", True) else False
+        return cls(Proxies.from_environ(environ), verify, given.get("limits") or httpx.Limits(), options)
 
 
-def client(
-    *, base_url: str = "", headers: Mapping[str, str] | None = None, auth: httpx.Auth | None = None,
-    timeout: timedelta = DEFAULT_TIMEOUT, verify: bool = True, ca_file: str | None = None,
-    limits: httpx.Limits | None = None, environ: Mapping[str, str] | None = None,
-) -> httpx.Client:  # fmt: skip
-    """A synchronous client that honours the proxy and CA environment (`environ`, default os.environ)."""
-    setup = _Setup.of(base_url=base_url, headers=headers, auth=auth, timeout=timeout, verify=verify, ca_file=ca_file,
-                      environ=environ)  # fmt: skip
-    pool = limits or httpx.Limits()
-    router = _Router(setup.proxies, lambda proxy: httpx.HTTPTransport(verify=setup.verify, proxy=proxy, limits=pool))
-    return httpx.Client(transport=router, **setup.options)
+def client(**given: Unpack[ClientOptions]) -> httpx.Client:
+    """A synchronous client that honours the proxy and CA environment."""
+    setup = _Setup.of(given)
+
+    def make(proxy: httpx.Proxy | None) -> httpx.HTTPTransport:
+        return httpx.HTTPTransport(verify=setup.verify, proxy=proxy, limits=setup.limits)
+
+    return httpx.Client(transport=_Router(setup.proxies, make), **setup.options)
 
 
-def async_client(
-    *, base_url: str = "", headers: Mapping[str, str] | None = None, auth: httpx.Auth | None = None,
-    timeout: timedelta = DEFAULT_TIMEOUT, verify: bool = True, ca_file: str | None = None,
-    limits: httpx.Limits | None = None, environ: Mapping[str, str] | None = None,
-) -> httpx.AsyncClient:  # fmt: skip
-    """An asynchronous client that honours the proxy and CA environment (`environ`, default os.environ)."""
-    setup = _Setup.of(base_url=base_url, headers=headers, auth=auth, timeout=timeout, verify=verify, ca_file=ca_file,
-                      environ=environ)  # fmt: skip
-    pool = limits or httpx.Limits()
+def async_client(**given: Unpack[ClientOptions]) -> httpx.AsyncClient:
+    """An asynchronous client that honours the proxy and CA environment."""
+    setup = _Setup.of(given)
 
     def make(proxy: httpx.Proxy | None) -> httpx.AsyncHTTPTransport:
-        return httpx.AsyncHTTPTransport(verify=setup.verify, proxy=proxy, limits=pool)
+        return httpx.AsyncHTTPTransport(verify=setup.verify, proxy=proxy, limits=setup.limits)
 
     return httpx.AsyncClient(transport=_AsyncRouter(setup.proxies, make), **setup.options)
 
@@ -399,7 +412,7 @@ class UnavailableError(HttpError, TransientError):
 # --- a vendor's web API -----------------------------------------------------------------
 
 
-def _log_retry(details: stamina.instrumentation.RetryDetails) -> None:
+def _log_retry(details: RetryDetails) -> None:
     """One `http.retry` log line per retry, naming the request: stamina's own names only '<context block>'."""
     cause = details.caused_by
     request = cause.response.request if isinstance(cause, _RetryableStatusError) else None
@@ -412,8 +425,14 @@ def _log_retry(details: stamina.instrumentation.RetryDetails) -> None:
                          wait_s=round(details.wait_for, 3), reason=reason)  # fmt: skip
 
 
-# Process-wide, on purpose: this module is opskeeper's only user of stamina.
-stamina.instrumentation.set_on_retry_hooks([_log_retry])
+@lru_cache(maxsize=1)
+def _stamina() -> ModuleType:
+    """stamina, imported on the first API call (it and tenacity cost `opskeeper validate` 18 ms otherwise),
+    with our retry log line as its only hook: process-wide, since this module is its only user."""
+    import stamina
+
+    stamina.instrumentation.set_on_retry_hooks([_log_retry])
+    return stamina
 
 
 @dataclass(frozen=True)
@@ -434,9 +453,9 @@ DEFAULT_RETRY = RetryPolicy()
 class _RetryableStatusError(Exception):
     """A retryable status, raised inside the retry loop so stamina sees it."""
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: httpx.Response, attempt: int) -> None:
         super().__init__(f"HTTP {response.status_code}")
-        self.response = response
+        self.response, self.attempt = response, attempt
         self.asked: float | None = None  # a Retry-After past the cap, when that ended the retries
 
 
@@ -468,10 +487,27 @@ class _ApiBase:
 
     def _loop(self, method: str) -> Any:
         policy = self.retry
-        return stamina.retry_context(
+        return _stamina().retry_context(
             on=self._hook(method), attempts=policy.attempts, timeout=None, wait_initial=policy.wait_initial,
             wait_max=policy.wait_max, wait_jitter=policy.wait_jitter,
         )  # fmt: skip
+
+    @staticmethod
+    def _screen(response: httpx.Response, allow: tuple[int, ...], attempt: int) -> httpx.Response:
+        """The response, unless its status asks for a retry: then raised, for the retry loop to judge."""
+        if response.status_code in RETRY_STATUSES and response.status_code not in allow:
+            raise _RetryableStatusError(response, attempt)
+        return response
+
+    @contextlib.contextmanager
+    def _failures(self, method: str, path: str) -> Iterator[None]:
+        """Turn what the retries could not mend into an HttpError naming the vendor, the request and the cause."""
+        try:
+            yield
+        except _RetryableStatusError as again:
+            raise self._exhausted(method, path, again) from None
+        except httpx.TransportError as exc:
+            raise self._failed(method, path, exc) from None
 
     def _url(self, path: str) -> str:
         return path if "://" in path else self.base_url + path
@@ -487,9 +523,9 @@ class _ApiBase:
         detail = response.text[:200].strip().replace("\n", " ") if 400 <= status < 500 else ""
         raise HttpError(self.vendor, method, url, f"HTTP {status}" + (f": {detail}" if detail else ""), status)
 
-    def _exhausted(self, method: str, path: str, again: _RetryableStatusError, attempts: int) -> UnavailableError:
+    def _exhausted(self, method: str, path: str, again: _RetryableStatusError) -> UnavailableError:
         status = again.response.status_code
-        cause = f"HTTP {status}" + (f" after {attempts} attempts" if attempts > 1 else "")
+        cause = f"HTTP {status}" + (f" after {again.attempt} attempts" if again.attempt > 1 else "")
         if again.asked is not None:
             cause += f" (Retry-After {again.asked:.0f}s is past the {format_duration(self.retry.max_retry_after)} cap)"
         return UnavailableError(self.vendor, method, self._url(path), cause, status)
@@ -530,18 +566,10 @@ class Api(_ApiBase):
 
     def request(self, method: str, path: str, *, allow: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
         """Send, retrying what is safe to retry; an error status not in `allow` raises HttpError."""
-        attempts = 0
-        try:
+        with self._failures(method, path):
             for attempt in self._loop(method):
                 with attempt:
-                    attempts = attempt.num
-                    response = self.client.request(method, path, **kwargs)
-                    if response.status_code in RETRY_STATUSES and response.status_code not in allow:
-                        raise _RetryableStatusError(response)
-        except _RetryableStatusError as again:
-            raise self._exhausted(method, path, again, attempts) from None
-        except httpx.TransportError as exc:
-            raise self._failed(method, path, exc) from None
+                    response = self._screen(self.client.request(method, path, **kwargs), allow, attempt.num)
         return self._check(method, response, allow)
 
     def get(self, path: str, *, allow: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
@@ -570,18 +598,10 @@ class AsyncApi(_ApiBase):
 
     async def request(self, method: str, path: str, *, allow: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
         """Send, retrying what is safe to retry; an error status not in `allow` raises HttpError."""
-        attempts = 0
-        try:
+        with self._failures(method, path):
             async for attempt in self._loop(method):
                 with attempt:
-                    attempts = attempt.num
-                    response = await self.client.request(method, path, **kwargs)
-                    if response.status_code in RETRY_STATUSES and response.status_code not in allow:
-                        raise _RetryableStatusError(response)
-        except _RetryableStatusError as again:
-            raise self._exhausted(method, path, again, attempts) from None
-        except httpx.TransportError as exc:
-            raise self._failed(method, path, exc) from None
+                    response = self._screen(await self.client.request(method, path, **kwargs), allow, attempt.num)
         return self._check(method, response, allow)
 
     async def get(self, path: str, *, allow: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
