@@ -237,3 +237,16 @@ def test_a_bad_proxy_setting_is_one_line(tmp_path: Path, env: dict[str, str]) ->
     assert result.stderr == ("opskeeper: HTTPS_PROXY=ftp://proxy:8021: not a proxy URL; use http://, https://, "
                              "socks5:// or socks5h://\n")  # fmt: skip
     assert "Traceback" not in result.stderr
+
+
+def test_lease_and_grace_rules_are_one_clear_line(env: dict[str, str]) -> None:
+    """A renewal slower than half the lease, or a grace Render cannot give, is named (78); no setting leaks."""
+    dsn = "https://0123456789abcdef@o1.ingest.sentry.io/42"
+    slow = opskeeper("history", env={**env, "OPSKEEPER_LEASE_RENEW": "10s", "OPSKEEPER_LEASE_TTL": "15s",
+                                     "SENTRY_DSN": dsn})  # fmt: skip
+    assert slow.code == 78
+    assert slow.stderr == ("opskeeper: invalid environment:\nOPSKEEPER_LEASE_RENEW (10s) must be at most half of "
+                           "OPSKEEPER_LEASE_TTL (15s), so one missed renewal does not lose the lease\n")  # fmt: skip
+    long = opskeeper("history", env={**env, "OPSKEEPER_SHUTDOWN_GRACE": "5m"})
+    assert long.code == 78
+    assert "OPSKEEPER_SHUTDOWN_GRACE (300s) must be under 300s" in long.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -11,19 +12,22 @@ from pathlib import Path
 import pytest
 
 from worker.job import Status
-from worker.ledger import JobState, Ledger, RunRecord, SqliteLedger, open_ledger, to_ms
+from worker.ledger import JobState, Lease, Ledger, RunRecord, SqliteLedger, next_token, open_ledger, to_ms
 
 T0 = datetime(2026, 11, 26, 3, 0, 0, 123456, tzinfo=UTC)
 
 
 @pytest.fixture(params=["sqlite", "mongodb"])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each test runs once per backend; the MongoDB one gets its own database."""
     if request.param == "sqlite":
-        target = str(tmp_path / "ledger.db")
-    else:
-        uri = request.getfixturevalue("mongo_uri")
-        target = f"{uri.rstrip('/')}/ledger_{uuid.uuid4().hex[:8]}"
+        return str(tmp_path / "ledger.db")
+    uri = request.getfixturevalue("mongo_uri")
+    return f"{uri.rstrip('/')}/ledger_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def ledger(target: str) -> Iterator[Ledger]:
     opened = open_ledger(target)
     yield opened
     opened.close()
@@ -120,16 +124,71 @@ def test_record_keeps_a_missed_run(ledger: Ledger) -> None:
     assert (got.status, got.summary, got.duration_s) == (Status.MISSED, "missed: 12m late", 0.0)
 
 
-def test_interrupt_stale_marks_only_this_hosts_running_rows(ledger: Ledger) -> None:
-    """After a crash, this host's `running` rows become `interrupted`; other hosts' are left."""
-    mine, other, done = run(), replace(run(), host="worker-2"), run()
-    for record in (mine, other, done):
+def test_orphans_are_the_runs_of_instances_gone_quiet(ledger: Ledger) -> None:
+    """A `running` run is closed only when its own instance stopped heartbeating; the host name plays no part."""
+    alive, quiet, never, done = (replace(run(), instance=name) for name in ("a", "b", "c", "a"))
+    for record in (alive, quiet, never, done):
         ledger.start(record)
     ledger.finish(done.run_id, Status.OK, "", {}, T0 + timedelta(seconds=1))
-    assert ledger.interrupt_stale("worker-1", T0 + timedelta(minutes=1)) == 1
-    assert ledger.get(mine.run_id).status is Status.INTERRUPTED  # type: ignore[union-attr]
-    assert ledger.get(other.run_id).status is Status.RUNNING  # type: ignore[union-attr]
+    ledger.heartbeat("a", T0 + timedelta(seconds=55))
+    ledger.heartbeat("b", T0 + timedelta(seconds=30))
+    assert ledger.interrupt_orphans(T0 + timedelta(seconds=60), timedelta(seconds=15)) == 2
+    statuses = {r.instance: ledger.get(r.run_id).status for r in (alive, quiet, never)}  # type: ignore[union-attr]
+    assert statuses == {"a": Status.RUNNING, "b": Status.INTERRUPTED, "c": Status.INTERRUPTED}
     assert ledger.get(done.run_id).status is Status.OK  # type: ignore[union-attr]
+    assert {alive.host, quiet.host, never.host} == {"worker-1"}
+
+
+def test_lease_has_one_holder_and_a_token_per_term(ledger: Ledger) -> None:
+    """One holder at a time; renewing keeps the token; a take-over after expiry or a release gets a larger one."""
+    ttl = timedelta(seconds=15)
+    at = [T0 + timedelta(seconds=s) for s in range(40)]
+    assert ledger.acquire_lease("a", ttl, at[0]) == 1
+    assert ledger.acquire_lease("b", ttl, at[1]) is None
+    assert ledger.acquire_lease("a", ttl, at[5]) == 1  # renewed until at[20]
+    assert ledger.acquire_lease("b", ttl, at[19]) is None
+    assert ledger.lease_holder(at[19]) == Lease("a", 1, to_ms(at[20]))
+    assert ledger.acquire_lease("b", ttl, at[21]) == 2  # a stopped renewing: b takes over
+    assert ledger.acquire_lease("a", ttl, at[22]) is None
+    ledger.release_lease("a", 1)  # a stale holder cannot give away b's term
+    assert ledger.lease_holder(at[22]) == Lease("b", 2, to_ms(at[36]))
+    ledger.release_lease("b", 2)
+    assert ledger.lease_holder(at[23]) is None
+    assert ledger.acquire_lease("a", ttl, at[23]) == 3
+
+
+def test_lease_race_has_one_winner(target: str) -> None:
+    """Eight instances, each with its own connection, ask at the same moment: exactly one gets the lease."""
+    contenders = [open_ledger(target) for _ in range(8)]
+    barrier = threading.Barrier(len(contenders))
+    won: dict[int, int | None] = {}
+
+    def ask(i: int) -> None:
+        barrier.wait()
+        won[i] = contenders[i].acquire_lease(f"i{i}", timedelta(seconds=15), T0)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(contenders))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for c in contenders:
+        c.close()
+    assert sorted(v for v in won.values() if v is not None) == [1]
+    assert len(won) == 8
+
+
+@pytest.mark.parametrize(("held", "owner", "at", "expected"), [
+    (None, "a", 0, 1),
+    (("a", 4, 10), "a", 5, 4),
+    (("a", 4, 10), "b", 5, None),
+    (("a", 4, 10), "b", 10, 5),
+    (("a", 4, 10), "a", 11, 5),
+])  # fmt: skip
+def test_next_token(held: tuple[str, int, int] | None, owner: str, at: int, expected: int | None) -> None:
+    """The token a request gets: a new lease 1, a renewal the same, any new term one more, a held lease none."""
+    lease = None if held is None else Lease(held[0], held[1], T0 + timedelta(seconds=held[2]))
+    assert next_token(lease, owner, T0 + timedelta(seconds=at)) == expected
 
 
 def test_job_state_round_trips_and_is_per_job(ledger: Ledger) -> None:
@@ -181,3 +240,30 @@ def test_checks_are_kept_filtered_and_pruned(ledger: Ledger) -> None:
     JobChecks(ledger, "h").record([check("h", "api", int(CHECKS_KEPT.total_seconds() // 60) + 3)])
     assert [c.endpoint for c in ledger.checks(T0, "h")] == ["api", "api"]
     assert len(ledger.checks(T0, "other")) == 1
+
+
+def test_a_ledger_file_from_before_the_lease_is_upgraded(tmp_path: Path) -> None:
+    """An older SQLite ledger gains the instance, token and check-in columns; a left-over `running` row is an orphan."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, kind TEXT NOT NULL,"
+                " status TEXT NOT NULL, scheduled_at TEXT, started_at TEXT NOT NULL, finished_at TEXT,"
+                " duration_s REAL, summary TEXT NOT NULL, details TEXT NOT NULL, host TEXT NOT NULL,"
+                " version TEXT NOT NULL)")  # fmt: skip
+    old.execute("INSERT INTO runs VALUES ('r1', 'backup', 'backup', 'running', NULL, '2026-11-26T03:00:00.000+00:00',"
+                " NULL, NULL, '', '{}', 'worker-1', '0.1.0')")  # fmt: skip
+    old.commit()
+    old.close()
+    ledger = SqliteLedger(path)
+    try:
+        assert ledger.get("r1") == RunRecord(run_id="r1", job_id="backup", kind="backup", status=Status.RUNNING,
+                                             started_at=T0.replace(microsecond=0), host="worker-1",
+                                             version="0.1.0")  # fmt: skip
+        assert ledger.interrupt_orphans(T0 + timedelta(minutes=1), timedelta(seconds=15)) == 1
+        ledger.start(replace(run(), instance="i1", token=7, check_in="c1"))
+        (newest,) = ledger.recent(limit=1)
+        assert (newest.instance, newest.token, newest.check_in) == ("i1", 7, "c1")
+    finally:
+        ledger.close()

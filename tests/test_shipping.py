@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from worker.timespec import parse_duration
 
 # Render's Blueprint rules for a worker (shared/docs/reference.md §6, render.yaml JSON schema).
 WORKER_RUNTIMES = {"docker", "image", "python", "node", "ruby", "go", "rust", "elixir"}
@@ -55,6 +56,25 @@ def test_render_env_vars_use_allowed_forms_and_commit_no_secrets() -> None:
             if SECRET_KEY.search(var["key"]):
                 assert var.get("sync") is False, f"{var['key']} is a secret and must be sync: false"
     assert {"SENTRY_DSN", "OPSKEEPER_LEDGER"} <= keys
+
+
+def test_render_blueprint_hands_over_cleanly_on_deploy() -> None:
+    """The current auto-deploy key, a pre-deploy check that is a real command, a shutdown delay that covers the
+    daemon's grace, and one instance unless the ledger is shared (reference §10)."""
+    worker = render_worker()
+    assert "autoDeploy" not in worker
+    assert worker["autoDeployTrigger"] in {"commit", "checksPass", "off"}
+    assert worker["preDeployCommand"] == "opskeeper validate"
+    shipped = {"PATH": "/usr/bin:/bin", "OPSKEEPER_CONFIG": "config/jobs.yaml"}
+    result = subprocess.run([sys.executable, "-m", "worker", "validate"], cwd=ROOT, capture_output=True, text=True,
+                            check=False, env=shipped)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    delay = worker["maxShutdownDelaySeconds"]
+    assert 1 <= delay <= 300
+    grace = next(v["value"] for v in worker["envVars"] if v.get("key") == "OPSKEEPER_SHUTDOWN_GRACE")
+    assert parse_duration(grace).total_seconds() + 10 <= delay  # time left to record and flush
+    assert worker["numInstances"] == 1  # two need the MongoDB ledger: a recipe in the comments, not a default
+    assert "disk" not in worker
 
 
 def test_dockerfile_passes_hadolint() -> None:

@@ -23,7 +23,8 @@ from jobs.review import commands as review_commands
 from worker import commands
 from worker.commands import EXIT_CONFIG, CliError, Commands, Parser, add_config_option
 from worker.http import HttpConfigError
-from worker.reporting.log import configure
+from worker.ledger import describe_place, lost_on_deploy
+from worker.reporting.log import configure, get_logger
 from worker.runner import Runner
 from worker.settings import Settings, SettingsError, load_settings
 from worker.timespec import describe, parse_duration, upcoming
@@ -142,10 +143,17 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(f"--for: {exc}") from None
     masks, sentry = commands.reporting(settings, config, daemon=True)
     ledger = commands.ledger(settings, masks)
-    daemon = Daemon(config, ledger, sentry, masks, grace=settings.shutdown_grace, poll=settings.reload_poll)
+    daemon = Daemon(config, ledger, sentry, masks, grace=settings.shutdown_grace, poll=settings.reload_poll,
+                    lease_ttl=settings.lease_ttl, lease_renew=settings.lease_renew)  # fmt: skip
     daemon.install_signal_handlers()
+    target = settings.ledger.get_secret_value()
+    kind, where = describe_place(target, masks)
+    lost = lost_on_deploy(target, os.environ)
+    if lost:
+        get_logger().warning("ledger.not_durable", ledger=where, summary=lost)
+        sentry.problem(f"opskeeper: {lost}", "ledger-not-durable", "warning", ledger=where)
     try:
-        daemon.serve(run_for)
+        daemon.serve(run_for, ledger=kind, ledger_at=where)
     finally:
         ledger.close()
     return 0

@@ -8,6 +8,7 @@ run the daemon already marked `interrupted` cannot be overwritten by its late th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -47,6 +48,12 @@ class RunRecord:
     details: Mapping[str, Any] = field(default_factory=dict)
     host: str = ""
     version: str = ""
+    instance: str = ""
+    """The daemon (or command) that ran it: runs are closed as orphans by instance, never by host."""
+    token: int | None = None
+    """The lease's fencing token while the run started (None outside the daemon)."""
+    check_in: str | None = None
+    """Its Sentry Crons check-in id: a re-run after a deploy closes this same slot."""
 
     @property
     def duration_s(self) -> float | None:
@@ -96,8 +103,20 @@ class Ledger(Protocol):
         A review names its kinds: a health job's run every minute is 132,000 runs in 92 days.
         """
 
-    def interrupt_stale(self, host: str, finished_at: datetime) -> int:
-        """Mark this host's runs left `running` by a crash as `interrupted`; how many."""
+    def interrupt_orphans(self, now: datetime, alive: timedelta) -> int:
+        """Mark `running` runs as `interrupted` when their instance has not been seen for `alive`; how many."""
+
+    def heartbeat(self, instance: str, now: datetime) -> None:
+        """Say that this instance is alive (its runs are not orphans)."""
+
+    def acquire_lease(self, owner: str, ttl: timedelta, now: datetime) -> int | None:
+        """Take or renew the scheduler lease until now + ttl; its fencing token, or None if another holds it."""
+
+    def release_lease(self, owner: str, token: int) -> None:
+        """Give the lease up at once, if `owner` still holds it with `token`."""
+
+    def lease_holder(self, now: datetime) -> Lease | None:
+        """Who holds the lease now (None when nobody does)."""
 
     def get_state(self, job_id: str, key: str, default: Any = None) -> Any:
         """A job's remembered value, or `default`."""
@@ -120,6 +139,32 @@ class Ledger(Protocol):
     def close(self) -> None:
         """Release connections."""
 
+
+@dataclass(frozen=True)
+class Lease:
+    """The scheduler lease: one per ledger, so only one daemon schedules."""
+
+    owner: str
+    token: int
+    expires_at: datetime
+
+
+def next_token(held: Lease | None, owner: str, now: datetime) -> int | None:
+    """The fencing token `owner` gets by asking for the lease at `now`, or None while another holds it. Pure.
+
+    Renewing keeps the token; every new term (a take-over, or the same owner after expiry)
+    gets a larger one, so a run records which term started it.
+    """
+    if held is None:
+        return 1
+    if held.expires_at > now:
+        return held.token if held.owner == owner else None
+    return held.token + 1
+
+
+LEASE = "scheduler"
+ORPHANED = "its daemon stopped before this run ended"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: The longest window `opskeeper uptime` reports; older checks are pruned.
 CHECKS_KEPT = timedelta(days=31)
@@ -163,6 +208,30 @@ def open_ledger(target: str) -> Ledger:
     return SqliteLedger(Path(target))
 
 
+def describe_place(target: str, masks: Any) -> tuple[str, str]:
+    """(kind, where) of a ledger target for the log: the SQLite file's full path, the URL without credentials."""
+    if target.startswith(("mongodb://", "mongodb+srv://")):
+        return "mongodb", str(masks.text(target))
+    return "sqlite", str(Path(target).resolve())
+
+
+def lost_on_deploy(target: str, environ: Mapping[str, str]) -> str | None:
+    """Why this ledger will not survive a Render deploy, or None.
+
+    On Render (`RENDER=true`) a service's file system is wiped on every deploy except under a
+    persistent disk, which is a mount of its own: a SQLite file with no mount point above it
+    (other than /) is lost, and with it the deploy history, health states and dedupe.
+    """
+    if environ.get("RENDER") != "true" or target.startswith(("mongodb://", "mongodb+srv://")):
+        return None
+    path = Path(target).resolve()
+    if any(parent != Path("/") and parent.is_mount() for parent in path.parents):
+        return None
+    return (f"the SQLite ledger {path} is not on a persistent disk: Render wipes it on every deploy, and with it "
+            "the last good deploy, health states and advisory dedupe; set OPSKEEPER_LEDGER to a mongodb+srv:// URL "
+            "or mount a disk there (see render.yaml)")  # fmt: skip
+
+
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
@@ -184,7 +253,10 @@ CREATE TABLE IF NOT EXISTS runs (
     summary TEXT NOT NULL,
     details TEXT NOT NULL,
     host TEXT NOT NULL,
-    version TEXT NOT NULL
+    version TEXT NOT NULL,
+    instance TEXT NOT NULL DEFAULT '',
+    token INTEGER,
+    check_in TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job_id, started_at);
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
@@ -202,6 +274,16 @@ CREATE TABLE IF NOT EXISTS checks (
 CREATE INDEX IF NOT EXISTS checks_by_job ON checks (job_id, at);
 CREATE INDEX IF NOT EXISTS checks_by_endpoint ON checks (job_id, endpoint, at);
 CREATE INDEX IF NOT EXISTS checks_by_time ON checks (at);
+CREATE TABLE IF NOT EXISTS lease (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    expires_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instances (
+    instance TEXT PRIMARY KEY,
+    seen_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS job_state (
     job_id TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -211,7 +293,12 @@ CREATE TABLE IF NOT EXISTS job_state (
 );
 """
 _CHECK_COLUMNS = "job_id, endpoint, at, verdict, state, status_code, latency_ms, reason"
-_COLUMNS = "run_id, job_id, kind, status, scheduled_at, started_at, finished_at, summary, details, host, version"
+_COLUMNS = (
+    "run_id, job_id, kind, status, scheduled_at, started_at, finished_at, summary, details, host, version,"
+    " instance, token, check_in"
+)
+#: Columns added after the first release: an older ledger file gains them when opened.
+_ADDED = {"instance": "TEXT NOT NULL DEFAULT ''", "token": "INTEGER", "check_in": "TEXT"}
 
 
 class SqliteLedger:
@@ -225,6 +312,13 @@ class SqliteLedger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        for column, kind in _ADDED.items():
+            if column not in present:
+                # Another instance opening the same old file may add it first: that is as good.
+                with contextlib.suppress(sqlite3.OperationalError):
+                    self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+        self._db.execute("CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, instance)")
 
     def start(self, record: RunRecord) -> None:
         self._insert(replace(record, status=Status.RUNNING, finished_at=None))
@@ -236,7 +330,7 @@ class SqliteLedger:
         row = (
             r.run_id, r.job_id, r.kind, r.status.value, _iso(r.scheduled_at), _iso(r.started_at),
             _iso(r.finished_at), r.summary, json.dumps(dict(r.details), default=str), r.host, r.version,
-            r.duration_s,
+            r.instance, r.token, r.check_in, r.duration_s,
         )  # fmt: skip
         with self._lock:
             placeholders = ",".join("?" * len(row))
@@ -283,14 +377,51 @@ class SqliteLedger:
             ).fetchall()
         return [self._row(row) for row in rows]
 
-    def interrupt_stale(self, host: str, finished_at: datetime) -> int:
+    def interrupt_orphans(self, now: datetime, alive: timedelta) -> int:
         with self._lock:
             cur = self._db.execute(
-                "UPDATE runs SET status='interrupted', summary='the daemon stopped before this run ended',"
-                " finished_at=? WHERE host=? AND status='running'",
-                (_iso(finished_at), host),
+                "UPDATE runs SET status='interrupted', summary=?, finished_at=? WHERE status='running'"
+                " AND instance NOT IN (SELECT instance FROM instances WHERE seen_at >= ?)",
+                (ORPHANED, _iso(to_ms(now)), _iso(to_ms(now - alive))),
             )
             return cur.rowcount
+
+    def heartbeat(self, instance: str, now: datetime) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO instances (instance, seen_at) VALUES (?, ?) ON CONFLICT (instance)"
+                             " DO UPDATE SET seen_at=excluded.seen_at", (instance, _iso(to_ms(now))))  # fmt: skip
+
+    def acquire_lease(self, owner: str, ttl: timedelta, now: datetime) -> int | None:
+        with self._lock:
+            # IMMEDIATE: the read and the write are one step for every process on this file.
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                token = next_token(self._lease(), owner, now)
+                if token is not None:
+                    self._db.execute(
+                        "INSERT INTO lease (name, owner, token, expires_at) VALUES (?,?,?,?) ON CONFLICT (name)"
+                        " DO UPDATE SET owner=excluded.owner, token=excluded.token, expires_at=excluded.expires_at",
+                        (LEASE, owner, token, _iso(to_ms(now + ttl))),
+                    )  # fmt: skip
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return token
+
+    def release_lease(self, owner: str, token: int) -> None:
+        with self._lock:
+            self._db.execute("UPDATE lease SET expires_at=? WHERE name=? AND owner=? AND token=?",
+                             (_iso(_EPOCH), LEASE, owner, token))  # fmt: skip
+
+    def lease_holder(self, now: datetime) -> Lease | None:
+        with self._lock:
+            held = self._lease()
+        return held if held is not None and held.expires_at > now else None
+
+    def _lease(self) -> Lease | None:
+        row = self._db.execute("SELECT owner, token, expires_at FROM lease WHERE name=?", (LEASE,)).fetchone()
+        return None if row is None else Lease(row[0], row[1], datetime.fromisoformat(row[2]))
 
     def get_state(self, job_id: str, key: str, default: Any = None) -> Any:
         with self._lock:
@@ -344,11 +475,13 @@ class SqliteLedger:
 
     @staticmethod
     def _row(row: tuple[Any, ...]) -> RunRecord:
-        run_id, job_id, kind, status, scheduled, started, finished, summary, details, host, version = row
+        run_id, job_id, kind, status, scheduled, started, finished, summary, details, host, version, *fence = row
+        instance, token, check_in = fence
         return RunRecord(
             run_id=run_id, job_id=job_id, kind=kind, status=Status(status), scheduled_at=_parse(scheduled),
             started_at=_parse(started) or utc_now(), finished_at=_parse(finished), summary=summary,
-            details=json.loads(details), host=host, version=version,
+            details=json.loads(details), host=host, version=version, instance=instance or "", token=token,
+            check_in=check_in,
         )  # fmt: skip
 
 
@@ -356,16 +489,22 @@ class MongoLedger:
     """The same ledger in MongoDB (Atlas or self-hosted): collections `runs` and `job_state`."""
 
     def __init__(self, url: str) -> None:
-        from pymongo import ASCENDING, DESCENDING, MongoClient
+        from pymongo import ASCENDING, DESCENDING, MongoClient, WriteConcern
 
         # An operator's serverSelectionTimeoutMS in the URL wins; otherwise fail in 10 s, not 30.
         options: dict[str, Any] = {"tz_aware": True, "appname": "opskeeper"}
         if "serverselectiontimeoutms" not in url.lower():
             options["serverSelectionTimeoutMS"] = 10_000
+        if "sockettimeoutms" not in url.lower():
+            # A server that stops answering mid-call must not hold the daemon (and its lease step) forever.
+            options["socketTimeoutMS"] = 20_000
         self._client: Any = MongoClient(url, **options)
         name = urlsplit(url).path.lstrip("/") or "opskeeper"
         db = self._client[name]
         self._runs = db["runs"]
+        # The lease must survive a primary's failover: an acknowledged write of it is a majority's.
+        self._lease = db.get_collection("lease", write_concern=WriteConcern("majority"))
+        self._instances = db["instances"]
         self._state = db["job_state"]
         self._checks = db["checks"]
         self._checks.create_index([("job_id", ASCENDING), ("at", ASCENDING)])
@@ -374,7 +513,7 @@ class MongoLedger:
         self._runs.create_index([("job_id", ASCENDING), ("started_at", DESCENDING)])
         self._runs.create_index([("started_at", DESCENDING)])
         self._runs.create_index([("kind", ASCENDING), ("started_at", ASCENDING)])
-        self._runs.create_index([("host", ASCENDING), ("status", ASCENDING)])
+        self._runs.create_index([("status", ASCENDING), ("instance", ASCENDING)])
 
     def start(self, record: RunRecord) -> None:
         self._runs.insert_one(self._doc(replace(record, status=Status.RUNNING, finished_at=None)))
@@ -412,13 +551,49 @@ class MongoLedger:
             query["kind"] = {"$in": list(kinds)}
         return [self._record(doc) for doc in self._runs.find(query).sort([("started_at", 1), ("_id", 1)])]
 
-    def interrupt_stale(self, host: str, finished_at: datetime) -> int:
+    def interrupt_orphans(self, now: datetime, alive: timedelta) -> int:
+        living = [d["_id"] for d in self._instances.find({"seen_at": {"$gte": to_ms(now - alive)}}, {"_id": 1})]
         result = self._runs.update_many(
-            {"host": host, "status": Status.RUNNING.value},
-            {"$set": {"status": Status.INTERRUPTED.value, "finished_at": to_ms(finished_at),
-                      "summary": "the daemon stopped before this run ended"}},
+            {"status": Status.RUNNING.value, "instance": {"$nin": living}},
+            {"$set": {"status": Status.INTERRUPTED.value, "finished_at": to_ms(now), "summary": ORPHANED}},
         )  # fmt: skip
         return int(result.modified_count)
+
+    def heartbeat(self, instance: str, now: datetime) -> None:
+        self._instances.update_one({"_id": instance}, {"$set": {"seen_at": to_ms(now)}}, upsert=True)
+
+    def acquire_lease(self, owner: str, ttl: timedelta, now: datetime) -> int | None:
+        from pymongo import ReturnDocument
+        from pymongo.errors import DuplicateKeyError
+
+        until = to_ms(now + ttl)
+        # Renew: the same term, so the same token.
+        renewed = self._lease.find_one_and_update(
+            {"_id": LEASE, "owner": owner, "expires_at": {"$gt": to_ms(now)}}, {"$set": {"expires_at": until}},
+            return_document=ReturnDocument.AFTER,
+        )  # fmt: skip
+        if renewed is not None:
+            return int(renewed["token"])
+        # Take over an expired lease: a new term, a larger token.
+        taken = self._lease.find_one_and_update(
+            {"_id": LEASE, "expires_at": {"$lte": to_ms(now)}},
+            {"$set": {"owner": owner, "expires_at": until}, "$inc": {"token": 1}},
+            return_document=ReturnDocument.AFTER,
+        )  # fmt: skip
+        if taken is not None:
+            return int(taken["token"])
+        try:
+            self._lease.insert_one({"_id": LEASE, "owner": owner, "token": 1, "expires_at": until})
+        except DuplicateKeyError:
+            return None  # held by another instance, unexpired
+        return 1
+
+    def release_lease(self, owner: str, token: int) -> None:
+        self._lease.update_one({"_id": LEASE, "owner": owner, "token": token}, {"$set": {"expires_at": _EPOCH}})
+
+    def lease_holder(self, now: datetime) -> Lease | None:
+        doc = self._lease.find_one({"_id": LEASE, "expires_at": {"$gt": to_ms(now)}})
+        return None if doc is None else Lease(doc["owner"], int(doc["token"]), doc["expires_at"])
 
     def get_state(self, job_id: str, key: str, default: Any = None) -> Any:
         doc = self._state.find_one({"_id": f"{job_id}\x1f{key}"})
@@ -462,6 +637,7 @@ class MongoLedger:
             "scheduled_at": r.scheduled_at and to_ms(r.scheduled_at), "started_at": to_ms(r.started_at),
             "finished_at": r.finished_at and to_ms(r.finished_at), "duration_s": r.duration_s,
             "summary": r.summary, "details": _jsonable(r.details), "host": r.host, "version": r.version,
+            "instance": r.instance, "token": r.token, "check_in": r.check_in,
         }  # fmt: skip
 
     @staticmethod
@@ -470,7 +646,8 @@ class MongoLedger:
             run_id=doc["_id"], job_id=doc["job_id"], kind=doc["kind"], status=Status(doc["status"]),
             scheduled_at=doc.get("scheduled_at"), started_at=doc["started_at"], finished_at=doc.get("finished_at"),
             summary=doc.get("summary", ""), details=doc.get("details") or {}, host=doc.get("host", ""),
-            version=doc.get("version", ""),
+            version=doc.get("version", ""), instance=doc.get("instance", ""), token=doc.get("token"),
+            check_in=doc.get("check_in"),
         )  # fmt: skip
 
 

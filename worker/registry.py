@@ -30,6 +30,11 @@ KINDS: Mapping[str, tuple[type[JobOptions], Callable[[Any], Job]]] = {
     "security_review": (SecurityReviewOptions, SecurityReviewJob),
 }
 
+#: Kinds whose run a deploy interrupted is run again by the next leader at once: repeating them
+#: changes nothing but the time (a backup, a drill, a check, a review). A command may not be.
+SAFE_TO_REPEAT = frozenset({"backup", "restore_drill", "dependencies", "weekly_review", "docs_review",
+                            "security_review"})  # fmt: skip
+
 #: The options model of each kind, which is all the schedule validator needs.
 OPTIONS: Mapping[str, type[JobOptions]] = {name: model for name, (model, _) in KINDS.items()}
 

@@ -66,6 +66,9 @@ class Runner:
         self.redact = redactor
         self.tz = tz
         self.host = socket.gethostname()
+        #: Who runs, for the ledger: the daemon sets its instance id and, while leading, the lease's token.
+        self.instance = self.host
+        self.token: int | None = None
         self.version = version()
         self.log = get_logger()
         self._active: dict[str, _Handle] = {}
@@ -76,8 +79,11 @@ class Runner:
 
     # --- one run ----------------------------------------------------------------
 
-    def run(self, job: JobSpec, scheduled_at: datetime | None = None) -> RunRecord:
-        """Run `job` once, now; returns the finished ledger record."""
+    def run(self, job: JobSpec, scheduled_at: datetime | None = None, rerun_of: RunRecord | None = None) -> RunRecord:
+        """Run `job` once, now; returns the finished ledger record.
+
+        `rerun_of` is a run a deploy interrupted: this run takes its place, closing its Crons slot.
+        """
         straggler = self._stragglers.get(job.id)
         if straggler is not None and straggler.is_alive():
             return self.missed(
@@ -85,16 +91,19 @@ class Runner:
             )
         run_id = uuid.uuid4().hex
         started = utc_now()
+        check_in_id = self.sentry.checkin(job, self.tz, Status.RUNNING, rerun_of.check_in if rerun_of else None)
         record = RunRecord(
             run_id=run_id, job_id=job.id, kind=job.kind, status=Status.RUNNING, started_at=started,
-            scheduled_at=scheduled_at, host=self.host, version=self.version,
+            scheduled_at=scheduled_at, host=self.host, version=self.version, instance=self.instance,
+            token=self.token, check_in=check_in_id,
         )  # fmt: skip
         self._ledger_call("start", record)
         log = self.log.bind(job_id=job.id, kind=job.kind, run_id=run_id)
         precise = datetime.now(UTC)
         lateness = None if scheduled_at is None else round((precise - scheduled_at).total_seconds(), 4)
-        log.info("job.started", scheduled_at=scheduled_at and scheduled_at.isoformat(), lateness_s=lateness)
-        check_in_id = self.sentry.checkin(job, self.tz, Status.RUNNING)
+        extra = {"rerun_of": rerun_of.run_id} if rerun_of else {}
+        log.info("job.started", scheduled_at=scheduled_at and scheduled_at.isoformat(), lateness_s=lateness,
+                 token=self.token, **extra)  # fmt: skip
         handle = _Handle(job, run_id)
         with self._idle:
             self._active[run_id] = handle
@@ -123,7 +132,12 @@ class Runner:
         log.info("job.finished", status=outcome.status.value, duration_s=done.duration_s, summary=outcome.summary)
         # A problem the job already announced itself is a finding, not a failed run.
         crons_status = Status.OK if outcome.alerted and outcome.status is Status.FAIL else outcome.status
-        self.sentry.checkin(job, self.tz, crons_status, check_in_id, done.duration_s)
+        if outcome.status is Status.INTERRUPTED:
+            # A deploy stopped it; that is no failure of the job. A kind safe to repeat leaves its
+            # slot open for the next leader's re-run to close; any other closes it ok.
+            crons_status = Status.RUNNING if reruns(job) else Status.OK
+        if crons_status is not Status.RUNNING:
+            self.sentry.checkin(job, self.tz, crons_status, check_in_id, done.duration_s)
         if alerts(job, outcome.status) and not outcome.alerted:
             self.sentry.alert(job, outcome, record.run_id)
         return done
@@ -233,6 +247,11 @@ class Runner:
             getattr(self.ledger, method)(*args)
         except Exception as exc:  # noqa: BLE001
             self.log.error("ledger.error", operation=method, error=self.redact.text(_one_line(exc)))
+
+
+def reruns(job: JobSpec) -> bool:
+    """Whether a run of this job that a deploy interrupted is run again by the next leader at once."""
+    return job.rerun_interrupted if job.rerun_interrupted is not None else job.kind in registry.SAFE_TO_REPEAT
 
 
 def alerts(job: JobSpec, status: Status) -> bool:

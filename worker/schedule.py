@@ -110,6 +110,8 @@ class JobDefaults(BaseModel):
     retries: int = Field(default=0, ge=0, le=10)
     retry_backoff: Duration = timedelta(seconds=5)
     alert_on: tuple[AlertStatus, ...] = (Status.FAIL, Status.ERROR)
+    rerun_interrupted: bool | None = None
+    """Run again at once when a deploy interrupted it; default: yes for backups, drills, checks and reviews."""
 
 
 class JobSpec(JobDefaults):

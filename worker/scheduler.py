@@ -3,6 +3,9 @@
 APScheduler's own defaults hide trouble (a late run is dropped silently after 1 s, an
 overlapping run is skipped silently): here every missed or skipped run is recorded and
 reported, schedules use standard cron semantics, and the schedule file is reloaded live.
+
+Only the holder of the ledger's lease schedules (`worker.leadership`): a standby keeps its
+schedule up to date and adds its jobs to APScheduler only when it takes over.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,16 +35,20 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from worker import registry
-from worker.ledger import Ledger
+from worker.job import Status
+from worker.leadership import Leadership, Presence, instance_id
+from worker.ledger import Ledger, RunRecord
 from worker.reporting.log import get_logger
 from worker.reporting.redact import Redactor
 from worker.reporting.sentry import SentryReporter
-from worker.runner import Runner
+from worker.runner import Runner, reruns
 from worker.schedule import ConfigError, JobSpec, ScheduleConfig, load_config
 from worker.timespec import CronSchedule, format_duration, next_fire
 
 # Threads are started only when runs overlap, so a generous cap costs nothing idle.
 _MAX_PARALLEL_RUNS = 64
+#: How long ago a deploy may have interrupted a run for the next leader to run it again.
+RERUN_WITHIN = timedelta(hours=24)
 
 
 class _StandardCronTrigger(BaseTrigger):  # type: ignore[misc]
@@ -111,14 +119,24 @@ class Daemon:
     """Runs the schedule until told to stop; reloads it on SIGHUP or when the file changes."""
 
     def __init__(self, config: ScheduleConfig, ledger: Ledger, sentry: SentryReporter, redactor: Redactor,
-                 *, grace: timedelta, poll: timedelta) -> None:  # fmt: skip
+                 *, grace: timedelta, poll: timedelta, lease_ttl: timedelta = timedelta(seconds=15),
+                 lease_renew: timedelta = timedelta(seconds=5), instance: str | None = None) -> None:  # fmt: skip
         self.config = config
         self.ledger = ledger
         self.sentry = sentry
         self.redactor = redactor
         self.grace = grace
         self.poll = poll
+        self.instance = instance or instance_id()
         self.runner = Runner(ledger, sentry, redactor, config.timezone)
+        self.runner.instance = self.instance
+        self.presence = Presence(ledger, self.instance, lease_renew)
+        self.leadership = Leadership(ledger, self.instance, lease_ttl)
+        self.lease_renew = lease_renew
+        self.leading = False
+        self._reruns: dict[str, RunRecord] = {}
+        self._lease_trouble = ""
+        self._standing_by = False
         self.log = get_logger()
         self.stop = threading.Event()
         self.reload = threading.Event()
@@ -139,41 +157,129 @@ class Daemon:
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
 
-    def serve(self, run_for: timedelta | None = None) -> None:
-        """Run until stopped (or for `run_for`), then shut down gracefully."""
-        stale = self.runner.ledger.interrupt_stale(self.runner.host, datetime.now(UTC))
-        if stale:
-            self.log.warning("ledger.stale_runs", count=stale, summary="runs left running by a previous crash")
+    def serve(self, run_for: timedelta | None = None, **started: Any) -> None:
+        """Run until stopped (or for `run_for`), then shut down gracefully; `started` goes into `daemon.started`."""
         self._watched = self._look(Path(self.config.path))
+        self.presence.start()
         self._scheduler.start()
         self._apply(self.config, initial=True)
         self.log.info(
             "daemon.started", config=self.config.path, jobs=len(self.config.jobs), timezone=self.config.timezone.key,
-            pid=os.getpid(), version=self.runner.version,
+            pid=os.getpid(), version=self.runner.version, instance=self.instance, **started,
         )  # fmt: skip
-        deadline = None if run_for is None else datetime.now(UTC) + run_for
+        clock = time.monotonic
+        deadline = None if run_for is None else clock() + run_for.total_seconds()
+        next_lease, next_poll = clock(), clock() + self.poll.total_seconds()
         while not self.stop.is_set():
-            if deadline is not None and datetime.now(UTC) >= deadline:
+            if deadline is not None and clock() >= deadline:
                 break
-            wait = self.poll.total_seconds()
-            if deadline is not None:
-                wait = max(0.0, min(wait, (deadline - datetime.now(UTC)).total_seconds()))
-            if self.stop.wait(wait):
+            if clock() >= next_lease:
+                next_lease = clock() + self.lease_renew.total_seconds()
+                self._lease_step()
+            if clock() >= next_poll:
+                next_poll = clock() + self.poll.total_seconds()
+                forced = self.reload.is_set()
+                self.reload.clear()
+                self._maybe_reload(forced)
+            wake = min(next_lease, next_poll, deadline if deadline is not None else next_poll)
+            if self.stop.wait(max(0.0, wake - clock())):
                 break
-            forced = self.reload.is_set()
-            self.reload.clear()
-            self._maybe_reload(forced)
         self._shutdown()
+
+    # --- leadership -------------------------------------------------------------
+
+    def _lease_step(self) -> None:
+        """Ask for (or renew) the lease; take the lead, keep it, or step down."""
+        try:
+            token = self.leadership.ask()
+        except Exception as exc:  # noqa: BLE001 - any ledger failure: keep the lead only while it is still valid
+            trouble = self.redactor.text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+            if trouble != self._lease_trouble:
+                self._lease_trouble = trouble
+                self.log.warning("lease.unreachable", instance=self.instance, error=trouble)
+            if self.leading and not self.leadership.valid():
+                self._step_down(f"the lease could not be renewed in time ({trouble})")
+            return
+        self._lease_trouble = ""
+        if token is None:
+            if self.leading:
+                self._step_down("another instance holds the lease")
+            if not self._standing_by:
+                self._standing_by = True
+                self.log.info("lease.standby", instance=self.instance,
+                              summary="another instance schedules; this one takes over when it stops")  # fmt: skip
+            return
+        self._standing_by = False
+        if not self.leading:
+            self._take_lead(token)
+        self._close_orphans()
+        self._queue_reruns()
+
+    def _take_lead(self, token: int) -> None:
+        self.leading = True
+        self.runner.token = token
+        for job in self.config.jobs:
+            if job.enabled:
+                self._add(job, self.config)
+        self.log.info("lease.acquired", instance=self.instance, token=token,
+                      summary="this instance schedules the jobs now")  # fmt: skip
+
+    def _close_orphans(self) -> None:
+        """Close the runs of instances that stopped heartbeating (a crash, a kill -9), at every step of the lead:
+        a dead leader's last heartbeat may be younger than the lease it let expire."""
+        try:
+            orphans = self.ledger.interrupt_orphans(datetime.now(UTC), self.leadership.ttl)
+        except Exception:  # noqa: BLE001 - the next step tries again
+            return
+        if orphans:
+            self.log.warning("ledger.orphan_runs", count=orphans, summary="runs of an instance that went quiet")
+
+    def _step_down(self, reason: str) -> None:
+        self.leading = False
+        self.runner.token = None
+        self._scheduler.remove_all_jobs()
+        self._reruns.clear()
+        self.log.warning("lease.lost", instance=self.instance, summary=f"stopped scheduling: {reason}")
+
+    def _queue_reruns(self) -> None:
+        """Run at once each safe-to-repeat job whose newest run a deploy (or a crash) interrupted."""
+        now = datetime.now(UTC)
+        for job in self.config.jobs:
+            if not job.enabled or not reruns(job) or job.id in self._reruns:
+                continue
+            try:
+                newest = self.ledger.recent(job.id, 1)
+            except Exception:  # noqa: BLE001 - the next step asks again
+                return
+            if not newest or newest[0].status is not Status.INTERRUPTED:
+                continue
+            ended = newest[0].finished_at or newest[0].started_at
+            if now - ended > RERUN_WITHIN or self._scheduler.get_job(job.id) is None:
+                continue
+            self._reruns[job.id] = newest[0]
+            self.log.info("job.rerun_queued", job_id=job.id, rerun_of=newest[0].run_id,
+                          summary="interrupted by a deploy or a crash: running it again now")  # fmt: skip
+            self._scheduler.modify_job(job.id, next_run_time=datetime.now(self.config.timezone))
 
     def _shutdown(self) -> None:
         running = self.runner.active()
         self.log.info("daemon.stopping", running=running, grace_s=self.grace.total_seconds())
         # Stop starting runs, but let the ones in progress go on.
         self._scheduler.shutdown(wait=False)
+        if self.leading:
+            # Hand over now, not when the lease runs out: the standby takes over at its next ask.
+            self.leading = False
+            try:
+                self.leadership.release()
+                self.log.info("lease.released", instance=self.instance)
+            except Exception:  # noqa: BLE001 - then it expires by itself
+                self.log.warning("lease.release_failed", instance=self.instance)
         if not self.runner.wait_idle(self.grace.total_seconds()):
             self.log.warning("daemon.interrupting", running=self.runner.active())
             self.runner.interrupt_all()
             self.runner.wait_idle(5.0)
+        # Beat until the runs are recorded, so the successor does not take them for orphans.
+        self.presence.stop()
         self.sentry.flush()
         self.log.info("daemon.stopped")
 
@@ -190,27 +296,38 @@ class Daemon:
         self.runner.tz = config.timezone
         self.runner.jobs = {j.id: j for j in config.jobs}
         self.redactor.add(config.secrets)
-        for job_id in removed + changed:
-            self._scheduler.remove_job(job_id)
-        for job_id in added + changed:
-            job = new[job_id]
-            scheduled = self._scheduler.add_job(
-                self._fire_callable(job_id), trigger=build_trigger(job, config.timezone), id=job_id,
-                name=job_id, misfire_grace_time=int(job.misfire_grace.total_seconds()) or 1,
-            )  # fmt: skip
-            self.log.info(
-                "job.scheduled", job_id=job_id, kind=job.kind, schedule=job.schedule.text,
-                next_run=scheduled.next_run_time and scheduled.next_run_time.isoformat(),
-            )  # fmt: skip
+        if self.leading:
+            for job_id in removed + changed:
+                self._scheduler.remove_job(job_id)
+            for job_id in added + changed:
+                self._add(new[job_id], config)
         if not initial:
             self.log.info("config.reloaded", added=added, removed=removed, changed=changed, jobs=len(new))
+
+    def _add(self, job: JobSpec, config: ScheduleConfig) -> None:
+        scheduled = self._scheduler.add_job(
+            self._fire_callable(job.id), trigger=build_trigger(job, config.timezone), id=job.id,
+            name=job.id, misfire_grace_time=int(job.misfire_grace.total_seconds()) or 1,
+        )  # fmt: skip
+        self.log.info(
+            "job.scheduled", job_id=job.id, kind=job.kind, schedule=job.schedule.text,
+            next_run=scheduled.next_run_time and scheduled.next_run_time.isoformat(),
+        )  # fmt: skip
 
     def _fire_callable(self, job_id: str) -> Callable[[datetime], None]:
         # The default only satisfies APScheduler's signature check: _RunExecutor always passes it.
         def fire(scheduled_at: datetime | None = None) -> None:
             job = next((j for j in self.config.jobs if j.id == job_id), None)
-            if job is not None:
-                self.runner.run(job, scheduled_at and scheduled_at.astimezone(UTC))
+            if job is None:
+                return
+            if not self.leadership.valid():
+                # Cut off from the ledger past the lease's validity: another instance may lead by now.
+                self.log.warning("job.not_started", job_id=job_id, instance=self.instance,
+                                 summary="this instance can no longer prove it holds the lease")  # fmt: skip
+                return
+            rerun_of = self._reruns.pop(job_id, None)
+            when = rerun_of.scheduled_at if rerun_of is not None and rerun_of.scheduled_at else scheduled_at
+            self.runner.run(job, when and when.astimezone(UTC), rerun_of=rerun_of)
 
         return fire
 

@@ -42,12 +42,28 @@ class Settings(BaseSettings):
     """A file path selects SQLite; a mongodb:// or mongodb+srv:// URL selects MongoDB."""
     log_format: Literal["json", "console"] | None = Field(None, alias="OPSKEEPER_LOG_FORMAT")
     shutdown_grace: Seconds = Field(timedelta(seconds=25), alias="OPSKEEPER_SHUTDOWN_GRACE")
-    """Render kills a worker 30 s after SIGTERM; 25 s leaves time to record and flush."""
+    """Render kills a worker maxShutdownDelaySeconds after SIGTERM (30 s unless set; render.yaml sets 300)."""
     reload_poll: Seconds = Field(timedelta(seconds=2), alias="OPSKEEPER_RELOAD_POLL")
+    lease_ttl: Seconds = Field(timedelta(seconds=15), alias="OPSKEEPER_LEASE_TTL")
+    """How long the scheduler lease lasts unrenewed: a crashed leader's successor waits this long at most."""
+    lease_renew: Seconds = Field(timedelta(seconds=5), alias="OPSKEEPER_LEASE_RENEW")
+    """How often the leader renews, a standby asks, and every instance heartbeats."""
     sentry_dsn: SecretStr | None = Field(None, alias="SENTRY_DSN")
     sentry_environment: str = Field("production", alias="SENTRY_ENVIRONMENT")
     sentry_release: str | None = Field(None, alias="SENTRY_RELEASE")
     sentry_traces_sample_rate: float = Field(1.0, ge=0.0, le=1.0, alias="SENTRY_TRACES_SAMPLE_RATE")
+
+    @model_validator(mode="after")
+    def _timing(self) -> Settings:
+        if self.shutdown_grace >= timedelta(seconds=300):
+            raise ValueError(f"OPSKEEPER_SHUTDOWN_GRACE ({self.shutdown_grace.total_seconds():g}s) must be under "
+                             "300s, Render's longest maxShutdownDelaySeconds, with time left to record "
+                             "and flush")  # fmt: skip
+        if self.lease_renew * 2 > self.lease_ttl:
+            raise ValueError(f"OPSKEEPER_LEASE_RENEW ({self.lease_renew.total_seconds():g}s) must be at most half of "
+                             f"OPSKEEPER_LEASE_TTL ({self.lease_ttl.total_seconds():g}s), so one missed renewal "
+                             "does not lose the lease")  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _release_from_render(self) -> Settings:
@@ -137,7 +153,10 @@ def load_settings(**overrides: Any) -> Settings:
         for error in exc.errors(include_url=False):
             name = ".".join(str(p) for p in error["loc"])
             value = error.get("input")
-            shown = "" if "SENTRY_DSN" in name or "LEDGER" in name else f" (got {value!r})"
             message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+            if not name:  # a rule across variables: its message names them; its input is every setting
+                lines.append(message)
+                continue
+            shown = "" if "SENTRY_DSN" in name or "LEDGER" in name else f" (got {value!r})"
             lines.append(f"{name}: {message}{shown}")
         raise SettingsError("invalid environment:\n" + "\n".join(lines)) from None

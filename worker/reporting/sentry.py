@@ -129,14 +129,15 @@ class SentryReporter:
         except Exception:  # noqa: BLE001, S110 - reporting must never break a run
             pass
 
-    def problem(self, message: str, fingerprint: str, **context: Any) -> None:
-        """An error that is not a run's, e.g. a schedule reload that failed."""
+    def problem(self, message: str, fingerprint: str, level: Literal["warning", "error"] = "error",
+                **context: Any) -> None:  # fmt: skip
+        """A problem that is not a run's: a schedule reload that failed, a ledger a deploy will wipe."""
         if not self.enabled:
             return
         with sentry_sdk.new_scope() as scope:
             scope.fingerprint = ["opskeeper", fingerprint]
             scope.set_context("opskeeper", context)
-            sentry_sdk.capture_message(message, level="error")
+            sentry_sdk.capture_message(message, level=level)
 
     @contextmanager
     def transaction(self, job: JobSpec, run_id: str) -> Iterator[Any]:

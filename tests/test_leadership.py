@@ -1,0 +1,252 @@
+"""Several daemons on one ledger, as real processes, on SQLite and on SecantusDB: one leader, clean hand-overs."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import DaemonProcess, SentryReceiver, clean_env, free_port_closed, opskeeper, write
+from worker.job import Status
+from worker.ledger import open_ledger
+from worker.runner import reruns
+from worker.schedule import JobSpec
+
+Start = Callable[[Path, dict[str, str]], DaemonProcess]
+FAST_LEASE = {"OPSKEEPER_LEASE_TTL": "3s", "OPSKEEPER_LEASE_RENEW": "1s", "OPSKEEPER_SHUTDOWN_GRACE": "1s",
+              "OPSKEEPER_LOG_FORMAT": "json"}  # fmt: skip
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One ledger for every daemon of the test."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.db")
+    return f"{request.getfixturevalue('mongo_uri').rstrip('/')}/lead_{uuid.uuid4().hex[:8]}"
+
+
+def daemons_env(ledger: str, **extra: str) -> dict[str, str]:
+    return clean_env(OPSKEEPER_LEDGER=ledger, **FAST_LEASE, **extra)
+
+
+def acquired(daemon: DaemonProcess, timeout: float = 20) -> dict[str, Any]:
+    return daemon.wait_for(lambda e: e["event"] == "lease.acquired", timeout=timeout)[1]
+
+
+def runs_of(ledger: str, job_id: str) -> list[Any]:
+    opened = open_ledger(ledger)
+    try:
+        now = datetime.now(UTC)
+        return [r for r in opened.runs(now - timedelta(hours=1), now + timedelta(minutes=1)) if r.job_id == job_id]
+    finally:
+        opened.close()
+
+
+EVERY_SECOND = """\
+jobs:
+  - id: tick
+    kind: command
+    schedule: every 1s
+    options: {argv: ["true"]}
+"""
+
+
+def roles(daemons: list[DaemonProcess]) -> tuple[DaemonProcess, list[DaemonProcess]]:
+    """(the leader, the standbys), once each daemon has said which it is."""
+    said = {id(d): d.wait_for(lambda e: e["event"] in ("lease.acquired", "lease.standby"))[1]["event"] for d in daemons}
+    leaders = [d for d in daemons if said[id(d)] == "lease.acquired"]
+    assert len(leaders) == 1, said
+    return leaders[0], [d for d in daemons if d is not leaders[0]]
+
+
+def started(daemon: DaemonProcess, key: str) -> Any:
+    return next(
+        e for e in daemon.events if e["event"] == ("daemon.started" if key == "instance" else "lease.acquired")
+    )[key]
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_several_daemons_run_each_slot_once(count: int, shared: str, tmp_path: Path, daemon_factory: Start) -> None:
+    """2 or 3 daemons on one ledger: one leads, and every scheduled time of an `every 1s` job runs exactly once."""
+    config = write(tmp_path / "jobs.yaml", EVERY_SECOND)
+    daemons = [daemon_factory(config, daemons_env(shared)) for _ in range(count)]
+    leader, standbys = roles(daemons)
+    index = 0
+    for _ in range(8):
+        index, _ = leader.finished("tick", after=index + 1)
+    for daemon in daemons:
+        assert daemon.terminate() == 0
+    assert all(e["event"] != "job.started" for d in standbys for e in d.events)
+    runs = [r for r in runs_of(shared, "tick") if r.status is not Status.MISSED]
+    assert len(runs) >= 8
+    assert max(Counter(r.scheduled_at for r in runs).values()) == 1
+    assert {(r.instance, r.token) for r in runs} == {(started(leader, "instance"), started(leader, "token"))}
+
+
+LONG_AND_TICK = """\
+jobs:
+  - id: tick
+    kind: command
+    schedule: every 1s
+    options: {argv: ["true"]}
+  - id: long
+    kind: command
+    schedule: every 1s
+    alert_on: []
+    options: {argv: ["sleep", "60"]}
+"""
+
+
+def test_kill_9_of_the_leader(shared: str, tmp_path: Path, daemon_factory: Start) -> None:
+    """After kill -9 of the leader a standby takes over within the lease's TTL, runs the next job, and closes
+    the dead leader's running run as interrupted, leaving its own live run alone."""
+    config = write(tmp_path / "jobs.yaml", LONG_AND_TICK)
+    env = daemons_env(shared)
+    first = daemon_factory(config, env)
+    acquired(first)
+    second = daemon_factory(config, env)
+    second.wait_for(lambda e: e["event"] == "lease.standby")
+    first.wait_for(lambda e: e["event"] == "job.started" and e.get("job_id") == "long")
+    first.proc.kill()
+    first.proc.wait(10)
+    mark = len(second.events)
+    # TTL 3 s + one renewal (1 s) + a margin for a loaded machine.
+    second.wait_for(lambda e: e["event"] == "lease.acquired", after=mark, timeout=3 + 1 + 4)
+    second.finished("tick", after=mark, timeout=5)
+    second.wait_for(lambda e: e["event"] == "job.started" and e.get("job_id") == "long", after=mark, timeout=5)
+    second.wait_for(lambda e: e["event"] == "ledger.orphan_runs", after=mark, timeout=10)
+    longs = {r.instance: r.status for r in runs_of(shared, "long") if r.status is not Status.MISSED}
+    assert longs == {started(first, "instance"): Status.INTERRUPTED, started(second, "instance"): Status.RUNNING}
+    assert started(second, "token") > started(first, "token")
+    assert second.terminate() == 0
+
+
+SLOW_ONCE = """\
+jobs:
+  - id: nightly
+    kind: command
+    schedule: every 5s
+    rerun_interrupted: true
+    options:
+      shell: true
+      argv: ["if [ -e {marker} ]; then exit 0; fi; touch {marker}; sleep 60"]
+"""
+
+
+def test_sigterm_hands_over_and_the_successor_reruns_the_interrupted_run(
+    shared: str, tmp_path: Path, daemon_factory: Start, sentry: SentryReceiver
+) -> None:
+    """A deploy's SIGTERM: the leader releases the lease, the standby takes over, re-runs the run the grace cut
+    short, and that run closes the same Crons slot ok; no `error` check-in is sent for the interruption."""
+    config = write(tmp_path / "jobs.yaml", SLOW_ONCE.format(marker=tmp_path / "marker"))
+    env = daemons_env(shared, SENTRY_DSN=sentry.dsn)
+    old = daemon_factory(config, env)
+    acquired(old)
+    new = daemon_factory(config, env)
+    new.wait_for(lambda e: e["event"] == "lease.standby")
+    old.wait_for(lambda e: e["event"] == "job.started" and e.get("job_id") == "nightly", timeout=15)
+    mark = len(new.events)
+    old.proc.send_signal(signal.SIGTERM)
+    old.wait_for(lambda e: e["event"] == "lease.released")
+    new.wait_for(lambda e: e["event"] == "lease.acquired", after=mark, timeout=2 + 2)
+    assert old.terminate() == 0
+    _, rerun = new.wait_for(lambda e: e["event"] == "job.started" and "rerun_of" in e, after=mark, timeout=10)
+    _, done = new.finished("nightly", after=mark, timeout=10)
+    assert done["status"] == "ok"
+    runs = {r.run_id: r for r in runs_of(shared, "nightly")}
+    interrupted = runs[rerun["rerun_of"]]
+    assert interrupted.status is Status.INTERRUPTED
+    assert runs[rerun["run_id"]].check_in == interrupted.check_in
+    assert runs[rerun["run_id"]].scheduled_at == interrupted.scheduled_at
+    assert new.terminate() == 0
+    slot = [c["status"] for c in sentry.wait_items("check_in", 3) if c["check_in_id"] == interrupted.check_in]
+    assert slot == ["in_progress", "in_progress", "ok"]
+    assert all(c["status"] != "error" for c in sentry.items("check_in"))
+
+
+def test_only_safe_kinds_rerun_by_default() -> None:
+    """Backups, drills, checks and reviews are re-run after a deploy; commands and probes only when asked."""
+
+    def job(kind: str, **kw: Any) -> JobSpec:
+        return JobSpec(id="j", kind=kind, schedule="@daily", **kw)
+
+    assert [reruns(job(k)) for k in ("backup", "restore_drill", "dependencies", "weekly_review", "security_review")] \
+        == [True] * 5  # fmt: skip
+    assert [reruns(job(k)) for k in ("command", "health", "deploys", "atlas_backup")] == [False] * 4
+    assert reruns(job("command", rerun_interrupted=True))
+    assert not reruns(job("backup", rerun_interrupted=False))
+
+
+@pytest.fixture
+def mongod(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A SecantusDB server in a process of its own, so a test can freeze it (SIGSTOP) like a network partition."""
+    port = free_port_closed()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "secantusd-py"), "--port", str(port),
+                               "--storage-path", str(tmp_path / "db")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    uri = f"mongodb://127.0.0.1:{port}/freeze"
+    from pymongo import MongoClient
+
+    probe: Any = MongoClient(uri, serverSelectionTimeoutMS=20_000)
+    probe.admin.command("ping")
+    probe.close()
+    yield server, uri
+    server.send_signal(signal.SIGCONT)
+    server.terminate()
+    server.wait(20)
+
+
+def test_a_leader_cut_off_from_its_ledger_stops_starting_runs(
+    mongod: tuple[subprocess.Popen[bytes], str], tmp_path: Path, daemon_factory: Start
+) -> None:
+    """The ledger freezes for longer than the TTL: the leader steps down and starts nothing until it holds the
+    lease again; when the ledger answers again it resumes under a new token."""
+    server, uri = mongod
+    config = write(tmp_path / "jobs.yaml", EVERY_SECOND)
+    daemon = daemon_factory(config, daemons_env(f"{uri}?serverSelectionTimeoutMS=1500&socketTimeoutMS=1500"))
+    acquired(daemon)
+    daemon.finished("tick")
+    server.send_signal(signal.SIGSTOP)
+    lost, _ = daemon.wait_for(lambda e: e["event"] == "lease.lost", timeout=20)
+    server.send_signal(signal.SIGCONT)
+    again, back = daemon.wait_for(lambda e: e["event"] == "lease.acquired", after=lost, timeout=30)
+    between = daemon.events[lost:again]
+    assert all(e["event"] != "job.started" for e in between)
+    assert back["token"] > started(daemon, "token")
+    daemon.finished("tick", after=again)
+    assert daemon.terminate() == 0
+
+
+@pytest.mark.parametrize("ledger_kind", ["sqlite", "mongodb"])
+def test_render_with_a_sqlite_ledger_on_the_wiped_disk_warns(ledger_kind: str, tmp_path: Path, mongo_uri: str,
+                                                             sentry: SentryReceiver) -> None:  # fmt: skip
+    """On Render (RENDER=true) a SQLite ledger outside a persistent disk is a warning in the log and in Sentry;
+    a MongoDB ledger is not. The start line says which ledger, where, and which instance."""
+    config = write(tmp_path / "jobs.yaml", EVERY_SECOND)
+    ledger = str(tmp_path / "var" / "ledger.db") if ledger_kind == "sqlite" else f"{mongo_uri.rstrip('/')}/render"
+    env = clean_env(OPSKEEPER_LEDGER=ledger, OPSKEEPER_LOG_FORMAT="json", RENDER="true", SENTRY_DSN=sentry.dsn,
+                    RENDER_INSTANCE_ID="srv-abc-5d8f9")  # fmt: skip
+    result = opskeeper("run", "--config", str(config), "--for", "1s", env=env)
+    assert result.code == 0, result.stderr
+    lines = result.json_lines()
+    start = next(e for e in lines if e["event"] == "daemon.started")
+    assert start["ledger"] == ledger_kind
+    assert start["instance"].startswith("srv-abc-5d8f9:")
+    warned = [e for e in lines if e["event"] == "ledger.not_durable"]
+    if ledger_kind == "sqlite":
+        assert start["ledger_at"] == ledger
+        assert len(warned) == 1
+        assert "not on a persistent disk: Render wipes it on every deploy" in warned[0]["summary"]
+        (event,) = [e for e in sentry.wait_items("event", 1) if "persistent disk" in e.get("message", "")]
+        assert event["level"] == "warning"
+    else:
+        assert warned == []
+        assert start["ledger_at"].endswith("/render")
