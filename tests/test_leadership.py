@@ -91,18 +91,16 @@ def test_several_daemons_run_each_slot_once(count: int, shared: str, tmp_path: P
     assert {(r.instance, r.token) for r in runs} == {(started(leader, "instance"), started(leader, "token"))}
 
 
-LONG_AND_TICK = """\
-jobs:
-  - id: tick
-    kind: command
-    schedule: every 1s
-    options: {argv: ["true"]}
+LONG_AND_TICK = (
+    EVERY_SECOND
+    + """\
   - id: long
     kind: command
     schedule: every 1s
     alert_on: []
     options: {argv: ["sleep", "60"]}
 """
+)
 
 
 def test_kill_9_of_the_leader(shared: str, tmp_path: Path, daemon_factory: Start) -> None:
@@ -250,3 +248,22 @@ def test_render_with_a_sqlite_ledger_on_the_wiped_disk_warns(ledger_kind: str, t
     else:
         assert warned == []
         assert start["ledger_at"].endswith("/render")
+
+
+def test_run_now_beside_a_leader_is_not_taken_for_an_orphan(shared: str, tmp_path: Path,
+                                                            daemon_factory: Start) -> None:  # fmt: skip
+    """A `run-now` longer than the lease's TTL, on the ledger a daemon leads, heartbeats and ends `ok`."""
+    config = write(tmp_path / "jobs.yaml", EVERY_SECOND + """\
+  - id: manual
+    kind: command
+    schedule: "@yearly"
+    options: {argv: ["sleep", "5"]}
+""")  # fmt: skip
+    env = daemons_env(shared)
+    daemon = daemon_factory(config, env)
+    acquired(daemon)
+    result = opskeeper("run-now", "manual", "--config", str(config), "--json", env=env)
+    assert result.code == 0, result.stderr
+    (run,) = runs_of(shared, "manual")
+    assert run.status is Status.OK
+    assert daemon.terminate() == 0

@@ -23,6 +23,7 @@ from jobs.review import commands as review_commands
 from worker import commands
 from worker.commands import EXIT_CONFIG, CliError, Commands, Parser, add_config_option
 from worker.http import HttpConfigError
+from worker.leadership import Presence, instance_id
 from worker.ledger import describe_place, lost_on_deploy
 from worker.reporting.log import configure, get_logger
 from worker.runner import Runner
@@ -167,11 +168,16 @@ def _run_now(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(str(exc.args[0])) from None
     masks, sentry = commands.reporting(settings, config)
     ledger = commands.ledger(settings, masks)
+    # Heartbeat like a daemon, so the leader does not take this run for a dead daemon's orphan.
+    presence = Presence(ledger, instance_id(), settings.lease_renew)
+    presence.start()
     try:
         runner = Runner(ledger, sentry, masks, config.timezone)
         runner.jobs = {j.id: j for j in config.jobs}
+        runner.instance = presence.instance
         record = runner.run(job)
     finally:
+        presence.stop()
         sentry.flush()
         ledger.close()
     result = {

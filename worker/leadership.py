@@ -2,7 +2,7 @@
 
 Render starts a deploy's new instance before it stops the old one, and a worker may run as
 several instances for high availability: every daemon shares one ledger, and only the
-holder of its lease schedules. The others are standbys that ask again every `renew` and
+holder of its lease schedules. The others are standbys that ask again every second and
 take over when the lease is released (a clean SIGTERM) or expires (a crash).
 
 The rules, in the order they protect you:

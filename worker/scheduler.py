@@ -47,6 +47,8 @@ from worker.timespec import CronSchedule, format_duration, next_fire
 
 # Threads are started only when runs overlap, so a generous cap costs nothing idle.
 _MAX_PARALLEL_RUNS = 64
+#: How often a standby asks for the lease (the leader renews every OPSKEEPER_LEASE_RENEW).
+STANDBY_ASK = timedelta(seconds=1)
 #: How long ago a deploy may have interrupted a run for the next leader to run it again.
 RERUN_WITHIN = timedelta(hours=24)
 
@@ -174,8 +176,10 @@ class Daemon:
             if deadline is not None and clock() >= deadline:
                 break
             if clock() >= next_lease:
-                next_lease = clock() + self.lease_renew.total_seconds()
                 self._lease_step()
+                # A standby asks every second: a released lease (a deploy) is taken within one.
+                every = self.lease_renew if self.leading else min(self.lease_renew, STANDBY_ASK)
+                next_lease = clock() + every.total_seconds()
             if clock() >= next_poll:
                 next_poll = clock() + self.poll.total_seconds()
                 forced = self.reload.is_set()
