@@ -216,6 +216,10 @@ class Daemon:
         self._standing_by = False
         if not self.leading:
             self._take_lead(token)
+        elif token != self.runner.token:
+            # The lease lapsed unnoticed (a stalled step) and was taken again: a new term, a new token.
+            self.runner.token = token
+            self.log.info("lease.acquired", instance=self.instance, token=token, summary="a new term of the lease")
         self._close_orphans()
         self._queue_reruns()
 
