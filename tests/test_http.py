@@ -9,6 +9,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -512,3 +513,37 @@ def test_no_proxy_port_entries_follow_pip_not_curl(closed_port: int) -> None:
     assert bypasses("localhost", closed_port, [entry])
     assert urllib.request.proxy_bypass_environment(f"localhost:{closed_port}", {"no": entry})
     assert curl_uses_proxy(url, entry)  # the one place we part from curl, on purpose
+
+
+@pytest.fixture
+def socks_proxy(closed_port: int) -> Iterator[tuple[int, Path]]:
+    """A real SOCKS5 proxy (pproxy) on loopback, logging each connection it makes to a file."""
+    import socket
+    import tempfile
+
+    log = Path(tempfile.mkstemp(prefix="pproxy-", suffix=".log")[1])
+    with log.open("w") as out:
+        argv = [str(Path(sys.executable).parent / "pproxy"), "-l", f"socks5://127.0.0.1:{closed_port}", "-v"]
+        server = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while True:
+        with socket.socket() as probe_socket:
+            if probe_socket.connect_ex(("127.0.0.1", closed_port)) == 0:
+                break
+        if time.monotonic() > deadline or server.poll() is not None:
+            pytest.fail(f"pproxy did not start: {log.read_text()}")
+        time.sleep(0.05)
+    yield closed_port, log
+    server.terminate()
+    server.wait(10)
+    log.unlink()
+
+
+def test_all_proxy_socks5_carries_https(private: VendorAPI, ca_file: str, socks_proxy: tuple[int, Path],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """ALL_PROXY=socks5:// (as curl takes it) tunnels an https request through a real SOCKS5 proxy."""
+    port, log = socks_proxy
+    monkeypatch.setenv("SSL_CERT_FILE", ca_file)
+    monkeypatch.setenv("ALL_PROXY", f"socks5://127.0.0.1:{port}")
+    assert call("github", private.url) == "main"
+    assert f"localhost:{private.server.server_address[1]}" in log.read_text()
