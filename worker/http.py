@@ -285,7 +285,7 @@ class _AsyncRouter(httpx.AsyncBaseTransport):
 
 
 class ClientOptions(TypedDict, total=False):
-    """What `client` and `async_client` take; `environ` defaults to os.environ, read when the client is built."""
+    """What `client` and `async_client` take; the proxy and CA variables are read when the client is built."""
 
     base_url: str
     headers: Mapping[str, str] | None
@@ -294,7 +294,6 @@ class ClientOptions(TypedDict, total=False):
     verify: bool
     ca_file: str | None
     limits: httpx.Limits | None
-    environ: Mapping[str, str] | None
 
 
 @dataclass(frozen=True)
@@ -308,14 +307,12 @@ class _Setup:
 
     @classmethod
     def of(cls, given: ClientOptions) -> _Setup:
-        environ = given.get("environ")
-        environ = os.environ if environ is None else environ
-        trust = Trust.resolve(given.get("ca_file"), environ)
+        trust = Trust.resolve(given.get("ca_file"), os.environ)
         headers = {"User-Agent": user_agent(), **(given.get("headers") or {})}
         options = {"base_url": given.get("base_url", ""), "headers": headers, "auth": given.get("auth"),
                    "timeout": given.get("timeout", DEFAULT_TIMEOUT).total_seconds(), "trust_env": False}  # fmt: skip
         verify = trust.context() if given.get("verify", True) else False
-        return cls(Proxies.from_environ(environ), verify, given.get("limits") or httpx.Limits(), options)
+        return cls(Proxies.from_environ(os.environ), verify, given.get("limits") or httpx.Limits(), options)
 
 
 def client(**given: Unpack[ClientOptions]) -> httpx.Client:
@@ -396,9 +393,9 @@ def retry_after(value: str | None, now: datetime) -> float | None:
 class HttpError(Exception):
     """A web API gave no usable answer; the message names the vendor, the request and the cause."""
 
-    def __init__(self, vendor: str, method: str, url: str | httpx.URL, cause: str, status: int | None = None) -> None:
+    def __init__(self, vendor: str, method: str, url: str | httpx.URL, cause: str) -> None:
         super().__init__(f"{vendor}: {method} {display_url(url)}: {cause}")
-        self.vendor, self.cause, self.status = vendor, cause, status
+        self.vendor, self.cause = vendor, cause
 
 
 class RejectedError(HttpError):
@@ -519,16 +516,16 @@ class _ApiBase:
         url = response.request.url
         if status in (401, 403):
             who = self.credential or "the credentials"
-            raise RejectedError(self.vendor, method, url, f"{who} rejected (HTTP {status})", status)
+            raise RejectedError(self.vendor, method, url, f"{who} rejected (HTTP {status})")
         detail = response.text[:200].strip().replace("\n", " ") if 400 <= status < 500 else ""
-        raise HttpError(self.vendor, method, url, f"HTTP {status}" + (f": {detail}" if detail else ""), status)
+        raise HttpError(self.vendor, method, url, f"HTTP {status}" + (f": {detail}" if detail else ""))
 
     def _exhausted(self, method: str, path: str, again: _RetryableStatusError) -> UnavailableError:
         status = again.response.status_code
         cause = f"HTTP {status}" + (f" after {again.attempt} attempts" if again.attempt > 1 else "")
         if again.asked is not None:
             cause += f" (Retry-After {again.asked:.0f}s is past the {format_duration(self.retry.max_retry_after)} cap)"
-        return UnavailableError(self.vendor, method, self._url(path), cause, status)
+        return UnavailableError(self.vendor, method, self._url(path), cause)
 
     def _failed(self, method: str, path: str, exc: httpx.TransportError) -> HttpError:
         cause = describe(exc, self.timeout, self.trust)

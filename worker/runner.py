@@ -212,7 +212,7 @@ class Runner:
                 out_of_time = time.monotonic() + delay >= ctx.deadline
                 if attempt == job.retries or ctx.cancel.is_set() or out_of_time:
                     raise
-                log.warning("job.retrying", attempt=attempt + 1, delay_s=round(delay, 2), error=_one_line(exc))
+                log.warning("job.retrying", attempt=attempt + 1, delay_s=round(delay, 2), error=one_line(exc))
                 if ctx.cancel.wait(delay):
                     raise
                 continue
@@ -246,7 +246,7 @@ class Runner:
         try:
             getattr(self.ledger, method)(*args)
         except Exception as exc:  # noqa: BLE001
-            self.log.error("ledger.error", operation=method, error=self.redact.text(_one_line(exc)))
+            self.log.error("ledger.error", operation=method, error=self.redact.text(one_line(exc)))
 
 
 def reruns(job: JobSpec) -> bool:
@@ -259,7 +259,8 @@ def alerts(job: JobSpec, status: Status) -> bool:
     return status in job.alert_on or (status is Status.TIMEOUT and Status.ERROR in job.alert_on)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, for a log field."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
@@ -268,7 +269,7 @@ def _error_outcome(exc: BaseException) -> Outcome:
     tb = traceback.format_exception(exc)
     return Outcome(
         Status.ERROR,
-        _one_line(exc)[:300],
+        one_line(exc)[:300],
         {"error_type": type(exc).__name__, "traceback": "".join(tb[-12:])},
         fingerprint=type(exc).__name__,
     )

@@ -41,7 +41,7 @@ from worker.ledger import Ledger, RunRecord
 from worker.reporting.log import get_logger
 from worker.reporting.redact import Redactor
 from worker.reporting.sentry import SentryReporter
-from worker.runner import Runner, reruns
+from worker.runner import Runner, one_line, reruns
 from worker.schedule import ConfigError, JobSpec, ScheduleConfig, load_config
 from worker.timespec import CronSchedule, format_duration, next_fire
 
@@ -197,7 +197,7 @@ class Daemon:
         try:
             token = self.leadership.ask()
         except Exception as exc:  # noqa: BLE001 - any ledger failure: keep the lead only while it is still valid
-            trouble = self.redactor.text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+            trouble = self.redactor.text(one_line(exc))[:300]
             if trouble != self._lease_trouble:
                 self._lease_trouble = trouble
                 self.log.warning("lease.unreachable", instance=self.instance, error=trouble)
@@ -214,18 +214,15 @@ class Daemon:
                               summary="another instance schedules; this one takes over when it stops")  # fmt: skip
             return
         self._standing_by = False
+        # A lease that lapsed unnoticed (a stalled step) and was taken again is a new term: runs carry its token.
+        self.runner.token = token
         if not self.leading:
             self._take_lead(token)
-        elif token != self.runner.token:
-            # The lease lapsed unnoticed (a stalled step) and was taken again: a new term, a new token.
-            self.runner.token = token
-            self.log.info("lease.acquired", instance=self.instance, token=token, summary="a new term of the lease")
         self._close_orphans()
         self._queue_reruns()
 
     def _take_lead(self, token: int) -> None:
         self.leading = True
-        self.runner.token = token
         for job in self.config.jobs:
             if job.enabled:
                 self._add(job, self.config)
