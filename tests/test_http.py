@@ -391,10 +391,15 @@ def test_what_is_retried(vendor: VendorAPI, method: str, status: int, tries: int
 
 
 def test_connection_refused_is_retried_then_named(closed_port: int) -> None:
-    """Nobody listening: every attempt is made, and the error names the vendor, the URL and the cause."""
-    with Api("Render API", f"http://127.0.0.1:{closed_port}/v1", retry=FAST) as api, \
+    """Nobody listening: every attempt is made, each retry is logged, and the error names vendor, URL and cause."""
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs, Api("Render API", f"http://127.0.0.1:{closed_port}/v1", retry=FAST) as api, \
             pytest.raises(UnavailableError) as caught:  # fmt: skip
         api.get("/services")
+    assert [(e["attempt"], e["url"], e["reason"]) for e in logs] == [
+        (n, f"http://127.0.0.1:{closed_port}/v1/services", "connection refused") for n in (1, 2)
+    ]
     assert str(caught.value) == f"Render API: GET http://127.0.0.1:{closed_port}/v1/services: connection refused"
 
 
@@ -547,3 +552,10 @@ def test_all_proxy_socks5_carries_https(private: VendorAPI, ca_file: str, socks_
     monkeypatch.setenv("ALL_PROXY", f"socks5://127.0.0.1:{port}")
     assert call("github", private.url) == "main"
     assert f"localhost:{private.server.server_address[1]}" in log.read_text()
+
+
+def test_a_timeout_is_worded_with_the_wait_only_when_it_is_known() -> None:
+    """A timeout says how long the client waited when that is known, and no invented figure otherwise."""
+    exc = httpx.ConnectTimeout("timed out")
+    assert http.describe(exc, timedelta(milliseconds=500)) == "timed out after 500ms"
+    assert http.describe(exc, None) == "timed out"

@@ -347,21 +347,24 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-def describe(exc: BaseException, timeout: timedelta, trust: Trust | None = None) -> str:
-    """A short, operator-readable reason for a failed request: timeout, refused, DNS, TLS, proxy."""
+def describe(exc: BaseException, timeout: timedelta | None, trust: Trust | None = None) -> str:
+    """A short, operator-readable reason for a failed request: timeout, refused, DNS, TLS, proxy.
+
+    `timeout` is the client's, to say how long it waited; None where it is not known.
+    """
     chain = _chain(exc)
     notes = "; ".join(note for e in chain for note in getattr(e, "__notes__", ()))
     reason = _reason(chain, timeout, trust)
     return f"{reason} ({notes})" if notes else reason
 
 
-def _reason(chain: list[BaseException], timeout: timedelta, trust: Trust | None) -> str:
+def _reason(chain: list[BaseException], timeout: timedelta | None, trust: Trust | None) -> str:
     for error in chain:
         if isinstance(error, ssl.SSLCertVerificationError):
             text = f"TLS: certificate verify failed: {error.verify_message or error.reason or error}"
             return f"{text} ({trust.hint()})" if trust else text
     if any(isinstance(e, httpx.TimeoutException | TimeoutError) for e in chain):
-        return f"timed out after {format_duration(timeout)}"
+        return f"timed out after {format_duration(timeout)}" if timeout is not None else "timed out"
     for error in chain:
         if isinstance(error, ssl.SSLError):
             return f"TLS: {error.reason or error}"
@@ -416,7 +419,8 @@ def _log_retry(details: RetryDetails) -> None:
     if request is None and isinstance(cause, httpx.TransportError):
         with contextlib.suppress(RuntimeError):  # httpx raises when the error carries no request
             request = cause.request
-    reason = str(cause) if isinstance(cause, _RetryableStatusError) else describe(cause, DEFAULT_TIMEOUT)
+    # The hook sees only the exception, not the client: better no duration than a wrong one.
+    reason = str(cause) if isinstance(cause, _RetryableStatusError) else describe(cause, None)
     get_logger().warning("http.retry", method=request.method if request else None,
                          url=display_url(request.url) if request else None, attempt=details.retry_num,
                          wait_s=round(details.wait_for, 3), reason=reason)  # fmt: skip
