@@ -684,13 +684,17 @@ class Proxy:
                 if not dial:
                     self.wfile.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
                     return
+                parts = urlsplit(target if method != "CONNECT" else f"//{target}")
+                try:
+                    upstream = socket.create_connection((parts.hostname, parts.port or 80), timeout=10)
+                except OSError:
+                    # What Squid and its kind answer when the server cannot be reached.
+                    self.wfile.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                    return
+                upstream.settimeout(None)
                 if method == "CONNECT":
-                    host, port = target.rsplit(":", 1)
-                    upstream = socket.create_connection((host, int(port)))
                     self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 else:  # GET http://host:port/path: forward in origin form
-                    parts = urlsplit(target)
-                    upstream = socket.create_connection((parts.hostname, parts.port or 80))
                     origin = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
                     kept = [line for line in lines[1:] if line and not line.lower().startswith("proxy-")]
                     upstream.sendall(f"{method} {origin} HTTP/1.1\r\n".encode() + "\r\n".join(kept).encode()

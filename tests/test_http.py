@@ -559,3 +559,16 @@ def test_a_timeout_is_worded_with_the_wait_only_when_it_is_known() -> None:
     exc = httpx.ConnectTimeout("timed out")
     assert http.describe(exc, timedelta(milliseconds=500)) == "timed out after 500ms"
     assert http.describe(exc, None) == "timed out"
+
+
+def test_a_server_the_proxy_cannot_reach_is_the_proxys_502(proxy: Proxy, closed_port: int,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Through a proxy, an unreachable server is the proxy's 502 on CONNECT: named as such, with the proxy."""
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+    with pytest.raises(UnavailableError) as caught:
+        call("github", f"https://localhost:{closed_port}")
+    assert str(caught.value) == (
+        f"GitHub API: GET https://localhost:{closed_port}/repos/acme/shop: proxy refused the connection: "
+        f"502 Bad Gateway (via proxy http://127.0.0.1:{proxy.port} (from HTTPS_PROXY))"
+    )
+    assert proxy.seen == [f"CONNECT localhost:{closed_port}"]
