@@ -5,14 +5,17 @@ from __future__ import annotations
 import gzip
 import io
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
+import bson
 import pytest
 import zstandard
 
-from jobs.backup.archive import ArchiveReader, ArchiveWriter, End, Segment, crc64
+from jobs.backup.archive import TERM, ArchiveReader, ArchiveWriter, End, Header, Prelude, Segment, _ns_header, crc64
 from jobs.backup.catalog import verify
-from tests.conftest import SHARED
+from tests.conftest import ROOT, SHARED
 
 FIXTURES = SHARED / "fixtures" / "mongodump"
 ARCHIVES = ["test.bar", "dump-w-oplog", "timeseries", "bad-index-metadata"]
@@ -145,3 +148,124 @@ def test_verify_command_on_files_mongodump_wrote(env: dict[str, str]) -> None:
     bad = opskeeper("backups", "verify", str(FIXTURES / "bad-index-metadata.archive"), env=env)
     assert bad.code == 2
     assert "problem: test.ixtest: metadata is not valid JSON" in bad.stdout
+
+
+# --- hostile and incomplete archives ----------------------------------------------------
+
+HEADER = Header("8.0.0", "test")
+
+
+def crafted(preludes: list[Prelude], parts: list[tuple[str, str, list[bytes] | None]]) -> bytes:
+    """An archive from the given parts in order (documents: a segment; None: the EOF), CRCs as mongodump's."""
+    out = io.BytesIO()
+    writer = ArchiveWriter(out)
+    writer.header(HEADER, preludes)
+    crcs: dict[str, int | None] = {}
+    for db, coll, documents in parts:
+        ns = f"{db}.{coll}"
+        if documents is None:
+            writer.end(db, coll, crcs.get(ns) or 0)
+            continue
+        data = b"".join(documents)
+        crcs[ns] = crc64(data, crcs.get(ns)) if data else crcs.get(ns)
+        writer.segment(db, coll, data)
+    return out.getvalue()
+
+
+def whole(db: str, coll: str, documents: list[bytes]) -> list[tuple[str, str, list[bytes] | None]]:
+    """One namespace's segment and EOF."""
+    return [(db, coll, documents), (db, coll, None)]
+
+
+def docs(n: int, start: int = 0) -> list[bytes]:
+    return [bson.encode({"_id": i, "name": f"user {i}"}) for i in range(start, start + n)]
+
+
+def test_archive_cut_on_a_frame_boundary_is_incomplete() -> None:
+    """Cut right after one namespace's EOF: the namespaces the prelude announced but never closed are named."""
+    pre = [Prelude("app", name, "") for name in ("a", "b", "c")]
+    full = crafted(pre, [*whole("app", "a", docs(5)), *whole("app", "b", docs(5)), *whole("app", "c", docs(5))])
+    assert verify(io.BytesIO(full)).ok
+    cut = crafted(pre, whole("app", "a", docs(5)))  # ends exactly after a's EOF and TERM
+    assert full.startswith(cut)
+    report = verify(io.BytesIO(cut))
+    assert not report.ok
+    assert report.problems == [
+        f"archive incomplete: no EOF for app.b, app.c (announced in the prelude) at byte {len(cut)}"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("db", "coll", "rule"),
+    [("../etc", "passwd", "may not contain '.' '/'"), ("app", "a\x00b", "may not contain a NUL byte"),
+     ("a/b", "c", "may not contain '/'"), ("app", "x$y", "may not contain '$'"), ("", "users", "1 to 63 bytes")],
+)  # fmt: skip
+def test_hostile_namespace_names_are_a_named_error(db: str, coll: str, rule: str) -> None:
+    """A namespace MongoDB would refuse (path tricks, NUL, '$') is one problem naming it and the rule."""
+    report = verify(io.BytesIO(crafted([Prelude(db, coll, "")], whole(db, coll, docs(1)))))
+    assert not report.ok
+    assert report.problems[0].startswith(f"bad namespace {db + '.' + coll!r}: ")
+    assert rule in report.problems[0]
+
+
+def test_a_segment_of_a_namespace_the_prelude_never_announced_is_refused() -> None:
+    """Documents for an unannounced namespace are a frame error, not a silently grown table."""
+    data = crafted([Prelude("app", "a", "")], [("app", "a", docs(1)), ("app", "ghost", docs(1))])
+    report = verify(io.BytesIO(data))
+    assert report.problems[0].startswith("namespace not announced in the prelude in app.ghost at byte ")
+
+
+def test_a_prelude_over_its_cap_is_refused_before_it_is_read() -> None:
+    """A 5 MiB metadata string is refused by its length alone, naming the limit."""
+    data = crafted([Prelude("app", "a", "x" * (5 * 1024 * 1024))], whole("app", "a", []))
+    report = verify(io.BytesIO(data))
+    at = 4 + struct.unpack_from("<i", data, 4)[0]  # after the magic and the header
+    (length,) = struct.unpack_from("<i", data, at)
+    assert length > 5 * 1024 * 1024
+    assert report.problems == [f"bad prelude length {length} (the limit is 5 to {4 * 1024 * 1024} bytes) at byte {at}"]
+
+
+def test_many_large_preludes_are_refused_at_the_total_cap() -> None:
+    """Ten 3.9 MiB preludes pass one by one but not together: the total cap is named."""
+    meta = "x" * (4 * 1024 * 1024 - 200)
+    pre = [Prelude("app", f"c{i}", meta) for i in range(10)]
+    report = verify(io.BytesIO(crafted(pre, [])))
+    assert report.problems[0].startswith("the prelude exceeds 32 MiB or 100000 namespaces at byte ")
+
+
+def peak_rss_mb(code: str) -> tuple[float, str]:
+    """Run `code` in a fresh interpreter; its peak RSS in MB (VmHWM: ru_maxrss may count the forking parent's)."""
+    script = (
+        code + "\nimport sys; print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0], file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=True)  # fmt: skip
+    return int(done.stderr.strip().splitlines()[-1]) / 1024, done.stdout
+
+
+@pytest.fixture(scope="module")
+def segment_bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small .gz holding one segment of 20 documents of 16 MiB each (320 MiB inside)."""
+    path = tmp_path_factory.mktemp("bomb") / "bomb.archive.gz"
+    big = [bson.encode({"_id": i, "pad": bson.Binary(b"\0" * (16 * 1024 * 1024 - 64))}) for i in range(1)]
+    crc = None
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        writer = ArchiveWriter(out)  # type: ignore[arg-type]
+        writer.header(HEADER, [Prelude("app", "blobs", "")])
+        out.write(_ns_header("app", "blobs", eof=False, crc=0))
+        for i in range(20):
+            doc = bson.encode({"_id": i, "pad": bson.Binary(b"\0" * (len(big[0]) - 30))})
+            crc = crc64(doc, crc)
+            out.write(doc)
+        out.write(TERM)
+        writer.end("app", "blobs", crc or 0)
+    assert path.stat().st_size < 2 * 1024 * 1024
+    return path
+
+
+def test_verify_of_a_segment_bomb_stays_small(segment_bomb: Path) -> None:
+    """verify streams a 320 MiB single segment of 16 MiB documents with a peak RSS under 150 MB."""
+    rss, out = peak_rss_mb(f"from jobs.backup.catalog import verify\nr = verify(open({str(segment_bomb)!r}, 'rb'))\n"
+                           "print(r.ok, r.namespaces)")  # fmt: skip
+    assert out.startswith("True [{'ns': 'app.blobs', 'documents': 20")
+    assert rss < 150, f"verify peaked at {rss:.0f} MB"

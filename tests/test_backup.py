@@ -185,7 +185,8 @@ def test_retention_over_a_year_of_daily_backups() -> None:
     start = dt.datetime(2026, 1, 1, 3, 0, tzinfo=dt.UTC)
     backups = [BackupInfo(f"b{i:03d}", start + dt.timedelta(days=i)) for i in range(365)]
     backups[40] = BackupInfo("b040", backups[40].created_at, verified=True)  # the newest that passed a drill
-    keep, delete = plan_retention(backups, Retention(keep_last=1, daily=7, weekly=4, monthly=6, yearly=1))
+    now = backups[-1].created_at
+    keep, delete = plan_retention(backups, Retention(keep_last=1, daily=7, weekly=4, monthly=6, yearly=1), now)
     kept = {b.key for b in keep}
     assert {f"b{i:03d}" for i in range(358, 365)} <= kept  # the last 7 days
     assert "b040" in kept
@@ -202,7 +203,8 @@ def test_retention_over_a_year_of_daily_backups() -> None:
 def test_retention_never_deletes_the_newest_even_with_zero_counts() -> None:
     """Counts of zero still keep the newest backup."""
     backups = [BackupInfo(f"b{i}", dt.datetime(2026, 1, 1 + i, tzinfo=dt.UTC)) for i in range(5)]
-    keep, delete = plan_retention(backups, Retention(keep_last=0, daily=0, weekly=0, monthly=0, yearly=0))
+    zero = Retention(keep_last=0, daily=0, weekly=0, monthly=0, yearly=0)
+    keep, delete = plan_retention(backups, zero, dt.datetime(2026, 1, 6, tzinfo=dt.UTC))
     assert [b.key for b in keep] == ["b4"]
     assert len(delete) == 4
 
@@ -318,3 +320,116 @@ def test_standalone_server_without_snapshots_still_backs_up(tmp_path: Path, harn
     assert outcome.status.value == "ok", outcome.summary
     assert outcome.details["consistent_snapshot"] is False
     assert outcome.details["documents"] == 43
+
+
+# --- retention and the catalog under odd storage ---------------------------------------------
+
+
+def copy_backup(storage: Path, entry: Any, job: str, created_at: dt.datetime) -> str:
+    """A copy of a backup as if made at `created_at` under `job`'s folder (a skewed clock, a copied folder)."""
+    stamp_ = f"{created_at:%Y%m%dT%H%M%S}.000Z"
+    key = f"{job}/{stamp_}.archive.gz"
+    (storage / job).mkdir(exist_ok=True)
+    (storage / key).write_bytes((storage / entry.key).read_bytes())
+    manifest = {**entry.manifest, "started_at": created_at.isoformat(), "key": key, "job_id": job}
+    (storage / f"{job}/{stamp_}.manifest.json").write_text(json.dumps(manifest))
+    return key
+
+
+def test_a_future_dated_backup_never_makes_prune_delete_todays(
+    tmp_path: Path, mongo_uri: str, source: tuple[str, dict[str, int]], harness: Harness
+) -> None:
+    """keep_last 1 and a backup dated next year: each run keeps its own backup; the odd one is named (WARN)."""
+    prefix, _ = source
+    options = {"uri": mongo_uri, "databases": [f"{prefix}_*"], "storage": str(tmp_path / "b"),
+               "retention": {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0, "yearly": 0}}  # fmt: skip
+    first = harness.run(**options)
+    [entry] = list_backups(BackupOptions(storage=str(tmp_path / "b")).open_storage(), "nightly")
+    future = copy_backup(tmp_path / "b", entry, "nightly", dt.datetime.now(dt.UTC) + dt.timedelta(days=365))
+    second = harness.run(**options)
+    assert second.status.value == "warn"
+    assert "1 backup(s) dated in the future, kept and not counted: " + future in second.summary
+    assert second.details["pruned"] == [first.details["key"]]
+    keys = {e.key for e in list_backups(BackupOptions(storage=str(tmp_path / "b")).open_storage(), "nightly")}
+    assert keys == {second.details["key"], future}
+
+
+def test_prune_takes_keys_from_the_listing_never_from_a_manifest(
+    tmp_path: Path, mongo_uri: str, source: tuple[str, dict[str, int]], harness: Harness
+) -> None:
+    """A manifest whose `key` points into another job's folder cannot make pruning delete that job's backup."""
+    prefix, _ = source
+    storage = tmp_path / "b"
+    base = {"uri": mongo_uri, "databases": [f"{prefix}_*"], "storage": str(storage)}
+    harness.job_id = "other"
+    victim = harness.run(**base).details["key"]
+    harness.job_id = "nightly"
+    harness.run(**base)
+    [mine] = list_backups(BackupOptions(storage=str(storage)).open_storage(), "nightly")
+    manifest_path = storage / mine.key.replace(".archive.gz", ".manifest.json")
+    manifest_path.write_text(json.dumps({**mine.manifest, "key": victim}))
+    copy_backup(storage, mine, "nightly", dt.datetime.now(dt.UTC) - dt.timedelta(days=30))
+    harness.run(**base, retention={"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0, "yearly": 0})
+    assert (storage / victim).is_file()
+    assert [e.key for e in list_backups(BackupOptions(storage=str(storage)).open_storage(), "other")] == [victim]
+
+
+def test_a_corrupt_manifest_is_skipped_and_reported_everywhere(
+    tmp_path: Path, mongo_uri: str, source: tuple[str, dict[str, int]], harness: Harness, env: dict[str, str]
+) -> None:
+    """One garbage manifest: list shows the rest with a warning naming it, backups still run and prune (WARN)."""
+    prefix, _ = source
+    storage = tmp_path / "b"
+    options = {"uri": mongo_uri, "databases": [f"{prefix}_*"], "storage": str(storage)}
+    good = harness.run(**options).details["key"]
+    (storage / "nightly" / "20260101T000000.000Z.archive.gz").write_bytes(b"\x1f\x8b")
+    (storage / "nightly" / "20260101T000000.000Z.manifest.json").write_text('{"format": "opskeeper-backup/1", "ke')
+    outcome = harness.run(**options)
+    assert outcome.status.value == "warn"
+    assert "nightly/20260101T000000.000Z.manifest.json: unreadable manifest, skipped (" in outcome.summary
+    config = write(tmp_path / "jobs.yaml", f"jobs:\n  - id: nightly\n    kind: backup\n    schedule: '@daily'\n"
+                                           f"    options: {{storage: {storage}, uri: {mongo_uri}}}\n")  # fmt: skip
+    listing = opskeeper("backups", "list", "--json", "--config", str(config), env=env)
+    assert listing.code == 0
+    assert good in {e["key"] for e in json.loads(listing.stdout)}
+    assert "warning: nightly/20260101T000000.000Z.manifest.json: unreadable manifest, skipped" in listing.stderr
+
+
+def test_an_archive_whose_manifest_failed_is_removed_then_or_next_run(
+    tmp_path: Path, mongo_uri: str, source: tuple[str, dict[str, int]], harness: Harness,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """ENOSPC writing the manifest: the run fails and its archive goes; an older orphan goes at the next prune."""
+    from worker.storage.local import LocalStorage
+
+    prefix, _ = source
+    storage = tmp_path / "b"
+    options = {"uri": mongo_uri, "databases": [f"{prefix}_*"], "storage": str(storage)}
+    real_put = LocalStorage.put
+
+    def disk_full(self: LocalStorage, key: str, data: bytes) -> None:
+        if key.endswith(".manifest.json"):
+            raise OSError(28, "No space left on device")
+        real_put(self, key, data)
+
+    monkeypatch.setattr(LocalStorage, "put", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        harness.run(**options)
+    assert [p.name for p in (storage / "nightly").iterdir()] == []
+    monkeypatch.setattr(LocalStorage, "put", real_put)
+    orphan = storage / "nightly" / "20260101T000000.000Z.archive.gz"
+    orphan.write_bytes(b"left by a crash between archive and manifest")
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).timestamp()
+    import os
+
+    os.utime(orphan, (old, old))
+    fresh = storage / "nightly" / "20260102T000000.000Z.archive.gz"  # a run that may be writing its manifest now
+    fresh.write_bytes(b"")
+    harness.run(**options)
+    assert not orphan.exists()
+    assert fresh.exists()
+    reason = "an archive without a manifest (a failed run's)"
+    assert (
+        "backup.orphan_removed",
+        {"key": "nightly/20260101T000000.000Z.archive.gz", "reason": reason},
+    ) in harness.logged

@@ -10,18 +10,20 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import bson
 import pytest
 from bson import decode_all
 from pymongo import MongoClient
 
+from jobs.backup.archive import ArchiveWriter, Header, Prelude, crc64, iter_documents
 from jobs.backup.catalog import list_backups
-from jobs.backup.drill import SCRATCH_PREFIX, DrillJob, DrillOptions
+from jobs.backup.drill import SCRATCH_PREFIX, DrillJob, DrillOptions, scratch_name
 from jobs.backup.job import BackupOptions
-from jobs.backup.restore import RestoreError, check, ns_mapper, restore
+from jobs.backup.restore import STAGING_PREFIX, RestoreError, check, ns_mapper, restore
 from tests.conftest import ROOT, SHARED, Harness, opskeeper, write
 from worker.job import JobContext, Outcome
 from worker.ledger import JobState, SqliteLedger
@@ -325,3 +327,185 @@ jobs:
 """,
     )
     assert [j.kind for j in load_config(config, OPTIONS, env={}).jobs] == ["backup", "restore_drill"]
+
+
+# --- restores that cannot lose data ------------------------------------------------------------
+
+
+def snapshot(client: Any, db: str) -> dict[str, list[bytes]]:
+    """Every collection of `db` with its documents' raw bytes, sorted: equal means byte-identical."""
+    return {name: sorted(bytes(d) for batch in client[db][name].find_raw_batches({}) for d in iter_documents(batch))
+            for name in sorted(client[db].list_collection_names())}  # fmt: skip
+
+
+@pytest.fixture
+def live(client: Any) -> Iterator[str]:
+    """A database that holds the operator's data: 600 documents in two collections."""
+    name = f"live{uuid.uuid4().hex[:6]}"
+    client[name].foo.insert_many([{"n": i, "who": "operator"} for i in range(500)])
+    client[name].bar.insert_many([{"n": i} for i in range(100)])
+    yield name
+    client.drop_database(name)
+
+
+def archive_for(target: str, *, cut: bool = False, flip: bool = False, duplicate: bool = False) -> bytes:
+    """An archive of target.foo (500) and target.bar (100); cut before bar's data, a bit flipped, or a dup _id."""
+    foo = [bson.encode({"_id": i, "n": i, "who": "archive"}) for i in range(500)]
+    bar = [bson.encode({"_id": i, "n": i}) for i in range(100)]
+    if duplicate:
+        foo[1] = bson.encode({"_id": "alice@example.com"})
+        foo[2] = bson.encode({"_id": "alice@example.com"})
+    out = io.BytesIO()
+    writer = ArchiveWriter(out)
+    writer.header(Header("8.0.0", "test"), [Prelude(target, "foo", '{"indexes":[]}'), Prelude(target, "bar", "")])
+    data = b"".join(foo)
+    writer.segment(target, "foo", data)
+    writer.end(target, "foo", crc64(data))
+    if not cut:
+        tail = b"".join(bar)
+        writer.segment(target, "bar", tail)
+        writer.end(target, "bar", crc64(tail) ^ (1 if flip else 0))
+    return out.getvalue()
+
+
+def staging_left(client: Any, db: str) -> list[str]:
+    return [n for n in client[db].list_collection_names() if n.startswith(STAGING_PREFIX)]
+
+
+@pytest.mark.parametrize("damage", ["cut", "flip", "duplicate"])
+def test_restore_drop_yes_of_a_bad_archive_leaves_the_target_byte_identical(
+    client: Any, mongo_uri: str, env: dict[str, str], tmp_path: Path, live: str, damage: str
+) -> None:
+    """--drop --yes with an archive cut on a frame boundary, a CRC mismatch or a duplicate _id changes nothing."""
+    before = snapshot(client, live)
+    path = tmp_path / "bad.archive"
+    path.write_bytes(archive_for(live, cut=damage == "cut", flip=damage == "flip", duplicate=damage == "duplicate"))
+    result = restore_cli(env, str(path), "--to", mongo_uri, "--drop", "--yes")
+    assert result.returncode == 3, result.stderr
+    reason = {
+        "cut": f"archive incomplete: no EOF for {live}.bar",
+        "flip": f"{live}.bar: CRC mismatch in the archive",
+        "duplicate": f"{live}.foo: 1 document(s) in a batch have a duplicate key on index _id_ (values not shown)",
+    }
+    assert result.stderr.strip().splitlines()[-1].startswith(f"opskeeper: restore failed: {reason[damage]}")
+    assert "alice" not in result.stderr + result.stdout
+    assert snapshot(client, live) == before
+    assert staging_left(client, live) == []
+
+
+def test_restore_drop_yes_of_a_good_archive_swaps_every_collection_in(
+    client: Any, mongo_uri: str, env: dict[str, str], tmp_path: Path, live: str
+) -> None:
+    """A whole archive replaces the database: its collections swapped in, the database's others dropped."""
+    client[live].extra.insert_one({"not": "in the archive"})
+    path = tmp_path / "good.archive"
+    path.write_bytes(archive_for(live))
+    result = restore_cli(env, str(path), "--to", mongo_uri, "--drop", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert sorted(client[live].list_collection_names()) == ["bar", "foo"]
+    assert client[live].foo.count_documents({"who": "archive"}) == 500
+    assert client[live].bar.count_documents({}) == 100
+
+
+def test_restore_checks_the_manifest_before_anything_is_replaced(
+    client: Any, backed_up: Any, mongo_uri: str, env: dict[str, str]
+) -> None:
+    """A manifest whose count or sha256 disagrees with the archive stops the restore; nothing is created."""
+    prefix, storage, entry = backed_up
+    manifest_path = storage / (entry.key.removesuffix(".archive.gz") + ".manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    users = next(n for n in manifest["namespaces"] if n["ns"].endswith("_shop.users"))
+    users["documents"] += 1
+    manifest_path.write_text(json.dumps(manifest))
+    copy = f"c{uuid.uuid4().hex[:6]}"
+    result = restore_cli(env, str(storage / entry.key), "--to", mongo_uri, "--ns-from", f"{prefix}_*",
+                         "--ns-to", f"{copy}_*")  # fmt: skip
+    assert result.returncode == 3
+    assert f"{prefix}_shop.users: 120 documents in the archive, the manifest says 121" in result.stderr
+    assert not [n for n in client.list_database_names() if n.startswith(copy)
+                and any(c for c in client[n].list_collection_names() if not c.startswith(STAGING_PREFIX))]  # fmt: skip
+    manifest["sha256"] = "0" * 64
+    users["documents"] -= 1
+    manifest_path.write_text(json.dumps(manifest))
+    result = restore_cli(env, str(storage / entry.key), "--to", mongo_uri, "--ns-from", f"{prefix}_*",
+                         "--ns-to", f"{copy}_*")  # fmt: skip
+    assert "differs from the manifest's 000000" in result.stderr
+    for name in client.list_database_names():
+        if name.startswith(copy):
+            assert client[name].list_collection_names() == []
+            client.drop_database(name)
+
+
+def test_a_hostile_name_through_restore_is_one_line(mongo_uri: str, env: dict[str, str], tmp_path: Path) -> None:
+    """'../' in a database name: one line naming it, the rule and the prelude's offset; exit 2, no traceback."""
+    out = io.BytesIO()
+    writer = ArchiveWriter(out)
+    writer.header(Header("8.0.0", "test"), [Prelude("../x", "y", "")])
+    data = out.getvalue()
+    path = tmp_path / "names.archive"
+    path.write_bytes(data)
+    result = restore_cli(env, str(path), "--to", mongo_uri)
+    assert result.returncode == 2
+    at = 4 + int.from_bytes(data[4:8], "little")  # the prelude follows the magic and the header
+    assert result.stderr.strip() == (f"opskeeper: {path}: bad namespace '../x.y': a database name may not contain "
+                                     f"'.' '/' at byte {at}")  # fmt: skip
+
+
+# --- drills side by side -----------------------------------------------------------------------
+
+
+def test_two_drills_at_once_on_one_server_both_pass(
+    client: Any, backed_up: Any, mongo_uri: str, tmp_path: Path
+) -> None:
+    """Two drills running together each drop only their own scratch databases; both pass."""
+    _prefix, storage, _entry = backed_up
+    outcomes: list[Outcome] = []
+
+    def one(i: int) -> None:
+        outcomes.append(drill(SqliteLedger(tmp_path / f"d{i}.db"), storage, target_uri=mongo_uri))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [o.status.value for o in outcomes] == ["ok", "ok"], [o.summary for o in outcomes]
+    assert scratch(client) == []
+
+
+def test_a_drill_spares_a_fresh_scratch_database_of_another_run(
+    client: Any, backed_up: Any, mongo_uri: str, tmp_path: Path
+) -> None:
+    """Another run's scratch made a minute ago survives; one older than the drill's timeout is swept."""
+    _prefix, storage, _entry = backed_up
+    now = datetime.now(UTC)
+    fresh = scratch_name("shop", f"{now:%Y%m%d%H%M%S}", "abcdef12")
+    stale = scratch_name("shop", f"{now - timedelta(hours=3):%Y%m%d%H%M%S}", "abcdef34")
+    for name in (fresh, stale):
+        client[name].orders.insert_one({"other": "drill"})
+    assert drill(SqliteLedger(tmp_path / "d.db"), storage, target_uri=mongo_uri).status.value == "ok"
+    assert scratch(client) == [fresh]
+    client.drop_database(fresh)
+
+
+def test_scratch_names_fit_and_keep_long_databases_apart() -> None:
+    """Two 60-character database names sharing a prefix get distinct scratch names of at most 63 bytes."""
+    a, b = scratch_name("x" * 59 + "a", "20261201000000", "r" * 32), scratch_name("x" * 59 + "b", "20261201000000", "r")
+    assert a != b
+    assert max(len(a), len(b)) <= 63
+    assert a.startswith(f"{SCRATCH_PREFIX}20261201000000_rrrrrrrr_")
+
+
+def test_a_drill_ignores_a_future_dated_backup_and_says_so(
+    client: Any, backed_up: Any, mongo_uri: str, tmp_path: Path
+) -> None:
+    """A backup dated next year is not drilled (it would pin every drill); the real newest is, with a WARN."""
+    _prefix, storage, entry = backed_up
+    key = "nightly/21000101T000000.000Z.archive.gz"
+    (storage / key).write_bytes((storage / entry.key).read_bytes())
+    (storage / "nightly/21000101T000000.000Z.manifest.json").write_text(
+        json.dumps({**entry.manifest, "started_at": "2100-01-01T00:00:00+00:00"}))  # fmt: skip
+    outcome = drill(SqliteLedger(tmp_path / "d.db"), storage, target_uri=mongo_uri)
+    assert outcome.status.value == "warn"
+    assert outcome.details["key"] == entry.key
+    assert outcome.summary.endswith(f"but {key} is dated in the future (2100-01-01T00:00:00+00:00); not drilled")

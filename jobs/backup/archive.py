@@ -4,6 +4,11 @@ Layout (all integers little-endian; see shared/docs/reference.md §1):
 MAGIC, header doc, prelude docs (one per namespace), TERM, then segments — a namespace
 header, raw BSON documents, TERM — and per namespace one EOF header carrying the CRC-64/XZ
 of all its documents, then TERM. Documents pass through as raw bytes: nothing is decoded.
+
+The reader holds at most one chunk of documents (about 1 MiB, or one document when that is
+larger) whatever the archive: a real mongodump segment can hold a whole 150 MB collection.
+Every metadata part has a cap, so a small hostile file cannot make it allocate much more.
+An archive is complete only when every namespace its prelude announced has its EOF.
 """
 
 from __future__ import annotations
@@ -19,8 +24,16 @@ from bson.int64 import Int64
 
 MAGIC = struct.pack("<I", 0x8199E26D)
 TERM = b"\xff\xff\xff\xff"
-MIN_DOC, MAX_DOC = 5, 16 * 1024 * 1024
+MIN_DOC, MAX_DOC = 5, 16 * 1024 * 1024 + 16 * 1024
+"""mongorestore's limits; the server allows 16 KiB over 16 MiB for its own (oplog) documents."""
+CHUNK_BYTES = 1024 * 1024
+"""Documents are handed on in chunks of about this size: the reader's memory, bounded."""
+MAX_HEADER = 64 * 1024
+"""The header and each namespace header hold a few names: anything larger is not an archive."""
+MAX_PRELUDE, MAX_PRELUDES_TOTAL, MAX_NAMESPACES = 4 * 1024 * 1024, 32 * 1024 * 1024, 100_000
+"""One namespace's metadata (indexes, validator), all of them together, and how many."""
 _INT32 = struct.Struct("<i")
+_BAD_DB_CHARS = frozenset('/\\. "$\x00')
 
 
 class ArchiveError(Exception):
@@ -89,6 +102,21 @@ def signed64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
+def check_namespace(db: str, collection: str) -> str | None:
+    """Why MongoDB would refuse this namespace (mongod's naming rules), or None."""
+    if db == "" and collection == "oplog":  # mongodump's oplog entry
+        return None
+    if not db or len(db.encode()) > 63:
+        return "a database name must have 1 to 63 bytes"
+    if bad := sorted(set(db) & _BAD_DB_CHARS):
+        return f"a database name may not contain {' '.join(repr(c) for c in bad)}"
+    if not collection or "\x00" in collection:
+        return "a collection name must be non-empty and may not contain a NUL byte"
+    if "$" in collection:
+        return "a collection name may not contain '$'"
+    return None
+
+
 def iter_documents(data: bytes | memoryview) -> Iterator[memoryview]:
     """Each document in a run of concatenated raw BSON (no decoding)."""
     view = memoryview(data)
@@ -149,54 +177,115 @@ class ArchiveReader:
         self.crc_ok: dict[str, bool] = {}
         self.crc_values: dict[str, int] = {}
         self._crc: dict[str, int] = {}
+        self.ended: set[str] = set()
+        self._announced: set[str] = set()
 
     def _read(self, size: int, what: str, ns: str | None = None) -> bytes:
         data = self._in.read(size)
-        while len(data) < size:  # a stream may return short reads before its end
-            more = self._in.read(size - len(data))
-            if not more:
-                raise ArchiveError(f"archive truncated: expected {what}", self.offset + len(data), ns)
-            data += more
+        if len(data) < size:
+            return self._fill(data, self.offset, size, what, ns)
         self.offset += size
         return data
 
-    def _doc(self, what: str, ns: str | None = None, first4: bytes | None = None) -> bytes:
+    def _fill(self, prefix: bytes, start: int, size: int, what: str, ns: str | None) -> bytes:
+        """`size` bytes from `start`, `prefix` already read (a stream may return short reads before its end)."""
+        have = len(prefix)
+        buffer = bytearray(size)
+        buffer[:have] = prefix
+        view = memoryview(buffer)
+        readinto = getattr(self._in, "readinto", None)  # straight into the buffer: no second copy
+        while have < size:
+            if readinto is not None:
+                got = readinto(view[have:size])
+            else:
+                more = self._in.read(size - have)
+                got = len(more)
+                view[have : have + got] = more
+            if not got:
+                raise ArchiveError(f"archive truncated: expected {what}", start + have, ns)
+            have += got
+        view.release()
+        self.offset = start + size
+        return buffer  # type: ignore[return-value]  # bytes-like; one copy fewer for 16 MiB documents
+
+    def _doc(self, what: str, ns: str | None = None, first4: bytes | None = None, cap: int = MAX_DOC) -> bytes:
         start = self.offset - (4 if first4 is not None else 0)
         head = first4 if first4 is not None else self._read(4, what, ns)
         (length,) = _INT32.unpack(head)
-        if not MIN_DOC <= length <= MAX_DOC:
-            raise ArchiveError(f"bad {what} length {length}", start, ns)
-        body = self._read(length - 4, what, ns)
-        if body[-1:] != b"\x00":
+        if not MIN_DOC <= length <= cap:
+            raise ArchiveError(f"bad {what} length {length} (the limit is {MIN_DOC} to {cap} bytes)", start, ns)
+        doc = self._fill(head, start, length, what, ns)
+        if doc[-1:] != b"\x00":
             raise ArchiveError(f"{what} does not end with a NUL byte", start, ns)
-        return head + body
+        return doc
 
     def read_prelude(self) -> Header:
         """Magic, header and preludes; returns the header."""
         if self._read(4, "magic number") != MAGIC:
             raise ArchiveError("not a mongodump archive (bad magic number)", 0)
-        doc = bson.decode(self._doc("header"))
-        self.header = Header(doc["server_version"], doc["tool_version"], doc["concurrent_collections"],
-                             doc["version"])  # fmt: skip
+        doc = self._decode(self._doc("header", cap=MAX_HEADER), "header", 4)
+        try:
+            concurrent = doc["concurrent_collections"]
+            if not isinstance(concurrent, int):
+                raise TypeError("concurrent_collections")
+            self.header = Header(str(doc["server_version"]), str(doc["tool_version"]), concurrent,
+                                 str(doc["version"]))  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArchiveError(f"the header lacks a valid field {exc}", 4) from None
+        total = 0
         while True:
             head = self._read(4, "prelude or terminator")
             if head == TERM:
                 break
-            pre = bson.decode(self._doc("prelude", first4=head))
-            self.preludes.append(Prelude(pre["db"], pre["collection"], pre.get("metadata", ""),
-                                         pre.get("size", 0), pre.get("type")))  # fmt: skip
+            start = self.offset - 4
+            raw = self._doc("prelude", first4=head, cap=MAX_PRELUDE)
+            total += len(raw)
+            if total > MAX_PRELUDES_TOTAL or len(self.preludes) >= MAX_NAMESPACES:
+                raise ArchiveError(f"the prelude exceeds {MAX_PRELUDES_TOTAL // 2**20} MiB or {MAX_NAMESPACES} "
+                                   "namespaces", start)  # fmt: skip
+            pre = self._decode(raw, "prelude", start)
+            db, coll, meta, kind = pre.get("db"), pre.get("collection"), pre.get("metadata", ""), pre.get("type")
+            if not isinstance(db, str) or not isinstance(coll, str) or not isinstance(meta, str):
+                raise ArchiveError("a prelude needs string db, collection and metadata", start)
+            if (why := check_namespace(db, coll)) is not None:
+                raise ArchiveError(f"bad namespace {db + '.' + coll!r}: {why}", start)
+            size = pre.get("size", 0)
+            prelude = Prelude(
+                db, coll, meta, size if isinstance(size, int) else 0, kind if isinstance(kind, str) else None
+            )
+            if prelude.ns in self._announced:
+                raise ArchiveError("namespace announced twice in the prelude", start, prelude.ns)
+            self.preludes.append(prelude)
+            self._announced.add(prelude.ns)
         return self.header
 
+    def _decode(self, raw: bytes, what: str, start: int) -> dict[str, object]:
+        try:
+            return bson.decode(raw)
+        except Exception as exc:  # noqa: BLE001 - bson raises several types for bad bytes
+            raise ArchiveError(f"the {what} is not valid BSON ({type(exc).__name__})", start) from None
+
+    def data_namespaces(self) -> list[str]:
+        """Where each announced namespace's documents are: a time-series keeps them in its buckets."""
+        return [f"{p.db}.system.buckets.{p.collection}" if p.type == "timeseries" else p.ns for p in self.preludes]
+
+    def _known(self, ns: str) -> bool:
+        db, _, coll = ns.partition(".")
+        series = f"{db}.{coll.removeprefix('system.buckets.')}"
+        return ns in self._announced or (coll.startswith("system.buckets.") and series in self._announced)
+
     def events(self) -> Iterator[Event]:
-        """Segments and EOFs, after checking each document's frame and each namespace's CRC."""
+        """Segments (in chunks) and EOFs, after checking each document's frame and each namespace's CRC.
+
+        Raises ArchiveError at the end when a namespace of the prelude never got its EOF.
+        """
         if self.header is None:
             self.read_prelude()
-        closed: set[str] = set()
         previous_term = True
         while True:
             head = self._in.read(4)
             if not head:
-                return
+                break
             if len(head) < 4:
                 raise ArchiveError("archive truncated inside a namespace header", self.offset)
             self.offset += 4
@@ -206,31 +295,58 @@ class ArchiveReader:
                 previous_term = True
                 continue
             previous_term = False
-            nsh = bson.decode(self._doc("namespace header", first4=head))
-            ns = f"{nsh['db']}.{nsh['collection']}"
-            if ns in closed:
+            start = self.offset - 4
+            nsh = self._decode(self._doc("namespace header", first4=head, cap=MAX_HEADER), "namespace header", start)
+            db, coll = nsh.get("db"), nsh.get("collection")
+            if not isinstance(db, str) or not isinstance(coll, str):
+                raise ArchiveError("a namespace header needs string db and collection", start)
+            ns = f"{db}.{coll}"
+            if not self._known(ns):
+                raise ArchiveError("namespace not announced in the prelude", start, ns)
+            if ns in self.ended:
                 raise ArchiveError("namespace reopened after its EOF", self.offset, ns)
             if nsh.get("EOF"):
-                stored = int(nsh.get("CRC", 0)) & 0xFFFFFFFFFFFFFFFF
+                crc = nsh.get("CRC", 0)
+                if not isinstance(crc, int):
+                    raise ArchiveError("an EOF header needs an int64 CRC", start, ns)
+                stored = crc & 0xFFFFFFFFFFFFFFFF
                 self.crc_ok[ns] = stored == self._crc.get(ns, 0)
                 self.crc_values[ns] = stored
-                closed.add(ns)
+                self.ended.add(ns)
                 if self._read(4, "terminator after EOF", ns) != TERM:
                     raise ArchiveError("no terminator after EOF", self.offset - 4, ns)
                 previous_term = True
-                yield End(nsh["db"], nsh["collection"], stored)
+                yield End(db, coll, stored)
                 continue
-            chunks = []
-            while True:
-                first = self._read(4, "document or terminator", ns)
-                if first == TERM:
-                    break
-                doc = self._doc("document", ns, first4=first)
-                chunks.append(doc)
-            data = b"".join(chunks)
-            self.documents[ns] = self.documents.get(ns, 0) + len(chunks)
-            self.bytes[ns] = self.bytes.get(ns, 0) + len(data)
-            if data:
-                self._crc[ns] = crc64(data, self._crc.get(ns))
+            yield from self._segment(db, coll, ns)
             previous_term = True
-            yield Segment(nsh["db"], nsh["collection"], data)
+        missing = [ns for ns in self.data_namespaces() if ns not in self.ended]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise ArchiveError(f"archive incomplete: no EOF for {shown} (announced in the prelude)", self.offset)
+
+    def _segment(self, db: str, coll: str, ns: str) -> Iterator[Segment]:
+        """One segment's documents, a chunk at a time; at least one (maybe empty) chunk."""
+        chunks: list[bytes] = []
+        size = 0
+        yielded = False
+        while True:
+            first = self._read(4, "document or terminator", ns)
+            if first == TERM:
+                break
+            doc = self._doc("document", ns, first4=first)
+            chunks.append(doc)
+            size += len(doc)
+            if size >= CHUNK_BYTES:
+                yield self._chunk(db, coll, ns, chunks)
+                yielded, chunks, size = True, [], 0
+        if chunks or not yielded:
+            yield self._chunk(db, coll, ns, chunks)
+
+    def _chunk(self, db: str, coll: str, ns: str, chunks: list[bytes]) -> Segment:
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.documents[ns] = self.documents.get(ns, 0) + len(chunks)
+        self.bytes[ns] = self.bytes.get(ns, 0) + len(data)
+        if data:
+            self._crc[ns] = crc64(data, self._crc.get(ns))
+        return Segment(db, coll, data)

@@ -13,7 +13,7 @@ import json
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, cast
 
 import zstandard
@@ -227,36 +227,115 @@ class BackupEntry:
                 "documents": self.documents, "verified": self.verified}  # fmt: skip
 
 
-def list_backups(storage: Storage, job_id: str | None = None) -> list[BackupEntry]:
-    """Every complete backup, newest first."""
+ORPHAN_AGE = timedelta(minutes=10)
+"""An archive without a manifest this old is a failed run's (its manifest comes seconds after it)."""
+_MAX_MANIFEST = 64 * 1024 * 1024
+
+
+@dataclass
+class Listing:
+    """What a job's storage holds: complete backups, and what could not be counted as one."""
+
+    entries: list[BackupEntry] = field(default_factory=list)
+    """Complete backups, newest first."""
+    problems: list[str] = field(default_factory=list)
+    """Manifests skipped as unreadable, each with its key and the reason."""
+    orphans: list[str] = field(default_factory=list)
+    """Archives older than ORPHAN_AGE that have no manifest: a run failed after storing them."""
+
+
+def scan(storage: Storage, job_id: str | None = None, now: datetime | None = None) -> Listing:
+    """Every complete backup, newest first; a corrupt manifest is reported and skipped.
+
+    Keys come from the listing itself, never from a manifest's text: a manifest can only
+    speak for the archive beside it.
+    """
+    now = now or datetime.now(UTC)
     objects = storage.objects(f"{job_id}/" if job_id else "")
-    keys = {o.key for o in objects}
-    entries = []
+    by_key = {o.key: o for o in objects}
+    listing = Listing()
+    with_manifest: set[str] = set()
     for obj in objects:
         if not obj.key.endswith(MANIFEST):
             continue
-        with storage.open(obj.key) as stream:
-            manifest = json.loads(stream.read())
-        entries.append(BackupEntry(
-            key=manifest["key"], job_id=manifest["job_id"], created_at=datetime.fromisoformat(manifest["started_at"]),
-            size_bytes=manifest["stored_bytes"], compression=manifest["compression"],
-            collections=len(manifest["namespaces"]), documents=sum(n["documents"] for n in manifest["namespaces"]),
-            verified=base_of(obj.key) + VERIFIED in keys, manifest=manifest,
-        ))  # fmt: skip
-    return sorted(entries, key=lambda e: e.created_at, reverse=True)
+        base = base_of(obj.key)
+        try:
+            entry = _entry(storage, obj.key, by_key)
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            listing.problems.append(f"{obj.key}: unreadable manifest, skipped ({_short(exc)})")
+            with_manifest.update(base + suffix for suffix in SUFFIX.values())  # never called an orphan
+            continue
+        with_manifest.add(entry.key)
+        listing.entries.append(entry)
+    for obj in objects:
+        archive = any(obj.key.endswith(suffix) for suffix in SUFFIX.values())
+        if archive and obj.key not in with_manifest and now - obj.modified > ORPHAN_AGE:
+            listing.orphans.append(obj.key)
+    listing.entries.sort(key=lambda e: e.created_at, reverse=True)
+    return listing
 
 
-def prune(storage: Storage, job_id: str, policy: Retention, *, dry_run: bool = False) -> list[BackupEntry]:
-    """Delete the backups retention does not keep; returns them. Manifest first, then the rest."""
-    entries = list_backups(storage, job_id)
-    infos = [BackupInfo(e.key, e.created_at, e.verified) for e in entries]
-    _keep, drop = plan_retention(infos, policy)
+def _entry(storage: Storage, manifest_key: str, by_key: dict[str, Any]) -> BackupEntry:
+    if by_key[manifest_key].size > _MAX_MANIFEST:
+        raise ValueError(f"{by_key[manifest_key].size} bytes, over the {_MAX_MANIFEST // 2**20} MiB limit")
+    with storage.open(manifest_key) as stream:
+        manifest = json.loads(stream.read(_MAX_MANIFEST + 1))
+    if not isinstance(manifest, dict):
+        raise ValueError("not a JSON object")
+    base = base_of(manifest_key)
+    compression = manifest["compression"]
+    if compression not in SUFFIX:
+        raise ValueError(f"unknown compression {compression!r}")
+    key = base + SUFFIX[compression]
+    if key not in by_key:
+        raise ValueError(f"its archive {key} is missing")
+    created = datetime.fromisoformat(manifest["started_at"])
+    if created.tzinfo is None:
+        raise ValueError("started_at has no time zone")
+    namespaces = manifest["namespaces"]
+    return BackupEntry(
+        key=key, job_id=manifest_key.split("/", maxsplit=1)[0], created_at=created,
+        size_bytes=int(manifest["stored_bytes"]),
+        compression=compression, collections=len(namespaces), documents=sum(int(n["documents"]) for n in namespaces),
+        verified=base + VERIFIED in by_key, manifest=manifest,
+    )  # fmt: skip
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"no field {exc}"
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def list_backups(storage: Storage, job_id: str | None = None) -> list[BackupEntry]:
+    """Every complete backup, newest first (see scan() for what was skipped)."""
+    return scan(storage, job_id).entries
+
+
+@dataclass
+class Pruned:
+    """What a prune deleted, and what it found along the way."""
+
+    gone: list[BackupEntry]
+    orphans: list[str]
+    listing: Listing
+
+
+def prune(storage: Storage, job_id: str, policy: Retention, *, now: datetime | None = None,
+          dry_run: bool = False) -> Pruned:  # fmt: skip
+    """Delete the backups retention does not keep, and orphan archives. Manifest first, then the rest."""
+    now = now or datetime.now(UTC)
+    listing = scan(storage, job_id, now)
+    infos = [BackupInfo(e.key, e.created_at, e.verified) for e in listing.entries]
+    _keep, drop = plan_retention(infos, policy, now)
     doomed = {b.key for b in drop}
-    gone = [e for e in entries if e.key in doomed]
+    gone = [e for e in listing.entries if e.key in doomed]
     if not dry_run:
         for entry in gone:
             base = base_of(entry.key)
             # The manifest goes first: if deleting stops halfway, no backup looks complete.
             for key in (base + MANIFEST, entry.key, base + VERIFIED):
                 storage.delete(key)
-    return gone
+        for key in listing.orphans:
+            storage.delete(key)
+    return Pruned(gone, listing.orphans, listing)

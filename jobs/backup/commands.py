@@ -36,7 +36,11 @@ def register(cli: Commands) -> None:
     restore.add_argument("--to", required=True, metavar="URI", help="the server to restore into")
     restore.add_argument("--ns-from", metavar="PATTERN", help="rename namespaces: e.g. 'app.*'")
     restore.add_argument("--ns-to", metavar="PATTERN", help="... to e.g. 'app_restored.*'")
-    restore.add_argument("--drop", action="store_true", help="drop target databases that hold data first")
+    restore.add_argument(
+        "--drop",
+        action="store_true",
+        help="replace target databases that hold data (only after the whole archive has been read and checked)",
+    )
     restore.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     restore.add_argument("--dry-run", action="store_true", help="say what would be restored where; change nothing")
 
@@ -49,11 +53,13 @@ def _backup_jobs(config: ScheduleConfig, only: str | None = None) -> list[JobSpe
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
-    from jobs.backup.catalog import list_backups
+    from jobs.backup.catalog import scan
 
     config = commands.schedule(args, settings)
-    entries = [e for job in _backup_jobs(config, args.job) for e in list_backups(job.options.open_storage(), job.id)]
-    entries.sort(key=lambda e: e.created_at, reverse=True)
+    listings = [scan(job.options.open_storage(), job.id) for job in _backup_jobs(config, args.job)]
+    entries = sorted((e for listing in listings for e in listing.entries), key=lambda e: e.created_at, reverse=True)
+    for problem in (p for listing in listings for p in listing.problems):
+        print(f"warning: {problem}", file=sys.stderr)
     if args.json:
         print(json.dumps([e.public() for e in entries], indent=2))
         return 0
@@ -142,13 +148,12 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
         if not allowed:
             print("cancelled: nothing was changed")
             return 1
-        for db in occupied:
-            client.drop_database(db)
         progress = _Progress()
         started = datetime.now(UTC)
-        with _open_archive(args, settings) as (stream, _):
+        with _open_archive(args, settings) as (stream, manifest):
             try:
-                report = restore(stream, client, rename, progress)
+                # Nothing is dropped before the archive has proven whole: see restore()'s staging.
+                report = restore(stream, client, rename, progress, manifest=manifest, replace=frozenset(occupied))
             except RestoreError as exc:
                 raise CliError(f"restore failed: {masks.text(str(exc))}", EXIT_ERROR) from None
         progress.done()
@@ -215,15 +220,20 @@ def _prune(args: argparse.Namespace, settings: Settings) -> int:
     try:
         for job in _backup_jobs(config, args.job):
             started = datetime.now(UTC)
-            gone = prune(job.options.open_storage(), job.id, job.options.retention, dry_run=args.dry_run)
+            pruned = prune(job.options.open_storage(), job.id, job.options.retention, dry_run=args.dry_run)
+            gone = pruned.gone
             verb = "would delete" if args.dry_run else "deleted"
             print(f"{job.id}: {verb} {len(gone)} backup(s)")
             for entry in gone:
                 print(f"    {entry.key}")
+            for key in pruned.orphans:
+                print(f"    {key} (an archive without a manifest: a failed run's)")
+            for problem in pruned.listing.problems:
+                print(f"warning: {problem}", file=sys.stderr)
             if ledger is not None:
                 summary = f"pruned {len(gone)} backup(s)"
                 commands.record(ledger, job_id=job.id, kind="prune", started=started, summary=summary,
-                                details={"deleted": [e.key for e in gone]})  # fmt: skip
+                                details={"deleted": [e.key for e in gone], "orphans": pruned.orphans})  # fmt: skip
     finally:
         if ledger is not None:
             ledger.close()

@@ -1,17 +1,21 @@
 """`restore_drill`: prove the newest backup restores — every collection, whole.
 
 Restores the newest complete backup of `backup_job` into scratch databases
-(`opskeeper_drill_<db>_<stamp>`), compares every collection with the manifest (count,
+(`opskeeper_drill_<stamp>_<run>_<db>`), compares every collection with the manifest (count,
 content digest, indexes; views present), records the recovery time, marks the backup
-verified, and always drops the scratch databases. FAIL names the collection and what
+verified, and always drops its scratch databases. Another drill's scratch databases (a second
+schedule on the same server, a drill still running elsewhere) are left alone unless they are
+older than this job's timeout: their run cannot still be going. FAIL names the collection and what
 differed; WARN means the drill passed but the newest backup is older than `max_age`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,9 +23,10 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from jobs.backup.catalog import VERIFIED, base_of, list_backups
+from jobs.backup.catalog import VERIFIED, base_of, scan
 from jobs.backup.job import BackupOptions
 from jobs.backup.restore import RestoreError, check, restore
+from jobs.backup.retention import is_future
 from worker.job import JobContext, JobOptions, Outcome, Status
 from worker.schedule import Duration
 from worker.timespec import format_duration
@@ -40,18 +45,40 @@ class DrillOptions(JobOptions):
     max_age: Duration = timedelta(hours=26)
 
 
-def scratch_name(db: str, stamp: str) -> str:
-    """The scratch database for `db` in the drill stamped `stamp`, within MongoDB's name limit."""
-    room = _MAX_DB_NAME - len(SCRATCH_PREFIX) - len(stamp) - 1
-    return f"{SCRATCH_PREFIX}{db[:room]}_{stamp}"
+_SCRATCH = re.compile(rf"^{SCRATCH_PREFIX}(?:(\d{{14}})_([0-9a-f]{{8}})_.*|.*_(\d{{14}}))$")
+"""This version's names (stamp, run, db), and older versions' (db, stamp)."""
 
 
-def drop_scratch(client: Any) -> list[str]:
-    """Drop every scratch database (this drill's, or one a crash left behind)."""
-    dropped = [name for name in client.list_database_names() if name.startswith(SCRATCH_PREFIX)]
-    for name in dropped:
-        client.drop_database(name)
+def scratch_name(db: str, stamp: str, run_id: str = "00000000") -> str:
+    """The scratch database for `db` in the drill `run_id` started at `stamp`, within MongoDB's name limit."""
+    head = f"{SCRATCH_PREFIX}{stamp}_{run_id[:8]}_"
+    room = _MAX_DB_NAME - len(head)
+    if len(db) > room:  # keep two long names apart: a short hash of the whole name
+        db = db[: room - 7] + "_" + hashlib.blake2b(db.encode(), digest_size=3).hexdigest()
+    return head + db
+
+
+def drop_scratch(client: Any, run_id: str | None = None, older_than: datetime | None = None) -> list[str]:
+    """Drop scratch databases: this run's (`run_id`), and any whose stamp is before `older_than`."""
+    dropped = []
+    for name in client.list_database_names():
+        match = _SCRATCH.match(name)
+        if not name.startswith(SCRATCH_PREFIX):
+            continue
+        stamp, run = (match.group(1) or match.group(3), match.group(2)) if match else (None, None)
+        mine = run_id is not None and run == run_id[:8]
+        made = _parse_stamp(stamp)
+        if mine or (older_than is not None and made is not None and made < older_than):
+            client.drop_database(name)
+            dropped.append(name)
     return dropped
+
+
+def _parse_stamp(stamp: str | None) -> datetime | None:
+    try:
+        return datetime.strptime(stamp or "", "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 class DrillJob:
@@ -74,25 +101,35 @@ class DrillJob:
     def run(self, ctx: JobContext) -> Outcome:
         job_id, backup = self._backup_job(ctx)
         storage = backup.open_storage()
-        entries = list_backups(storage, job_id)
+        listing = scan(storage, job_id)
+        now = datetime.now(UTC)
+        future = [e for e in listing.entries if is_future(e.created_at, now)]
+        entries = [e for e in listing.entries if e not in future]
         if not entries:
-            return Outcome(Status.FAIL, f"no complete backup of {job_id} to drill")
+            return Outcome(Status.FAIL, f"no complete backup of {job_id} to drill"
+                           + (f" ({len(future)} dated in the future, not trusted)" if future else ""))  # fmt: skip
         newest = entries[0]
+        # A future-dated backup (skewed clock, copied folder) would pin every drill to itself.
+        warnings = [f"{e.key} is dated in the future ({e.created_at.isoformat()}); not drilled" for e in future]
+        warnings += listing.problems
         uri = self.options.target_uri or os.environ.get("RESTORE_DRILL_URI") or backup.mongo_uri()
         client: Any = MongoClient(uri, appname="opskeeper-drill", serverSelectionTimeoutMS=10_000)
-        stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+        stamp = now.strftime("%Y%m%d%H%M%S")
+        spec = ctx.jobs.get(ctx.job_id)
+        # A drill lasts at most its timeout: scratch stamped longer ago than that is a crash's leftover.
+        timeout = spec.timeout if spec is not None else timedelta(hours=1)
         try:
-            left = drop_scratch(client)
+            left = drop_scratch(client, older_than=now - timeout - timedelta(minutes=5))
             if left:
                 ctx.log("drill.leftovers_dropped", databases=left)
             started = time.monotonic()
             with storage.open(newest.key) as stream:
-                report = restore(stream, client, lambda db, coll: (scratch_name(db, stamp), coll))
+                # Scratch databases are the drill's own: no staging needed, all dropped at the end.
+                report = restore(stream, client, lambda db, coll: (scratch_name(db, stamp, ctx.run_id), coll),
+                                 manifest=newest.manifest, staging=False)  # fmt: skip
             recovery_s = time.monotonic() - started
             check_started = time.monotonic()
             problems = check(client, report.namespaces, newest.manifest)
-            if report.sha256 != newest.manifest.get("sha256"):
-                problems.insert(0, f"{newest.key}: sha256 differs from the manifest (the stored object changed)")
             verify_s = time.monotonic() - check_started
         except RestoreError as exc:
             return Outcome(Status.FAIL, f"restore of {newest.key} failed: {exc}", {"key": newest.key},
@@ -100,7 +137,7 @@ class DrillJob:
         finally:
             # If the target is gone, the next drill drops what this one could not.
             with contextlib.suppress(PyMongoError):
-                drop_scratch(client)
+                drop_scratch(client, run_id=ctx.run_id)
             client.close()
         details = {
             "key": newest.key, "backup_created_at": newest.created_at.isoformat(),
@@ -125,5 +162,9 @@ class DrillJob:
         )
         age = datetime.now(UTC) - newest.created_at
         if age > self.options.max_age:
-            return Outcome(Status.WARN, f"{summary}; but the newest backup is {format_duration(age)} old", details)
+            warnings.insert(0, f"the newest backup is {format_duration(age)} old")
+        if warnings:
+            details["warnings"] = warnings
+            return Outcome(Status.WARN, f"{summary}; but {warnings[0]}"
+                           + (f" (+{len(warnings) - 1} more)" if len(warnings) > 1 else ""), details)  # fmt: skip
         return Outcome(Status.OK, summary, details)

@@ -8,6 +8,7 @@ failed run never leaves a backup that looks complete, nor deletes a good one.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -31,7 +32,7 @@ from pymongo.errors import ConfigurationError, OperationFailure
 
 from jobs.backup.archive import ArchiveReader, ArchiveWriter, Header, Prelude, Segment, crc64, iter_documents
 from jobs.backup.catalog import MANIFEST, SUFFIX, CompressingSink, digest_update, prune, stamp
-from jobs.backup.retention import Retention
+from jobs.backup.retention import Retention, is_future
 from worker.job import JobContext, JobOptions, Outcome, Status
 from worker.reporting.redact import Redactor
 from worker.storage import Storage, open_storage
@@ -162,8 +163,20 @@ class BackupJob:
             pruned = prune(storage, ctx.job_id, opts.retention)
         except Exception as exc:  # noqa: BLE001 - a failed prune must not undo a good backup
             return Outcome(Status.WARN, f"backed up {summary}; pruning failed: {exc}", details)
-        details["pruned"] = [e.key for e in pruned]
-        return Outcome(Status.OK, f"backed up {summary}" + (f"; pruned {len(pruned)}" if pruned else ""), details)
+        details["pruned"] = [e.key for e in pruned.gone]
+        for key in pruned.orphans:
+            ctx.log("backup.orphan_removed", key=key, reason="an archive without a manifest (a failed run's)")
+        text = f"backed up {summary}" + (f"; pruned {len(pruned.gone)}" if pruned.gone else "")
+        problems = pruned.listing.problems
+        future = [e.key for e in pruned.listing.entries if is_future(e.created_at, datetime.now(UTC))]
+        if future:
+            problems = [*problems, f"{len(future)} backup(s) dated in the future, kept and not counted: "
+                                   f"{', '.join(future[:3])}"]  # fmt: skip
+        if problems:
+            details["catalog_problems"] = problems
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            return Outcome(Status.WARN, f"{text}; {problems[0]}{more}", details)
+        return Outcome(Status.OK, text, details)
 
     def _dump(self, ctx: JobContext, client: Any, uri: str, storage: Storage) -> dict[str, Any]:
         opts = self.options
@@ -214,8 +227,15 @@ class BackupJob:
             "opskeeper_version": opskeeper_version(),
             "namespaces": stats,
         }
-        storage.put(key.removesuffix(SUFFIX[opts.compression]) + MANIFEST,
-                    json.dumps(manifest, indent=2, default=str).encode())  # fmt: skip
+        try:
+            storage.put(key.removesuffix(SUFFIX[opts.compression]) + MANIFEST,
+                        json.dumps(manifest, indent=2, default=str).encode())  # fmt: skip
+        except BaseException:
+            # No manifest, no backup: the archive would only fill the disk. If this delete fails
+            # too, the next run's prune removes it as an orphan.
+            with contextlib.suppress(Exception):
+                storage.delete(key)
+            raise
         return manifest
 
     def _collection(self, ctx: JobContext, client: Any, ns: Namespace, writer: ArchiveWriter,

@@ -3,15 +3,25 @@
 One pass over the stored object: decompress, parse, create collections with their options,
 insert raw documents in bounded unordered batches, then build indexes and create views.
 Verification reads the restored data back and recomputes counts and content digests.
+
+With `staging` (what `opskeeper restore` uses) nothing the operator has is touched until the
+whole archive has been read and proven: every namespace complete, every CRC right, and with a
+manifest every count, CRC and the sha256 equal to it. Documents go into staging collections
+(`opskeeper_restore_<token>.<name>`) in the target database, indexes are built there, and only
+then is each collection swapped in with `renameCollection` and `dropTarget`: atomic per
+collection, not across collections. On any failure before the swap the staging collections are
+dropped and the target is as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import queue
 import re
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,15 +30,16 @@ from typing import Any, BinaryIO
 import zstandard
 from bson import json_util
 from bson.raw_bson import RawBSONDocument
-from pymongo.errors import OperationFailure
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
-from jobs.backup.archive import ArchiveError, ArchiveReader, End, iter_documents
+from jobs.backup.archive import ArchiveError, ArchiveReader, End, check_namespace, iter_documents
 from jobs.backup.catalog import HashingReader, decompressed, digest_update
 
 _BATCH_BYTES = 8 * 1024 * 1024
 _BATCH_DOCS = 5000
 _INDEX_FIELDS_IGNORED = ("v", "ns", "background")
 _SERVER_DATABASES = ("admin", "config", "local")
+STAGING_PREFIX = "opskeeper_restore_"
 
 
 class RestoreError(Exception):
@@ -72,6 +83,8 @@ class Restored:
     options: dict[str, Any] = field(default_factory=dict)
     skipped: str = ""
     """Why it was not restored (the oplog; a type the target does not support)."""
+    load_coll: str = ""
+    """Where the documents go first: a staging collection, or the target itself."""
 
 
 @dataclass
@@ -95,40 +108,96 @@ class RestoreReport:
 
 def restore(
     raw: BinaryIO, client: Any, rename: Rename = lambda db, coll: (db, coll),
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, *, manifest: dict[str, Any] | None = None,
+    staging: bool = True, replace: frozenset[str] = frozenset(),
 ) -> RestoreReport:  # fmt: skip
-    """Restore every namespace of the archive in `raw` (compressed or not) through `client`."""
+    """Restore every namespace of the archive in `raw` (compressed or not) through `client`.
+
+    `replace` names target databases the operator agreed to replace: their collections are
+    swapped over existing ones, and their collections that the archive does not hold are
+    dropped last. A target collection holding data in any other database is a RestoreError.
+    """
     report = RestoreReport()
     started = time.monotonic()
     reader = HashingReader(raw)
     archive = ArchiveReader(decompressed(reader))
+    token = uuid.uuid4().hex[:8] if staging else ""
     try:
-        archive.read_prelude()
-        by_data_ns, views = _prepare(archive, client, rename, report)
-        _load(archive, client, by_data_ns, lambda: progress(reader.count, report.documents) if progress else None)
-        reader.drain()
-    except ArchiveError as exc:
-        raise RestoreError(str(exc)) from None
-    except (EOFError, zlib.error, zstandard.ZstdError, gzip.BadGzipFile) as exc:
-        raise RestoreError(f"compressed stream is corrupt near stored byte {reader.count}: {exc}") from None
-    bad = sorted(ns for ns, ok in archive.crc_ok.items() if not ok)
-    if bad:
-        raise RestoreError(f"{', '.join(bad)}: CRC mismatch in the archive")
-    report.read_insert_s = time.monotonic() - started
-    index_started = time.monotonic()
-    for item in report.namespaces:
-        if not item.skipped and item.type != "view":
-            _indexes(client, item)
+        try:
+            archive.read_prelude()
+            by_data_ns, views = _prepare(archive, client, rename, report, token=token, replace=replace)
+            _load(archive, client, by_data_ns, lambda: progress(reader.count, report.documents) if progress else None)
+            reader.drain()
+        except ArchiveError as exc:
+            raise RestoreError(str(exc)) from None
+        except (EOFError, zlib.error, zstandard.ZstdError, gzip.BadGzipFile) as exc:
+            raise RestoreError(f"compressed stream is corrupt near stored byte {reader.count}: {exc}") from None
+        bad = sorted(ns for ns, ok in archive.crc_ok.items() if not ok)
+        if bad:
+            raise RestoreError(f"{', '.join(bad)}: CRC mismatch in the archive")
+        report.stored_bytes = reader.count
+        report.sha256 = reader.sha256.hexdigest()
+        if manifest is not None:
+            _against_manifest(archive, report.sha256, manifest)
+        report.read_insert_s = time.monotonic() - started
+        index_started = time.monotonic()
+        for item in report.namespaces:
+            if not item.skipped and item.type != "view":
+                _indexes(client, item)
+        if staging:
+            for item in report.namespaces:
+                if item.load_coll != _data_collection(item) and not item.skipped:
+                    _swap(client, item)
+    except BaseException:
+        if staging:
+            _drop_staging(client, report)
+        raise
     for item in views:
-        _view(client, item)
+        _view(client, item, replace)
+    for db in sorted(replace):
+        kept = {n.target_coll for n in report.namespaces if n.target_db == db} | {
+            _data_collection(n) for n in report.namespaces if n.target_db == db
+        }
+        for name in client[db].list_collection_names():
+            if name not in kept and not name.startswith("system."):
+                client[db].drop_collection(name)
     report.index_s = time.monotonic() - index_started
-    report.stored_bytes = reader.count
-    report.sha256 = reader.sha256.hexdigest()
     return report
 
 
+def _against_manifest(archive: ArchiveReader, sha256: str, manifest: dict[str, Any]) -> None:
+    """The archive must be the one the manifest describes: sha256, then each namespace's count and CRC."""
+    if manifest.get("sha256") and manifest["sha256"] != sha256:
+        raise RestoreError(f"the stored object's sha256 {sha256} differs from the manifest's {manifest['sha256']}")
+    for ns in manifest.get("namespaces", []):
+        name = ns.get("data_ns", ns.get("ns"))
+        count = archive.documents.get(name, 0)
+        if count != ns.get("documents", count):
+            raise RestoreError(f"{name}: {count} documents in the archive, the manifest says {ns['documents']}")
+        if "crc" in ns and f"{archive.crc_values.get(name, 0):016x}" != ns["crc"]:
+            raise RestoreError(f"{name}: the archive's CRC differs from the manifest's")
+
+
+def _swap(client: Any, item: Restored) -> None:
+    """Put a staged collection in place of its target: one renameCollection, atomic on the server."""
+    source, target = f"{item.target_db}.{item.load_coll}", f"{item.target_db}.{item.target_coll}"
+    try:
+        client.admin.command("renameCollection", source, to=target, dropTarget=True)
+    except OperationFailure as exc:
+        raise RestoreError(f"{item.source}: cannot move the restored copy into {target}: {exc}") from None
+    item.load_coll = item.target_coll
+
+
+def _drop_staging(client: Any, report: RestoreReport) -> None:
+    """After a failure: drop every staging collection; what the operator had stays as it was."""
+    for item in report.namespaces:
+        if item.load_coll.startswith(STAGING_PREFIX):
+            with contextlib.suppress(PyMongoError):
+                client[item.target_db].drop_collection(item.load_coll)
+
+
 def _prepare(
-    archive: ArchiveReader, client: Any, rename: Rename, report: RestoreReport
+    archive: ArchiveReader, client: Any, rename: Rename, report: RestoreReport, *, token: str, replace: frozenset[str]
 ) -> tuple[dict[str, Restored], list[Restored]]:
     """Create every collection the archive announces; views wait until their sources hold data."""
     by_data_ns: dict[str, Restored] = {}
@@ -145,14 +214,22 @@ def _prepare(
             meta = json_util.loads(prelude.metadata) if prelude.metadata else {}
         except (ValueError, TypeError) as exc:
             raise RestoreError(f"{prelude.ns}: metadata is not valid JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise RestoreError(f"{prelude.ns}: metadata is not a JSON object")
         db, coll = rename(prelude.db, prelude.collection)
         kind = prelude.type or meta.get("type") or "collection"
         item = Restored(prelude.ns, db, coll, kind, indexes=list(meta.get("indexes", [])),
                         options=dict(meta.get("options", {})))  # fmt: skip
+        if (why := check_namespace(db, coll)) is not None:
+            raise RestoreError(f"{prelude.ns}: cannot restore into {db + '.' + coll!r}: {why}")
+        # Time-series collections cannot be renamed: they are restored in place.
+        item.load_coll = f"{STAGING_PREFIX}{token}.{coll}" if token and kind == "collection" else _data_collection(item)
         report.namespaces.append(item)
         if kind == "view":
             views.append(item)
             continue
+        if db not in replace and _holds_documents(client, db, coll):
+            raise RestoreError(f"{prelude.ns}: {db}.{coll} already holds documents; it is replaced only with --drop")
         _create(client, item)
         if not item.skipped:
             data_ns = f"{prelude.db}.system.buckets.{prelude.collection}" if kind == "timeseries" else prelude.ns
@@ -182,8 +259,6 @@ def _load(archive: ArchiveReader, client: Any, by_data_ns: dict[str, Restored], 
                     batch = pending[event.ns] = []
                     sizes[event.ns] = 0
             tick()
-        for ns, leftover in pending.items():  # a namespace without its EOF: keep what arrived
-            inserter.submit(by_data_ns[ns], leftover)
 
 
 class _Inserter:
@@ -220,11 +295,16 @@ class _Inserter:
             raise self._error
 
 
+def _holds_documents(client: Any, db: str, coll: str) -> bool:
+    return client[db][coll].find_one({}, {"_id": 1}) is not None
+
+
 def _create(client: Any, item: Restored) -> None:
     db = client[item.target_db]
     options = {k: v for k, v in item.options.items() if k not in ("uuid",)}
+    name = item.load_coll if item.type == "collection" else item.target_coll
     try:
-        db.create_collection(item.target_coll, **options)
+        db.create_collection(name, **options)
     except OperationFailure as exc:
         if item.type == "timeseries":
             item.skipped = f"time-series collections are not supported by the target ({exc.details and exc.code})"
@@ -237,10 +317,26 @@ def _create(client: Any, item: Restored) -> None:
 def _flush(client: Any, item: Restored, batch: list[RawBSONDocument]) -> None:
     if not batch:
         return
-    collection = client[item.target_db][_data_collection(item)]
-    collection.insert_many(batch, ordered=False)
+    collection = client[item.target_db][item.load_coll]
+    try:
+        collection.insert_many(batch, ordered=False)
+    except BulkWriteError as exc:
+        raise RestoreError(f"{item.source}: {_rejected(exc)}") from None
     item.documents += len(batch)
     item.bytes += sum(len(d.raw) for d in batch)
+
+
+def _rejected(exc: BulkWriteError) -> str:
+    """Why the server refused documents, never quoting them (a duplicate key may be personal data)."""
+    errors = exc.details.get("writeErrors", [])
+    codes = sorted({e.get("code") for e in errors}, key=str)
+    if codes == [11000]:
+        index = re.search(r"index: (\S+)", errors[0].get("errmsg", ""))
+        where = f" on index {index.group(1)}" if index else ""
+        return f"{len(errors)} document(s) in a batch have a duplicate key{where} (values not shown)"
+    if codes == [121]:
+        return f"{len(errors)} document(s) failed the collection's validator (values not shown)"
+    return f"the server rejected {len(errors)} document(s) (error codes {', '.join(map(str, codes))})"
 
 
 def _data_collection(item: Restored) -> str:
@@ -257,12 +353,15 @@ def _indexes(client: Any, item: Restored) -> None:
     if not specs:
         return
     try:
-        client[item.target_db].command("createIndexes", item.target_coll, indexes=specs)
+        on = item.load_coll if item.load_coll.startswith(STAGING_PREFIX) else item.target_coll
+        client[item.target_db].command("createIndexes", on, indexes=specs)
     except OperationFailure as exc:
         raise RestoreError(f"{item.source}: cannot build its indexes: {exc}") from None
 
 
-def _view(client: Any, item: Restored) -> None:
+def _view(client: Any, item: Restored, replace: frozenset[str]) -> None:
+    if item.target_db in replace:
+        client[item.target_db].drop_collection(item.target_coll)
     options = dict(item.options)
     view_on = options.pop("viewOn", None)
     pipeline = options.pop("pipeline", [])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from worker.job import JobOptions
 
@@ -36,13 +36,26 @@ _PERIODS: tuple[tuple[str, Callable[[datetime], Hashable]], ...] = (
 )
 
 
-def plan_retention(backups: list[BackupInfo], policy: Retention) -> tuple[list[BackupInfo], list[BackupInfo]]:
+FUTURE_TOLERANCE = timedelta(minutes=5)
+"""Clock skew allowed between the host that made a backup and this one."""
+
+
+def is_future(created_at: datetime, now: datetime) -> bool:
+    """Dated later than now can be (a skewed clock, a folder copied in): suspect."""
+    return created_at > now + FUTURE_TOLERANCE
+
+
+def plan_retention(
+    backups: list[BackupInfo], policy: Retention, now: datetime
+) -> tuple[list[BackupInfo], list[BackupInfo]]:
     """(keep, delete), newest first. Never deletes the newest backup nor the newest verified one.
 
     Each period rule keeps the newest backup of each of its N most recent periods that have
     a backup (restic's and borg's meaning), so gaps in the history do not shorten it.
+    Future-dated backups are kept and counted for nothing: they never push out today's.
     """
-    ordered = sorted(backups, key=lambda b: b.created_at, reverse=True)
+    future = [b for b in backups if is_future(b.created_at, now)]
+    ordered = sorted((b for b in backups if not is_future(b.created_at, now)), key=lambda b: b.created_at, reverse=True)
     keep = {b.key for b in ordered[: policy.keep_last]}
     for name, period_of in _PERIODS:
         wanted: int = getattr(policy, name)
@@ -59,4 +72,6 @@ def plan_retention(backups: list[BackupInfo], policy: Retention) -> tuple[list[B
     newest_verified = next((b for b in ordered if b.verified), None)
     if newest_verified is not None:
         keep.add(newest_verified.key)
-    return [b for b in ordered if b.key in keep], [b for b in ordered if b.key not in keep]
+    keep.update(b.key for b in future)
+    everything = sorted(backups, key=lambda b: b.created_at, reverse=True)
+    return [b for b in everything if b.key in keep], [b for b in ordered if b.key not in keep]
