@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from tests.conftest import ROOT, opskeeper, write
 from worker.cli import main
@@ -322,3 +324,101 @@ def test_options_naming_another_job_must_name_one_of_its_kind(tmp_path: Path) ->
         "10:66 jobs[5] (deploys).options.services[0].health: no health job 'api-helth' in this schedule; "
         "health jobs: 'api'",
     ]
+
+
+# --- hostile files ------------------------------------------------------------------------
+
+LAUGHS = (
+    'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8))
+    + "jobs: *i\n"
+)
+
+
+def problems_of(tmp_path: Path, text: str) -> list[str]:
+    """Every problem `load_config` names for this text (it must raise ConfigError, nothing else)."""
+    path = write(tmp_path / "jobs.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, OPTIONS, env={})
+    return [str(p).removeprefix(f"{path}:") for p in caught.value.problems]
+
+
+def test_a_billion_laughs_file_is_refused_before_it_expands(tmp_path: Path) -> None:
+    """9 levels of 10 aliases in under 1 KB: one problem naming the cap, at once (no expansion is built)."""
+    assert len(LAUGHS) < 1000
+    assert problems_of(tmp_path, LAUGHS) == [
+        "1:1: yaml: the file expands to more than 100000 values through YAML aliases; write the jobs out"
+    ]
+
+
+def test_a_recursive_alias_and_deep_nesting_are_refused(tmp_path: Path) -> None:
+    """An anchor that contains itself, and 5000 '[' after jobs:, each give one named problem."""
+    assert problems_of(tmp_path, "jobs: &a [*a]\n")[0].endswith("expands to more than 100000 values through "
+                                                              "YAML aliases; write the jobs out")  # fmt: skip
+    assert problems_of(tmp_path, "jobs: " + "[" * 5000 + "\n") == [
+        "1:38: yaml: nested deeper than 32 levels; a schedule needs far fewer"
+    ]
+
+
+def test_huge_durations_and_files_are_named_errors(tmp_path: Path) -> None:
+    """timeout: 99999999999d and a 2 MB file are each one problem, never an OverflowError."""
+    text = "jobs:\n  - id: a\n    kind: command\n    schedule: '@daily'\n    timeout: 99999999999d\n" \
+           "    options: {argv: ['true']}\n"  # fmt: skip
+    assert problems_of(tmp_path, text) == ["5:14: jobs[0] (a).timeout: '99999999999d' is longer than 10 years; "
+                                           "no schedule setting needs that"]  # fmt: skip
+    big = "jobs:\n" + GOOD_JOB + "# padding\n" * 220_000
+    assert problems_of(tmp_path, big) == [f"1:1: (file): the file has {len(big)} bytes, over the limit of 1024 KiB "
+                                          "for a schedule"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("timeout: 0s", "timeout: a timeout must be longer than 0s"),
+     ("timeout: 8d", "timeout: 8d is over the limit of 7d (Sentry Crons' longest max_runtime)"),
+     ("jitter: 15m", "jitter (15m) must be shorter than misfire_grace (10m): a run pushed past the grace is missed")],
+)  # fmt: skip
+def test_durations_that_cannot_work_are_refused(tmp_path: Path, setting: str, message: str) -> None:
+    """A zero or over-7-day timeout, and jitter not shorter than misfire_grace, are refused with the rule."""
+    text = (
+        f"jobs:\n  - id: a\n    kind: command\n    schedule: '@daily'\n    {setting}\n    options: {{argv: ['true']}}\n"
+    )
+    [problem] = problems_of(tmp_path, text)
+    assert problem.endswith(message)
+    assert problem.startswith(("5:", "2:"))
+
+
+def test_a_wrong_reference_is_reported_with_the_other_errors(tmp_path: Path) -> None:
+    """A drill naming a missing backup job is reported in the same pass as a bad cron field elsewhere."""
+    text = ("jobs:\n  - id: drill\n    kind: restore_drill\n    schedule: '@weekly'\n"
+            "    options: {backup_job: nighty}\n"
+            "  - id: nightly\n    kind: backup\n    schedule: '0 3 * * 8'\n")  # fmt: skip
+    problems = problems_of(tmp_path, text)
+    assert len(problems) == 2
+    assert problems[0].startswith(
+        "5:27: jobs[0] (drill).options.backup_job: no backup job 'nighty' in this schedule; backup jobs: 'nightly'"
+    )
+    assert problems[1].startswith("8:15: jobs[1] (nightly).schedule: '0 3 * * 8'")
+
+
+def test_validate_on_hostile_files_prints_problems_not_tracebacks(tmp_path: Path) -> None:
+    """`opskeeper validate` on each hostile file exits 78 (config) naming the file; no traceback."""
+    for text in (LAUGHS, "jobs: " + "[" * 5000 + "\n", "jobs:\n  - id: a\n    timeout: 99999999999d\n"):
+        path = write(tmp_path / "jobs.yaml", text)
+        result = opskeeper("validate", "--config", str(path), env={"PATH": "/usr/bin:/bin"}, timeout=60)
+        assert result.code == 78, result.stderr
+        assert "Traceback" not in result.stderr
+        assert str(path) in result.stderr
+
+
+@hypothesis.settings(max_examples=300, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow])
+@hypothesis.given(st.text(alphabet=st.sampled_from(list("jobs:-idkn \n[]{}&*!<>'\"#|0123456789ace,.$")), max_size=300))
+def test_the_loader_never_raises_anything_but_config_error(text: str) -> None:
+    """Fuzzed schedule text: load either succeeds or raises ConfigError, never any other exception."""
+    from worker.schedule import parse_config
+
+    problems: list[object] = []
+    try:
+        parse_config("jobs:\n" + text, "fuzz.yaml", OPTIONS, {})
+    except ConfigError as exc:
+        problems = list(exc.problems)
+        assert problems, "a ConfigError always names at least one problem"

@@ -183,3 +183,21 @@ def test_half_written_file_is_not_reported_as_invalid(
     assert reloaded["added"] == ["second"]
     assert not [e for e in daemon.events[:at] if e["event"] == "config.invalid"]
     assert daemon.terminate() == 0
+
+
+def test_hostile_reloads_keep_the_running_schedule(tmp_path: Path, env: dict[str, str], daemon_factory: Start) -> None:
+    """Billion laughs, 5000 '[', a huge timeout and a recursive alias: each reload is config.invalid; jobs go on."""
+    from tests.test_config import LAUGHS
+
+    config = write(tmp_path / "jobs.yaml", "jobs:\n" + job("steady", "every 1s", "['true']"))
+    daemon = daemon_factory(config, {**env, "OPSKEEPER_RELOAD_POLL": "100ms"})
+    at, _ = daemon.finished("steady")
+    hostile = [LAUGHS, "jobs: " + "[" * 5000 + "\n", "jobs:\n" + job("steady", "every 1s", "['true']")
+               + "    timeout: 99999999999d\n", "jobs: &a [*a]\n"]  # fmt: skip
+    for text in hostile:
+        write(config, text)
+        at, invalid = daemon.wait_for(lambda e: e["event"] == "config.invalid", after=at + 1)
+        assert invalid["summary"] == "kept the running schedule; fix the file and save it again"
+        at, _ = daemon.finished("steady", after=at)
+    assert daemon.proc.poll() is None
+    assert daemon.terminate() == 0

@@ -2,6 +2,10 @@
 
 Each problem is one line, `FILE:LINE:COL: jobs[i] (id).field.path: message`, so an
 operator can fix a whole file in one pass and editors can jump to each place.
+
+Whatever the file holds, loading it either returns a schedule or raises ConfigError: the
+file's size, its nesting depth, the number of values its YAML aliases expand to and the
+number of jobs are capped before anything is built, so a hostile file costs little.
 """
 
 from __future__ import annotations
@@ -25,17 +29,33 @@ from pydantic import (
     Field,
     PlainValidator,
     ValidationError,
+    field_validator,
+    model_validator,
 )
 
 from worker.job import ALERTABLE, JobOptions, Status
 from worker.settings import SECRET_ENV_NAME, SettingsError, read_secret_file
-from worker.timespec import CronSchedule, IntervalSchedule, next_fire, parse_duration, parse_schedule
+from worker.timespec import (
+    CronSchedule,
+    IntervalSchedule,
+    format_duration,
+    next_fire,
+    parse_duration,
+    parse_schedule,
+)
 
 Loc = tuple[str | int, ...]
 
 # Values read from environment variables whose names say they are secret are kept
 # apart so the log and Sentry redactors can mask them wherever they turn up.
 SECRET_NAME = SECRET_ENV_NAME
+MAX_FILE_BYTES = 1024 * 1024
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
+"""Values after YAML aliases and merge keys are expanded (a "billion laughs" file stops here)."""
+MAX_JOBS = 1000
+MAX_TIMEOUT = timedelta(days=7)
+"""Sentry Crons' max_runtime limit (10080 minutes): a longer run could never be reported."""
 _INTERPOLATION = re.compile(r"\$\$|\$\{([^}:]*)(?::-([^}]*))?\}")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -70,7 +90,7 @@ def _duration(value: Any) -> timedelta:
         return value
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"expected a duration like 90s, 30m or 2h, got {type(value).__name__}")
-    return parse_duration(str(value))
+    return parse_duration(str(value)[:100])
 
 
 def _schedule(value: Any) -> CronSchedule | IntervalSchedule:
@@ -98,10 +118,23 @@ AlertStatus = Annotated[Status, PlainValidator(_status)]
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,49}$"
 
 
+def _timeout(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("a timeout must be longer than 0s")
+    if value > MAX_TIMEOUT:
+        raise ValueError(f"{format_duration(value)} is over the limit of 7d (Sentry Crons' longest max_runtime)")
+    return value
+
+
 class JobDefaults(BaseModel):
     """Settings every job shares unless it sets its own (the `defaults:` section)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_fits(cls, value: timedelta) -> timedelta:
+        return _timeout(value)
 
     enabled: bool = True
     timeout: Duration = timedelta(hours=1)
@@ -121,6 +154,14 @@ class JobSpec(JobDefaults):
     kind: str
     schedule: ScheduleValue
     options: Any = None
+
+    @model_validator(mode="after")
+    def _jitter_within_grace(self) -> JobSpec:
+        if self.jitter and self.jitter >= self.misfire_grace:
+            jitter, grace = format_duration(self.jitter), format_duration(self.misfire_grace)
+            raise ValueError(f"jitter ({jitter}) must be shorter than misfire_grace ({grace}): "
+                             "a run pushed past the grace is missed")  # fmt: skip
+        return self
 
 
 _TOP_KEYS = ["timezone", "defaults", "jobs"]
@@ -177,8 +218,16 @@ class _Reader:
     def read(self, text: str) -> Any:
         loader = yaml.SafeLoader(text)
         try:
+            if (too_deep := _too_deep(text)) is not None:
+                self.problems.append(Problem(too_deep[0], too_deep[1], "yaml", f"nested deeper than {MAX_DEPTH} "
+                                             "levels; a schedule needs far fewer", self.file))  # fmt: skip
+                return None
             node = loader.get_single_node()
             if node is None:
+                return None
+            if _expanded_size(node, {}, set()) > MAX_VALUES:
+                message = f"the file expands to more than {MAX_VALUES} values through YAML aliases; write the jobs out"
+                self.problems.append(Problem(1, 1, "yaml", message, self.file))
                 return None
             return self._value(loader, node, ())
         except yaml.MarkedYAMLError as exc:
@@ -196,6 +245,9 @@ class _Reader:
             loader.flatten_mapping(node)  # YAML merge keys (`<<: *defaults`)
             result: dict[Any, Any] = {}
             for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    self._problem(key_node, loc, "a key must be a plain word, not a list or mapping")
+                    continue
                 key = loader.construct_object(key_node, deep=True)
                 if not isinstance(key, str | int | bool | float) or key is None:
                     self._problem(key_node, loc, f"a key must be a plain word, got {key!r}")
@@ -253,6 +305,43 @@ class _Reader:
         self.located.append((node.start_mark.line + 1, node.start_mark.column + 1, loc, message))
 
 
+def _too_deep(text: str) -> tuple[int, int] | None:
+    """Where the nesting first goes past MAX_DEPTH, found from the parser's events (no recursion)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                return (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values `node` stands for once every alias is expanded (shared nodes counted each time)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    if id(node) in open_nodes:
+        return MAX_VALUES + 1  # an alias inside its own anchor: infinite
+    open_nodes.add(id(node))
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            size += _expanded_size(key, memo, open_nodes) + _expanded_size(value, memo, open_nodes)
+            if size > MAX_VALUES:
+                break
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            size += _expanded_size(item, memo, open_nodes)
+            if size > MAX_VALUES:
+                break
+    open_nodes.discard(id(node))
+    memo[id(node)] = size
+    return size
+
+
 # --- validation --------------------------------------------------------------------
 
 
@@ -264,6 +353,10 @@ def load_config(
     """Read and validate a schedule file. Raises ConfigError listing every problem."""
     file = str(path)
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError([Problem(1, 1, "(file)", f"the file has {size} bytes, over the limit of "
+                                       f"{MAX_FILE_BYTES // 1024} KiB for a schedule", file)])  # fmt: skip
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -272,7 +365,26 @@ def load_config(
 
 
 def parse_config(text: str, file: str, kinds: Mapping[str, type[JobOptions]], env: Mapping[str, str]) -> ScheduleConfig:
-    """Validate schedule-file text; `file` is only used to name places in errors."""
+    """Validate schedule-file text; `file` is only used to name places in errors.
+
+    Raises ConfigError and nothing else, whatever the text: a daemon reloading a broken file
+    keeps its schedule.
+    """
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError([Problem(1, 1, "(file)", f"the text has {len(text)} characters, over the limit of "
+                                   f"{MAX_FILE_BYTES // 1024} KiB for a schedule", file)])  # fmt: skip
+    try:
+        return _parse_config(text, file, kinds, env)
+    except ConfigError:
+        raise
+    except (Exception, RecursionError, MemoryError) as exc:  # noqa: BLE001 - any failure is the file's, named
+        message = f"cannot load the schedule: {type(exc).__name__}: {str(exc)[:200]}"
+        raise ConfigError([Problem(1, 1, "(file)", message, file)]) from None
+
+
+def _parse_config(
+    text: str, file: str, kinds: Mapping[str, type[JobOptions]], env: Mapping[str, str]
+) -> ScheduleConfig:
     reader = _Reader(file, env)
     data = reader.read(text)
     problems = reader.problems
@@ -330,6 +442,9 @@ class _Validator:
         if not isinstance(raw_jobs, list):
             self._add(("jobs",), f"expected a list of jobs, got a {_kind(raw_jobs)}")
             return None
+        if len(raw_jobs) > MAX_JOBS:
+            self._add(("jobs",), f"{len(raw_jobs)} jobs, over the limit of {MAX_JOBS}")
+            return None
         for i, raw in enumerate(raw_jobs):
             if isinstance(raw, dict) and isinstance(raw.get("id"), str):
                 self.ids[i] = raw["id"]
@@ -348,32 +463,38 @@ class _Validator:
             spec = self._job(i, {**defaults, **raw})
             if spec is not None:
                 jobs.append(spec)
-        self._references(jobs)
+        self._references(raw_jobs)
         if tz is None:
             return None
         return ScheduleConfig(path=self.file, timezone=tz, jobs=tuple(jobs), secrets=secrets)
 
-    def _references(self, jobs: list[JobSpec]) -> None:
-        """An option naming another job (a drill's backup_job, a service's health job) must name one of that kind."""
-        kinds = {job.id: job.kind for job in jobs}
-        index: dict[str, int] = {}
-        for i, job_id in sorted(self.ids.items()):
-            index.setdefault(job_id, i)
+    def _references(self, raw_jobs: list[Any]) -> None:
+        """An option naming another job (a drill's backup_job, a service's health job) must name one of that kind.
 
-        def check(loc: Loc, wanted: str, kind: str) -> None:
-            if kinds.get(wanted) != kind:
+        Checked on the file's own values, so a reference is reported in the same pass as every other problem.
+        """
+        kinds: dict[str, str] = {}
+        for raw in raw_jobs:
+            if isinstance(raw, dict) and isinstance(raw.get("id"), str) and isinstance(raw.get("kind"), str):
+                kinds.setdefault(raw["id"], raw["kind"])
+
+        def check(loc: Loc, wanted: Any, kind: str) -> None:
+            if isinstance(wanted, str) and kinds.get(wanted) != kind:
                 have = ", ".join(repr(j) for j, k in kinds.items() if k == kind) or "none"
                 self._add(loc, f"no {kind} job {wanted!r} in this schedule; {kind} jobs: {have}")
 
-        for job in jobs:
-            loc: Loc = ("jobs", index[job.id], "options")
-            backup_job = getattr(job.options, "backup_job", None)
-            if isinstance(backup_job, str):
-                check((*loc, "backup_job"), backup_job, "backup")
-            for n, service in enumerate(getattr(job.options, "services", None) or ()):
-                health = getattr(service, "health", None)
-                if isinstance(health, str):
-                    check((*loc, "services", n, "health"), health, "health")
+        for i, raw in enumerate(raw_jobs):
+            options = raw.get("options") if isinstance(raw, dict) else None
+            if not isinstance(options, dict) or not isinstance(raw.get("kind"), str) or raw["kind"] not in self.kinds:
+                continue
+            loc: Loc = ("jobs", i, "options")
+            fields = self.kinds[raw["kind"]].model_fields
+            if "backup_job" in fields:
+                check((*loc, "backup_job"), options.get("backup_job"), "backup")
+            services = options.get("services") if "services" in fields else None
+            for n, service in enumerate(services if isinstance(services, list) else ()):
+                if isinstance(service, dict):
+                    check((*loc, "services", n, "health"), service.get("health"), "health")
 
     def _timezone(self, name: str) -> zoneinfo.ZoneInfo | None:
         try:

@@ -366,7 +366,7 @@ class Daemon:
         self._settling = None
         try:
             config = load_config(path, registry.OPTIONS)
-        except ConfigError as exc:
+        except ConfigError as exc:  # load_config raises nothing else, whatever the file holds
             errors = [self.redactor.text(str(p)) for p in exc.problems]
             self.log.error("config.invalid", config=str(path), errors=errors,
                            summary="kept the running schedule; fix the file and save it again")  # fmt: skip

@@ -14,6 +14,9 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+_MAX_DURATION_S = 10 * 366 * 86400
+
+
 def parse_duration(text: str) -> timedelta:
     """Parse `90s`, `30m`, `2h`, `1d`, `1h30m` into a timedelta."""
     value = text.strip().lower()
@@ -29,6 +32,8 @@ def parse_duration(text: str) -> timedelta:
         pos = match.end()
     if pos != len(value):
         raise ValueError(f"{text!r}: not a duration; write it like 90s, 30m, 2h, 1d or 1h30m")
+    if seconds > _MAX_DURATION_S:
+        raise ValueError(f"{text!r} is longer than 10 years; no schedule setting needs that")
     return timedelta(seconds=seconds)
 
 
