@@ -2,12 +2,13 @@
 
 FAIL means the program exited with a code that is neither 0 nor one of `warn_codes`,
 or was killed by a signal. Operators use it for `pnpm audit --json` and their own scripts.
+
+The program gets a minimal environment (worker/children.py), not the daemon's secrets:
+whatever else it needs goes in `env`, or `inherit_env: true` passes everything.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 import threading
@@ -18,6 +19,7 @@ from typing import IO, Annotated
 
 from pydantic import Field, model_validator
 
+from worker import children
 from worker.job import JobContext, JobOptions, Outcome, Status
 
 _TAIL_BYTES = 4096
@@ -32,6 +34,8 @@ class CommandOptions(JobOptions):
     argv: Annotated[tuple[str, ...], Field(min_length=1)]
     cwd: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    inherit_env: bool = False
+    """Pass the daemon's whole environment (its secrets included); default: PATH, HOME, LANG, TZ and `env`."""
     shell: bool = False
     warn_codes: tuple[Annotated[int, Field(ge=1, le=255)], ...] = ()
 
@@ -54,17 +58,17 @@ class CommandJob:
         if opts.cwd is not None and not Path(opts.cwd).is_dir():
             return Outcome(Status.FAIL, f"working directory does not exist: {opts.cwd}", {"cwd": opts.cwd})
         started = time.monotonic()
-        proc = subprocess.Popen(  # noqa: S603 - argv comes from the operator's own schedule file
-            argv,
-            cwd=opts.cwd,
-            env={**os.environ, **opts.env},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its own process group, so a kill reaches its children
-        )
+        try:
+            proc = children.spawn(argv, children.child_env(opts.env, inherit=opts.inherit_env), cwd=opts.cwd,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        except FileNotFoundError:
+            return Outcome(Status.FAIL, f"{argv[0]}: no such program on PATH ({children.child_env().get('PATH')})",
+                           {"argv": list(opts.argv)})  # fmt: skip
         tails = [_Tail(proc.stdout), _Tail(proc.stderr)]  # type: ignore[arg-type] # both are PIPE
-        stopped = self._wait(proc, ctx)
+        try:
+            stopped = self._wait(proc, ctx)
+        finally:
+            children.reap(proc)
         for tail in tails:
             tail.join()
         code = proc.returncode
@@ -97,18 +101,13 @@ class CommandJob:
             except subprocess.TimeoutExpired:
                 if ctx.cancel.is_set() or time.monotonic() > ctx.deadline:
                     break
-        _signal_group(proc, signal.SIGTERM)
+        children.kill_group(proc, signal.SIGTERM)
         try:
             proc.wait(timeout=_KILL_GRACE_S)
         except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
+            children.kill_group(proc, signal.SIGKILL)
             proc.wait()
         return True
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
 
 
 class _Tail:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
+import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -226,34 +229,33 @@ def test_pruning_after_backups_keeps_keep_last(
     assert not (tmp_path / "b" / first.details["key"]).exists()
 
 
-def test_mongodump_engine_streams_the_tools_archive_with_the_password_off_argv(
-    tmp_path: Path, env: dict[str, str], mongo_uri: str, source: tuple[str, dict[str, int]]
-) -> None:
-    """engine: mongodump runs the binary on PATH with --config (0600, holding the URI) and stores its stream.
-
-    No mongodump can be installed on these machines, so a stand-in on PATH plays its part:
-    it records how it was called and writes an archive the real mongodump produced.
-    """
+@pytest.fixture
+def mongodump_on_path(tmp_path: Path) -> tuple[Path, Path]:
+    """A bin folder whose `mongodump` is the strict stand-in; and the log of its calls."""
     import stat
     import sys
 
-    from tests.conftest import SHARED
+    from tests.conftest import ROOT
 
-    archive = SHARED / "fixtures" / "mongodump" / "dump-w-oplog.archive"
-    calls = tmp_path / "mongodump-call.json"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     stand_in = bin_dir / "mongodump"
-    stand_in.write_text(f"""#!{sys.executable}
-import json, pathlib, sys
-config = next(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config="))
-path = pathlib.Path(config)
-pathlib.Path({str(calls)!r}).write_text(json.dumps(
-    {{"argv": sys.argv, "config": path.read_text(), "mode": path.stat().st_mode & 0o777}}))
-sys.stdout.buffer.write(pathlib.Path({str(archive)!r}).read_bytes())
-""")
+    stand_in.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+                        "from tests.fixtures.mongodump_standin import main\nmain()\n")  # fmt: skip
     stand_in.chmod(stand_in.stat().st_mode | stat.S_IEXEC)
-    prefix, _ = source
+    return bin_dir, tmp_path / "mongodump-calls.jsonl"
+
+
+def test_mongodump_engine_runs_one_real_command_line_per_database_with_the_password_off_argv(
+    tmp_path: Path, env: dict[str, str], mongo_uri: str, source: tuple[str, dict[str, int]],
+    mongodump_on_path: tuple[Path, Path],
+) -> None:  # fmt: skip
+    """engine: mongodump: --db per database (no --nsInclude), URI in a 0600 --config, a minimal environment.
+
+    The stand-in refuses any option the real mongodump lacks; its archive is re-emitted into ours.
+    """
+    bin_dir, calls = mongodump_on_path
+    prefix, counts = source
     admin: Any = MongoClient(mongo_uri)
     user, password = f"md{uuid.uuid4().hex[:6]}", "Tools-Secret-Pw-42"
     admin.admin.command("createUser", user, pwd=password, roles=["root"])
@@ -263,28 +265,76 @@ jobs:
   - id: tools-backup
     kind: backup
     schedule: "@daily"
-    options: {{engine: mongodump, compression: none, databases: ["{prefix}_*"], storage: "{tmp_path / "b"}"}}
+    options: {{engine: mongodump, compression: gzip, databases: ["{prefix}_*"], storage: "{tmp_path / "b"}",
+               exclude_collections: ["{prefix}_shop.sessions"], pass_env: [MONGODUMP_STANDIN_LOG]}}
 """)  # fmt: skip
-    run_env = {**env, "MONGODB_URI": uri, "PATH": f"{bin_dir}:{env['PATH']}"}
+    run_env = {**env, "MONGODB_URI": uri, "PATH": f"{bin_dir}:{env['PATH']}", "MONGODUMP_STANDIN_LOG": str(calls),
+               "AWS_SECRET_ACCESS_KEY": "aws-secret-never-passed"}  # fmt: skip
     result = opskeeper("run-now", "tools-backup", "--config", str(config), "--json", env=run_env)
     assert result.code == 0, result.stdout + result.stderr
-    call = json.loads(calls.read_text())
-    assert password not in " ".join(call["argv"])
-    assert "--archive" in call["argv"]
-    assert f"--nsInclude={prefix}_shop.users" in call["argv"]
-    assert password in call["config"]
-    assert call["mode"] == 0o600
+    made = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert [c["argv"][3:] for c in made] == [
+        ["--readPreference=secondaryPreferred", f"--db={prefix}_crm"],
+        ["--readPreference=secondaryPreferred", f"--db={prefix}_shop", "--excludeCollection=sessions"],
+    ]
+    for call in made:
+        assert password not in " ".join(call["argv"])
+        assert call["config_mode"] == 0o600
+        assert call["config"] == {"uri": uri}
+        assert "AWS_SECRET_ACCESS_KEY" not in call["env"]
+        assert "MONGODB_URI" not in call["env"]
     [manifest_path] = (tmp_path / "b").rglob("*.manifest.json")
     manifest = json.loads(manifest_path.read_text())
     assert (manifest["engine"], manifest["consistent_snapshot"]) == ("mongodump", False)
-    assert {n["ns"]: n["documents"] for n in manifest["namespaces"]} == {
-        "test.foo": 25, ".oplog": 18, "admin.system.version": 1
-    }  # fmt: skip
-    [stored] = (tmp_path / "b").rglob("*.archive")
-    assert stored.read_bytes() == archive.read_bytes()
+    expected = {ns: n for ns, n in counts.items() if not ns.endswith(".sessions")}
+    assert {n["ns"]: n["documents"] for n in manifest["namespaces"]} == expected
+    [stored] = (tmp_path / "b").rglob("*.archive.gz")
+    with stored.open("rb") as stream:
+        assert verify(stream, manifest).ok
     assert password not in result.stdout + result.stderr + manifest_path.read_text()
+    assert not list(Path(tempfile.gettempdir()).glob(f"opskeeper-mongodump-{os.getpid()}-*"))
     admin.admin.command("dropUser", user)
     admin.close()
+
+
+def test_mongodump_errors_are_its_own_words_not_a_truncated_archive(
+    tmp_path: Path, env: dict[str, str], mongo_uri: str, source: tuple[str, dict[str, int]],
+    mongodump_on_path: tuple[Path, Path],
+) -> None:  # fmt: skip
+    """When mongodump fails (here: a server it cannot reach), its exit code and stderr are the error."""
+    bin_dir, _ = mongodump_on_path
+    prefix, _ = source
+    config = write(tmp_path / "jobs.yaml", f"""\
+jobs:
+  - id: tools-backup
+    kind: backup
+    schedule: "@daily"
+    options: {{engine: mongodump, uri: "{mongo_uri}", databases: ["{prefix}_crm"], storage: "{tmp_path / "b"}"}}
+""")  # fmt: skip
+    (bin_dir / "mongodump").write_text("#!/bin/sh\necho 'error parsing command line options: unknown option \"x\"' >&2"
+                                       "\nexit 1\n")  # fmt: skip
+    result = opskeeper("run-now", "tools-backup", "--config", str(config), "--json", env={
+        **env, "PATH": f"{bin_dir}:{env['PATH']}"})  # fmt: skip
+    assert result.code == 3
+    summary = json.loads(result.stdout)["summary"]
+    assert 'mongodump exited 1: error parsing command line options: unknown option "x"' in summary
+    assert "truncated" not in summary
+    assert not list((tmp_path / "b").rglob("*.archive*"))
+
+
+def test_a_crashed_runs_mongodump_config_is_swept(tmp_path: Path) -> None:
+    """A config folder left by a dead process (kill -9) is removed; a live process's is kept."""
+    from jobs.backup.mongodump import MONGODUMP_DIR, sweep_mongodump_configs
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"{MONGODUMP_DIR}{dead.pid}-abc"
+    live = tmp_path / f"{MONGODUMP_DIR}{os.getppid()}-def"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "mongodump.yaml").write_text("uri: mongodb://u:secret@h/")
+    assert sweep_mongodump_configs(str(tmp_path)) == [str(stale)]
+    assert live.exists()
 
 
 def test_mongodump_engine_without_the_binary_is_a_clear_error(

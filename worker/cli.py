@@ -20,7 +20,7 @@ from jobs.dependencies import commands as dependencies_commands
 from jobs.deploys import commands as deploys_commands
 from jobs.health import commands as health_commands
 from jobs.review import commands as review_commands
-from worker import commands
+from worker import children, commands
 from worker.commands import EXIT_CONFIG, CliError, Commands, Parser, add_config_option
 from worker.http import HttpConfigError
 from worker.leadership import Presence, instance_id
@@ -177,6 +177,8 @@ def _run_now(args: argparse.Namespace, settings: Settings) -> int:
         runner.instance = presence.instance
         record = runner.run(job)
     finally:
+        # A run that timed out may have left a program running: its whole process group goes.
+        children.kill_all()
         presence.stop()
         sentry.flush()
         ledger.close()

@@ -13,15 +13,11 @@ import fnmatch
 import json
 import os
 import queue
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from bson import json_util
@@ -30,7 +26,13 @@ from pydantic import Field
 from pymongo import MongoClient
 from pymongo.errors import ConfigurationError, OperationFailure
 
-from jobs.backup.archive import ArchiveReader, ArchiveWriter, Header, Prelude, Segment, crc64, iter_documents
+from jobs.backup.archive import (
+    ArchiveWriter,
+    Header,
+    Prelude,
+    crc64,
+    iter_documents,
+)
 from jobs.backup.catalog import MANIFEST, SUFFIX, CompressingSink, digest_update, prune, stamp
 from jobs.backup.retention import Retention, is_future
 from worker.job import JobContext, JobOptions, Outcome, Status
@@ -63,6 +65,8 @@ class BackupOptions(JobOptions):
     retention: Retention = Retention()
     engine: Literal["native", "mongodump"] = "native"
     """native streams with pymongo; mongodump runs the real binary (password via a config file)."""
+    pass_env: tuple[str, ...] = ()
+    """Variables of ours mongodump may see (e.g. AWS_* for MONGODB-AWS auth); it gets a minimal environment."""
     batch_size: Annotated[int, Field(ge=1)] = 1000
 
     def open_storage(self) -> Storage:
@@ -191,13 +195,15 @@ class BackupJob:
         sink = CompressingSink(upload, opts.compression)
         stats: list[dict[str, Any]] = []
         try:
+            writer = ArchiveWriter(sink)  # type: ignore[arg-type]
+            preludes = [Prelude(n.db, n.name, n.metadata, 0, n.type) for n in namespaces]
+            writer.header(Header(server_version, f"opskeeper {opskeeper_version()}"), preludes)
             if opts.engine == "mongodump":
-                stats = dump_with_mongodump(ctx, uri, opts, namespaces, sink)
+                from jobs.backup.mongodump import dump_with_mongodump
+
+                stats = dump_with_mongodump(ctx, client, uri, opts, namespaces, writer=writer)
                 consistent = False
             else:
-                writer = ArchiveWriter(sink)  # type: ignore[arg-type]
-                preludes = [Prelude(n.db, n.name, n.metadata, 0, n.type) for n in namespaces]
-                writer.header(Header(server_version, f"opskeeper {opskeeper_version()}"), preludes)
                 with _Snapshot(client) as snapshot:
                     for ns in namespaces:
                         stats.append(self._collection(ctx, client, ns, writer, snapshot))
@@ -369,81 +375,3 @@ class _Snapshot:
 
 def _mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
-
-
-class _Tee:
-    """Reads from a stream and writes every byte read to a sink: parse and store in one pass."""
-
-    def __init__(self, stream: Any, sink: CompressingSink) -> None:
-        self._stream, self._sink = stream, sink
-
-    def read(self, size: int = -1) -> bytes:
-        data: bytes = self._stream.read(size)
-        if data:
-            self._sink.write(data)
-        return data
-
-
-def dump_with_mongodump(
-    ctx: JobContext, uri: str, options: BackupOptions, namespaces: list[Namespace], sink: CompressingSink
-) -> list[dict[str, Any]]:
-    """Run the real `mongodump --archive`, storing its stream as it comes and checking it as it passes.
-
-    The URI (with its password) goes in a 0600 config file, never on the command line.
-    """
-    exe = shutil.which("mongodump")
-    if exe is None:
-        raise RuntimeError("engine: mongodump, but no mongodump is installed here; use engine: native")
-    with tempfile.TemporaryDirectory(prefix="opskeeper-mongodump-") as tmp:
-        config = Path(tmp) / "mongodump.yaml"
-        config.touch(mode=0o600)
-        config.write_text(f"uri: {json.dumps(uri)}\n", encoding="utf-8")
-        argv = [exe, f"--config={config}", "--archive", f"--readPreference={options.read_preference}",
-                *(f"--nsInclude={n.db}.{n.name}" for n in namespaces)]  # fmt: skip
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,  # noqa: S603
-                                start_new_session=True)  # fmt: skip
-        errors: list[bytes] = []
-        drain = threading.Thread(target=lambda: errors.append(proc.stderr.read() if proc.stderr else b""), daemon=True)
-        drain.start()
-        try:
-            reader = ArchiveReader(_Tee(proc.stdout, sink))  # type: ignore[arg-type]
-            reader.read_prelude()
-            digests: dict[str, int] = {}
-            for event in reader.events():
-                if ctx.cancel.is_set():
-                    raise InterruptedError("stopped while mongodump was running")
-                if isinstance(event, Segment):
-                    total = digests.get(event.ns, 0)
-                    for doc in iter_documents(event.data):
-                        total = digest_update(total, doc)
-                    digests[event.ns] = total
-            code = proc.wait()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            drain.join(5)
-        if code != 0:
-            tail = b"".join(errors).decode("utf-8", "replace").strip().splitlines()[-3:]
-            raise RuntimeError(f"mongodump exited {code}: {' / '.join(tail)}")
-    bad = sorted(ns for ns, ok in reader.crc_ok.items() if not ok)
-    if bad:
-        raise RuntimeError(f"mongodump's archive failed its own CRC for {', '.join(bad)}")
-    return _stats_from_archive(reader, digests)
-
-
-def _stats_from_archive(reader: ArchiveReader, digests: dict[str, int]) -> list[dict[str, Any]]:
-    stats = []
-    for prelude in reader.preludes:
-        meta = json_util.loads(prelude.metadata) if prelude.metadata else {}
-        data_ns = prelude.ns
-        if prelude.type == "timeseries":
-            data_ns = f"{prelude.db}.system.buckets.{prelude.collection}"
-        stats.append({
-            "ns": prelude.ns, "data_ns": data_ns, "type": prelude.type or "collection",
-            "documents": reader.documents.get(data_ns, 0), "bytes": reader.bytes.get(data_ns, 0),
-            "crc": f"{reader.crc_values.get(data_ns, 0):016x}", "digest": f"{digests.get(data_ns, 0):032x}",
-            "options": json.loads(json_util.dumps(meta.get("options", {}))),
-            "indexes": json.loads(json_util.dumps(meta.get("indexes", []))),
-        })  # fmt: skip
-    return stats

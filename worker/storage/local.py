@@ -40,7 +40,7 @@ class LocalStorage:
 
     def __init__(self, root: str) -> None:
         self.root = Path(root)
-        self.display = f"file://{self.root.resolve()}"
+        self.display = f"file://{self.root.resolve()}/"
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
