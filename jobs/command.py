@@ -58,16 +58,14 @@ class CommandJob:
         if opts.cwd is not None and not Path(opts.cwd).is_dir():
             return Outcome(Status.FAIL, f"working directory does not exist: {opts.cwd}", {"cwd": opts.cwd})
         started = time.monotonic()
-        try:
-            proc = children.spawn(argv, children.child_env(opts.env, inherit=opts.inherit_env), cwd=opts.cwd,
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-        except FileNotFoundError:
-            return Outcome(Status.FAIL, f"{argv[0]}: no such program on PATH ({children.child_env().get('PATH')})",
-                           {"argv": list(opts.argv)})  # fmt: skip
+        proc = children.spawn(argv, children.child_env(opts.env, inherit=opts.inherit_env), cwd=opts.cwd,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
         tails = [_Tail(proc.stdout), _Tail(proc.stderr)]  # type: ignore[arg-type] # both are PIPE
         try:
             stopped = self._wait(proc, ctx)
         finally:
+            # What it left running in its group (`cmd &` in a script) goes with it.
+            children.kill_group(proc)
             children.reap(proc)
         for tail in tails:
             tail.join()

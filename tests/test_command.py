@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 import threading
 import time
@@ -140,3 +141,69 @@ def test_options_are_validated(options: dict[str, Any], message: str) -> None:
     """Empty argv, multi-item shell scripts and warn code 0 are rejected."""
     with pytest.raises(ValueError, match=message):
         CommandOptions(**options)
+
+
+# --- what a child process may see, and that it never outlives us ---------------------------
+
+
+def test_a_command_sees_a_minimal_environment_and_its_own_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's secrets stay out; PATH, HOME, a credential-free proxy and the job's env go in."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-value")
+    monkeypatch.setenv("SENTRY_DSN", "https://k@o1.ingest.sentry.io/1")
+    monkeypatch.setenv("MONGODB_URI", "mongodb://u:pw@db/")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("HTTP_PROXY", "http://user:proxy-pw@proxy.internal:3128")
+    outcome = run(argv=["env"], env={"PNPM_HOME": "/opt/pnpm"})
+    seen = dict(line.split("=", 1) for line in outcome.details["stdout_tail"].splitlines())
+    assert {"AWS_SECRET_ACCESS_KEY", "SENTRY_DSN", "MONGODB_URI", "HTTP_PROXY"}.isdisjoint(seen)
+    assert seen["HTTPS_PROXY"] == "http://proxy.internal:3128"
+    assert seen["PNPM_HOME"] == "/opt/pnpm"
+    assert "PATH" in seen
+    everything = run(argv=["env"], inherit_env=True)
+    assert "AWS_SECRET_ACCESS_KEY=aws-secret-value" in everything.details["stdout_tail"]
+
+
+def test_run_now_timeout_leaves_no_process_behind(tmp_path: Path) -> None:
+    """run-now of a command past its timeout exits with no process of its tree left running."""
+    import psutil
+
+    from tests.conftest import clean_env, opskeeper, write
+
+    marker = f"opskeeper-test-{tmp_path.name}"
+    config = write(tmp_path / "jobs.yaml", f"""\
+jobs:
+  - id: slow
+    kind: command
+    schedule: "@daily"
+    timeout: 1s
+    options: {{argv: [sh, -c, "sleep 3000.25 & sleep 3000.5 & wait", {marker}]}}
+""")  # fmt: skip
+    result = opskeeper("run-now", "slow", "--config", str(config), "--json",
+                       env=clean_env(OPSKEEPER_LEDGER=str(tmp_path / "l.db")))  # fmt: skip
+    assert result.code == 3, result.stdout + result.stderr
+    assert json.loads(result.stdout)["status"] == "timeout"
+    left = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and
+            (marker in p.info["cmdline"] or p.info["cmdline"][-1] in ("3000.25", "3000.5"))]  # fmt: skip
+    _gone, still = psutil.wait_procs(left, timeout=5)
+    assert still == []
+
+
+def test_a_child_dies_with_its_parent_even_on_kill_9(tmp_path: Path) -> None:
+    """A program started through worker.children is killed by the kernel when its parent is kill -9'd."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tests.conftest import ROOT
+
+    script = ("from worker import children; import sys, time\n"
+              "p = children.spawn(['sleep', '300'], children.child_env())\n"
+              "print(p.pid, flush=True); time.sleep(300)")  # fmt: skip
+    with subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True) as parent:
+        assert parent.stdout is not None
+        child = psutil.Process(int(parent.stdout.readline()))
+        parent.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)  # raises TimeoutExpired if the kernel did not kill it (it is not our child to reap)
+    assert not child.is_running()
