@@ -6,13 +6,14 @@ Every secret is a SecretStr and may instead be read from a file named by `NAME_F
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -95,24 +96,33 @@ class Settings(BaseSettings):
                 continue  # a SQLite path is not secret
             parts = urlsplit(text)
             # The password, or a DSN's key: masking these keeps the rest of the URL readable.
-            values.extend(v for v in (parts.password, parts.username if parts.password is None else None) if v)
+            for value in (parts.password, parts.username if parts.password is None else None):
+                if value:
+                    values.extend({value, unquote(value)})  # as written, and as a driver may print it
         return values
 
 
 # Environment variables whose names say they hold a secret (RENDER_API_KEY, GITHUB_TOKEN,
 # AWS_SECRET_ACCESS_KEY, ...): jobs may read these directly, so their values are masked too.
-SECRET_ENV_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|DSN|CREDENTIAL|AUTH|PRIVATE|COOKIE|SESSION", re.I)
+# Whole words of a name only for the short ones: KEYCLOAK_REALM or SESSIONS_PER_DAY are no secrets.
+SECRET_ENV_NAME = re.compile(
+    r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|APIKEY|PRIVATE_KEY|_PWD(?:_|$)"  # not PWD: the working directory
+    r"|(?:^|_)(?:KEY|KEYS|DSN|AUTH|COOKIE|SESSION|PASS)(?:_|$)", re.I,
+)  # fmt: skip
+_FLAG_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "none", "null", "enabled", "disabled"})
 
 
 def secret_env_values(environ: Mapping[str, str]) -> list[str]:
-    """Values of secret-named environment variables, and the passwords in URL-valued ones."""
-    # Short values ("true", "1") are flags, not secrets, and masking them would garble logs.
-    values = [v for k, v in environ.items() if SECRET_ENV_NAME.search(k) and len(v) >= 8]
+    """Values of secret-named environment variables, and the passwords in URL-valued ones (also decoded)."""
+    # Values under 4 characters and flag words ("true", "off") are settings, and masking them would garble logs.
+    values = [v for k, v in environ.items() if SECRET_ENV_NAME.search(k) and len(v) >= 4
+              and v.lower() not in _FLAG_WORDS]  # fmt: skip
     for value in environ.values():
         if "://" in value and "@" in value:
-            password = urlsplit(value).password
-            if password:
-                values.append(password)
+            with contextlib.suppress(ValueError):
+                password = urlsplit(value).password
+                if password:
+                    values.extend({password, unquote(password)})
     return values
 
 

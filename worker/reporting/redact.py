@@ -6,9 +6,11 @@ turn up unannounced (a password inside a connection string, a bearer token in an
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 MASK = "***"
 
@@ -29,11 +31,22 @@ _PATTERNS = (
         r"\g<head>" + MASK,
     ),
     (re.compile(r"(?P<head>\bbearer\s+)[A-Za-z0-9._~+/-]{8,}=*", re.I), r"\g<head>" + MASK),
-    # password=..., token: ..., ?api_key=...
+    # URI query parameters that carry credentials, whatever they are called by the driver:
+    # ?authMechanismProperties=AWS_SESSION_TOKEN:..., &tlsCertificateKeyFilePassword=..., &sslpassword=...,
+    # presigned URLs' X-Amz-Signature / X-Amz-Credential / X-Amz-Security-Token, SAS `sig`.
     (
         re.compile(
-            r"(?P<head>\b(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|sentry_key)[\"']?\s*[=:]\s*[\"']?)"
-            r"(?!\*\*\*)[^\s\"'&,;]+",
+            r"(?P<head>[?&;](?:authMechanismProperties|sig|[\w.-]*(?:password|passwd|pwd|secret|token|signature|"
+            r"credential|api[_-]?key|access[_-]?key)[\w.-]*)=)(?!\*\*\*)[^&\s#\"']+",
+            re.I,
+        ),
+        r"\g<head>" + MASK,
+    ),
+    # password=..., token: ..., AWS_SESSION_TOKEN:..., sslPEMKeyPassword=... (a key ending in a secret word)
+    (
+        re.compile(
+            r"(?P<head>(?<!\w)\w*?(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|sentry_key)"
+            r"[\"']?\s*(?:[=:]|%3[AaDd])\s*[\"']?)(?!\*\*\*)[^\s\"'&,;]+",
             re.I,
         ),
         r"\g<head>" + MASK,
@@ -51,8 +64,19 @@ class Redactor:
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        """Learn more secret values (e.g. from a reloaded schedule). Safe across threads."""
-        known = set(self._secrets) | {s for s in secrets if s and len(s) >= _MIN_SECRET_LEN}
+        """Learn more secret values (e.g. from a reloaded schedule). Safe across threads.
+
+        A URL's password is learnt too, as written and decoded (`%40` as `@`): a driver's error may print either.
+        """
+        learnt = set()
+        for secret in secrets:
+            learnt.add(secret)
+            if "://" in secret and "@" in secret:
+                with contextlib.suppress(ValueError):
+                    password = urlsplit(secret).password
+                    if password:
+                        learnt.update({password, unquote(password)})
+        known = set(self._secrets) | {s for s in learnt if s and len(s) >= _MIN_SECRET_LEN}
         # Longest first, so a secret that contains another is masked whole.
         self._secrets = tuple(sorted(known, key=len, reverse=True))
 
