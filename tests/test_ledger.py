@@ -267,3 +267,38 @@ def test_a_ledger_file_from_before_the_lease_is_upgraded(tmp_path: Path) -> None
         assert (newest.instance, newest.token, newest.check_in) == ("i1", 7, "c1")
     finally:
         ledger.close()
+
+
+def test_a_sqlite_file_deleted_or_replaced_while_open_is_an_error_not_a_fork(tmp_path: Path) -> None:
+    """Deleting or swapping the ledger file under an open ledger makes every later call name that, not write on."""
+    from worker.ledger import LedgerError
+
+    path = tmp_path / "ledger.db"
+    ledger = SqliteLedger(path)
+    ledger.start(run("backup", T0, run_id="first"))
+    path.unlink()
+    with pytest.raises(LedgerError, match=rf"the ledger {path} was deleted while opskeeper had it open"):
+        ledger.start(run("backup", T0, run_id="second"))
+    other = SqliteLedger(tmp_path / "other.db")
+    other.close()
+    (tmp_path / "other.db").replace(path)
+    with pytest.raises(LedgerError, match="was replaced by another file"):
+        ledger.recent()
+    ledger.close()
+
+
+def test_the_daemon_reports_a_deleted_ledger(tmp_path: Path) -> None:
+    """A daemon whose SQLite ledger is deleted says so in its log (lease.unreachable naming the file)."""
+    from tests.conftest import DaemonProcess, clean_env, write
+
+    config = write(tmp_path / "jobs.yaml", "jobs:\n  - id: tick\n    kind: command\n    schedule: every 1s\n"
+                                           "    options: {argv: ['true']}\n")  # fmt: skip
+    path = tmp_path / "ledger.db"
+    daemon = DaemonProcess(config, clean_env(OPSKEEPER_LEDGER=str(path)))
+    try:
+        daemon.wait_for(lambda e: e["event"] == "job.finished")
+        path.unlink()
+        _, trouble = daemon.wait_for(lambda e: e["event"] in ("lease.unreachable", "ledger.error"))
+        assert f"the ledger {path} was deleted while opskeeper had it open" in trouble["error"]
+    finally:
+        daemon.terminate()

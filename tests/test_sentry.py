@@ -153,3 +153,18 @@ def test_no_dsn_sends_nothing(tmp_path: Path, env: dict[str, str], sentry: Sentr
     config = write(tmp_path / "jobs.yaml", CRON_JOB)
     assert opskeeper("run-now", "export-check", "--config", str(config), env=env).code == 2
     assert sentry.envelopes == []
+
+
+def test_exit_waits_for_sentry_once(stuck_server: int) -> None:
+    """flush() at exit closes the client, so the SDK's exit hook has nothing left to wait for a second time."""
+    import sentry_sdk
+
+    from worker.reporting.redact import Redactor
+    from worker.reporting.sentry import SentryReporter
+
+    dsn = f"http://0123456789abcdef0123456789abcdef@127.0.0.1:{stuck_server}/1"
+    reporter = SentryReporter(dsn, environment="test", release=None, traces_sample_rate=0.0, redactor=Redactor())
+    sentry_sdk.capture_message("queued for a Sentry that never answers")
+    assert sentry_sdk.get_client().transport is not None
+    reporter.flush()
+    assert sentry_sdk.get_client().transport is None  # the exit hook's close() returns at once

@@ -12,7 +12,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -301,14 +301,28 @@ _COLUMNS = (
 _ADDED = {"instance": "TEXT NOT NULL DEFAULT ''", "token": "INTEGER", "check_in": "TEXT"}
 
 
+class LedgerError(Exception):
+    """The ledger cannot be trusted any more; the message says why and what to do."""
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class SqliteLedger:
     """The embedded default: one file, WAL mode, one connection guarded by a lock."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._lock = threading.Lock()
         # Runs finish on worker threads; the lock makes the shared connection safe.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+        self._identity = _identity(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -319,6 +333,17 @@ class SqliteLedger:
                 with contextlib.suppress(sqlite3.OperationalError):
                     self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
         self._db.execute("CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, instance)")
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """The lock, after checking the file is still the one opened (a deleted or swapped file forks history)."""
+        with self._lock:
+            now = _identity(self._path)
+            if now != self._identity:
+                what = "was deleted" if now is None else "was replaced by another file"
+                raise LedgerError(f"the ledger {self._path} {what} while opskeeper had it open; its writes would "
+                                  "be lost: restore the file, or restart opskeeper to start a new one")  # fmt: skip
+            yield
 
     def start(self, record: RunRecord) -> None:
         self._insert(replace(record, status=Status.RUNNING, finished_at=None))
@@ -332,7 +357,7 @@ class SqliteLedger:
             _iso(r.finished_at), r.summary, json.dumps(dict(r.details), default=str), r.host, r.version,
             r.instance, r.token, r.check_in, r.duration_s,
         )  # fmt: skip
-        with self._lock:
+        with self._guard():
             placeholders = ",".join("?" * len(row))
             self._db.execute(f"INSERT INTO runs ({_COLUMNS}, duration_s) VALUES ({placeholders})", row)
 
@@ -340,7 +365,7 @@ class SqliteLedger:
         self, run_id: str, status: Status, summary: str, details: Mapping[str, Any], finished_at: datetime
     ) -> bool:
         ended = to_ms(finished_at)
-        with self._lock:
+        with self._guard():
             row = self._db.execute("SELECT started_at FROM runs WHERE run_id=?", (run_id,)).fetchone()
             if row is None:
                 return False
@@ -354,7 +379,7 @@ class SqliteLedger:
 
     def recent(self, job_id: str | None = None, limit: int = 20) -> list[RunRecord]:
         where, args = ("WHERE job_id=?", [job_id]) if job_id else ("", [])
-        with self._lock:
+        with self._guard():
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM runs {where} ORDER BY started_at DESC, rowid DESC LIMIT ?",
                 (*args, limit),
@@ -362,7 +387,7 @@ class SqliteLedger:
         return [self._row(row) for row in rows]
 
     def get(self, run_id: str) -> RunRecord | None:
-        with self._lock:
+        with self._guard():
             row = self._db.execute(f"SELECT {_COLUMNS} FROM runs WHERE run_id=?", (run_id,)).fetchone()
         return None if row is None else self._row(row)
 
@@ -371,14 +396,14 @@ class SqliteLedger:
         if kinds:
             where += f" AND kind IN ({','.join('?' * len(kinds))})"
             args += list(kinds)
-        with self._lock:
+        with self._guard():
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM runs WHERE {where} ORDER BY started_at, rowid", args
             ).fetchall()
         return [self._row(row) for row in rows]
 
     def interrupt_orphans(self, now: datetime, alive: timedelta) -> int:
-        with self._lock:
+        with self._guard():
             cur = self._db.execute(
                 "UPDATE runs SET status='interrupted', summary=?, finished_at=? WHERE status='running'"
                 " AND instance NOT IN (SELECT instance FROM instances WHERE seen_at >= ?)",
@@ -387,12 +412,12 @@ class SqliteLedger:
             return cur.rowcount
 
     def heartbeat(self, instance: str, now: datetime) -> None:
-        with self._lock:
+        with self._guard():
             self._db.execute("INSERT INTO instances (instance, seen_at) VALUES (?, ?) ON CONFLICT (instance)"
                              " DO UPDATE SET seen_at=excluded.seen_at", (instance, _iso(to_ms(now))))  # fmt: skip
 
     def acquire_lease(self, owner: str, ttl: timedelta, now: datetime) -> int | None:
-        with self._lock:
+        with self._guard():
             # IMMEDIATE: the read and the write are one step for every process on this file.
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -410,12 +435,12 @@ class SqliteLedger:
             return token
 
     def release_lease(self, owner: str, token: int) -> None:
-        with self._lock:
+        with self._guard():
             self._db.execute("UPDATE lease SET expires_at=? WHERE name=? AND owner=? AND token=?",
                              (_iso(_EPOCH), LEASE, owner, token))  # fmt: skip
 
     def lease_holder(self, now: datetime) -> Lease | None:
-        with self._lock:
+        with self._guard():
             held = self._lease()
         return held if held is not None and held.expires_at > now else None
 
@@ -424,12 +449,12 @@ class SqliteLedger:
         return None if row is None else Lease(row[0], row[1], datetime.fromisoformat(row[2]))
 
     def get_state(self, job_id: str, key: str, default: Any = None) -> Any:
-        with self._lock:
+        with self._guard():
             row = self._db.execute("SELECT value FROM job_state WHERE job_id=? AND key=?", (job_id, key)).fetchone()
         return default if row is None else json.loads(row[0])
 
     def set_state(self, job_id: str, key: str, value: Any) -> None:
-        with self._lock:
+        with self._guard():
             self._db.execute(
                 "INSERT INTO job_state (job_id, key, value, updated_at) VALUES (?,?,?,?)"
                 " ON CONFLICT (job_id, key) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
@@ -439,11 +464,11 @@ class SqliteLedger:
     def record_checks(self, checks: list[CheckRecord]) -> None:
         rows = [(c.job_id, c.endpoint, _iso(c.at), c.verdict, c.state, c.status_code, c.latency_ms, c.reason)
                 for c in checks]  # fmt: skip
-        with self._lock:
+        with self._guard():
             self._db.executemany(f"INSERT INTO checks ({_CHECK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows)
 
     def endpoints(self, since: datetime) -> list[tuple[str, str]]:
-        with self._lock:
+        with self._guard():
             rows = self._db.execute(
                 "SELECT DISTINCT job_id, endpoint FROM checks WHERE at >= ? ORDER BY job_id, endpoint", (_iso(since),)
             ).fetchall()
@@ -455,7 +480,7 @@ class SqliteLedger:
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
-        with self._lock:
+        with self._guard():
             rows = self._db.execute(
                 f"SELECT {_CHECK_COLUMNS} FROM checks WHERE {' AND '.join(where)} ORDER BY at, rowid", args
             ).fetchall()
@@ -466,7 +491,7 @@ class SqliteLedger:
         ]  # fmt: skip
 
     def prune_checks(self, job_id: str, before: datetime) -> int:
-        with self._lock:
+        with self._guard():
             return self._db.execute("DELETE FROM checks WHERE job_id=? AND at < ?", (job_id, _iso(before))).rowcount
 
     def close(self) -> None:
