@@ -483,3 +483,47 @@ def test_an_archive_whose_manifest_failed_is_removed_then_or_next_run(
         "backup.orphan_removed",
         {"key": "nightly/20260101T000000.000Z.archive.gz", "reason": reason},
     ) in harness.logged
+
+
+# --- S3 at size ---------------------------------------------------------------------------------
+
+
+def test_part_sizes_let_10000_parts_reach_s3s_object_limit() -> None:
+    """Without an estimate, parts start at 8 MiB and grow so 10,000 of them pass 5 TiB, each at most 5 GiB."""
+    from worker.storage.s3 import MAX_PART, MAX_PARTS, MIN_PART, part_size
+
+    sizes, done = [], 0
+    for n in range(MAX_PARTS):
+        sizes.append(part_size(None, n, done))
+        done += sizes[-1]
+    assert sizes[0] == MIN_PART
+    assert sizes == sorted(sizes)
+    assert max(sizes) <= MAX_PART
+    assert done >= 5 * 1024**4
+
+
+def test_part_sizes_follow_the_estimate_and_grow_when_it_proves_low() -> None:
+    """A 100 GB estimate gives one uniform part size that fits; past the estimate parts grow again."""
+    from worker.storage.s3 import MAX_PARTS, part_size
+
+    estimate = 100 * 10**9
+    first = part_size(estimate, 0, 0)
+    assert first * (MAX_PARTS - 1) >= estimate * 1.25
+    assert part_size(estimate, 5000, 5000 * first) == first
+    assert part_size(estimate, 9000, 2 * estimate) > first
+
+
+def test_a_multipart_upload_to_s3_sends_parts_from_the_pool_and_commits_in_order(bucket: str, s3_endpoint: str) -> None:
+    """30 MiB through S3Upload: four parts, stored bytes identical, no upload left pending."""
+    import hashlib
+
+    storage = S3Storage(f"s3://{bucket}/db", endpoint_url=s3_endpoint)
+    data = hashlib.shake_256(b"opskeeper").digest(30 * 1024 * 1024)
+    upload = storage.upload("job/big.archive", expected_size=len(data))
+    for start in range(0, len(data), 1_000_003):
+        upload.write(data[start : start + 1_000_003])
+    upload.commit()
+    assert upload.part_sizes == [8 * 1024 * 1024] * 3 + [6 * 1024 * 1024]
+    with storage.open("job/big.archive") as stream:
+        assert stream.read() == data
+    assert storage.pending_uploads() == []

@@ -191,7 +191,7 @@ class BackupJob:
         # Only one run of a job at a time: anything unfinished under its prefix is abandoned.
         for abandoned in storage.abort_abandoned(f"{ctx.job_id}/"):
             ctx.log("backup.abandoned_upload_removed", key=abandoned)
-        upload = storage.upload(key)
+        upload = storage.upload(key, expected_size=_estimate(client, namespaces))
         sink = CompressingSink(upload, opts.compression)
         stats: list[dict[str, Any]] = []
         try:
@@ -371,6 +371,17 @@ class _Snapshot:
 
     def __exit__(self, *exc: object) -> None:
         self.give_up()
+
+
+def _estimate(client: Any, namespaces: list[Namespace]) -> int | None:
+    """The archive's likely size: the selected databases' own dataSize (uncompressed BSON); None if unknown."""
+    total = 0
+    try:
+        for db in sorted({n.db for n in namespaces}):
+            total += int(client[db].command("dbStats").get("dataSize", 0))
+    except (OperationFailure, TypeError, ValueError):
+        return None
+    return total or None
 
 
 def _mb(size: int) -> str:

@@ -32,7 +32,9 @@ class Storage(Protocol):
     display: str
     """Where this is, for messages (no credentials)."""
 
-    def upload(self, key: str) -> Upload: ...
+    def upload(self, key: str, expected_size: int | None = None) -> Upload:
+        """A streaming write; `expected_size` (an estimate, in bytes) lets S3 size its parts."""
+        ...
 
     def put(self, key: str, data: bytes) -> None: ...
 

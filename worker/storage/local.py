@@ -48,7 +48,7 @@ class LocalStorage:
             raise ValueError(f"key {key!r} points outside {self.root}")
         return path
 
-    def upload(self, key: str) -> LocalUpload:
+    def upload(self, key: str, expected_size: int | None = None) -> LocalUpload:
         return LocalUpload(self._path(key))
 
     def put(self, key: str, data: bytes) -> None:

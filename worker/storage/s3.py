@@ -1,11 +1,15 @@
 """Backups in S3 or an S3-compatible store (Google Cloud Storage with HMAC keys, R2, MinIO).
 
-Uploads are multipart and stream: at most one part (8 MiB) is held in memory. A failed
-backup aborts its multipart upload, so no half object and no billed leftovers remain.
+Uploads are multipart and stream: parts are sent by a pool of IN_FLIGHT threads while the next
+fills, so at most (IN_FLIGHT + 1) parts are in memory (24 MiB with the default 8 MiB parts).
+Part sizes follow `part_size()`, so 10,000 parts always cover the archive. A failed backup
+aborts its multipart upload, so no half object and no billed leftovers remain.
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, cast
 from urllib.parse import urlsplit
 
@@ -14,40 +18,104 @@ from botocore.config import Config
 
 from worker.storage import StoredObject
 
-PART_SIZE = 8 * 1024 * 1024
+MIB = 1024 * 1024
+MIN_PART = 8 * MIB
+MAX_PART = 5 * 1024 * MIB
+MAX_PARTS = 10_000
+IN_FLIGHT = 2
+"""Parts uploading at once while the next one fills: memory is (IN_FLIGHT + 1) x part size."""
+
+
+def part_size(expected: int | None, parts_done: int, bytes_done: int) -> int:
+    """The next part's size: S3 allows 10,000 parts of 5 MiB to 5 GiB, so parts must grow with the archive.
+
+    With an estimate (the database's own dataSize), parts are sized for 1.25 times it in the parts
+    left. Past the estimate, or without one, they are sized for twice what is already written:
+    geometric growth that reaches S3's 5 TiB object limit within 10,000 parts (bench/backup.py
+    prints the exact figure) while a small archive keeps 8 MiB parts.
+    """
+    remaining = max(MAX_PARTS - parts_done - 1, 1)
+    left = expected * 1.25 - bytes_done if expected and bytes_done <= expected else 2 * bytes_done
+    size = -(-int(max(left, 0)) // remaining)  # ceiling division
+    size = -(-size // MIB) * MIB
+    return min(max(MIN_PART, size), MAX_PART)
 
 
 class S3Upload:
-    """One multipart upload."""
+    """One multipart upload, its parts sent from a small pool while the next part fills."""
 
-    def __init__(self, client: Any, bucket: str, key: str, extra: dict[str, str]) -> None:
+    def __init__(self, client: Any, bucket: str, key: str, extra: dict[str, str], expected: int | None = None) -> None:
         self._client, self._bucket, self._key = client, bucket, key
         self._id = client.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
-        self._buffer = bytearray()
+        self._expected = expected
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._sent = 0
+        self._next_size = part_size(expected, 0, 0)
         self._parts: list[dict[str, Any]] = []
+        self._pool = ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="s3-part")
+        self._slots = threading.BoundedSemaphore(IN_FLIGHT)
+        self._pending: list[Future[None]] = []
+        self._error: BaseException | None = None
+        self.part_sizes: list[int] = []
 
     def write(self, data: bytes) -> int:
-        self._buffer += data
-        while len(self._buffer) >= PART_SIZE:
-            self._send(bytes(self._buffer[:PART_SIZE]))
-            del self._buffer[:PART_SIZE]
+        self._chunks.append(bytes(data))
+        self._buffered += len(data)
+        while self._buffered >= self._next_size:
+            joined = b"".join(self._chunks)
+            part, rest = joined[: self._next_size], joined[self._next_size :]
+            self._chunks, self._buffered = ([rest] if rest else []), len(rest)
+            self._submit(part)
         return len(data)
 
-    def _send(self, part: bytes) -> None:
-        number = len(self._parts) + 1
-        answer = self._client.upload_part(Bucket=self._bucket, Key=self._key, UploadId=self._id,
-                                          PartNumber=number, Body=part)  # fmt: skip
+    def _submit(self, part: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        number = len(self.part_sizes) + 1
+        if number > MAX_PARTS:
+            raise RuntimeError(f"{self._key}: over S3's {MAX_PARTS} parts")
+        self.part_sizes.append(len(part))
+        self._sent += len(part)
+        self._next_size = part_size(self._expected, number, self._sent)
+        self._slots.acquire()  # at most IN_FLIGHT parts in memory besides the one filling
+        future = self._pool.submit(self._send, number, part)
+        future.add_done_callback(lambda _f: self._slots.release())
+        self._pending.append(future)
+
+    def _send(self, number: int, part: bytes) -> None:
+        try:
+            answer = self._client.upload_part(Bucket=self._bucket, Key=self._key, UploadId=self._id,
+                                              PartNumber=number, Body=part)  # fmt: skip
+        except BaseException as exc:
+            self._error = self._error or exc
+            raise
         self._parts.append({"ETag": answer["ETag"], "PartNumber": number})
 
+    def _drain(self) -> None:
+        for future in self._pending:
+            future.exception()  # wait; the first error is kept in self._error
+        self._pending.clear()
+        if self._error is not None:
+            raise self._error
+
     def commit(self) -> None:
-        if self._buffer or not self._parts:
-            self._send(bytes(self._buffer))
-            self._buffer.clear()
+        if self._chunks or not self.part_sizes:
+            self._submit(b"".join(self._chunks))
+            self._chunks, self._buffered = [], 0
+        try:
+            self._drain()
+        finally:
+            self._pool.shutdown(wait=True)
+        parts = sorted(self._parts, key=lambda p: p["PartNumber"])
         self._client.complete_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._id,
-                                               MultipartUpload={"Parts": self._parts})  # fmt: skip
+                                               MultipartUpload={"Parts": parts})  # fmt: skip
 
     def abort(self) -> None:
-        self._buffer.clear()
+        self._chunks.clear()
+        for future in self._pending:
+            future.cancel()
+        self._pool.shutdown(wait=True)  # parts still sending finish first, so the abort removes them all
         self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._id)
 
 
@@ -72,8 +140,8 @@ class S3Storage:
         if kms_key_id:
             self.extra["SSEKMSKeyId"] = kms_key_id
 
-    def upload(self, key: str) -> S3Upload:
-        return S3Upload(self.client, self.bucket, self.prefix + key, self.extra)
+    def upload(self, key: str, expected_size: int | None = None) -> S3Upload:
+        return S3Upload(self.client, self.bucket, self.prefix + key, self.extra, expected_size)
 
     def put(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, **self.extra)
