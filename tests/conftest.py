@@ -359,6 +359,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     wait: threading.Event | None = None
     wait_timeout: float = 0.0
+    body_delay: float = 0.0
+    """Seconds between the headers and the body (a server slow to send what it has started)."""
 
 
 def send_reply(handler: BaseHTTPRequestHandler, reply: Reply, headers: dict[str, str] | None = None) -> None:
@@ -373,6 +375,9 @@ def send_reply(handler: BaseHTTPRequestHandler, reply: Reply, headers: dict[str,
         handler.send_header(key, value)
     handler.send_header("Content-Length", str(len(body)))
     handler.end_headers()
+    if reply.body_delay:
+        handler.wfile.flush()
+        threading.Event().wait(reply.body_delay)
     handler.wfile.write(body)
 
 

@@ -128,14 +128,25 @@ def test_unresolvable_host_is_a_dns_failure(ledger: SqliteLedger) -> None:
     assert outcome.details["api"]["reason"] == "DNS: name not resolved"
 
 
-def test_rate_limited_is_reported_apart_from_down(app: AppServer, ledger: SqliteLedger) -> None:
-    """HTTP 429 is `rate limited` with its Retry-After, and never counts towards DOWN."""
-    app.routes["/h"] = lambda n: Reply(429, b"slow down", {"Retry-After": "30"})
+def test_rate_limited_is_reported_apart_from_down_and_retry_after_is_honoured(
+    app: AppServer, ledger: SqliteLedger
+) -> None:
+    """HTTP 429 is `rate limited`, never DOWN; the endpoint is not asked again before its Retry-After."""
+    asked: list[int] = []
+
+    def limited(n: int) -> Reply:
+        asked.append(n)
+        return Reply(429, b"slow down", {"Retry-After": "30"})
+
+    app.routes["/h"] = limited
     harness = Harness(ledger, endpoints=[endpoint(app.url("/h"))], failure_threshold=1)
-    for _ in range(3):
+    first = harness.run()
+    assert first.details["api"]["reason"] == "rate limited (HTTP 429, Retry-After: 30)"
+    for _ in range(2):
         outcome = harness.run()
+    assert len(asked) == 1
     assert outcome.status is Status.WARN
-    assert outcome.details["api"]["reason"] == "rate limited (HTTP 429, Retry-After: 30)"
+    assert outcome.details["api"]["reason"].startswith("rate limited: not probed before ")
     assert outcome.details["api"]["state"] != DOWN
     assert harness.notices == []
 
@@ -338,3 +349,51 @@ jobs:
     assert [(r["endpoint"], r["checks"], r["failures"], len(r["outages"])) for r in report] == [("backend", 7, 4, 1)]
     text = opskeeper("uptime", "--window", "1h", env=env).stdout
     assert "api-health/backend: 42.857% up over 1h" in text
+
+
+def test_latency_is_measured_to_the_response_headers(app: AppServer, ledger: SqliteLedger) -> None:
+    """A body that arrives 1.5 s after the headers does not count as latency (the README says so)."""
+    app.routes["/h"] = lambda n: Reply(200, body_delay=1.5)
+    outcome = Harness(ledger, endpoints=[endpoint(app.url("/h"))]).run()
+    assert outcome.status is Status.OK, outcome.summary
+    assert outcome.details["api"]["latency_ms"] < 1500
+
+
+@pytest.fixture(scope="module")
+def gzip_bomb() -> bytes:
+    """256 MiB of zeros, gzipped into about 250 KiB."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = bytes(1 << 20)
+    return b"".join(packer.compress(block) for _ in range(256)) + packer.flush()
+
+
+def test_a_gzip_bomb_is_read_only_up_to_the_cap_and_spares_the_others(
+    app: AppServer, ledger: SqliteLedger, gzip_bomb: bytes
+) -> None:
+    """A hostile endpoint's bomb is decoded to 1 MiB at most (in a fresh process peaking under 90 MB)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    app.routes["/bomb"] = lambda n: Reply(200, gzip_bomb, {"Content-Encoding": "gzip"})
+    app.routes["/ok"] = lambda n: Reply(200)
+    script = f"""
+import asyncio, sys
+from worker import http
+from jobs.health.job import Endpoint, probe
+async def main():
+    async with http.async_client() as client:
+        bomb, ok = await asyncio.gather(probe(client, Endpoint(name="bomb", url={app.url("/bomb")!r})),
+                                        probe(client, Endpoint(name="ok", url={app.url("/ok")!r})))
+    print(bomb.verdict, ok.verdict, len(bomb.excerpt))
+asyncio.run(main())
+print(open("/proc/self/status").read().split("VmHWM:")[1].split()[0], file=sys.stderr)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          check=True)  # fmt: skip
+    assert done.stdout.split() == ["ok", "ok", "300"]
+    peak_mb = int(done.stderr.strip().splitlines()[-1]) / 1024
+    assert peak_mb < 90, f"the probe peaked at {peak_mb:.0f} MB"

@@ -32,6 +32,7 @@ import re
 import socket
 import ssl
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -376,6 +377,38 @@ def _reason(chain: list[BaseException], timeout: timedelta | None, trust: Trust 
             return "DNS: name not resolved"
     text = str(chain[0])
     return f"{type(chain[0]).__name__}: {text}"[:200] if text else type(chain[0]).__name__
+
+
+DECODED_ENCODINGS = "gzip, deflate"
+"""What read_bounded() can decode within its limit; ask servers for nothing else."""
+
+
+async def read_bounded(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` decoded bytes of a streamed body, and whether there was more.
+
+    The raw stream is decoded here, with the output capped, instead of by httpx: a 1 MB gzip
+    bomb would otherwise inflate to gigabytes (and hold the event loop) before any cap applied.
+    Encodings other than gzip and deflate are returned as they came.
+    """
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    decoder: Any = None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or zlib header, whichever it has
+    body = bytearray()
+    async for raw in response.aiter_raw():
+        if decoder is None:
+            body += raw[: limit - len(body)]
+        else:
+            try:
+                body += decoder.decompress(decoder.unconsumed_tail + raw, limit - len(body))
+            except zlib.error:
+                if not body:
+                    decoder, body = None, bytearray(raw[:limit])  # a raw deflate stream, or none at all
+                    continue
+                break
+        if len(body) >= limit:
+            return bytes(body[:limit]), True
+    return bytes(body), False
 
 
 def retry_after(value: str | None, now: datetime) -> float | None:

@@ -128,6 +128,8 @@ class Check:
     latency_ms: float | None = None
     excerpt: str = ""
     cert_days: float | None = None
+    retry_after_s: float | None = None
+    """What a 429's Retry-After asked for: the endpoint is not probed again before then."""
 
     @property
     def good(self) -> bool:
@@ -137,7 +139,7 @@ class Check:
 
 def evaluate(
     expect: Expect, status: int, headers: Mapping[str, str], body: bytes, latency_ms: float,
-    *, cert_days: float | None = None,
+    *, cert_days: float | None = None, now: datetime | None = None,
 ) -> Check:  # fmt: skip
     """Judge a response against the expectations. Pure: every verdict rule is here."""
     excerpt = body[:_EXCERPT].decode("utf-8", errors="replace")
@@ -145,7 +147,8 @@ def evaluate(
     if status == 429 and not expect.status_ok(429):
         retry_after = headers.get("retry-after")
         reason = "rate limited (HTTP 429" + (f", Retry-After: {retry_after})" if retry_after else ")")
-        return Check("rate_limited", reason, **base)  # type: ignore[arg-type]
+        wait = http.retry_after(retry_after, now or datetime.now(UTC))
+        return Check("rate_limited", reason, retry_after_s=wait, **base)  # type: ignore[arg-type]
     if not expect.status_ok(status):
         return Check("fail", f"HTTP {status}", **base)  # type: ignore[arg-type]
     if expect.body_contains is not None and expect.body_contains.encode() not in body:
@@ -209,6 +212,8 @@ class EndpointState:
     down_since: str | None = None
     last_alert_at: str | None = None
     reason: str = ""
+    not_before: str | None = None
+    """Set by a 429's Retry-After: no probe before this time."""
 
 
 def transition(
@@ -217,7 +222,11 @@ def transition(
     """The endpoint's next state after a check, and the notices the change calls for. Pure."""
     stamp = now.isoformat()
     if check.verdict == "rate_limited":
-        return prev, []  # neither up nor down: the server told us to come back later
+        # Neither up nor down: the server told us to come back later, so we do (at most an hour on).
+        if check.retry_after_s is None:
+            return prev, []
+        return replace(prev, not_before=(now + timedelta(seconds=min(check.retry_after_s, 3600))).isoformat()), []
+    prev = replace(prev, not_before=None)
     if not check.good:
         fails = prev.fails + 1
         first_fail_at = prev.first_fail_at or stamp
@@ -265,9 +274,12 @@ class HealthJob:
         self.options = options
 
     def run(self, ctx: JobContext) -> Outcome:
-        checks = asyncio.run(self.probe_all())
-        now = datetime.now(UTC)
         remembered: dict[str, Any] = ctx.state.get("endpoints", {}) or {}
+        started = datetime.now(UTC)
+        waiting = {name: until for name, s in remembered.items()
+                   if (until := s.get("not_before")) and datetime.fromisoformat(until) > started}  # fmt: skip
+        checks = asyncio.run(self.probe_all(waiting))
+        now = datetime.now(UTC)
         states: dict[str, EndpointState] = {}
         records: list[CheckRecord] = []
         for endpoint, check in zip(self.options.endpoints, checks, strict=True):
@@ -286,8 +298,11 @@ class HealthJob:
             ctx.checks.record(records)
         return self._outcome(checks, states, now)
 
-    async def probe_all(self) -> list[Check]:
-        """Probe every endpoint, at most `concurrency` at a time; one slow endpoint delays no other."""
+    async def probe_all(self, waiting: Mapping[str, str] = {}) -> list[Check]:
+        """Probe every endpoint, at most `concurrency` at a time; one slow endpoint delays no other.
+
+        An endpoint in `waiting` (its Retry-After has not passed) is not asked at all.
+        """
         gate = asyncio.Semaphore(self.options.concurrency)
         clients: dict[tuple[bool, str | None], httpx.AsyncClient] = {}
         limits = httpx.Limits(max_connections=self.options.concurrency, max_keepalive_connections=0)
@@ -295,8 +310,13 @@ class HealthJob:
             key = (endpoint.verify, endpoint.ca_file)
             if key not in clients:
                 clients[key] = http.async_client(verify=endpoint.verify, ca_file=endpoint.ca_file, limits=limits)
+
+        async def paused(until: str) -> Check:
+            return Check("rate_limited", f"rate limited: not probed before {until} (its Retry-After)")
+
         try:
-            return await asyncio.gather(*(self._probe(clients[(e.verify, e.ca_file)], e, gate)
+            return await asyncio.gather(*(paused(waiting[e.name]) if e.name in waiting
+                                          else self._probe(clients[(e.verify, e.ca_file)], e, gate)
                                           for e in self.options.endpoints))  # fmt: skip
         finally:
             for client in clients.values():
@@ -345,24 +365,23 @@ async def probe(client: httpx.AsyncClient, endpoint: Endpoint) -> Check:
     started = time.perf_counter()
     try:
         async with asyncio.timeout(endpoint.timeout.total_seconds()):
-            request = client.build_request(endpoint.method, endpoint.url, headers=endpoint.headers, content=content,
+            headers = {"Accept-Encoding": http.DECODED_ENCODINGS, **endpoint.headers}
+            request = client.build_request(endpoint.method, endpoint.url, headers=headers, content=content,
                                            json=json_body, timeout=endpoint.timeout.total_seconds())  # fmt: skip
             response = await client.send(request, stream=True, follow_redirects=endpoint.follow_redirects)
+            # Latency is time to the response headers: the server's answer, not how long its body
+            # takes to arrive (nor how busy this process is decoding another endpoint's).
+            latency = (time.perf_counter() - started) * 1000
             try:
                 cert_days = _cert_days(response)
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) >= _MAX_BODY:
-                        break
+                body, _more = await http.read_bounded(response, _MAX_BODY)
             finally:
                 await response.aclose()
     except (httpx.HTTPError, TimeoutError, OSError, ssl.SSLError) as exc:
         latency = (time.perf_counter() - started) * 1000
         trust = http.Trust.resolve(endpoint.ca_file, os.environ) if endpoint.verify else None
         return Check("fail", http.describe(exc, endpoint.timeout, trust), latency_ms=round(latency, 1))
-    latency = (time.perf_counter() - started) * 1000
-    return evaluate(endpoint.expect, response.status_code, response.headers, bytes(body), latency, cert_days=cert_days)
+    return evaluate(endpoint.expect, response.status_code, response.headers, body, latency, cert_days=cert_days)
 
 
 def _cert_days(response: httpx.Response) -> float | None:
