@@ -8,8 +8,11 @@ process, so its peak RSS is its own:
   a snapshot session (the consistent read a backup makes where the server offers one);
 - opskeeper backups to disk with `none`, `zstd` and `gzip`, and to moto's S3 with `zstd`.
 Throughput is reported as a ratio of the raw floor, with the compression ratio and peak
-RSS. Targets (issue 4): >= 0.9 of the floor for none and zstd to disk; peak RSS < 200 MB,
-growing < 32 MB from the smaller to the 5x larger dataset.
+RSS, and S3 against disk for the same data in the same run (parts upload from a pool while
+the next one fills). Targets (issues 4 and 13): >= 0.9 of the floor for none and zstd to
+disk; S3 >= 0.9 of disk; peak RSS < 200 MB, growing < 32 MB from the smaller to the 5x
+larger dataset. It also prints the largest archive S3's 10,000 parts hold under our
+part-size rule, with and without the database's size estimate.
 
 Usage: python bench/backup.py [--small-mb 100] [--factor 5]
 """
@@ -114,6 +117,22 @@ def child(mode: str, uri: str, db: str, target: str, endpoint: str | None) -> No
     print(json.dumps({"seconds": seconds, "bytes": size, "stored": stored, "peak_rss_mb": peak}))
 
 
+def s3_limits() -> dict[str, Any]:
+    """The largest archive 10,000 parts hold under part_size(), and the upload's memory at the default part."""
+    from worker.storage.s3 import IN_FLIGHT, MAX_PARTS, MIN_PART, part_size
+
+    def largest(expected: int | None) -> int:
+        done = 0
+        for n in range(MAX_PARTS):
+            done += part_size(expected, n, done)
+        return done
+
+    return {"largest_archive_tib_without_estimate": round(largest(None) / 1024**4, 2),
+            "largest_archive_tib_with_1tb_estimate": round(largest(10**12) / 1024**4, 2),
+            "part_mib_for_100gb_estimate": part_size(100 * 10**9, 0, 0) // 2**20,
+            "upload_buffer_mib_default": (IN_FLIGHT + 1) * MIN_PART // 2**20}  # fmt: skip
+
+
 def measure(mode: str, uri: str, db: str, target: str, endpoint: str) -> dict[str, Any]:
     out = subprocess.run([sys.executable, __file__, "--child", mode, uri, db, target, endpoint],
                          capture_output=True, text=True, check=True, env=os.environ.copy())  # fmt: skip
@@ -168,10 +187,12 @@ def main() -> None:
                     "compression_ratio": round(result["bytes"] / max(1, result["stored"]), 2),
                     "peak_rss_mb": round(result["peak_rss_mb"], 1),
                 }
+            row["s3_to_disk_ratio_zstd"] = round(row["zstd-s3"]["mb_s"] / row["zstd-disk"]["mb_s"], 3)
             figures[name] = row
         growth = {mode: round(figures["large"][mode]["peak_rss_mb"] - figures["small"][mode]["peak_rss_mb"], 1)
                   for mode in ("none-disk", "zstd-disk", "gzip-disk", "zstd-s3")}  # fmt: skip
         figures["peak_rss_growth_mb_small_to_large"] = growth
+        figures["s3_parts"] = s3_limits()
         print(json.dumps(figures))
     finally:
         server.terminate()

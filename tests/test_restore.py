@@ -509,3 +509,32 @@ def test_a_drill_ignores_a_future_dated_backup_and_says_so(
     assert outcome.status.value == "warn"
     assert outcome.details["key"] == entry.key
     assert outcome.summary.endswith(f"but {key} is dated in the future (2100-01-01T00:00:00+00:00); not drilled")
+
+
+def test_restore_of_16_mib_documents_keeps_a_few_in_memory(client: Any, mongo_uri: str, tmp_path: Path) -> None:
+    """Six 16 MiB documents in one segment restore in a fresh process peaking under 200 MB (a few in flight)."""
+    import gzip
+
+    from jobs.backup.archive import TERM, _ns_header
+    from tests.test_archive import peak_rss_mb
+
+    path = tmp_path / "big.archive.gz"
+    crc = None
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        writer = ArchiveWriter(out)  # type: ignore[arg-type]
+        writer.header(Header("8.0.0", "test"), [Prelude("app", "blobs", "")])
+        out.write(_ns_header("app", "blobs", eof=False, crc=0))
+        for i in range(6):
+            doc = bson.encode({"_id": i, "pad": bson.Binary(b"\0" * (16 * 1024 * 1024 - 40))})
+            crc = crc64(doc, crc)
+            out.write(doc)
+        out.write(TERM)
+        writer.end("app", "blobs", crc or 0)
+    target = f"big{uuid.uuid4().hex[:6]}"
+    rss, out_text = peak_rss_mb(f"from pymongo import MongoClient\nfrom jobs.backup.restore import restore\n"
+                                f"r = restore(open({str(path)!r}, 'rb'), MongoClient({mongo_uri!r}), "
+                                f"lambda d, n: ({target!r}, n))\nprint(r.documents)")  # fmt: skip
+    assert out_text.split() == ["6"]
+    assert client[target].blobs.count_documents({}) == 6
+    assert rss < 200, f"restore peaked at {rss:.0f} MB"
+    client.drop_database(target)

@@ -96,6 +96,8 @@ class RestoreReport:
     sha256: str = ""
     read_insert_s: float = 0.0
     index_s: float = 0.0
+    swap_s: float = 0.0
+    """The renames that put staged collections in place (metadata-only on mongod; a copy on some stand-ins)."""
 
     @property
     def documents(self) -> int:
@@ -145,9 +147,11 @@ def restore(
             if not item.skipped and item.type != "view":
                 _indexes(client, item)
         if staging:
+            swap_started = time.monotonic()
             for item in report.namespaces:
                 if item.load_coll != _data_collection(item) and not item.skipped:
                     _swap(client, item)
+            report.swap_s = time.monotonic() - swap_started
     except BaseException:
         if staging:
             _drop_staging(client, report)
@@ -262,11 +266,11 @@ def _load(archive: ArchiveReader, client: Any, by_data_ns: dict[str, Restored], 
 
 
 class _Inserter:
-    """Inserts batches in a thread, at most two queued, so reading and inserting overlap."""
+    """Inserts batches in a thread, one queued behind the one inserting, so reading and inserting overlap."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
-        self._queue: queue.Queue[tuple[Restored, list[RawBSONDocument]] | None] = queue.Queue(maxsize=2)
+        self._queue: queue.Queue[tuple[Restored, list[RawBSONDocument]] | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="restore-insert", daemon=True)
 
