@@ -538,3 +538,23 @@ def test_restore_of_16_mib_documents_keeps_a_few_in_memory(client: Any, mongo_ur
     assert client[target].blobs.count_documents({}) == 6
     assert rss < 200, f"restore peaked at {rss:.0f} MB"
     client.drop_database(target)
+
+
+def test_drill_of_an_archive_cut_on_a_frame_boundary_fails_naming_what_is_missing(
+    client: Any, backed_up: Any, mongo_uri: str, tmp_path: Path
+) -> None:
+    """Cut right after one namespace's EOF, every frame parses: the drill still FAILs, naming the missing ones."""
+    import gzip
+
+    from jobs.backup.archive import ArchiveReader, End
+
+    _prefix, storage, entry = backed_up
+    data = gzip.decompress((storage / entry.key).read_bytes())
+    reader = ArchiveReader(io.BytesIO(data))
+    reader.read_prelude()
+    cut = next(reader.offset for event in reader.events() if isinstance(event, End))
+    (storage / entry.key).write_bytes(gzip.compress(data[:cut]))
+    outcome = drill(SqliteLedger(tmp_path / "d.db"), storage, target_uri=mongo_uri)
+    assert outcome.status.value == "fail"
+    assert f"restore of {entry.key} failed: archive incomplete: no EOF for " in outcome.summary
+    assert scratch(client) == []
