@@ -514,16 +514,18 @@ def test_part_sizes_follow_the_estimate_and_grow_when_it_proves_low() -> None:
 
 
 def test_a_multipart_upload_to_s3_sends_parts_from_the_pool_and_commits_in_order(bucket: str, s3_endpoint: str) -> None:
-    """30 MiB through S3Upload: four parts, stored bytes identical, no upload left pending."""
+    """30 MiB through S3Upload: four parts, bytes identical, none pending; a small one never asks for dbStats."""
     import hashlib
 
     storage = S3Storage(f"s3://{bucket}/db", endpoint_url=s3_endpoint)
     data = hashlib.shake_256(b"opskeeper").digest(30 * 1024 * 1024)
-    upload = storage.upload("job/big.archive", expected_size=len(data))
+    asked: list[int] = []
+    upload = storage.upload("job/big.archive", estimate=lambda: asked.append(1) or len(data))
     for start in range(0, len(data), 1_000_003):
         upload.write(data[start : start + 1_000_003])
     upload.commit()
     assert upload.part_sizes == [8 * 1024 * 1024] * 3 + [6 * 1024 * 1024]
+    assert asked == []
     with storage.open("job/big.archive") as stream:
         assert stream.read() == data
     assert storage.pending_uploads() == []

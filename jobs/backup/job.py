@@ -191,7 +191,7 @@ class BackupJob:
         # Only one run of a job at a time: anything unfinished under its prefix is abandoned.
         for abandoned in storage.abort_abandoned(f"{ctx.job_id}/"):
             ctx.log("backup.abandoned_upload_removed", key=abandoned)
-        upload = storage.upload(key, expected_size=_estimate(client, namespaces))
+        upload = storage.upload(key, estimate=lambda: _estimate(client, namespaces))
         sink = CompressingSink(upload, opts.compression)
         stats: list[dict[str, Any]] = []
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO, Protocol
@@ -32,8 +33,8 @@ class Storage(Protocol):
     display: str
     """Where this is, for messages (no credentials)."""
 
-    def upload(self, key: str, expected_size: int | None = None) -> Upload:
-        """A streaming write; `expected_size` (an estimate, in bytes) lets S3 size its parts."""
+    def upload(self, key: str, estimate: Callable[[], int | None] | None = None) -> Upload:
+        """A streaming write; `estimate()` (the likely size in bytes) lets S3 size a large archive's parts."""
         ...
 
     def put(self, key: str, data: bytes) -> None: ...

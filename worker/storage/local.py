@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -48,7 +49,7 @@ class LocalStorage:
             raise ValueError(f"key {key!r} points outside {self.root}")
         return path
 
-    def upload(self, key: str, expected_size: int | None = None) -> LocalUpload:
+    def upload(self, key: str, estimate: Callable[[], int | None] | None = None) -> LocalUpload:
         return LocalUpload(self._path(key))
 
     def put(self, key: str, data: bytes) -> None:

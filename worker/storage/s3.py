@@ -9,6 +9,7 @@ aborts its multipart upload, so no half object and no billed leftovers remain.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, cast
 from urllib.parse import urlsplit
@@ -24,15 +25,18 @@ MAX_PART = 5 * 1024 * MIB
 MAX_PARTS = 10_000
 IN_FLIGHT = 2
 """Parts uploading at once while the next one fills: memory is (IN_FLIGHT + 1) x part size."""
+ESTIMATE_AFTER = 64
+"""Parts (512 MiB) after which an upload asks for the archive's size estimate: small ones never pay for it."""
 
 
 def part_size(expected: int | None, parts_done: int, bytes_done: int) -> int:
     """The next part's size: S3 allows 10,000 parts of 5 MiB to 5 GiB, so parts must grow with the archive.
 
-    With an estimate (the database's own dataSize), parts are sized for 1.25 times it in the parts
-    left. Past the estimate, or without one, they are sized for twice what is already written:
-    geometric growth that reaches S3's 5 TiB object limit within 10,000 parts (bench/backup.py
-    prints the exact figure) while a small archive keeps 8 MiB parts.
+    With an estimate (the database's own dataSize, asked for once ESTIMATE_AFTER parts are sent),
+    parts are sized for 1.25 times it in the parts left. Past the estimate, or without one, they
+    are sized for twice what is already written: geometric growth that reaches S3's 5 TiB object
+    limit within 10,000 parts (bench/backup.py prints the exact figure) while a small archive
+    keeps 8 MiB parts.
     """
     remaining = max(MAX_PARTS - parts_done - 1, 1)
     left = expected * 1.25 - bytes_done if expected and bytes_done <= expected else 2 * bytes_done
@@ -44,14 +48,16 @@ def part_size(expected: int | None, parts_done: int, bytes_done: int) -> int:
 class S3Upload:
     """One multipart upload, its parts sent from a small pool while the next part fills."""
 
-    def __init__(self, client: Any, bucket: str, key: str, extra: dict[str, str], expected: int | None = None) -> None:
+    def __init__(self, client: Any, bucket: str, key: str, extra: dict[str, str],
+                 estimate: Callable[[], int | None] | None = None) -> None:  # fmt: skip
         self._client, self._bucket, self._key = client, bucket, key
         self._id = client.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
-        self._expected = expected
+        self._estimate = estimate
+        self._expected: int | None = None
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._sent = 0
-        self._next_size = part_size(expected, 0, 0)
+        self._next_size = MIN_PART
         self._parts: list[dict[str, Any]] = []
         self._pool = ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="s3-part")
         self._slots = threading.BoundedSemaphore(IN_FLIGHT)
@@ -77,6 +83,8 @@ class S3Upload:
             raise RuntimeError(f"{self._key}: over S3's {MAX_PARTS} parts")
         self.part_sizes.append(len(part))
         self._sent += len(part)
+        if number == ESTIMATE_AFTER and self._estimate is not None:
+            self._expected = self._estimate()  # a large archive: from now on, parts sized for the whole
         self._next_size = part_size(self._expected, number, self._sent)
         self._slots.acquire()  # at most IN_FLIGHT parts in memory besides the one filling
         future = self._pool.submit(self._send, number, part)
@@ -140,8 +148,8 @@ class S3Storage:
         if kms_key_id:
             self.extra["SSEKMSKeyId"] = kms_key_id
 
-    def upload(self, key: str, expected_size: int | None = None) -> S3Upload:
-        return S3Upload(self.client, self.bucket, self.prefix + key, self.extra, expected_size)
+    def upload(self, key: str, estimate: Callable[[], int | None] | None = None) -> S3Upload:
+        return S3Upload(self.client, self.bucket, self.prefix + key, self.extra, estimate)
 
     def put(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, **self.extra)
