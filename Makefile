@@ -48,4 +48,4 @@ bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/failover.py
 
 clean:
-	rm -rf $(TOOLS) $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(TOOLS) $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
