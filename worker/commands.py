@@ -24,7 +24,7 @@ import socket
 import sys
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -126,9 +126,19 @@ def reporting(
     dsn = settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None
     sentry = SentryReporter(
         dsn, environment=settings.sentry_environment, release=settings.sentry_release,
-        traces_sample_rate=settings.sentry_traces_sample_rate, redactor=masks,
+        traces_sample_rate=settings.sentry_traces_sample_rate, redactor=masks, web=sentry_web(settings),
     )  # fmt: skip
     return masks, sentry
+
+
+def sentry_web(settings: Settings) -> Any:
+    """Sentry's web API for this organization when SENTRY_ORG and SENTRY_AUTH_TOKEN are both set; else None."""
+    if not settings.sentry_org or settings.sentry_auth_token is None:
+        return None
+    from worker.vendors.sentry_api import SentryAPI
+
+    return SentryAPI(settings.sentry_api_url, settings.sentry_org, settings.sentry_auth_token.get_secret_value(),
+                     (), timedelta(seconds=10))  # fmt: skip
 
 
 def record(store: Ledger, *, job_id: str, kind: str, started: datetime, summary: str, details: dict[str, Any]) -> None:

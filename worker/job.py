@@ -79,6 +79,8 @@ class Notice:
     #: Groups repeats into one Sentry issue; the runner prefixes it with the job id.
     fingerprint: tuple[str, ...]
     context: Mapping[str, Any] = field(default_factory=dict)
+    resolves: tuple[str, ...] | None = None
+    """The fingerprint of an earlier notice this one ends (a recovery ends its outage): that issue is resolved."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ a `job.finished` log line and, when configured, Sentry check-ins and alerts.
 
 from __future__ import annotations
 
+import contextvars
 import random
 import socket
 import threading
@@ -90,6 +91,13 @@ class Runner:
                 job, scheduled_at or utc_now(), "skipped: the previous run is still running past its timeout"
             )
         run_id = uuid.uuid4().hex
+        # One trace per run: its check-ins, alerts, notices and transaction, and no other run's.
+        with self.sentry.run(job, run_id) as txn:
+            return self._run(job, run_id, scheduled_at, rerun_of, txn)
+
+    def _run(
+        self, job: JobSpec, run_id: str, scheduled_at: datetime | None, rerun_of: RunRecord | None, txn: Any
+    ) -> RunRecord:
         started = utc_now()
         check_in_id = self.sentry.checkin(job, self.tz, Status.RUNNING, rerun_of.check_in if rerun_of else None)
         record = RunRecord(
@@ -108,10 +116,9 @@ class Runner:
         with self._idle:
             self._active[run_id] = handle
         try:
-            with self.sentry.transaction(job, run_id) as txn:
-                outcome = self._execute(job, handle, scheduled_at or started, log)
-                if txn is not None:
-                    txn.set_status("ok" if outcome.status.is_success else "internal_error")
+            outcome = self._execute(job, handle, scheduled_at or started, log)
+            if txn is not None:
+                txn.set_status("ok" if outcome.status.is_success else "internal_error")
             return self._report(job, record, outcome, check_in_id, log)
         finally:
             # Only now: the daemon's shutdown waits for this, and the run is fully recorded.
@@ -161,7 +168,8 @@ class Runner:
             scheduled_at=scheduled_at.isoformat(), summary=reason,
         )  # fmt: skip
         if alerts(job, Status.MISSED):
-            self.sentry.alert(job, Outcome(Status.MISSED, reason), record.run_id)
+            with self.sentry.own_trace():
+                self.sentry.alert(job, Outcome(Status.MISSED, reason), record.run_id)
         return record
 
     def _execute(self, job: JobSpec, handle: _Handle, scheduled_at: datetime, log: Any) -> Outcome:
@@ -188,7 +196,9 @@ class Runner:
             handle.wake.set()
 
         # A thread per run, so a job that ignores its deadline cannot wedge the scheduler.
-        thread = threading.Thread(target=work, name=f"job:{job.id}", daemon=True)
+        # The job's thread runs in this run's context, so what it sends to Sentry joins the run's trace.
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(work,), name=f"job:{job.id}",
+                                  daemon=True)  # fmt: skip
         thread.start()
         handle.wake.wait(timeout)
         if handle.outcome is not None and not handle.interrupted:

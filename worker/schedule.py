@@ -118,6 +118,21 @@ AlertStatus = Annotated[Status, PlainValidator(_status)]
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,49}$"
 
 
+class MonitorOptions(BaseModel):
+    """How the job's Sentry Crons monitor is shaped (the `monitor:` block)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    """False: no check-ins at all for this job (each monitor takes a seat of the Sentry plan)."""
+    upsert: bool = True
+    """False: check-ins carry no monitor_config, so what the team set in Sentry's UI stands."""
+    failure_issue_threshold: int = Field(default=1, ge=1, le=720)
+    recovery_threshold: int = Field(default=1, ge=1, le=720)
+    owner: Annotated[str, Field(pattern=r"^(user:\d+|team:[a-z0-9][a-z0-9_-]*)$")] | None = None
+    """`user:ID` or `team:SLUG`: who Sentry assigns the monitor's issues to."""
+
+
 def _timeout(value: timedelta) -> timedelta:
     if value <= timedelta(0):
         raise ValueError("a timeout must be longer than 0s")
@@ -145,6 +160,10 @@ class JobDefaults(BaseModel):
     alert_on: tuple[AlertStatus, ...] = (Status.FAIL, Status.ERROR)
     rerun_interrupted: bool | None = None
     """Run again at once when a deploy interrupted it; default: yes for backups, drills, checks and reviews."""
+    monitor: MonitorOptions = MonitorOptions()
+    traces_sample_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Share of runs sent as Sentry transactions; default: every run of a job scheduled hourly or slower,
+    one an hour's worth of a more frequent one (an `every 1m` job: 1 in 60)."""
 
 
 class JobSpec(JobDefaults):
@@ -460,7 +479,10 @@ class _Validator:
                 continue
             if job_id is not None:
                 seen[job_id] = i
-            spec = self._job(i, {**defaults, **raw})
+            merged = {**defaults, **raw}
+            if isinstance(defaults.get("monitor"), dict) and isinstance(raw.get("monitor"), dict):
+                merged["monitor"] = {**defaults["monitor"], **raw["monitor"]}  # a job refines the defaults' block
+            spec = self._job(i, merged)
             if spec is not None:
                 jobs.append(spec)
         self._references(raw_jobs)

@@ -52,7 +52,12 @@ class Settings(BaseSettings):
     sentry_dsn: SecretStr | None = Field(None, alias="SENTRY_DSN")
     sentry_environment: str = Field("production", alias="SENTRY_ENVIRONMENT")
     sentry_release: str | None = Field(None, alias="SENTRY_RELEASE")
-    sentry_traces_sample_rate: float = Field(1.0, ge=0.0, le=1.0, alias="SENTRY_TRACES_SAMPLE_RATE")
+    sentry_traces_sample_rate: float | None = Field(None, ge=0.0, le=1.0, alias="SENTRY_TRACES_SAMPLE_RATE")
+    """Default share of runs traced; unset: by each job's frequency (see worker/reporting/sentry.sample_rate)."""
+    sentry_org: str | None = Field(None, alias="SENTRY_ORG")
+    sentry_auth_token: SecretStr | None = Field(None, alias="SENTRY_AUTH_TOKEN")
+    """With SENTRY_ORG: resolves an outage's issue on recovery (event:write), writes releases (project:releases)."""
+    sentry_api_url: str = Field("https://sentry.io", alias="SENTRY_API_URL")
 
     @model_validator(mode="after")
     def _timing(self) -> Settings:

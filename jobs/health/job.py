@@ -253,7 +253,7 @@ def transition(
         outage = now - datetime.fromisoformat(prev.down_since or stamp)
         context = {"endpoint": name, "down_since": prev.down_since, "outage_s": outage.total_seconds()}
         message = f"{name} recovered after {format_duration(outage)}"
-        notice = Notice("info", message, ("health", name, "recovered"), context)
+        notice = Notice("info", message, ("health", name, "recovered"), context, resolves=("health", name, "down"))
         return EndpointState(state=settled, oks=oks), [notice]
     return EndpointState(state=settled, oks=oks, reason=check.reason), []
 

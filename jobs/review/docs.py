@@ -433,7 +433,8 @@ class DocsReviewJob:
             items = flagged + [f"{g['source']}: could not read: {g['reason']}" for g in gaps]
             # One message per review for the human who updates the docs (the run itself worked).
             ctx.notify(Notice("warning", f"docs review: {len(items)} thing(s) need a look: " + "; ".join(items)[:900],
-                              ("docs_review",), {"repository": repo.display, "items": items}))  # fmt: skip
+                              ("docs_review", f"{ctx.scheduled_at:%Y-%m}"),  # this month's review, its own issue
+                              {"repository": repo.display, "items": items}))  # fmt: skip
             return Outcome(Status.WARN, "; ".join(items)[:500], details, alerted=True)
         newest = min((r.age_days for r in reports if r.age_days is not None), default=None)
         since = f" (newest change {newest} days ago)" if newest is not None else ""

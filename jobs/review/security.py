@@ -359,7 +359,8 @@ class SecurityReviewJob:
         # One message listing what needs fixing, each with its fix; the run itself worked.
         high = bool(counts["high"])
         ctx.notify(Notice("error" if high else "warning", f"security review: {summary}"[:900],
-                          ("security_review", "high" if high else "medium"),
+                          ("security_review", "high" if high else "medium",  # this quarter's own issue
+                           f"{ctx.scheduled_at.year}-Q{(ctx.scheduled_at.month - 1) // 3 + 1}"),
                           {"findings": [f"[{f.severity}] {f.title}: {f.evidence}. Fix: {f.fix}" for f in worst],
                            "gaps": gaps}))  # fmt: skip
         return Outcome(Status.FAIL if high else Status.WARN, summary[:500], details, alerted=True)

@@ -500,7 +500,8 @@ class WeeklyReviewJob:
             items = [f"{n['area']}: {n['message']}" for n in report["needs_attention"]]
             items += [f"{g['source']}: could not read: {g['reason']}" for g in failing]
             ctx.notify(Notice("warning", f"weekly review: {len(items)} thing(s) need a human: " + "; ".join(items[:5])
-                              + (f" (+{len(items) - 5} more)" if len(items) > 5 else ""), ("weekly_review",),
+                              + (f" (+{len(items) - 5} more)" if len(items) > 5 else ""),
+                              ("weekly_review", f"{ctx.scheduled_at:%G-W%V}"),  # this week's own issue
                               {"needs_attention": items, "report": saved}))  # fmt: skip
             return Outcome(Status.WARN, summary[:500], {"report": report, "saved": saved}, alerted=True)
         return Outcome(Status.OK, summary[:500], {"report": report, "saved": saved})

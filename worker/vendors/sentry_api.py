@@ -47,6 +47,24 @@ class SentryAPI:
             found.extend(page)
         return found
 
+    def resolve_issue(self, issue_id: str) -> None:
+        """Mark one issue resolved (scope event:write)."""
+        self.api.request("PUT", f"/api/0/organizations/{self.org}/issues/{issue_id}/", json={"status": "resolved"})
+
+    def create_release(self, version: str, projects: Sequence[str], refs: Sequence[dict[str, str]] = ()) -> None:
+        """Create the release, or update it if it exists (scope project:releases)."""
+        body: dict[str, Any] = {"version": version, "projects": list(projects)}
+        if refs:
+            body["refs"] = list(refs)
+        self.api.request("POST", f"/api/0/organizations/{self.org}/releases/", json=body)
+
+    def create_deploy(self, version: str, environment: str, *, name: str, started: str | None,
+                      finished: str | None) -> None:  # fmt: skip
+        """Record a deploy of a release in an environment (scope project:releases)."""
+        body = {"environment": environment, "name": name, "dateStarted": started, "dateFinished": finished}
+        self.api.request("POST", f"/api/0/organizations/{self.org}/releases/{version}/deploys/",
+                         json={k: v for k, v in body.items() if v is not None})  # fmt: skip
+
     def slow_transactions(self, stats_period: str, limit: int) -> list[Any]:
         """Transactions by p95 duration, slowest first, from the spans dataset."""
         params = {
