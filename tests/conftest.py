@@ -581,7 +581,7 @@ class VendorAPI:
                 reply = route(request) if route else Reply(404, {"detail": "not found"})
                 send_reply(self, reply, {"Content-Type": "application/json"})
 
-            do_POST = do_PATCH = do_GET  # noqa: N815 - http.server's naming
+            do_POST = do_PATCH = do_PUT = do_GET  # noqa: N815 - http.server's naming
 
             def log_message(self, *args: Any) -> None:
                 pass

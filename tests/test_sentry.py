@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,190 @@ def test_exit_waits_for_sentry_once(stuck_server: int) -> None:
     assert sentry_sdk.get_client().transport is not None
     reporter.flush()
     assert sentry_sdk.get_client().transport is None  # the exit hook's close() returns at once
+
+
+# --- traces, redaction, monitors, sampling, outages (issue 15) ---------------------------------
+
+
+def trace_of(item: dict[str, Any]) -> str:
+    return str(item["contexts"]["trace"]["trace_id"])
+
+
+def test_each_run_is_its_own_trace_shared_by_its_checkins_and_event(
+    tmp_path: Path, env: dict[str, str], sentry: SentryReceiver, daemon_factory: Any
+) -> None:
+    """In one daemon, every run has its own trace id; its two check-ins and its alert event share it."""
+    config = write(tmp_path / "jobs.yaml", """\
+jobs:
+  - id: good
+    kind: command
+    schedule: every 1s
+    options: {argv: ["true"]}
+  - id: bad
+    kind: command
+    schedule: every 1s
+    options: {argv: [sh, -c, "exit 1"]}
+""")  # fmt: skip
+    daemon = daemon_factory(config, {**env, "SENTRY_DSN": sentry.dsn})
+    index = 0
+    for _ in range(2):
+        index, _ = daemon.finished("bad", after=index + 1)
+    daemon.finished("good")
+    assert daemon.terminate() == 0
+    checkins = sentry.wait_items("check_in", 8)
+    by_id: dict[str, set[str]] = {}
+    for checkin in checkins:
+        by_id.setdefault(checkin["check_in_id"], set()).add(trace_of(checkin))
+    assert all(len(traces) == 1 for traces in by_id.values())  # opening and closing check-in: one trace
+    traces = [next(iter(t)) for t in by_id.values()]
+    assert len(set(traces)) == len(traces) >= 4  # no two runs share one
+    error_traces = {trace_of(c) for c in checkins if c["status"] == "error"}
+    events = sentry.wait_items("event", 2)
+    assert {trace_of(e) for e in events} <= error_traces
+    assert len({trace_of(e) for e in events}) == len(events)
+
+
+def test_sentrys_plain_fields_survive_a_secret_that_is_a_common_word(
+    tmp_path: Path, env: dict[str, str], sentry: SentryReceiver
+) -> None:
+    """A secret whose value is 'production' is masked in messages, never in environment or trace headers."""
+    config = write(tmp_path / "jobs.yaml", """\
+jobs:
+  - id: leaky
+    kind: command
+    schedule: "@daily"
+    options: {argv: [sh, -c, "echo deploying production >&2; exit 1"]}
+""")  # fmt: skip
+    result = opskeeper("run-now", "leaky", "--config", str(config),
+                       env={**env, "SENTRY_DSN": sentry.dsn, "REALM_SECRET": "production"})  # fmt: skip
+    assert result.code == 2
+    sentry.wait_items("event", 1)
+    items = [p for e in sentry.envelopes for _, p in e.items if isinstance(p, dict)]
+    assert items
+    assert {item["environment"] for item in items} == {"production"}
+    for envelope in sentry.envelopes:
+        assert envelope.header["trace"]["environment"] == "production"
+        assert envelope.header["trace"]["public_key"] == "0123456789abcdef0123456789abcdef"
+    [event] = sentry.items("event")
+    assert event["message"] == "leaky fail: sh exited 1: deploying ***"
+
+
+def test_monitor_blocks_shape_the_checkins(tmp_path: Path, env: dict[str, str], sentry: SentryReceiver) -> None:
+    """Defaults and job monitor blocks merge; upsert false sends no config; enabled false sends no check-in."""
+    config = write(tmp_path / "jobs.yaml", """\
+defaults:
+  monitor: {failure_issue_threshold: 3, owner: "team:ops"}
+jobs:
+  - id: shaped
+    kind: command
+    schedule: every 10m
+    misfire_grace: 3m
+    jitter: 2m
+    timeout: 7d
+    monitor: {recovery_threshold: 2}
+    options: {argv: ["true"]}
+  - id: hands-off
+    kind: command
+    schedule: "@daily"
+    monitor: {upsert: false}
+    options: {argv: ["true"]}
+  - id: unmonitored
+    kind: command
+    schedule: "@daily"
+    monitor: {enabled: false}
+    options: {argv: ["true"]}
+""")  # fmt: skip
+    run_env = {**env, "SENTRY_DSN": sentry.dsn}
+    for job in ("shaped", "hands-off", "unmonitored"):
+        assert opskeeper("run-now", job, "--config", str(config), env=run_env).code == 0
+    checkins = sentry.wait_items("check_in", 4)
+    assert {c["monitor_slug"] for c in checkins} == {"shaped", "hands-off"}
+    shaped = next(c for c in checkins if c["monitor_slug"] == "shaped" and c["status"] == "ok")["monitor_config"]
+    assert (shaped["failure_issue_threshold"], shaped["recovery_threshold"], shaped["owner"]) == (3, 2, "team:ops")
+    assert (shaped["checkin_margin"], shaped["max_runtime"]) == (5, 10080)  # margin covers grace + jitter
+    assert all("monitor_config" not in c for c in checkins if c["monitor_slug"] == "hands-off")
+
+
+def test_transactions_are_sampled_by_frequency_unless_a_job_says(tmp_path: Path) -> None:
+    """Hourly or slower: every run; every 1m: 1 in 60; */5 cron: 1 in 12; a job's own rate or the process's wins."""
+    from worker.reporting.sentry import sample_rate
+    from worker.schedule import JobSpec
+    from worker.timespec import parse_schedule
+
+    def job(schedule: str, **extra: Any) -> JobSpec:
+        return JobSpec(id="j", kind="command", schedule=parse_schedule(schedule), **extra)
+
+    assert sample_rate(job("@hourly")) == 1.0
+    assert sample_rate(job("0 3 * * *")) == 1.0
+    assert sample_rate(job("every 1m")) == 1 / 60
+    assert sample_rate(job("*/5 * * * *")) == 1 / 12
+    assert sample_rate(job("every 1m", traces_sample_rate=0.5)) == 0.5
+    assert sample_rate(job("every 1m"), default=0.25) == 0.25
+
+
+def test_a_job_with_rate_zero_sends_no_transaction(tmp_path: Path, env: dict[str, str], sentry: SentryReceiver) -> None:
+    """traces_sample_rate: 0 keeps the check-ins and drops the transaction; 1 sends it."""
+    config = write(tmp_path / "jobs.yaml", """\
+jobs:
+  - id: quiet
+    kind: command
+    schedule: "@daily"
+    traces_sample_rate: 0
+    options: {argv: ["true"]}
+  - id: traced
+    kind: command
+    schedule: "@daily"
+    traces_sample_rate: 1
+    options: {argv: ["true"]}
+""")  # fmt: skip
+    for job in ("quiet", "traced"):
+        assert opskeeper("run-now", job, "--config", str(config), env={**env, "SENTRY_DSN": sentry.dsn}).code == 0
+    sentry.wait_items("check_in", 4)
+    assert [t["transaction"] for t in sentry.wait_items("transaction", 1)] == ["traced"]
+
+
+def test_recovery_resolves_the_down_issue_through_the_web_api(
+    tmp_path: Path, env: dict[str, str], sentry: SentryReceiver, vendor: Any, app: Any
+) -> None:
+    """DOWN then recovered: the recovery finds the DOWN issue by its tag and PUTs it resolved."""
+    from tests.conftest import Reply
+
+    healthy = {"now": False}
+    app.routes["/api/health"] = lambda n: Reply(200 if healthy["now"] else 500)
+    vendor.routes["/api/0/organizations/acme/issues/"] = lambda r: Reply(200, [{"id": "4242"}])
+    vendor.routes["/api/0/organizations/acme/issues/4242/"] = lambda r: Reply(200, {"id": "4242", "status": "resolved"})
+    config = write(tmp_path / "jobs.yaml", f"""\
+jobs:
+  - id: api-health
+    kind: health
+    schedule: every 1m
+    options:
+      failure_threshold: 1
+      success_threshold: 1
+      endpoints: [{{name: backend, url: "{app.url("/api/health")}"}}]
+""")  # fmt: skip
+    run_env = {**env, "SENTRY_DSN": sentry.dsn, "SENTRY_ORG": "acme", "SENTRY_AUTH_TOKEN": "sntrys_token_1234",
+               "SENTRY_API_URL": vendor.url}  # fmt: skip
+    assert opskeeper("run-now", "api-health", "--config", str(config), env=run_env).code == 2
+    [down] = sentry.wait_items("event", 1)
+    assert vendor.requests == []  # nothing to resolve yet
+    healthy["now"] = True
+    recovered = opskeeper("run-now", "api-health", "--config", str(config), env=run_env)
+    assert recovered.code == 0
+    assert len(vendor.requests) == 2, recovered.stderr
+    search, put = vendor.requests
+    assert search.query["query"] == [f"is:unresolved opskeeper_problem:{down['tags']['opskeeper_problem']}"]
+    assert search.headers["authorization"] == "Bearer sntrys_token_1234"
+    assert (put.method, put.path, json.loads(put.body)) == ("PUT", "/api/0/organizations/acme/issues/4242/",
+                                                            {"status": "resolved"})  # fmt: skip
+
+
+def test_reviews_are_fingerprinted_per_period() -> None:
+    """This week's review, this month's docs review and this quarter's security review are each their own issue."""
+    import inspect
+
+    from jobs.review import docs, security, weekly
+
+    assert '"weekly_review", f"{ctx.scheduled_at:%G-W%V}"' in inspect.getsource(weekly)
+    assert '"docs_review", f"{ctx.scheduled_at:%Y-%m}"' in inspect.getsource(docs)
+    assert 'f"{ctx.scheduled_at.year}-Q{(ctx.scheduled_at.month - 1) // 3 + 1}"' in inspect.getsource(security)

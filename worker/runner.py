@@ -153,7 +153,7 @@ class Runner:
         message = self.redact.text(notice.message)
         context = self.redact(dict(notice.context))
         getattr(log, notice.level)("job.notice", notice=message, **{k: v for k, v in context.items() if k != "event"})
-        self.sentry.notice(job, run_id, Notice(notice.level, message, notice.fingerprint, context))
+        self.sentry.notice(job, run_id, replace(notice, message=message, context=context))
 
     def missed(self, job: JobSpec, scheduled_at: datetime, reason: str) -> RunRecord:
         """Record and report a run that did not happen; a missed run is never silent."""
