@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +62,27 @@ def _deploys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _release_rollback(options: Any, service: str, target: Any, *, new_deploy: Any, live: Any, started: datetime,
+                      masks: Any) -> None:  # fmt: skip
+    """Mark the rollback in Sentry's releases when the deploys job writes them; a gap is said, not raised."""
+    from jobs.deploys.job import Releases
+
+    releases = Releases.open(options, lambda event, **fields: None)
+    try:
+        releases.record(
+            service,
+            target.commit,
+            str(new_deploy.get("id", target.deploy_id)),
+            f"rollback from {live.deploy_id if live else '-'}",
+            started=started.isoformat(),
+            finished=None,
+        )
+    finally:
+        releases.close()
+    if releases.gap:
+        print(f"note: Sentry release not written: {masks.text(releases.gap)}", file=sys.stderr)
+
+
 def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     from jobs.deploys.job import DeployRecord, RenderError, ServiceHistory, rollback_target, state_key
     from worker.http import HttpError
@@ -110,6 +132,8 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
             "new_deploy": new_deploy.get("id"), "autodeploy_disabled": args.disable_autodeploy,
         })  # fmt: skip
         print(f"{summary}; Render started deploy {new_deploy.get('id', '(id not returned)')}")
+        _release_rollback(job.options.sentry_releases, service.name, target, new_deploy=new_deploy, live=live,
+                          started=started, masks=masks)  # fmt: skip
         if not args.disable_autodeploy:
             print("note: auto-deploy is still on: the next push to the branch deploys again "
                   "(use --disable-autodeploy to turn it off)")  # fmt: skip

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
+from worker.http import HttpError, RejectedError
 from worker.job import CheckRecord, JobContext, JobOptions, Notice, Outcome, Status
 from worker.schedule import Duration
 from worker.timespec import format_duration
@@ -35,6 +36,21 @@ class Service(JobOptions):
     """Id of a `health` job whose endpoints must stay up while a deploy settles."""
 
 
+class SentryReleases(JobOptions):
+    """Write each good, failed or rolled-back deploy to Sentry's releases (token with project:releases)."""
+
+    project: str
+    """The Sentry project slug the releases belong to."""
+    repository: str | None = None
+    """The repository as Sentry knows it (e.g. `acme/app`): adds the commit as the release's ref."""
+    org: str | None = None
+    """Defaults to SENTRY_ORG."""
+    environment: str | None = None
+    """Defaults to SENTRY_ENVIRONMENT, then `production`."""
+    api_url: str | None = None
+    """Defaults to SENTRY_API_URL, then https://sentry.io."""
+
+
 class DeploysOptions(JobOptions):
     """Which services to follow, and how long a live deploy must prove itself."""
 
@@ -45,6 +61,7 @@ class DeploysOptions(JobOptions):
     """Defaults to the RENDER_API_KEY environment variable."""
     page_size: Annotated[int, Field(ge=1, le=100)] = 100
     max_pages: Annotated[int, Field(ge=1)] = 5
+    sentry_releases: SentryReleases | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> DeploysOptions:
@@ -233,13 +250,18 @@ class DeploysJob:
 
     def run(self, ctx: JobContext) -> Outcome:
         api = RenderAPI(self.options.api_url, self.options.key())
+        self._releases = Releases.open(self.options.sentry_releases, ctx.log)
         try:
             verdicts = [self._service(api, service, ctx) for service in self.options.services]
         finally:
             api.close()
+            self._releases.close()
         status = max((v.status for v in verdicts), key=[Status.OK, Status.WARN, Status.FAIL].index)
         summary = "; ".join(v.summary for v in verdicts)
-        return Outcome(status, summary[:500], {"services": [v.summary for v in verdicts]}, alerted=True)
+        details: dict[str, Any] = {"services": [v.summary for v in verdicts]}
+        if self._releases.gap:
+            details["sentry_releases_gap"] = self._releases.gap  # the weekly review names it
+        return Outcome(status, summary[:500], details, alerted=True)
 
     def _service(self, api: RenderAPI, service: Service, ctx: JobContext) -> Verdict:
         history = ServiceHistory.load(ctx.state.get(state_key(service.name)))
@@ -265,6 +287,61 @@ class DeploysJob:
             if "release" in notice.context:
                 ctx.log("release.good", service=service.name, release=notice.context["release"],
                         deploy_id=notice.context["deploy_id"])  # fmt: skip
+            self._releases.from_notice(service.name, notice)
             ctx.notify(notice)
         ctx.state.set(state_key(service.name), history.dump())
         return verdict
+
+
+class Releases:
+    """Sentry releases and deploy markers for the deploys this job judges; a missing scope is a gap, not an error."""
+
+    def __init__(self, options: SentryReleases | None, api: Any, environment: str, log: Any) -> None:
+        self.options, self.api, self.environment, self.log = options, api, environment, log
+        self.gap = "" if api is not None or options is None else "SENTRY_AUTH_TOKEN or SENTRY_ORG is not set"
+
+    @classmethod
+    def open(cls, options: SentryReleases | None, log: Any) -> Releases:
+        """A writer for these options, with the token and organization from the environment."""
+        if options is None:
+            return cls(None, None, "", log)
+        token, org = os.environ.get("SENTRY_AUTH_TOKEN", ""), options.org or os.environ.get("SENTRY_ORG", "")
+        environment = options.environment or os.environ.get("SENTRY_ENVIRONMENT") or "production"
+        if not token or not org:
+            return cls(options, None, environment, log)
+        from worker.vendors.sentry_api import SentryAPI
+
+        url = options.api_url or os.environ.get("SENTRY_API_URL") or "https://sentry.io"
+        return cls(options, SentryAPI(url, org, token, (options.project,), timedelta(seconds=15)), environment, log)
+
+    def from_notice(self, service: str, notice: Notice) -> None:
+        """A good deploy becomes the release of its commit with a deploy marker; a failed or bad one is marked too."""
+        deploy = notice.context.get("deploy") or {}
+        commit = notice.context.get("release") or deploy.get("commit")
+        if commit:
+            self.record(service, commit, notice.context.get("deploy_id") or deploy.get("deploy_id", ""),
+                        notice.fingerprint[-1], started=deploy.get("created_at"),
+                        finished=deploy.get("finished_at"))  # fmt: skip
+
+    def record(self, service: str, commit: str, deploy_id: str, outcome: str, *, started: str | None,
+               finished: str | None) -> None:  # fmt: skip
+        """Create (or update) the release `commit` and add a deploy of it named after the service and outcome."""
+        if self.api is None or self.gap or self.options is None:
+            return
+        name = f"{service} {deploy_id}" + ("" if outcome == "good" else f" ({outcome})")
+        refs = [{"repository": self.options.repository, "commit": commit}] if self.options.repository else []
+        try:
+            self.api.create_release(commit, [self.options.project], refs)
+            self.api.create_deploy(commit, self.environment, name=name, started=started, finished=finished)
+        except RejectedError as exc:
+            self.gap = f"the token may not write releases (it needs project:releases): {exc}"
+        except HttpError as exc:
+            self.gap = f"could not write the release: {exc}"
+        if self.gap:
+            self.log("sentry.releases_gap", reason=self.gap)
+            return
+        self.log("sentry.release", service=service, release=commit, deploy=name, environment=self.environment)
+
+    def close(self) -> None:
+        if self.api is not None:
+            self.api.close()
