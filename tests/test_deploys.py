@@ -381,3 +381,68 @@ def test_rollback_asks_on_a_terminal(
     assert result.returncode == code, result.stderr
     assert "Proceed? [y/N]" in result.stdout
     assert len(render.sent("POST")) == posts
+
+
+# --- Sentry releases and deploy markers -------------------------------------------------------
+
+
+def with_releases(text: str) -> str:
+    return text.replace(
+        "      services:\n", "      sentry_releases: {project: shop-api, repository: acme/shop}\n      services:\n"
+    )
+
+
+def test_a_good_deploy_becomes_a_sentry_release_with_a_deploy_marker(
+    tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer, vendor: Any
+) -> None:
+    """The good deploy's commit is POSTed as a release (project, repository ref) and a deploy in the environment."""
+    from tests.conftest import Request
+
+    render.deploys["srv-api123"] = [deploy(2, "live", 15), deploy(1, "deactivated", 120)]
+    app.routes["/api/health"] = lambda n: Reply(200)
+    commit = "002" + "a" * 37
+    vendor.routes["/api/0/organizations/acme/releases/"] = lambda r: Reply(201, {"version": commit})
+    vendor.routes[f"/api/0/organizations/acme/releases/{commit}/deploys/"] = lambda r: Reply(201, {"id": "1"})
+    config = write(tmp_path / "jobs.yaml", with_releases(schedule(render, app)))
+    run_env = {**deploy_env, "SENTRY_ORG": "acme", "SENTRY_AUTH_TOKEN": "sntrys_rel_1234", "SENTRY_API_URL": vendor.url,
+               "SENTRY_ENVIRONMENT": "staging"}  # fmt: skip
+    run_now("api-health", config, run_env)
+    code, out, _ = run_now("render-deploys", config, run_env)
+    assert code == 0, out
+    release, marker = vendor.requests
+    refs = [{"repository": "acme/shop", "commit": commit}]
+    assert (release.method, json.loads(release.body)) == ("POST", {"version": commit, "projects": ["shop-api"],
+                                                                   "refs": refs})  # fmt: skip
+    body = json.loads(marker.body)
+    assert (body["environment"], body["name"]) == ("staging", "api dep-002")
+    assert "sentry_releases_gap" not in out["details"]
+    assert all(
+        isinstance(r, Request) and r.headers["authorization"] == "Bearer sntrys_rel_1234" for r in vendor.requests
+    )
+
+
+def test_a_failed_deploy_is_marked_and_a_token_without_scope_is_a_gap_not_an_error(
+    tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer, vendor: Any
+) -> None:
+    """A failed deploy is recorded as '(failed)'; a 403 for releases is a gap the weekly review names."""
+    render.deploys["srv-api123"] = [deploy(3, "build_failed", 5), deploy(2, "live", 60)]
+    app.routes["/api/health"] = lambda n: Reply(200)
+    vendor.routes["/api/0/organizations/acme/releases/"] = lambda r: Reply(
+        403, {"detail": "You do not have permission"}
+    )
+    config = write(tmp_path / "jobs.yaml", with_releases(schedule(render, app)) + """\
+  - id: weekly
+    kind: weekly_review
+    schedule: "@weekly"
+""")  # fmt: skip
+    run_env = {**deploy_env, "SENTRY_ORG": "acme", "SENTRY_AUTH_TOKEN": "sntrys_rel_1234", "SENTRY_API_URL": vendor.url}
+    run_now("api-health", config, run_env)
+    code, out, log = run_now("render-deploys", config, run_env)
+    assert code == 2  # the failed deploy fails the run, as before; the gap does not add an error
+    assert out["details"]["sentry_releases_gap"].startswith(
+        "the token may not write releases (it needs project:releases)"
+    )
+    assert '"event": "sentry.releases_gap"' in log
+    report = json.loads(opskeeper("report", "weekly", "--config", str(config), "--json", env=run_env).stdout)
+    [gap] = [g for g in report["gaps"] if g["source"] == "sentry releases"]
+    assert "project:releases" in gap["reason"]

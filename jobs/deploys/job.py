@@ -260,7 +260,9 @@ class DeploysJob:
         summary = "; ".join(v.summary for v in verdicts)
         details: dict[str, Any] = {"services": [v.summary for v in verdicts]}
         if self._releases.gap:
-            details["sentry_releases_gap"] = self._releases.gap  # the weekly review names it
+            details["sentry_releases_gap"] = self._releases.gap
+        if self._releases.gap or self._releases.written:
+            ctx.state.set(RELEASES_GAP, self._releases.gap or None)  # the weekly review names a standing gap
         return Outcome(status, summary[:500], details, alerted=True)
 
     def _service(self, api: RenderAPI, service: Service, ctx: JobContext) -> Verdict:
@@ -293,11 +295,16 @@ class DeploysJob:
         return verdict
 
 
+RELEASES_GAP = "sentry_releases_gap"
+"""State key: why the last attempt to write a Sentry release failed (None once one succeeds)."""
+
+
 class Releases:
     """Sentry releases and deploy markers for the deploys this job judges; a missing scope is a gap, not an error."""
 
     def __init__(self, options: SentryReleases | None, api: Any, environment: str, log: Any) -> None:
         self.options, self.api, self.environment, self.log = options, api, environment, log
+        self.written = 0
         self.gap = "" if api is not None or options is None else "SENTRY_AUTH_TOKEN or SENTRY_ORG is not set"
 
     @classmethod
@@ -340,6 +347,7 @@ class Releases:
         if self.gap:
             self.log("sentry.releases_gap", reason=self.gap)
             return
+        self.written += 1
         self.log("sentry.release", service=service, release=commit, deploy=name, environment=self.environment)
 
     def close(self) -> None:

@@ -445,10 +445,10 @@ def build(options: WeeklyReviewOptions, history: History, jobs: Mapping[str, Any
             report["render"] = render_section(options.render, services, since, until, options.api_timeout)
         except _UNREADABLE as exc:
             gaps.append({"source": "render", "reason": _reason(exc), "configured": "yes"})
-    release_gaps = [r.details["sentry_releases_gap"] for r in week.runs
-                    if r.kind == "deploys" and (r.details or {}).get("sentry_releases_gap")]  # fmt: skip
-    if release_gaps:
-        gaps.append({"source": "sentry releases", "reason": release_gaps[-1], "configured": "yes"})
+    for job_id in sorted(i for i, spec in jobs.items() if spec.kind == "deploys"):
+        release_gap = history.get_state(job_id, "sentry_releases_gap")  # jobs/deploys/job.py RELEASES_GAP
+        if release_gap:
+            gaps.append({"source": "sentry releases", "reason": f"{job_id}: {release_gap}", "configured": "yes"})
     report["needs_attention"] = attention(report, options.thresholds)
     report["gaps"] = gaps
     return report
