@@ -88,6 +88,7 @@ def test_local_checkout_flags_stale_and_dangling(repo: Path) -> None:
     assert outcome.status is Status.WARN
     (notice,) = notices
     assert notice.level == "warning"
+    assert notice.fingerprint == ("docs_review", f"{datetime.now(UTC):%Y-%m}")  # this month's review: its own issue
     assert notice.message.startswith("docs review: 1 thing(s) need a look: PRODUCTION_CHECKLIST.md: last changed")
     docs = by_doc(outcome)
     checklist = docs["PRODUCTION_CHECKLIST.md"]

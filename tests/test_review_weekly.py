@@ -380,12 +380,14 @@ def test_the_job_under_frozen_time_reports_the_same_week(tmp_path: Path) -> None
     fill_week(ledger, NOW)
     config = load_config(schedule(tmp_path, None, " {}"), registry.OPTIONS)
     jobs = {j.id: j for j in config.jobs}
+    notices: list[Any] = []
     with freeze_time(NOW):
         ctx = JobContext(job_id="weekly", run_id="r", scheduled_at=NOW, deadline=float("inf"),
                          state=JobState(ledger, "weekly"), cancel=threading.Event(), log=lambda e, **f: None,
-                         jobs=jobs, history=ledger)  # fmt: skip
+                         notify=notices.append, jobs=jobs, history=ledger)  # fmt: skip
         outcome = WeeklyReviewJob(options(config)).run(ctx)
     assert outcome.status is Status.WARN
+    assert [n.fingerprint for n in notices] == [("weekly_review", f"{NOW:%G-W%V}")]  # this week's own issue
     assert outcome.details["report"] == build(options(config), ledger, jobs, NOW)
     assert ledger.get_state("weekly", "reports") == ["weekly-2026-11-23"]
     ledger.close()

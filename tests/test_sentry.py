@@ -345,14 +345,3 @@ jobs:
     assert search.headers["authorization"] == "Bearer sntrys_token_1234"
     assert (put.method, put.path, json.loads(put.body)) == ("PUT", "/api/0/organizations/acme/issues/4242/",
                                                             {"status": "resolved"})  # fmt: skip
-
-
-def test_reviews_are_fingerprinted_per_period() -> None:
-    """This week's review, this month's docs review and this quarter's security review are each their own issue."""
-    import inspect
-
-    from jobs.review import docs, security, weekly
-
-    assert '"weekly_review", f"{ctx.scheduled_at:%G-W%V}"' in inspect.getsource(weekly)
-    assert '"docs_review", f"{ctx.scheduled_at:%Y-%m}"' in inspect.getsource(docs)
-    assert 'f"{ctx.scheduled_at.year}-Q{(ctx.scheduled_at.month - 1) // 3 + 1}"' in inspect.getsource(security)
