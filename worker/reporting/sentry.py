@@ -275,3 +275,5 @@ class SentryReporter:
         """
         if self.enabled:
             sentry_sdk.get_client().close(timeout=FLUSH_TIMEOUT_S)
+        if self.web is not None:
+            self.web.close()
