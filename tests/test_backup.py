@@ -529,3 +529,54 @@ def test_a_multipart_upload_to_s3_sends_parts_from_the_pool_and_commits_in_order
     with storage.open("job/big.archive") as stream:
         assert stream.read() == data
     assert storage.pending_uploads() == []
+
+
+# --- the fast gzip and the cheaper digest ---------------------------------------------------------
+
+
+def test_the_gzip_archive_is_plain_gzip_for_the_standard_library(
+    tmp_path: Path, mongo_uri: str, source: tuple[str, dict[str, int]], harness: Harness
+) -> None:
+    """The default (ISA-L) gzip archive decompresses with stdlib gzip to exactly the archive our reader checks."""
+    import gzip
+
+    from jobs.backup.catalog import GZIP_ENGINE
+
+    prefix, _ = source
+    outcome = harness.run(uri=mongo_uri, databases=[f"{prefix}_*"], storage=str(tmp_path / "b"))
+    stored = (tmp_path / "b" / outcome.details["key"]).read_bytes()
+    raw = gzip.decompress(stored)
+    assert len(raw) == outcome.details["archive_bytes"]
+    assert raw[:4] == bytes.fromhex("6de29981")
+    assert GZIP_ENGINE == "isa-l"  # the wheel is installed here; elsewhere stdlib zlib writes the same format
+
+
+def test_format_1_manifests_with_blake2b_digests_still_verify(
+    tmp_path: Path, mongo_uri: str, source: tuple[str, dict[str, int]], harness: Harness
+) -> None:
+    """A manifest of format /1 is read with BLAKE2b-128 digests; its figures pass, and the algorithm matters."""
+    import hashlib
+
+    from jobs.backup.archive import ArchiveReader, Segment, iter_documents
+    from jobs.backup.catalog import HashingReader, decompressed
+
+    prefix, _ = source
+    harness.run(uri=mongo_uri, databases=[f"{prefix}_*"], storage=str(tmp_path / "b"))
+    [entry] = list_backups(BackupOptions(storage=str(tmp_path / "b")).open_storage(), "nightly")
+    assert (entry.manifest["format"], entry.manifest["digest_algorithm"]) == ("opskeeper-backup/2", "xxh3-128")
+    archive = tmp_path / "b" / entry.key
+    blake: dict[str, int] = {}
+    with archive.open("rb") as stream:
+        reader = ArchiveReader(decompressed(HashingReader(stream)))
+        for event in reader.events():
+            if isinstance(event, Segment):
+                for doc in iter_documents(event.data):
+                    digest = int.from_bytes(hashlib.blake2b(doc, digest_size=16).digest(), "big")
+                    blake[event.ns] = (blake.get(event.ns, 0) + digest) % (1 << 128)
+    old = {k: v for k, v in entry.manifest.items() if k != "digest_algorithm"} | {"format": "opskeeper-backup/1"}
+    old["namespaces"] = [{**n, "digest": f"{blake.get(n['data_ns'], 0):032x}"} for n in entry.manifest["namespaces"]]
+    with archive.open("rb") as stream:
+        assert verify(stream, old).ok
+    with archive.open("rb") as stream:  # xxh3 figures under a /1 label: the digests no longer match
+        report = verify(stream, {**entry.manifest, "format": "opskeeper-backup/1", "digest_algorithm": None})
+    assert any(p.endswith("content digest differs from the manifest") for p in report.problems)

@@ -33,7 +33,16 @@ from jobs.backup.archive import (
     crc64,
     iter_documents,
 )
-from jobs.backup.catalog import MANIFEST, SUFFIX, CompressingSink, digest_update, prune, stamp
+from jobs.backup.catalog import (
+    DIGEST,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    SUFFIX,
+    CompressingSink,
+    digest_update,
+    prune,
+    stamp,
+)
 from jobs.backup.retention import Retention, is_future
 from worker.job import JobContext, JobOptions, Outcome, Status
 from worker.reporting.redact import Redactor
@@ -215,7 +224,8 @@ class BackupJob:
             raise
         finished = datetime.now(UTC)
         manifest = {
-            "format": "opskeeper-backup/1",
+            "format": MANIFEST_FORMAT,
+            "digest_algorithm": DIGEST,
             "job_id": ctx.job_id,
             "key": key,
             "source": Redactor().text(uri),

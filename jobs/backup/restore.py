@@ -16,24 +16,21 @@ dropped and the target is as it was.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import queue
 import re
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-import zstandard
 from bson import json_util
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from jobs.backup.archive import ArchiveError, ArchiveReader, End, check_namespace, iter_documents
-from jobs.backup.catalog import HashingReader, decompressed, digest_update
+from jobs.backup.catalog import CORRUPT_STREAM, HashingReader, decompressed, digest_algorithm, digest_update
 
 _BATCH_BYTES = 8 * 1024 * 1024
 _BATCH_DOCS = 5000
@@ -132,7 +129,7 @@ def restore(
             reader.drain()
         except ArchiveError as exc:
             raise RestoreError(str(exc)) from None
-        except (EOFError, zlib.error, zstandard.ZstdError, gzip.BadGzipFile) as exc:
+        except CORRUPT_STREAM as exc:
             raise RestoreError(f"compressed stream is corrupt near stored byte {reader.count}: {exc}") from None
         bad = sorted(ns for ns, ok in archive.crc_ok.items() if not ok)
         if bad:
@@ -386,6 +383,7 @@ def check(client: Any, restored: list[Restored], manifest: dict[str, Any]) -> li
     Every problem names the collection and what differed.
     """
     expected = {n["ns"]: n for n in manifest.get("namespaces", [])}
+    algorithm = digest_algorithm(manifest)
     problems = []
     for item in restored:
         if item.skipped:
@@ -403,7 +401,7 @@ def check(client: Any, restored: list[Restored], manifest: dict[str, Any]) -> li
         count, digest = 0, 0
         for batch in db[_data_collection(item)].find_raw_batches({}, batch_size=1000):  # bounded memory
             for doc in iter_documents(batch):
-                digest = digest_update(digest, doc)
+                digest = digest_update(digest, doc, algorithm)
                 count += 1
         if count != want["documents"]:
             problems.append(f"{item.source}: {count} documents restored, the backup has {want['documents']}")
