@@ -28,6 +28,8 @@ MIN_DOC, MAX_DOC = 5, 16 * 1024 * 1024 + 16 * 1024
 """mongorestore's limits; the server allows 16 KiB over 16 MiB for its own (oplog) documents."""
 CHUNK_BYTES = 1024 * 1024
 """Documents are handed on in chunks of about this size: the reader's memory, bounded."""
+_BLOCK = 1024 * 1024
+"""How much is read from the stream at a time."""
 MAX_HEADER = 64 * 1024
 """The header and each namespace header hold a few names: anything larger is not an archive."""
 MAX_PRELUDE, MAX_PRELUDES_TOTAL, MAX_NAMESPACES = 4 * 1024 * 1024, 32 * 1024 * 1024, 100_000
@@ -179,13 +181,40 @@ class ArchiveReader:
         self._crc: dict[str, int] = {}
         self.ended: set[str] = set()
         self._announced: set[str] = set()
+        # Read-ahead: the stream is read in blocks and documents are found in them, instead of
+        # two small reads per document (the reader's main cost on archives of small documents).
+        self._buf = b""
+        self._pos = 0
+
+    def _buffer(self, want: int) -> int:
+        """Read ahead until `want` bytes are buffered or the stream ends; how many are buffered."""
+        have = len(self._buf) - self._pos
+        while have < want:
+            chunk = self._in.read(max(_BLOCK, want - have))
+            if not chunk:
+                break
+            self._buf = self._buf[self._pos :] + chunk
+            self._pos, have = 0, len(self._buf)
+        return have
 
     def _read(self, size: int, what: str, ns: str | None = None) -> bytes:
-        data = self._in.read(size)
-        if len(data) < size:
-            return self._fill(data, self.offset, size, what, ns)
+        if size > _BLOCK:  # a large document: straight into its own buffer
+            prefix, self._buf, self._pos = self._buf[self._pos :], b"", 0
+            self.offset += len(prefix)
+            return self._fill(prefix, self.offset - len(prefix), size, what, ns)
+        if self._buffer(size) < size:
+            rest = self._buf[self._pos :]
+            raise ArchiveError(f"archive truncated: expected {what}", self.offset + len(rest), ns)
+        data = self._buf[self._pos : self._pos + size]
+        self._pos += size
         self.offset += size
         return data
+
+    def _big(self, head: bytes, start: int, length: int, what: str, ns: str | None) -> bytes:
+        """A document over one block: what is buffered, then the rest read into one buffer."""
+        prefix, self._buf, self._pos = head + self._buf[self._pos :], b"", 0
+        self.offset = start + len(prefix)
+        return self._fill(prefix, start, length, what, ns)
 
     def _fill(self, prefix: bytes, start: int, size: int, what: str, ns: str | None) -> bytes:
         """`size` bytes from `start`, `prefix` already read (a stream may return short reads before its end)."""
@@ -214,7 +243,7 @@ class ArchiveReader:
         (length,) = _INT32.unpack(head)
         if not MIN_DOC <= length <= cap:
             raise ArchiveError(f"bad {what} length {length} (the limit is {MIN_DOC} to {cap} bytes)", start, ns)
-        doc = self._fill(head, start, length, what, ns)
+        doc = head + self._read(length - 4, what, ns) if length <= _BLOCK else self._big(head, start, length, what, ns)
         if doc[-1:] != b"\x00":
             raise ArchiveError(f"{what} does not end with a NUL byte", start, ns)
         return doc
@@ -283,12 +312,12 @@ class ArchiveReader:
             self.read_prelude()
         previous_term = True
         while True:
-            head = self._in.read(4)
-            if not head:
+            have = self._buffer(4)
+            if have == 0:
                 break
-            if len(head) < 4:
+            if have < 4:
                 raise ArchiveError("archive truncated inside a namespace header", self.offset)
-            self.offset += 4
+            head = self._read(4, "namespace header")
             if head == TERM:
                 if previous_term:
                     raise ArchiveError("two terminators in a row", self.offset - 4)
@@ -326,26 +355,45 @@ class ArchiveReader:
             raise ArchiveError(f"archive incomplete: no EOF for {shown} (announced in the prelude)", self.offset)
 
     def _segment(self, db: str, coll: str, ns: str) -> Iterator[Segment]:
-        """One segment's documents, a chunk at a time; at least one (maybe empty) chunk."""
-        chunks: list[bytes] = []
-        size = 0
+        """One segment's documents, a chunk at a time; at least one (maybe empty) chunk.
+
+        Complete documents already read ahead are checked in place (length, final NUL) and
+        handed on as one slice; one that crosses the block's end is read on its own.
+        """
         yielded = False
         while True:
+            if self._buffer(4) < 4:
+                raise ArchiveError("archive truncated: expected document or terminator", self.offset, ns)
+            buf, pos, start, count = self._buf, self._pos, self._pos, 0
+            end = len(buf)
+            while pos + 4 <= end and pos - start < CHUNK_BYTES:
+                (length,) = _INT32.unpack_from(buf, pos)
+                if length == -1 or pos + length > end:  # the terminator, or a document not all here yet
+                    break
+                if not MIN_DOC <= length <= MAX_DOC:
+                    raise ArchiveError(f"bad document length {length} (the limit is {MIN_DOC} to {MAX_DOC} bytes)",
+                                       self.offset + pos - start, ns)  # fmt: skip
+                if buf[pos + length - 1] != 0:
+                    raise ArchiveError("document does not end with a NUL byte", self.offset + pos - start, ns)
+                pos += length
+                count += 1
+            if count:
+                self._pos = pos
+                self.offset += pos - start
+                yield self._chunk(db, coll, ns, buf[start:pos], count)
+                yielded = True
+                continue
             first = self._read(4, "document or terminator", ns)
             if first == TERM:
                 break
             doc = self._doc("document", ns, first4=first)
-            chunks.append(doc)
-            size += len(doc)
-            if size >= CHUNK_BYTES:
-                yield self._chunk(db, coll, ns, chunks)
-                yielded, chunks, size = True, [], 0
-        if chunks or not yielded:
-            yield self._chunk(db, coll, ns, chunks)
+            yield self._chunk(db, coll, ns, doc, 1)
+            yielded = True
+        if not yielded:
+            yield self._chunk(db, coll, ns, b"", 0)
 
-    def _chunk(self, db: str, coll: str, ns: str, chunks: list[bytes]) -> Segment:
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self.documents[ns] = self.documents.get(ns, 0) + len(chunks)
+    def _chunk(self, db: str, coll: str, ns: str, data: bytes, count: int) -> Segment:
+        self.documents[ns] = self.documents.get(ns, 0) + count
         self.bytes[ns] = self.bytes.get(ns, 0) + len(data)
         if data:
             self._crc[ns] = crc64(data, self._crc.get(ns))

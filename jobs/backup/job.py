@@ -31,7 +31,6 @@ from jobs.backup.archive import (
     Header,
     Prelude,
     crc64,
-    iter_documents,
 )
 from jobs.backup.catalog import (
     DIGEST,
@@ -39,7 +38,7 @@ from jobs.backup.catalog import (
     MANIFEST_FORMAT,
     SUFFIX,
     CompressingSink,
-    digest_update,
+    digest_batch,
     prune,
     stamp,
 )
@@ -264,9 +263,8 @@ class BackupJob:
             for batch in self._batches(client, ns, session):
                 if ctx.cancel.is_set():
                     raise InterruptedError(f"stopped while dumping {ns.db}.{ns.name}")
-                for doc in iter_documents(batch):
-                    digest = digest_update(digest, doc)
-                    documents += 1
+                digest, count = digest_batch(digest, batch)
+                documents += count
                 crc = crc64(batch, crc)
                 size += len(batch)
                 writer.segment(ns.db, data_ns, batch)

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from bson import json_util
 
-from jobs.backup.archive import ArchiveError, ArchiveReader, ArchiveWriter, Segment, crc64, iter_documents
-from jobs.backup.catalog import digest_update
+from jobs.backup.archive import ArchiveError, ArchiveReader, ArchiveWriter, Segment, crc64
+from jobs.backup.catalog import digest_batch
 from worker import children
 from worker.job import JobContext
 
@@ -131,9 +131,8 @@ def _one_mongodump(
             if seen is None:  # a namespace we did not list (system.js, say): not ours to store
                 continue
             if isinstance(event, Segment):
-                for doc in iter_documents(event.data):
-                    seen["digest"] = digest_update(seen["digest"], doc)
-                    seen["documents"] += 1
+                seen["digest"], count = digest_batch(seen["digest"], event.data)
+                seen["documents"] += count
                 if event.data:
                     seen["crc"] = crc64(event.data, seen["crc"])
                 seen["bytes"] += len(event.data)

@@ -30,7 +30,7 @@ from bson.raw_bson import RawBSONDocument
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from jobs.backup.archive import ArchiveError, ArchiveReader, End, check_namespace, iter_documents
-from jobs.backup.catalog import CORRUPT_STREAM, HashingReader, decompressed, digest_algorithm, digest_update
+from jobs.backup.catalog import CORRUPT_STREAM, HashingReader, decompressed, digest_algorithm, digest_batch
 
 _BATCH_BYTES = 8 * 1024 * 1024
 _BATCH_DOCS = 5000
@@ -400,9 +400,8 @@ def check(client: Any, restored: list[Restored], manifest: dict[str, Any]) -> li
             continue
         count, digest = 0, 0
         for batch in db[_data_collection(item)].find_raw_batches({}, batch_size=1000):  # bounded memory
-            for doc in iter_documents(batch):
-                digest = digest_update(digest, doc, algorithm)
-                count += 1
+            digest, documents = digest_batch(digest, batch, algorithm)
+            count += documents
         if count != want["documents"]:
             problems.append(f"{item.source}: {count} documents restored, the backup has {want['documents']}")
         elif f"{digest:032x}" != want.get("digest", f"{digest:032x}"):
