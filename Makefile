@@ -41,6 +41,7 @@ pytest: $(VENV)/.synced
 bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/idle.py
 	$(VENV)/bin/python bench/probe.py
+	$(VENV)/bin/python bench/pipeline.py
 	$(VENV)/bin/python bench/backup.py
 	$(VENV)/bin/python bench/restore.py
 	$(VENV)/bin/python bench/deps.py
