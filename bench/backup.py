@@ -11,7 +11,10 @@ Throughput is reported as a ratio of the raw floor, with the compression ratio a
 RSS, and S3 against disk for the same data in the same run (parts upload from a pool while
 the next one fills). Targets (issues 4 and 13): >= 0.9 of the floor for none and zstd to
 disk; S3 >= 0.9 of disk; peak RSS < 200 MB, growing < 32 MB from the smaller to the 5x
-larger dataset. It also prints the largest archive S3's 10,000 parts hold under our
+larger dataset. With MONGODUMP=/path/to/mongodump (a real one, built as reference §1a says),
+each dataset is also dumped by `mongodump --archive --gzip` in the same run: wall time,
+client CPU, peak RSS and size against our default gzip backup (issue 20: wall <= 0.9x, CPU
+<= 0.6x, size <= 1.1x). It also prints the largest archive S3's 10,000 parts hold under our
 part-size rule, with and without the database's size estimate.
 
 Usage: python bench/backup.py [--small-mb 100] [--factor 5]
@@ -23,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import socket
 import subprocess
 import sys
@@ -114,7 +118,20 @@ def child(mode: str, uri: str, db: str, target: str, endpoint: str | None) -> No
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec.
     peak = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                 if line.startswith("VmHWM:")) / 1024  # fmt: skip
-    print(json.dumps({"seconds": seconds, "bytes": size, "stored": stored, "peak_rss_mb": peak}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"seconds": seconds, "bytes": size, "stored": stored, "peak_rss_mb": peak,
+                      "cpu_s": usage.ru_utime + usage.ru_stime}))  # fmt: skip
+
+
+def peer(mongodump: str, uri: str, db: str, out: Path) -> dict[str, Any]:
+    """The real `mongodump --archive --gzip` of the same database: wall and CPU seconds, peak RSS, size."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = ["/usr/bin/time", "-f", "%e %U %S %M", mongodump, f"--uri={uri}", f"--db={db}", f"--archive={out}",
+            "--gzip", "--quiet"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    wall, user, system, peak_kb = done.stderr.strip().splitlines()[-1].split()
+    return {"seconds": float(wall), "cpu_s": float(user) + float(system), "peak_rss_mb": int(peak_kb) / 1024,
+            "stored": out.stat().st_size}  # fmt: skip
 
 
 def s3_limits() -> dict[str, Any]:
@@ -188,6 +205,16 @@ def main() -> None:
                     "peak_rss_mb": round(result["peak_rss_mb"], 1),
                 }
             row["s3_to_disk_ratio_zstd"] = round(row["zstd-s3"]["mb_s"] / row["zstd-disk"]["mb_s"], 3)
+            if os.environ.get("MONGODUMP"):  # a real mongodump (reference §1a builds one): the peer, same run
+                ours = measure("gzip-disk", uri, db, str(work / "out"), endpoint)
+                theirs = peer(os.environ["MONGODUMP"], uri, db, work / "peer" / f"{db}.archive.gz")
+                row["peer_mongodump_gzip"] = {
+                    "mongodump": {k: round(v, 2) for k, v in theirs.items()},
+                    "opskeeper_gzip": {k: round(ours[k], 2) for k in ("seconds", "cpu_s", "peak_rss_mb", "stored")},
+                    "wall_ratio": round(ours["seconds"] / theirs["seconds"], 3),
+                    "client_cpu_ratio": round(ours["cpu_s"] / theirs["cpu_s"], 3),
+                    "size_ratio": round(ours["stored"] / theirs["stored"], 3),
+                }
             figures[name] = row
         growth = {mode: round(figures["large"][mode]["peak_rss_mb"] - figures["small"][mode]["peak_rss_mb"], 1)
                   for mode in ("none-disk", "zstd-disk", "gzip-disk", "zstd-s3")}  # fmt: skip
