@@ -123,7 +123,7 @@ def mongodump_style(native: Path, out: Path) -> tuple[str, list[int]]:
     import hashlib
 
     from jobs.backup.archive import ArchiveReader, ArchiveWriter, Header, Prelude, Segment, crc64, iter_documents
-    from jobs.backup.catalog import digest_update
+    from jobs.backup.catalog import DIGEST, MANIFEST_FORMAT, digest_update
 
     out.parent.mkdir(parents=True, exist_ok=True)
     names = ("users_a", "users_b")
@@ -174,7 +174,8 @@ def mongodump_style(native: Path, out: Path) -> tuple[str, list[int]]:
                 flush(name)
             writer.end("bench_source", name, crc[name] or 0)
     manifest = {
-        "format": "opskeeper-backup/1", "job_id": "bench", "key": f"bench/{out.name}", "compression": "none",
+        "format": MANIFEST_FORMAT, "digest_algorithm": DIGEST, "job_id": "bench", "key": f"bench/{out.name}",
+        "compression": "none",
         "started_at": "2026-01-01T00:00:00+00:00", "stored_bytes": out.stat().st_size, "sha256": sha.hexdigest(),
         "namespaces": [{"ns": f"bench_source.{n}", "data_ns": f"bench_source.{n}", "type": "collection",
                         "documents": stats[n]["documents"], "bytes": stats[n]["bytes"], "crc": f"{crc[n] or 0:016x}",
