@@ -60,6 +60,18 @@ def start_secantus(storage: Path) -> tuple[subprocess.Popen[bytes], str]:
     return server, uri
 
 
+def document(rnd: random.Random, i: int) -> dict[str, Any]:
+    """One realistic document: mixed sizes from 200 B to 20 KB (Pareto), nested, with arrays."""
+    size = int(rnd.paretovariate(1.2) * 200)
+    return {
+        "n": i, "email": f"user{i}@example.com", "created": datetime(2026, 1, 1, tzinfo=UTC),
+        "profile": {"bio": "".join(rnd.choices("abcdefghij klmnop", k=min(size, 20_000))),
+                    "address": {"city": rnd.choice(["Berlin", "Lyon", "Porto"]), "zip": f"{i % 99999:05d}"}},
+        "orders": [{"sku": f"S{rnd.randrange(1000)}", "qty": rnd.randint(1, 5), "price": rnd.random() * 100}
+                   for _ in range(rnd.randint(0, 12))],
+    }  # fmt: skip
+
+
 def load(uri: str, db: str, megabytes: float, seed: int) -> int:
     """Insert about `megabytes` of realistic documents; returns the BSON bytes inserted."""
     import bson
@@ -72,14 +84,7 @@ def load(uri: str, db: str, megabytes: float, seed: int) -> int:
         docs = []
         for _ in range(500):
             i += 1
-            size = int(rnd.paretovariate(1.2) * 200)
-            docs.append({
-                "n": i, "email": f"user{i}@example.com", "created": datetime(2026, 1, 1, tzinfo=UTC),
-                "profile": {"bio": "".join(rnd.choices("abcdefghij klmnop", k=min(size, 20_000))),
-                            "address": {"city": rnd.choice(["Berlin", "Lyon", "Porto"]), "zip": f"{i % 99999:05d}"}},
-                "orders": [{"sku": f"S{rnd.randrange(1000)}", "qty": rnd.randint(1, 5), "price": rnd.random() * 100}
-                           for _ in range(rnd.randint(0, 12))],
-            })  # fmt: skip
+            docs.append(document(rnd, i))
         total += sum(len(bson.encode(d)) for d in docs)
         client[db].users.insert_many(docs, ordered=False)
     client.close()

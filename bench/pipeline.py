@@ -35,21 +35,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def documents(megabytes: float, seed: int = 7) -> list[bytes]:
     """BSON documents of bench/backup.py's shapes, about `megabytes` in all."""
     import bson
+    from backup import document  # bench/backup.py: the same documents as the server benchmarks
 
     rnd = random.Random(seed)  # noqa: S311 - test data, not secrets
     docs, total, i = [], 0, 0
     while total < megabytes * 1e6:
         i += 1
-        size = int(rnd.paretovariate(1.2) * 200)
-        doc = bson.encode({
-            "n": i, "email": f"user{i}@example.com", "created": datetime(2026, 1, 1, tzinfo=UTC),
-            "profile": {"bio": "".join(rnd.choices("abcdefghij klmnop", k=min(size, 20_000))),
-                        "address": {"city": rnd.choice(["Berlin", "Lyon", "Porto"]), "zip": f"{i % 99999:05d}"}},
-            "orders": [{"sku": f"S{rnd.randrange(1000)}", "qty": rnd.randint(1, 5), "price": rnd.random() * 100}
-                       for _ in range(rnd.randint(0, 12))],
-        })  # fmt: skip
-        docs.append(doc)
-        total += len(doc)
+        docs.append(bson.encode(document(rnd, i)))
+        total += len(docs[-1])
     return docs
 
 
