@@ -375,8 +375,12 @@ class Pruned:
     """What a prune deleted, and what it found along the way."""
 
     gone: list[BackupEntry]
-    orphans: list[str]
     listing: Listing
+
+    @property
+    def orphans(self) -> list[str]:
+        """The archives without a manifest that went too (or would go, in a dry run)."""
+        return self.listing.orphans
 
 
 def prune(storage: Storage, job_id: str, policy: Retention, *, now: datetime | None = None,
@@ -396,4 +400,4 @@ def prune(storage: Storage, job_id: str, policy: Retention, *, now: datetime | N
                 storage.delete(key)
         for key in listing.orphans:
             storage.delete(key)
-    return Pruned(gone, listing.orphans, listing)
+    return Pruned(gone, listing)

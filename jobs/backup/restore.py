@@ -156,10 +156,8 @@ def restore(
     for item in views:
         _view(client, item, replace)
     for db in sorted(replace):
-        kept = {n.target_coll for n in report.namespaces if n.target_db == db} | {
-            _data_collection(n) for n in report.namespaces if n.target_db == db
-        }
-        for name in client[db].list_collection_names():
+        kept = {n.target_coll for n in report.namespaces if n.target_db == db}
+        for name in client[db].list_collection_names():  # system.* (time-series buckets too) stay
             if name not in kept and not name.startswith("system."):
                 client[db].drop_collection(name)
     report.index_s = time.monotonic() - index_started

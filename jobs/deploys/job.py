@@ -250,22 +250,22 @@ class DeploysJob:
 
     def run(self, ctx: JobContext) -> Outcome:
         api = RenderAPI(self.options.api_url, self.options.key())
-        self._releases = Releases.open(self.options.sentry_releases, ctx.log)
+        releases = Releases.open(self.options.sentry_releases, ctx.log)
         try:
-            verdicts = [self._service(api, service, ctx) for service in self.options.services]
+            verdicts = [self._service(api, service, ctx, releases) for service in self.options.services]
         finally:
             api.close()
-            self._releases.close()
+            releases.close()
         status = max((v.status for v in verdicts), key=[Status.OK, Status.WARN, Status.FAIL].index)
         summary = "; ".join(v.summary for v in verdicts)
         details: dict[str, Any] = {"services": [v.summary for v in verdicts]}
-        if self._releases.gap:
-            details["sentry_releases_gap"] = self._releases.gap
-        if self._releases.gap or self._releases.written:
-            ctx.state.set(RELEASES_GAP, self._releases.gap or None)  # the weekly review names a standing gap
+        if releases.gap:
+            details[RELEASES_GAP] = releases.gap
+        if releases.gap or releases.written:
+            ctx.state.set(RELEASES_GAP, releases.gap or None)  # the weekly review names a standing gap
         return Outcome(status, summary[:500], details, alerted=True)
 
-    def _service(self, api: RenderAPI, service: Service, ctx: JobContext) -> Verdict:
+    def _service(self, api: RenderAPI, service: Service, ctx: JobContext, releases: Releases) -> Verdict:
         history = ServiceHistory.load(ctx.state.get(state_key(service.name)))
         known = {d.deploy_id: d for d in history.deploys}
         seen: list[DeployRecord] = []
@@ -289,7 +289,7 @@ class DeploysJob:
             if "release" in notice.context:
                 ctx.log("release.good", service=service.name, release=notice.context["release"],
                         deploy_id=notice.context["deploy_id"])  # fmt: skip
-            self._releases.from_notice(service.name, notice)
+            releases.from_notice(service.name, notice)
             ctx.notify(notice)
         ctx.state.set(state_key(service.name), history.dump())
         return verdict

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from jobs.deploys.job import FAILED as FAILED_DEPLOYS
-from jobs.deploys.job import ServiceHistory, state_key
+from jobs.deploys.job import RELEASES_GAP, ServiceHistory, state_key
 from jobs.health.job import percentile, uptime_report
 from jobs.review.sources import SourceError
 from worker.http import HttpError, RetryPolicy
@@ -446,7 +446,7 @@ def build(options: WeeklyReviewOptions, history: History, jobs: Mapping[str, Any
         except _UNREADABLE as exc:
             gaps.append({"source": "render", "reason": _reason(exc), "configured": "yes"})
     for job_id in sorted(i for i, spec in jobs.items() if spec.kind == "deploys"):
-        release_gap = history.get_state(job_id, "sentry_releases_gap")  # jobs/deploys/job.py RELEASES_GAP
+        release_gap = history.get_state(job_id, RELEASES_GAP)
         if release_gap:
             gaps.append({"source": "sentry releases", "reason": f"{job_id}: {release_gap}", "configured": "yes"})
     report["needs_attention"] = attention(report, options.thresholds)
