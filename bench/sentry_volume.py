@@ -13,15 +13,12 @@ Usage: python bench/sentry_volume.py
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 import tempfile
-import threading
 import zoneinfo
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,41 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DAY = timedelta(days=1)
-
-
-class Receiver:
-    """Counts the items of every envelope POSTed to it, by type."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                _header, _, rest = body.partition(b"\n")
-                while rest.strip():
-                    line, _, rest = rest.partition(b"\n")
-                    item = json.loads(line)
-                    length = item.get("length")
-                    rest = rest.partition(b"\n")[2] if length is None else rest[length + 1 :]
-                    with lock:
-                        receiver.counts[item["type"]] += 1
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def dsn(self) -> str:
-        return f"http://0123456789abcdef0123456789abcdef@127.0.0.1:{self.server.server_address[1]}/1"
 
 
 def runs_per_day(job: Any) -> float:
@@ -84,6 +46,7 @@ def measure(jobs: list[Any], rate: float | None) -> dict[str, Any]:
     import sentry_sdk
 
     from jobs.command import CommandOptions
+    from tests.conftest import SentryReceiver  # the tests' envelope receiver: real ingest over HTTP
     from worker.ledger import SqliteLedger
     from worker.reporting.redact import Redactor
     from worker.reporting.sentry import SentryReporter
@@ -91,7 +54,7 @@ def measure(jobs: list[Any], rate: float | None) -> dict[str, Any]:
 
     per_job: dict[str, dict[str, float]] = {}
     for job in jobs:
-        receiver = Receiver()
+        receiver = SentryReceiver()
         sentry = SentryReporter(receiver.dsn, environment="bench", release=None, traces_sample_rate=rate,
                                 redactor=Redactor())  # fmt: skip
         runner = Runner(SqliteLedger(Path(tempfile.mkdtemp()) / "l.db"), sentry, Redactor(), zoneinfo.ZoneInfo("UTC"))
@@ -103,8 +66,9 @@ def measure(jobs: list[Any], rate: float | None) -> dict[str, Any]:
             if n % 20 == 19:
                 sentry_sdk.flush(timeout=10)  # the SDK's queue holds 100 items: a day in seconds would overflow it
         sentry_sdk.get_client().close(timeout=10)
-        receiver.server.shutdown()
-        per_job[job.id] = {kind: round(count * daily / runs, 2) for kind, count in sorted(receiver.counts.items())}
+        receiver.close()
+        counts = Counter(header.get("type", "?") for envelope in receiver.envelopes for header, _ in envelope.items)
+        per_job[job.id] = {kind: round(count * daily / runs, 2) for kind, count in sorted(counts.items())}
     total: Counter[str] = Counter()
     for counts in per_job.values():
         total.update(counts)
