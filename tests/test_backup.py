@@ -212,13 +212,18 @@ def test_retention_never_deletes_the_newest_even_with_zero_counts() -> None:
     assert len(delete) == 4
 
 
+def last_only(n: int) -> dict[str, int]:
+    """A retention that keeps the newest `n` backups and no period rules."""
+    return {"keep_last": n, "daily": 0, "weekly": 0, "monthly": 0, "yearly": 0}
+
+
 def test_pruning_after_backups_keeps_keep_last(
     tmp_path: Path, mongo_uri: str, source: tuple[str, dict[str, int]], harness: Harness
 ) -> None:
     """With keep_last 2 and no period rules, the third backup prunes the first."""
     prefix, _ = source
     options = {"uri": mongo_uri, "databases": [f"{prefix}_*"], "storage": str(tmp_path / "b"),
-               "retention": {"keep_last": 2, "daily": 0, "weekly": 0, "monthly": 0, "yearly": 0}}  # fmt: skip
+               "retention": last_only(2)}  # fmt: skip
     first = harness.run(**options)
     harness.run(**options)
     third = harness.run(**options)
@@ -392,7 +397,7 @@ def test_a_future_dated_backup_never_makes_prune_delete_todays(
     """keep_last 1 and a backup dated next year: each run keeps its own backup; the odd one is named (WARN)."""
     prefix, _ = source
     options = {"uri": mongo_uri, "databases": [f"{prefix}_*"], "storage": str(tmp_path / "b"),
-               "retention": {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0, "yearly": 0}}  # fmt: skip
+               "retention": last_only(1)}  # fmt: skip
     first = harness.run(**options)
     [entry] = list_backups(BackupOptions(storage=str(tmp_path / "b")).open_storage(), "nightly")
     future = copy_backup(tmp_path / "b", entry, "nightly", dt.datetime.now(dt.UTC) + dt.timedelta(days=365))
@@ -419,7 +424,7 @@ def test_prune_takes_keys_from_the_listing_never_from_a_manifest(
     manifest_path = storage / mine.key.replace(".archive.gz", ".manifest.json")
     manifest_path.write_text(json.dumps({**mine.manifest, "key": victim}))
     copy_backup(storage, mine, "nightly", dt.datetime.now(dt.UTC) - dt.timedelta(days=30))
-    harness.run(**base, retention={"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0, "yearly": 0})
+    harness.run(**base, retention=last_only(1))
     assert (storage / victim).is_file()
     assert [e.key for e in list_backups(BackupOptions(storage=str(storage)).open_storage(), "other")] == [victim]
 
