@@ -18,7 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import os
 import signal
 import subprocess
@@ -64,13 +64,17 @@ def _has_password(value: str) -> bool:
     return True
 
 
+@functools.cache
 def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec function setting PR_SET_PDEATHSIG to SIGKILL; None where there is no prctl."""
+    """A preexec function setting PR_SET_PDEATHSIG to SIGKILL; None where there is no prctl.
+
+    Resolved at the first spawn, not at import: every command imports this module.
+    """
     if not sys.platform.startswith("linux"):
         return None
-    name = ctypes.util.find_library("c")
     try:
-        prctl = ctypes.CDLL(name, use_errno=True).prctl  # resolved here, not in the forked child
+        # The process's own symbols include libc's: no find_library (which runs ldconfig).
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the forked child
     except (OSError, AttributeError):
         return None
     prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
@@ -82,9 +86,6 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
-_PREEXEC = _die_with_parent()
-
-
 def spawn(argv: Sequence[str], env: Mapping[str, str], **kwargs: Any) -> subprocess.Popen[bytes]:
     """Start `argv` in its own process group with exactly `env`; it dies with its parent."""
     # preexec_fn is unsafe when it takes locks another thread may hold at fork time; this one
@@ -93,7 +94,7 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], **kwargs: Any) -> subproc
         list(argv),
         env=dict(env),
         start_new_session=True,
-        preexec_fn=_PREEXEC,  # noqa: PLW1509
+        preexec_fn=_die_with_parent(),  # noqa: PLW1509
         **kwargs,
     )
     with _lock:
