@@ -235,13 +235,15 @@ class _Reader:
         self.secrets: set[str] = set()
 
     def read(self, text: str) -> Any:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         try:
-            if (too_deep := _too_deep(text)) is not None:
-                self.problems.append(Problem(too_deep[0], too_deep[1], "yaml", f"nested deeper than {MAX_DEPTH} "
-                                             "levels; a schedule needs far fewer", self.file))  # fmt: skip
+            try:
+                node = loader.get_single_node()
+            except _TooDeepError as exc:
+                line, col = (exc.mark.line + 1, exc.mark.column + 1) if exc.mark else (1, 1)
+                self.problems.append(Problem(line, col, "yaml", f"nested deeper than {MAX_DEPTH} levels; a schedule "
+                                             "needs far fewer", self.file))  # fmt: skip
                 return None
-            node = loader.get_single_node()
             if node is None:
                 return None
             if _expanded_size(node, {}, set()) > MAX_VALUES:
@@ -258,7 +260,7 @@ class _Reader:
         finally:
             loader.dispose()
 
-    def _value(self, loader: yaml.SafeLoader, node: yaml.Node, loc: Loc) -> Any:
+    def _value(self, loader: _Loader, node: yaml.Node, loc: Loc) -> Any:
         self.positions.values[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.MappingNode):
             loader.flatten_mapping(node)  # YAML merge keys (`<<: *defaults`)
@@ -324,18 +326,24 @@ class _Reader:
         self.located.append((node.start_mark.line + 1, node.start_mark.column + 1, loc, message))
 
 
-def _too_deep(text: str) -> tuple[int, int] | None:
-    """Where the nesting first goes past MAX_DEPTH, found from the parser's events (no recursion)."""
-    depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
-                mark = event.start_mark
-                return (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
-    return None
+class _TooDeepError(Exception):
+    def __init__(self, mark: Any) -> None:
+        self.mark = mark
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, refusing to compose deeper than MAX_DEPTH (its composer recurses per level)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooDeepError(self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int], open_nodes: set[int]) -> int:
