@@ -41,6 +41,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM, not ru_maxrss, which Linux carries over from the forking parent."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,9 +126,7 @@ def child(mode: str, uri: str, db: str, target: str, endpoint: str | None) -> No
         outcome = BackupJob(options).run(ctx)
         size, stored = outcome.details["archive_bytes"], outcome.details["stored_bytes"]
     seconds = time.perf_counter() - started
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec.
-    peak = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-                if line.startswith("VmHWM:")) / 1024  # fmt: skip
+    peak = peak_rss_mb()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"seconds": seconds, "bytes": size, "stored": stored, "peak_rss_mb": peak,
                       "cpu_s": usage.ru_utime + usage.ru_stime}))  # fmt: skip

@@ -35,12 +35,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-def peak_rss_mb() -> float:
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec.
-    status = Path("/proc/self/status").read_text().splitlines()
-    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
-
-
 def insert_baseline(client: Any, target: str, archive: str) -> int:
     """The archive's raw documents inserted in batches of 5,000, unordered: the floor a restore is held to."""
     from bson.raw_bson import RawBSONDocument
@@ -108,6 +102,8 @@ def child(mode: str, uri: str, archive: str, storage: str) -> None:
         result.update(status=outcome.status.value, **{k: outcome.details[k] for k in (
             "read_and_insert_s", "index_build_s", "verification_s", "recovery_s", "bytes")})  # fmt: skip
     result["seconds"] = time.perf_counter() - started
+    from backup import peak_rss_mb  # bench/backup.py
+
     result["peak_rss_mb"] = peak_rss_mb()
     if mode not in ("drill", "verify"):
         client.drop_database(target)

@@ -294,6 +294,16 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.uri
 
 
+def peak_rss_mb(code: str) -> tuple[float, str]:
+    """Run `code` in a fresh interpreter; its peak RSS in MB (VmHWM: ru_maxrss may count the forking parent's)."""
+    script = (
+        code + "\nimport sys; print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0], file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=True)  # fmt: skip
+    return int(done.stderr.strip().splitlines()[-1]) / 1024, done.stdout
+
+
 def free_port_closed() -> int:
     """A local port with nothing listening on it."""
     import socket

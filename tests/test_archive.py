@@ -5,8 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import bson
@@ -15,7 +13,7 @@ import zstandard
 
 from jobs.backup.archive import TERM, ArchiveReader, ArchiveWriter, End, Header, Prelude, Segment, _ns_header, crc64
 from jobs.backup.catalog import verify
-from tests.conftest import ROOT, SHARED
+from tests.conftest import SHARED, peak_rss_mb
 
 FIXTURES = SHARED / "fixtures" / "mongodump"
 ARCHIVES = ["test.bar", "dump-w-oplog", "timeseries", "bad-index-metadata"]
@@ -231,16 +229,6 @@ def test_many_large_preludes_are_refused_at_the_total_cap() -> None:
     pre = [Prelude("app", f"c{i}", meta) for i in range(10)]
     report = verify(io.BytesIO(crafted(pre, [])))
     assert report.problems[0].startswith("the prelude exceeds 32 MiB or 100000 namespaces at byte ")
-
-
-def peak_rss_mb(code: str) -> tuple[float, str]:
-    """Run `code` in a fresh interpreter; its peak RSS in MB (VmHWM: ru_maxrss may count the forking parent's)."""
-    script = (
-        code + "\nimport sys; print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0], file=sys.stderr)"
-    )
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          check=True)  # fmt: skip
-    return int(done.stderr.strip().splitlines()[-1]) / 1024, done.stdout
 
 
 @pytest.fixture(scope="module")

@@ -516,7 +516,7 @@ def test_restore_of_16_mib_documents_keeps_a_few_in_memory(client: Any, mongo_ur
     import gzip
 
     from jobs.backup.archive import TERM, _ns_header
-    from tests.test_archive import peak_rss_mb
+    from tests.conftest import peak_rss_mb
 
     path = tmp_path / "big.archive.gz"
     crc = None
