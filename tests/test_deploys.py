@@ -32,13 +32,26 @@ def deploy(n: int, status: str, minutes_ago: float, message: str = "") -> dict[s
             "createdAt": at}  # fmt: skip
 
 
+_PATCHABLE = {"autoDeploy": ("yes", "no"), "autoDeployTrigger": ("off", "commit", "checksPass")}
+_DEPLOY_FIELDS = {"commitId", "clearCache", "imageUrl"}
+
+
 @dataclass
 class RenderServer:
-    """Serves /v1/services/{id}/deploys with cursors, rollback and PATCH; records every request."""
+    """The Render API's deploys, service, rollback, trigger-deploy and update calls, as strict as Render's
+    documented bodies (unknown fields or values are a 400); records every request."""
 
     deploys: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     requests: list[tuple[str, str, dict[str, Any] | None, str]] = field(default_factory=list)
     throttle: int = 0  # answer this many requests with 429 first
+    pre_deploy: dict[str, str] = field(default_factory=dict)
+    """A service's preDeployCommand, by service id."""
+    retained: set[str] | None = None
+    """Deploys whose builds Render still keeps (None: all): /rollback to any other answers `not_retained`."""
+    not_retained: int = 400
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    started: threading.Event = field(default_factory=threading.Event)
+    """Set when a rollback or a deploy is started."""
     server: Any = None
 
     def start(self) -> RenderServer:
@@ -57,17 +70,37 @@ class RenderServer:
                 parts = urlsplit(self.path)
                 segments = parts.path.strip("/").split("/")  # v1 services srv-x deploys
                 service = segments[2] if len(segments) > 2 else ""
+                items = render.deploys.setdefault(service, [])
                 if self.command == "GET" and segments[3:] == ["deploys"]:
                     query = parse_qs(parts.query)
-                    items = render.deploys.get(service, [])
                     cursor = query.get("cursor", [None])[0]
                     start = next((i + 1 for i, d in enumerate(items) if d["id"] == cursor), 0) if cursor else 0
                     page = items[start : start + int(query["limit"][0])]
                     return self._send(200, [{"cursor": d["id"], "deploy": d} for d in page])
+                if self.command == "GET" and len(segments) == 3:
+                    return self._send(200, render.service(service))
                 if self.command == "POST" and segments[3:] == ["rollback"]:
-                    return self._send(201, {"id": "dep-rollback", "status": "created"})
+                    if not isinstance(body, dict) or set(body) != {"deployId"}:
+                        return self._send(400, {"message": "deployId is required"})
+                    target = next((d for d in items if d["id"] == body["deployId"]), None)
+                    if target is None:
+                        return self._send(404, {"message": "deploy not found"})
+                    if render.retained is not None and target["id"] not in render.retained:
+                        return self._send(render.not_retained, {"message": "build is no longer available"})
+                    return self._send(201, render.new_deploy(service, target["commit"], "rollback"))
+                if self.command == "POST" and segments[3:] == ["deploys"]:
+                    body = body or {}
+                    if set(body) - _DEPLOY_FIELDS or body.get("clearCache", "clear") not in ("clear", "do_not_clear"):
+                        return self._send(400, {"message": "invalid body"})
+                    commit = next((d["commit"] for d in items if d["commit"]["id"] == body.get("commitId")),
+                                  {"id": body.get("commitId", "head"), "message": "", "createdAt": None})  # fmt: skip
+                    return self._send(201, render.new_deploy(service, commit, "api"))
                 if self.command == "PATCH" and len(segments) == 3:
-                    return self._send(200, {"id": service, "autoDeploy": body and body.get("autoDeploy")})
+                    bad = [k for k, v in (body or {}).items() if v not in _PATCHABLE.get(k, ())]
+                    if bad or not body:
+                        return self._send(400, {"message": f"invalid field(s): {bad}"})
+                    render.settings.setdefault(service, {}).update(body)
+                    return self._send(200, render.service(service))
                 return self._send(404, {"message": "not found"})
 
             def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
@@ -81,6 +114,34 @@ class RenderServer:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
+
+    def service(self, service_id: str) -> dict[str, Any]:
+        """The service object, its pre-deploy command where Render keeps it for a native runtime."""
+        details: dict[str, Any] = {"buildCommand": "npm ci", "startCommand": "node server.js"}
+        if service_id in self.pre_deploy:
+            details["preDeployCommand"] = self.pre_deploy[service_id]
+        settings = {"autoDeploy": "yes", "autoDeployTrigger": "commit", **self.settings.get(service_id, {})}
+        return {"id": service_id, "name": "api", "type": "web_service", **settings,
+                "serviceDetails": {"env": "node", "envSpecificDetails": details}}  # fmt: skip
+
+    def new_deploy(self, service_id: str, commit: dict[str, Any], trigger: str) -> dict[str, Any]:
+        """A deploy Render has just created (not live yet), newest first."""
+        items = self.deploys.setdefault(service_id, [])
+        at = datetime.now(UTC).isoformat()
+        made = {"id": f"dep-new{len(items) + 1:02d}", "commit": commit, "status": "created", "trigger": trigger,
+                "startedAt": at, "finishedAt": None, "createdAt": at}  # fmt: skip
+        items.insert(0, made)
+        self.started.set()
+        return dict(made)
+
+    def goes_live(self, service_id: str, deploy_id: str, status: str = "live") -> None:
+        """The deploy finishes now (live, or failed); a live one deactivates the one live before it."""
+        at = datetime.now(UTC).isoformat()
+        for item in self.deploys[service_id]:
+            if item["id"] == deploy_id:
+                item["status"], item["finishedAt"] = status, at
+            elif status == "live" and item["status"] == "live":
+                item["status"] = "deactivated"
 
     @property
     def url(self) -> str:
@@ -358,7 +419,10 @@ def test_rollback_can_disable_autodeploy(known_good: Path, deploy_env: dict[str,
     """--disable-autodeploy also PATCHes the service so the next push does not redeploy."""
     result = rollback(known_good, deploy_env, "--yes", "--disable-autodeploy")
     assert result.returncode == 0, result.stderr
-    assert [(p, b) for _, p, b, _ in render.sent("PATCH")] == [("/v1/services/srv-api123", {"autoDeploy": "no"})]
+    assert [(p, b) for _, p, b, _ in render.sent("PATCH")] == [
+        ("/v1/services/srv-api123", {"autoDeploy": "no", "autoDeployTrigger": "off"})
+    ]
+    assert render.service("srv-api123")["autoDeployTrigger"] == "off"
     assert "auto-deploy is still on" not in result.stdout
 
 
@@ -446,3 +510,354 @@ def test_a_failed_deploy_is_marked_and_a_token_without_scope_is_a_gap_not_an_err
     report = json.loads(opskeeper("report", "weekly", "--config", str(config), "--json", env=run_env).stdout)
     [gap] = [g for g in report["gaps"] if g["source"] == "sentry releases"]
     assert "project:releases" in gap["reason"]
+
+
+# --- the deploy guard: automatic rollback -------------------------------------------------
+
+
+def guarded(render: RenderServer, app: AppServer, policy: str = "", service: str = "") -> str:
+    """The schedule with `auto_rollback: true` on the api service (and a job-level policy, if given)."""
+    text = schedule(render, app).replace(
+        "health: api-health}", f"health: api-health, auto_rollback: true{', ' + service if service else ''}}}"
+    )
+    return (
+        text.replace("      services:\n", f"      auto_rollback: {{{policy}}}\n      services:\n") if policy else text
+    )
+
+
+def break_the_app(render: RenderServer, app: AppServer, config: Path, env: dict[str, str], answer: int = 503) -> None:
+    """dep-001 proven good; then dep-002 goes live and the app answers 503 (DOWN at the first check)."""
+    app.routes["/api/health"] = lambda n: Reply(200)
+    render.deploys["srv-api123"] = [deploy(1, "live", 60)]
+    run_now("api-health", config, env)
+    assert run_now("render-deploys", config, env)[1]["summary"].endswith("is good")
+    render.deploys["srv-api123"] = [deploy(2, "live", 1, "bad change"), deploy(1, "deactivated", 60)]
+    app.routes["/api/health"] = lambda n: Reply(answer, b"cannot reach the database")
+    run_now("api-health", config, env)
+    render.requests.clear()
+
+
+def history_of(kind: str, env: dict[str, str]) -> list[dict[str, Any]]:
+    """The ledger's entries of one kind, newest first, with their details (`history --json` shows none)."""
+    from worker.ledger import SqliteLedger
+
+    ledger = SqliteLedger(Path(env["OPSKEEPER_LEDGER"]))
+    try:
+        return [{**r.public(), "details": dict(r.details)} for r in ledger.recent(limit=100) if r.kind == kind]
+    finally:
+        ledger.close()
+
+
+def test_a_deploy_that_breaks_the_app_is_rolled_back_once_verified_and_not_again(
+    tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer, sentry: SentryReceiver
+) -> None:
+    """DOWN after a new deploy: one POST /rollback to the last good deploy, one PATCH turning auto-deploy off, a
+    `rollback` history entry marked automatic, then `self-healed` once the rollback is live and the app UP; a
+    second DOWN inside the cooldown calls a human instead of rolling back again."""
+    env = {**deploy_env, "SENTRY_DSN": sentry.dsn}
+    config = write(tmp_path / "jobs.yaml", guarded(render, app))
+    break_the_app(render, app, config, env)
+    code, out, log = run_now("render-deploys", config, env)
+    assert (code, out["status"]) == (1, "warn"), out
+    assert out["summary"].startswith("api: rolled back automatically from dep-002 to dep-001 (rolled back): ")
+    assert "backend DOWN" in out["summary"]
+    assert out["summary"].endswith("auto-deploy turned off; verifying")
+    assert [(p, b) for _, p, b, _ in render.sent("POST")] == [("/v1/services/srv-api123/rollback",
+                                                              {"deployId": "dep-001"})]  # fmt: skip
+    assert [b for _, _, b, _ in render.sent("PATCH")] == [{"autoDeploy": "no", "autoDeployTrigger": "off"}]
+    [entry] = history_of("rollback", env)
+    assert (entry["details"]["automatic"], entry["details"]["from"], entry["details"]["to"]) == (True, "dep-002",
+                                                                                                "dep-001")  # fmt: skip
+    assert entry["details"]["signal"] == "health"
+    assert entry["details"]["requested_after_down_s"] >= 0
+    assert '"event": "deploy.rollback"' in log
+    # Still verifying: the rollback deploy is not live yet; nothing is sent again.
+    code, out, _ = run_now("render-deploys", config, env)
+    assert "verifying until" in out["summary"]
+    assert len(render.sent("POST")) == 1
+    render.goes_live("srv-api123", "dep-new03")
+    app.routes["/api/health"] = lambda n: Reply(200)
+    run_now("api-health", config, env)
+    run_now("api-health", config, env)  # success_threshold 2: UP again
+    code, out, _ = run_now("render-deploys", config, env)
+    assert out["summary"].startswith("api: the automatic rollback from dep-002 to dep-001 self-healed the app: "
+                                     "dep-new03 is live and the health job sees the app UP")  # fmt: skip
+    [outcome] = history_of("rollback_outcome", env)
+    assert (outcome["status"], outcome["details"]["outcome"]) == ("ok", "self-healed")
+    messages = [e.get("message", "") for e in sentry.wait_items("event", 3)]
+    assert any("rolled back automatically" in m for m in messages)
+    assert any("self-healed" in m for m in messages)
+    # A second bad deploy within the 6h cooldown: a human is called, nothing is rolled back.
+    render.deploys["srv-api123"].insert(0, deploy(4, "live", 0.5, "another bad change"))
+    render.goes_live("srv-api123", "dep-004")
+    app.routes["/api/health"] = lambda n: Reply(503)
+    run_now("api-health", config, env)
+    code, out, _ = run_now("render-deploys", config, env)
+    assert (code, out["status"]) == (2, "fail")
+    assert "needs a human now" in out["summary"]
+    assert "cooldown 6h" in out["summary"]
+    assert len(render.sent("POST")) == 1
+    assert len(render.sent("PATCH")) == 1
+
+
+def test_a_healthy_new_deploy_is_never_rolled_back(
+    tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer
+) -> None:
+    """A new deploy with the app UP is left alone: no rollback, no PATCH, no service lookup."""
+    config = write(tmp_path / "jobs.yaml", guarded(render, app))
+    break_the_app(render, app, config, deploy_env, answer=200)
+    code, out, _ = run_now("render-deploys", config, deploy_env)
+    assert (code, out["status"]) == (0, "ok"), out
+    assert [m for m, *_ in render.requests] == ["GET"]
+
+
+@pytest.mark.parametrize("answer", [400, 404])
+def test_a_good_deploy_whose_build_is_gone_is_deployed_anew_by_commit(
+    tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer, answer: int
+) -> None:
+    """/rollback answering 400 or 404 (the build is no longer retained): POST /deploys with the good commitId."""
+    config = write(tmp_path / "jobs.yaml", guarded(render, app))
+    break_the_app(render, app, config, deploy_env)
+    render.retained, render.not_retained = {"dep-002"}, answer
+    code, out, _ = run_now("render-deploys", config, deploy_env)
+    assert code == 1, out
+    assert "deployed its commit 001aaaa anew (build not retained)" in out["summary"]
+    assert [(p, b) for _, p, b, _ in render.sent("POST")] == [
+        ("/v1/services/srv-api123/rollback", {"deployId": "dep-001"}),
+        ("/v1/services/srv-api123/deploys", {"commitId": "001" + "a" * 37}),
+    ]
+    assert history_of("rollback", deploy_env)[0]["details"]["method"] == "deploy"
+
+
+def test_a_service_with_a_pre_deploy_command_calls_a_human_instead(
+    tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer
+) -> None:
+    """With a preDeployCommand (migrations) and skip_if_pre_deploy on, the run fails naming why; nothing is sent;
+    with it off, the same deploy is rolled back."""
+    config = write(tmp_path / "jobs.yaml", guarded(render, app))
+    break_the_app(render, app, config, deploy_env)
+    render.pre_deploy["srv-api123"] = "npm run migrate"
+    code, out, _ = run_now("render-deploys", config, deploy_env)
+    assert (code, out["status"]) == (2, "fail")
+    assert "needs a human now" in out["summary"]
+    assert "pre-deploy command" in out["summary"]
+    assert "a rollback does not undo a migration" in out["summary"]
+    assert render.sent("POST") == []
+    assert render.sent("PATCH") == []
+    assert "npm run migrate" not in out["summary"]
+    run_now("render-deploys", config, deploy_env)  # decided once per deploy: no second notice, still nothing sent
+    assert render.sent("POST") == []
+    bold = write(tmp_path / "bold.yaml", guarded(render, app, "skip_if_pre_deploy: false"))
+    break_the_app(render, app, bold, {**deploy_env, "OPSKEEPER_LEDGER": str(tmp_path / "bold.db")})
+    run_now("render-deploys", bold, {**deploy_env, "OPSKEEPER_LEDGER": str(tmp_path / "bold.db")})
+    assert [p for _, p, _, _ in render.sent("POST")] == ["/v1/services/srv-api123/rollback"]
+
+
+def test_no_good_deploy_known_means_an_alert_only(
+    tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer
+) -> None:
+    """DOWN after the first deploy opskeeper ever saw: nothing proven good to go to, so FAIL and nothing sent."""
+    config = write(tmp_path / "jobs.yaml", guarded(render, app))
+    render.deploys["srv-api123"] = [deploy(1, "live", 1)]
+    app.routes["/api/health"] = lambda n: Reply(503)
+    run_now("api-health", config, deploy_env)
+    code, out, _ = run_now("render-deploys", config, deploy_env)
+    assert (code, out["status"]) == (2, "fail")
+    assert out["summary"].endswith("not rolled back: no deploy was ever proven good to go back to")
+    assert render.sent("POST") == []
+    assert render.sent("PATCH") == []
+
+
+def test_a_deploy_that_went_live_while_the_app_was_already_down_is_kept(
+    tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer
+) -> None:
+    """The app DOWN before the deploy went live (the deploy may be the fix): warn, and no rollback."""
+    config = write(tmp_path / "jobs.yaml", guarded(render, app))
+    app.routes["/api/health"] = lambda n: Reply(200)
+    render.deploys["srv-api123"] = [deploy(1, "live", 60)]
+    run_now("api-health", config, deploy_env)
+    run_now("render-deploys", config, deploy_env)
+    app.routes["/api/health"] = lambda n: Reply(503)
+    run_now("api-health", config, deploy_env)
+    render.deploys["srv-api123"] = [deploy(2, "live", 0, "the fix"), deploy(1, "deactivated", 60)]
+    run_now("api-health", config, deploy_env)
+    code, out, _ = run_now("render-deploys", config, deploy_env)
+    assert (code, out["status"]) == (1, "warn"), out
+    assert "not rolled back: backend was already DOWN before the deploy went live" in out["summary"]
+    assert render.sent("POST") == []
+
+
+def test_a_rollback_deploy_that_fails_needs_a_human(
+    tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer
+) -> None:
+    """The rollback's own deploy failing ends the verification as `needs a human` (FAIL, history entry)."""
+    config = write(tmp_path / "jobs.yaml", guarded(render, app))
+    break_the_app(render, app, config, deploy_env)
+    run_now("render-deploys", config, deploy_env)
+    render.goes_live("srv-api123", "dep-new03", "update_failed")
+    code, out, _ = run_now("render-deploys", config, deploy_env)
+    assert (code, out["status"]) == (2, "fail")
+    assert "needs a human now: the rollback deploy dep-new03 ended update_failed" in out["summary"]
+    assert history_of("rollback_outcome", deploy_env)[0]["status"] == "fail"
+
+
+def test_commit_statuses_mark_the_last_good_and_the_rolled_back_commit(
+    tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer, vendor: Any
+) -> None:
+    """With GITHUB_TOKEN and a repo: success `opskeeper/last-good` on the good commit, failure on the one rolled
+    back, each with the deploy's dashboard link and the token as a bearer."""
+    vendor.routes[f"/repos/acme/shop/statuses/{'001' + 'a' * 37}"] = lambda r: Reply(201, {"id": 1})
+    vendor.routes[f"/repos/acme/shop/statuses/{'002' + 'a' * 37}"] = lambda r: Reply(201, {"id": 2})
+    config = write(tmp_path / "jobs.yaml", guarded(render, app, service="repo: acme/shop").replace(
+        "      services:\n", f"      github_api_url: {vendor.url}\n      services:\n"))  # fmt: skip
+    env = {**deploy_env, "GITHUB_TOKEN": "github_pat_statuses_0123456789"}
+    break_the_app(render, app, config, env)
+    run_now("render-deploys", config, env)
+    bodies = [(r.path.rsplit("/", 1)[1][:3], json.loads(r.body)) for r in vendor.requests]
+    assert [(sha, b["state"], b["context"]) for sha, b in bodies] == [
+        ("001", "success", "opskeeper/last-good"), ("002", "failure", "opskeeper/last-good")]  # fmt: skip
+    assert bodies[0][1]["target_url"] == "https://dashboard.render.com/web/srv-api123/deploys/dep-001"
+    assert bodies[1][1]["description"].startswith("rolled back by opskeeper to dep-001")
+    assert all(r.headers["authorization"] == "Bearer github_pat_statuses_0123456789" for r in vendor.requests)
+
+
+def test_a_token_that_may_not_write_statuses_is_a_gap(
+    tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer, vendor: Any
+) -> None:
+    """A 403 from GitHub is the run's `github_gap`, naming the scope; the deploy is still proven good."""
+    vendor.routes[f"/repos/acme/shop/statuses/{'001' + 'a' * 37}"] = lambda r: Reply(403, {"message": "denied"})
+    config = write(tmp_path / "jobs.yaml", schedule(render, app).replace("health: api-health}", (
+        "health: api-health, repo: acme/shop}")).replace(
+        "      services:\n", f"      github_api_url: {vendor.url}\n      services:\n"))  # fmt: skip
+    env = {**deploy_env, "GITHUB_TOKEN": "github_pat_statuses_0123456789"}
+    app.routes["/api/health"] = lambda n: Reply(200)
+    render.deploys["srv-api123"] = [deploy(1, "live", 60)]
+    run_now("api-health", config, env)
+    code, out, _ = run_now("render-deploys", config, env)
+    assert (code, out["status"]) == (0, "ok")
+    assert out["details"]["github_gap"].startswith("the token may not write commit statuses (it needs Commit statuses")
+
+
+def test_auto_rollback_without_a_health_job_is_a_config_error(tmp_path: Path, env: dict[str, str]) -> None:
+    """`auto_rollback: true` on a service with no health job is refused at validation, naming the service."""
+    config = write(tmp_path / "jobs.yaml", """\
+jobs:
+  - id: render-deploys
+    kind: deploys
+    schedule: every 5m
+    options:
+      services: [{name: api, service_id: srv-api123, auto_rollback: true}]
+""")  # fmt: skip
+    result = opskeeper("validate", "--config", str(config), env=env)
+    assert result.code == 78
+    assert "service 'api': auto_rollback needs `health`" in result.stdout + result.stderr
+
+
+def test_the_daemon_runs_the_guard_as_soon_as_the_health_job_goes_down(
+    tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer, daemon_factory: Any
+) -> None:
+    """In the daemon, a health job turning FAIL runs its deploys job at once (its own schedule is hourly): the
+    rollback is requested right after the DOWN, not at the next scheduled run."""
+    config = write(tmp_path / "jobs.yaml", guarded(render, app).replace("every 5m", "every 1h")
+                   .replace("every 1m", "every 1s"))  # fmt: skip
+    break_the_app(render, app, config, deploy_env)
+    app.routes["/api/health"] = lambda n: Reply(200)
+    run_now("api-health", config, deploy_env)
+    run_now("api-health", config, deploy_env)  # UP again before the daemon starts
+    app.routes["/api/health"] = lambda n: Reply(503)
+    daemon = daemon_factory(config, deploy_env)
+    _, woken = daemon.wait_for(lambda e: e["event"] == "job.woken")
+    assert (woken["job_id"], woken["by"]) == ("render-deploys", "api-health")
+    assert render.started.wait(30)
+    _, done = daemon.wait_for(lambda e: e["event"] == "deploy.rollback")
+    assert done["to"] == "dep-001"
+    assert done["requested_after_down_s"] < 3600
+    assert daemon.terminate() == 0
+
+
+# --- the guard's decisions, as pure functions ----------------------------------------------
+
+
+def guard_history() -> ServiceHistory:
+    return ServiceHistory([record(2, "live", T0), record(1, "deactivated", T0 - timedelta(days=1), good=True)])
+
+
+def test_an_outage_that_begins_after_the_watch_is_not_the_deploys_doing() -> None:
+    """DOWN 20 minutes after going live, with a 15-minute watch: no rollback, and the reason says why."""
+    from jobs.deploys.guard import AutoRollback, decide
+
+    checks = [check(T0 + timedelta(minutes=m)) for m in range(0, 20, 5)] + [check(T0 + timedelta(minutes=20), "DOWN")]
+    decision = decide(guard_history(), checks, T0 + timedelta(minutes=21), AutoRollback(), last=None, pre_deploy="")
+    assert (decision.action, decision.reason) == ("none", "backend went DOWN 20m after the deploy went live, past "
+                                                          "the 15m watch")  # fmt: skip
+
+
+def test_the_sentry_signal_rolls_back_on_an_error_spike_with_the_figures() -> None:
+    """With error_ratio 5: 60 errors against 4 for the last good release is a rollback; 15 against 4 is not."""
+    from jobs.deploys.guard import AutoRollback, Errors, decide
+
+    policy = AutoRollback(error_ratio=5, min_errors=20)
+    ups = [check(T0 + timedelta(minutes=1))]
+    now = T0 + timedelta(minutes=5)
+    spike = decide(guard_history(), ups, now, policy, last=None, pre_deploy="",
+                   errors=Errors(60, 4, timedelta(minutes=5)))  # fmt: skip
+    assert (spike.action, spike.signal, spike.target and spike.target.deploy_id) == ("rollback", "errors", "dep-1")
+    assert spike.figures == {"errors_new": 60, "errors_previous": 4, "window_s": 300.0, "limit": 20}
+    assert "60 errors in Sentry in its first 5m against 4" in spike.reason
+    calm = decide(
+        guard_history(), ups, now, policy, last=None, pre_deploy="", errors=Errors(15, 4, timedelta(minutes=5))
+    )
+    assert calm.action == "none"
+
+
+def test_a_rollback_not_healed_by_its_deadline_needs_a_human() -> None:
+    """The rollback deploy live but the app still DOWN at `verify_by`: `needs a human`; before it, still waiting."""
+    from jobs.deploys.guard import Rollback, verify
+
+    history = ServiceHistory([record(3, "live", T0 + timedelta(minutes=3)), record(2, "deactivated", T0),
+                              record(1, "deactivated", T0 - timedelta(days=1), good=True)])  # fmt: skip
+    pending = Rollback(at=(T0 + timedelta(minutes=1)).isoformat(), service="api", from_deploy="dep-2",
+                       from_commit="c2", to="dep-1", to_commit="c1", method="rollback", new_deploy="dep-3",
+                       reason="r", signal="health", autodeploy_off=True,
+                       verify_by=(T0 + timedelta(minutes=16)).isoformat())  # fmt: skip
+    down = [check(T0 + timedelta(minutes=m), "DOWN") for m in range(4, 16)]
+    assert verify(pending, history, down, T0 + timedelta(minutes=10)) is None
+    assert verify(pending, history, down, T0 + timedelta(minutes=16)) == (
+        "needs a human",
+        "dep-3 is live but the app is not UP 15m after the rollback",
+    )
+    healed = [*down, check(T0 + timedelta(minutes=17))]
+    assert verify(pending, history, healed, T0 + timedelta(minutes=17))[0] == "self-healed"  # type: ignore[index]
+
+
+def test_an_error_spike_in_sentry_rolls_back_a_deploy_whose_health_stays_up(
+    tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer, vendor: Any
+) -> None:
+    """With sentry_releases and error_ratio: the live release's errors (Discover, by release and project slug)
+    against the last good one's over the same time; a spike rolls back, with both counts in the history."""
+    from tests.conftest import Request
+
+    good, bad = "001" + "a" * 37, "002" + "a" * 37
+    vendor.routes["/api/0/organizations/acme/releases/"] = lambda r: Reply(201, {})
+    vendor.routes[f"/api/0/organizations/acme/releases/{good}/deploys/"] = lambda r: Reply(201, {})
+    vendor.routes[f"/api/0/organizations/acme/releases/{bad}/deploys/"] = lambda r: Reply(201, {})
+
+    def events(request: Request) -> Reply:
+        query = request.query["query"][0]
+        assert request.query["dataset"] == ["errors"]
+        assert "project" not in request.query
+        return Reply(200, {"data": [{"count()": 90 if f'release:"{bad}"' in query else 3}]})
+
+    vendor.routes["/api/0/organizations/acme/events/"] = events
+    config = write(tmp_path / "jobs.yaml", with_releases(guarded(render, app, "error_ratio: 5")))
+    env = {**deploy_env, "SENTRY_ORG": "acme", "SENTRY_AUTH_TOKEN": "sntrys_rel_1234", "SENTRY_API_URL": vendor.url}
+    break_the_app(render, app, config, env, answer=200)
+    code, out, _ = run_now("render-deploys", config, env)
+    assert code == 1, out
+    assert "90 errors in Sentry in its first" in out["summary"]
+    assert "against 3 for the last good release" in out["summary"]
+    [entry] = history_of("rollback", env)
+    assert (entry["details"]["signal"], entry["details"]["errors_new"], entry["details"]["errors_previous"]) == (
+        "errors", 90, 3)  # fmt: skip
+    queries = [r.query["query"][0] for r in vendor.requests if r.path.endswith("/events/")]
+    assert all(q.endswith("project:shop-api") for q in queries)

@@ -128,6 +128,11 @@ class JobOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def follows(self) -> frozenset[str]:
+        """Ids of jobs whose turn between FAIL and not-FAIL makes this job run at once, off its schedule
+        (a deploys job that rolls back follows its health jobs, so it acts on the DOWN within a second)."""
+        return frozenset()
+
 
 class StateStore(Protocol):
     """Per-job memory that survives runs and restarts (key -> JSON value)."""
@@ -158,6 +163,9 @@ class JobContext:
     """The schedule's jobs by id (their specs): a restore drill finds its backup job here."""
     history: History | None = None
     """The whole ledger, read-only by convention: the reviews summarise what other jobs recorded."""
+    record: Callable[[str, Status, str, Mapping[str, Any]], str] = field(default=lambda *entry: "")
+    """record(kind, status, summary, details): keep an action this run took (an automatic rollback) in
+    the history as an entry of its own, beside the run; returns the entry's id."""
 
 
 class Job(Protocol):

@@ -14,7 +14,7 @@ import time
 import traceback
 import uuid
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -155,6 +155,17 @@ class Runner:
         getattr(log, notice.level)("job.notice", notice=message, **{k: v for k, v in context.items() if k != "event"})
         self.sentry.notice(job, run_id, replace(notice, message=message, context=context))
 
+    def _action(self, job: JobSpec, kind: str, status: Status, summary: str, details: Mapping[str, Any]) -> str:
+        """Record something a run did (an automatic rollback) as a history entry of its own kind."""
+        now = utc_now()
+        record = RunRecord(
+            run_id=uuid.uuid4().hex, job_id=job.id, kind=kind, status=status, started_at=now, finished_at=now,
+            summary=self.redact.text(summary), details=self.redact(dict(details)), host=self.host,
+            version=self.version, instance=self.instance, token=self.token,
+        )  # fmt: skip
+        self._ledger_call("record", record)
+        return record.run_id
+
     def missed(self, job: JobSpec, scheduled_at: datetime, reason: str) -> RunRecord:
         """Record and report a run that did not happen; a missed run is never silent."""
         now = utc_now()
@@ -186,6 +197,7 @@ class Runner:
             checks=JobChecks(self.ledger, job.id),
             jobs=self.jobs,
             history=self.ledger,
+            record=lambda kind, status, summary, details: self._action(job, kind, status, summary, details),
         )
 
         def work() -> None:

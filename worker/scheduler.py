@@ -144,6 +144,9 @@ class Daemon:
         self.reload = threading.Event()
         self._watched = _Watched()
         self._settling: str | None = None
+        #: job id -> the jobs that follow it (JobOptions.follows), and each job's last status in this daemon.
+        self._followers: dict[str, list[str]] = {}
+        self._last_status: dict[str, Status] = {}
         self._scheduler = BackgroundScheduler(
             timezone=config.timezone,
             executors={"default": _RunExecutor()},
@@ -301,6 +304,10 @@ class Daemon:
         self.runner.tz = config.timezone
         self.runner.jobs = {j.id: j for j in config.jobs}
         self.redactor.add(config.secrets)
+        self._followers = {}
+        for spec in new.values():
+            for followed in sorted(spec.options.follows()):
+                self._followers.setdefault(followed, []).append(spec.id)
         if self.leading:
             for job_id in removed + changed:
                 self._scheduler.remove_job(job_id)
@@ -332,9 +339,25 @@ class Daemon:
                 return
             rerun_of = self._reruns.pop(job_id, None)
             when = rerun_of.scheduled_at if rerun_of is not None and rerun_of.scheduled_at else scheduled_at
-            self.runner.run(job, when and when.astimezone(UTC), rerun_of=rerun_of)
+            record = self.runner.run(job, when and when.astimezone(UTC), rerun_of=rerun_of)
+            self._wake_followers(job_id, record.status)
 
         return fire
+
+    def _wake_followers(self, job_id: str, status: Status) -> None:
+        """Run at once the jobs that follow this one, when it turned to FAIL or back (or starts out failing)."""
+        before = self._last_status.get(job_id)
+        self._last_status[job_id] = status
+        failing = status is Status.FAIL
+        if status in (Status.MISSED, Status.INTERRUPTED) or (before is not None and (before is Status.FAIL) == failing):
+            return
+        if before is None and not failing:
+            return
+        for follower in self._followers.get(job_id, ()):
+            if self.leading and self._scheduler.get_job(follower) is not None:
+                self.log.info("job.woken", job_id=follower, by=job_id, status=status.value,
+                              summary=f"{job_id} turned {status.value}: running {follower} now")  # fmt: skip
+                self._scheduler.modify_job(follower, next_run_time=datetime.now(self.config.timezone))
 
     def _on_missed(self, event: JobExecutionEvent | JobSubmissionEvent) -> None:
         job = next((j for j in self.config.jobs if j.id == event.job_id), None)

@@ -83,6 +83,34 @@ def _release_rollback(options: Any, service: str, target: Any, *, new_deploy: An
         print(f"note: Sentry release not written: {masks.text(releases.gap)}", file=sys.stderr)
 
 
+def _status_rollback(api_url: str, service: Any, live: Any, target: Any, masks: Any) -> None:
+    """A failure status on the commit rolled back from, when the service names its GitHub repo."""
+    from jobs.deploys.job import CommitStatuses
+
+    statuses = CommitStatuses(api_url, lambda event, **fields: None)
+    try:
+        statuses.post(service, live, "failure", f"rolled back by hand to {target.deploy_id}")
+    finally:
+        statuses.close()
+    if statuses.gap and service.repo:
+        print(f"note: commit status not set: {masks.text(statuses.gap)}", file=sys.stderr)
+
+
+def _send(api: Any, service_id: str, target: Any, disable_autodeploy: bool) -> tuple[str, dict[str, Any]]:
+    """Roll back (or deploy the target's commit anew when its build is gone); returns (method, new deploy)."""
+    method, new_deploy = "rollback", api.rollback(service_id, target.deploy_id)
+    if new_deploy is None:
+        if not target.commit:
+            raise CliError(f"Render no longer keeps the build of {target.deploy_id}, and its commit is "
+                           "unknown: deploy the commit by hand", EXIT_ERROR)  # fmt: skip
+        print(f"note: Render no longer keeps the build of {target.deploy_id}: deploying its commit "
+              f"{target.commit[:7]} anew")  # fmt: skip
+        method, new_deploy = "deploy", api.deploy_commit(service_id, target.commit)
+    if disable_autodeploy:
+        api.disable_autodeploy(service_id)
+    return method, new_deploy
+
+
 def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     from jobs.deploys.job import DeployRecord, RenderError, ServiceHistory, rollback_target, state_key
     from worker.http import HttpError
@@ -121,17 +149,18 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
                 return 1
         try:
             started = datetime.now(UTC)
-            new_deploy = api.rollback(service.service_id, target.deploy_id)
-            if args.disable_autodeploy:
-                api.disable_autodeploy(service.service_id)
+            method, new_deploy = _send(api, service.service_id, target, args.disable_autodeploy)
         except HttpError as exc:
             raise CliError(masks.text(str(exc)), EXIT_ERROR) from None
         summary = f"rolled back {service.name} from {live.deploy_id if live else '-'} to {target.deploy_id}"
         commands.record(ledger, job_id=job.id, kind="rollback", started=started, summary=summary, details={
             "service": service.name, "from": live and live.deploy_id, "to": target.deploy_id,
-            "new_deploy": new_deploy.get("id"), "autodeploy_disabled": args.disable_autodeploy,
+            "new_deploy": new_deploy.get("id"), "autodeploy_disabled": args.disable_autodeploy, "method": method,
+            "automatic": False,
         })  # fmt: skip
         print(f"{summary}; Render started deploy {new_deploy.get('id', '(id not returned)')}")
+        if live is not None:
+            _status_rollback(job.options.github_api_url, service, live, target, masks)
         _release_rollback(job.options.sentry_releases, service.name, target, new_deploy=new_deploy, live=live,
                           started=started, masks=masks)  # fmt: skip
         if not args.disable_autodeploy:

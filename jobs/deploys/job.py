@@ -1,30 +1,41 @@
-"""`deploys`: follow the app's Render deploys and remember the last known good one.
+"""`deploys`: follow the app's Render deploys, remember the last known good one, and guard against bad ones.
 
 A live deploy becomes *good* once it has been live for `settle` while its health job's
-endpoints stayed up. FAIL means the newest deploy failed (build, pre-deploy or update);
-WARN means the live deploy is unproven past its settle window or the app went DOWN after it
-went live. Every deploy seen is kept in the ledger, so `opskeeper rollback` knows where to go.
+endpoints stayed up. FAIL means the newest deploy failed (build, pre-deploy or update), or
+the guard had to call a human; WARN means the live deploy is unproven past its settle window
+or the app went DOWN after it went live. Every deploy seen is kept in the ledger, so
+`opskeeper rollback` knows where to go; a service with `auto_rollback: true` goes there by
+itself (`jobs.deploys.guard`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from jobs.deploys.guard import BEFORE, AutoRollback, Decision, Errors, Rollback, decide, roll_back, verify
+from jobs.deploys.history import (
+    FAILED,
+    IN_PROGRESS,
+    DeployRecord,
+    RenderError,
+    ServiceHistory,
+    live_since,
+    rollback_target,
+    state_key,
+)
 from worker.http import HttpError, RejectedError
 from worker.job import CheckRecord, JobContext, JobOptions, Notice, Outcome, Status
 from worker.schedule import Duration
 from worker.timespec import format_duration
-from worker.vendors.render import RENDER_API, RenderAPI
+from worker.vendors.github import GITHUB_API
+from worker.vendors.render import RENDER_API, RenderAPI, pre_deploy_command
 
-FAILED = frozenset({"build_failed", "update_failed", "pre_deploy_failed"})
-IN_PROGRESS = frozenset({"created", "queued", "build_in_progress", "update_in_progress", "pre_deploy_in_progress"})
-_KEPT_PER_SERVICE = 200
+__all__ = ["FAILED", "IN_PROGRESS", "DeployRecord", "RenderError", "ServiceHistory", "rollback_target", "state_key"]
 
 
 class Service(JobOptions):
@@ -34,6 +45,17 @@ class Service(JobOptions):
     service_id: Annotated[str, Field(pattern=r"^srv-[A-Za-z0-9]+$")]
     health: str | None = None
     """Id of a `health` job whose endpoints must stay up while a deploy settles."""
+    auto_rollback: bool = False
+    """Roll back by itself when the app goes DOWN soon after a deploy (see the job's `auto_rollback`)."""
+    repo: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")] | None = None
+    """`owner/name` on GitHub: each deploy's commit gets an `opskeeper/last-good` status (GITHUB_TOKEN)."""
+
+    @model_validator(mode="after")
+    def _judged(self) -> Service:
+        if self.auto_rollback and self.health is None:
+            raise ValueError(f"service {self.name!r}: auto_rollback needs `health`, the health job that shows "
+                             "a deploy broke the app")  # fmt: skip
+        return self
 
 
 class SentryReleases(JobOptions):
@@ -62,13 +84,21 @@ class DeploysOptions(JobOptions):
     page_size: Annotated[int, Field(ge=1, le=100)] = 100
     max_pages: Annotated[int, Field(ge=1)] = 5
     sentry_releases: SentryReleases | None = None
+    auto_rollback: AutoRollback = AutoRollback()
+    github_api_url: str = GITHUB_API
 
     @model_validator(mode="after")
     def _unique(self) -> DeploysOptions:
         names = [s.name for s in self.services]
         if len(set(names)) != len(names):
             raise ValueError("service names must be unique")
+        if self.auto_rollback.error_ratio is not None and self.sentry_releases is None:
+            raise ValueError("auto_rollback.error_ratio needs sentry_releases (the releases whose errors it compares)")
         return self
+
+    def follows(self) -> frozenset[str]:
+        """The health jobs of the services that roll back by themselves: a DOWN runs this job at once."""
+        return frozenset(s.health for s in self.services if s.auto_rollback and s.health)
 
     def key(self) -> str:
         """The API key, from the options or the environment; a clear error when there is none."""
@@ -83,97 +113,6 @@ class DeploysOptions(JobOptions):
             if service.name == name:
                 return service
         raise KeyError(f"no service {name!r}; services: {', '.join(s.name for s in self.services)}")
-
-
-class RenderError(Exception):
-    """A rollback or a deploys job cannot go ahead: no API key, no good deploy to go to."""
-
-
-# --- what the ledger remembers ------------------------------------------------------
-
-
-@dataclass
-class DeployRecord:
-    """A deploy as opskeeper keeps it."""
-
-    deploy_id: str
-    status: str
-    commit: str = ""
-    message: str = ""
-    trigger: str = ""
-    created_at: str | None = None
-    finished_at: str | None = None
-    good: bool = False
-    good_at: str | None = None
-    notified: str = ""
-    """The last condition a notice was sent for (failed, down, good), so each is sent once."""
-
-    @classmethod
-    def from_api(cls, deploy: Mapping[str, Any]) -> DeployRecord:
-        commit = deploy.get("commit") or {}
-        return cls(
-            deploy_id=deploy["id"], status=deploy.get("status", ""), commit=commit.get("id", ""),
-            message=(commit.get("message") or "").splitlines()[0][:200] if commit.get("message") else "",
-            trigger=deploy.get("trigger", ""), created_at=deploy.get("createdAt"),
-            finished_at=deploy.get("finishedAt"),
-        )  # fmt: skip
-
-    def label(self) -> str:
-        """`dep-x (commit abc1234 "message")` for messages."""
-        return f'{self.deploy_id} (commit {self.commit[:7]} "{self.message}")'
-
-
-@dataclass
-class ServiceHistory:
-    """Every deploy seen for one service, newest first."""
-
-    deploys: list[DeployRecord] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, raw: Any) -> ServiceHistory:
-        return cls([DeployRecord(**d) for d in (raw or {}).get("deploys", [])])
-
-    def dump(self) -> dict[str, Any]:
-        return {"deploys": [asdict(d) for d in self.deploys[:_KEPT_PER_SERVICE]]}
-
-    def merge(self, seen: list[DeployRecord]) -> list[DeployRecord]:
-        """Add new deploys and update statuses; returns the deploys not seen before."""
-        known = {d.deploy_id: d for d in self.deploys}
-        new = []
-        for deploy in seen:
-            if deploy.deploy_id in known:
-                old = known[deploy.deploy_id]
-                old.status, old.finished_at = deploy.status, deploy.finished_at or old.finished_at
-            else:
-                known[deploy.deploy_id] = deploy
-                new.append(deploy)
-        self.deploys = sorted(known.values(), key=lambda d: d.created_at or "", reverse=True)
-        return new
-
-    def last_good(self, excluding: str | None = None) -> DeployRecord | None:
-        """The newest good deploy, other than `excluding`."""
-        return next((d for d in self.deploys if d.good and d.deploy_id != excluding), None)
-
-    def live(self) -> DeployRecord | None:
-        """The deploy serving now."""
-        return next((d for d in self.deploys if d.status == "live"), None)
-
-
-def rollback_target(history: ServiceHistory, live: DeployRecord | None, to: str | None) -> DeployRecord:
-    """Where a rollback goes: `to` if given, else the newest good deploy that is not live."""
-    if to:
-        return next((d for d in history.deploys if d.deploy_id == to), DeployRecord(to, "unknown"))
-    target = history.last_good(excluding=live.deploy_id if live else None)
-    if target is None:
-        raise RenderError("no known good deploy other than the live one; pass --to DEPLOY_ID")
-    if live is not None and live.deploy_id == target.deploy_id:
-        raise RenderError(f"{target.deploy_id} is already live")
-    return target
-
-
-def state_key(service: str) -> str:
-    """Where a service's history lives in the deploys job's state."""
-    return f"service:{service}"
 
 
 # --- judging a service ------------------------------------------------------------------
@@ -242,8 +181,31 @@ def assess(
 # --- the job -------------------------------------------------------------------------
 
 
+def guard_key(service: str) -> str:
+    """Where a service's newest automatic rollback lives in the deploys job's state."""
+    return f"rollback:{service}"
+
+
+@dataclass
+class _Scene:
+    """One service in one run, as the deploy guard sees it."""
+
+    api: RenderAPI
+    service: Service
+    history: ServiceHistory
+    checks: list[CheckRecord]
+    now: datetime
+    ctx: JobContext
+    releases: Releases
+    statuses: CommitStatuses
+
+
+def _worst(*statuses: Status) -> Status:
+    return max(statuses, key=[Status.OK, Status.WARN, Status.FAIL].index)
+
+
 class DeploysJob:
-    """Record every deploy; mark good ones; FAIL when the newest deploy failed."""
+    """Record every deploy; mark good ones; FAIL when the newest deploy failed; roll back bad ones if asked."""
 
     def __init__(self, options: DeploysOptions) -> None:
         self.options = options
@@ -251,21 +213,26 @@ class DeploysJob:
     def run(self, ctx: JobContext) -> Outcome:
         api = RenderAPI(self.options.api_url, self.options.key())
         releases = Releases.open(self.options.sentry_releases, ctx.log)
+        statuses = CommitStatuses(self.options.github_api_url, ctx.log)
         try:
-            verdicts = [self._service(api, service, ctx, releases) for service in self.options.services]
+            verdicts = [self._service(api, service, ctx, releases, statuses) for service in self.options.services]
         finally:
             api.close()
             releases.close()
-        status = max((v.status for v in verdicts), key=[Status.OK, Status.WARN, Status.FAIL].index)
+            statuses.close()
+        status = _worst(*(v.status for v in verdicts))
         summary = "; ".join(v.summary for v in verdicts)
         details: dict[str, Any] = {"services": [v.summary for v in verdicts]}
         if releases.gap:
             details[RELEASES_GAP] = releases.gap
+        if statuses.gap:
+            details["github_gap"] = statuses.gap
         if releases.gap or releases.written:
             ctx.state.set(RELEASES_GAP, releases.gap or None)  # the weekly review names a standing gap
         return Outcome(status, summary[:500], details, alerted=True)
 
-    def _service(self, api: RenderAPI, service: Service, ctx: JobContext, releases: Releases) -> Verdict:
+    def _service(self, api: RenderAPI, service: Service, ctx: JobContext, releases: Releases,
+                 statuses: CommitStatuses) -> Verdict:  # fmt: skip
         history = ServiceHistory.load(ctx.state.get(state_key(service.name)))
         known = {d.deploy_id: d for d in history.deploys}
         seen: list[DeployRecord] = []
@@ -279,20 +246,210 @@ class DeploysJob:
             ctx.log("deploy.seen", service=service.name, deploy_id=new.deploy_id, status=new.status,
                     commit=new.commit, message=new.message)  # fmt: skip
         now = datetime.now(UTC)
+        raw_pending = ctx.state.get(guard_key(service.name))
+        last = Rollback(**raw_pending) if raw_pending else None
         checks = None
         if service.health is not None and ctx.checks is not None:
             live = history.live()
-            since = datetime.fromisoformat(live.finished_at or live.created_at or now.isoformat()) if live else now
-            checks = ctx.checks.read(service.health, since)
+            since = live_since(live, now) if live else now
+            # From before the deploy went live (was the app already down?) and since a rollback being verified.
+            start = min(since - BEFORE, datetime.fromisoformat(last.at)) if last else since - BEFORE
+            checks = ctx.checks.read(service.health, start)
         verdict = assess(service.name, history, checks, now, self.options.settle)
         for notice in verdict.notices:
             if "release" in notice.context:
                 ctx.log("release.good", service=service.name, release=notice.context["release"],
                         deploy_id=notice.context["deploy_id"])  # fmt: skip
             releases.from_notice(service.name, notice)
+            statuses.from_notice(service, notice)
             ctx.notify(notice)
+        if service.auto_rollback:
+            scene = _Scene(api, service, history, checks or [], now, ctx, releases, statuses)
+            verdict = self._guard(scene, last, verdict)
         ctx.state.set(state_key(service.name), history.dump())
         return verdict
+
+    # --- the deploy guard -------------------------------------------------------------
+
+    def _guard(self, scene: _Scene, last: Rollback | None, verdict: Verdict) -> Verdict:
+        """Verify a rollback in progress, or decide about the live deploy and act on it."""
+        api, service, history, checks, now, ctx = scene.api, scene.service, scene.history, scene.checks, scene.now, \
+            scene.ctx  # fmt: skip
+        releases, statuses = scene.releases, scene.statuses
+        policy = self.options.auto_rollback
+        if last is not None and last.outcome == "verifying":
+            return self._verify(scene, last, verdict)
+        pending = asdict(last) if last else None
+        errors = self._errors(history, now, releases, ctx)
+        decision = decide(history, checks, now, policy, last=pending, pre_deploy="", errors=errors)
+        if decision.action == "rollback" and policy.skip_if_pre_deploy:
+            try:  # asked only now: a pre-deploy command is what may stop a rollback that is otherwise due
+                command: str | None = pre_deploy_command(api.service(service.service_id))
+            except HttpError as exc:
+                ctx.log("deploy.service_unreadable", service=service.name, error=str(exc))
+                command = None
+            decision = decide(history, checks, now, policy, last=pending, pre_deploy=command, errors=errors)
+        live = history.live()
+        if decision.action == "none" or live is None:
+            if decision.reason and verdict.status is not Status.OK:
+                return Verdict(verdict.status, f"{verdict.summary}; not rolled back: {decision.reason}",
+                               verdict.notices)  # fmt: skip
+            return verdict
+        target = decision.target
+        if decision.action == "alert" or target is None:
+            return self._call_human(scene, live, decision.reason, verdict, decision)
+        requested = datetime.now(UTC)
+        try:
+            method, started, note = roll_back(api, service.service_id, target)
+        except HttpError as exc:
+            reason = f"{decision.reason}; the automatic rollback to {target.deploy_id} failed: {exc}"
+            return self._call_human(scene, live, reason, verdict, decision)
+        live.guard = "rolled back"
+        new_id = started.get("id") if isinstance(started.get("id"), str) else None
+        how = "rolled back" if method == "rollback" else \
+            f"deployed its commit {target.commit[:7]} anew (build not retained)"  # fmt: skip
+        summary = (f"{service.name}: rolled back automatically from {live.deploy_id} to {target.deploy_id} "
+                   f"({how}): {decision.reason}")  # fmt: skip
+        figures = dict(decision.figures)
+        if "down_at" in figures:
+            figures["requested_after_down_s"] = round((requested - datetime.fromisoformat(figures["down_at"]))
+                                                      .total_seconds(), 3)  # fmt: skip
+        rollback = Rollback(
+            at=requested.isoformat(), service=service.name, from_deploy=live.deploy_id, from_commit=live.commit,
+            to=target.deploy_id, to_commit=target.commit, method=method, new_deploy=new_id, reason=decision.reason,
+            signal=decision.signal, autodeploy_off=not note, verify_by=(requested + self.options.auto_rollback.verify)
+            .isoformat(), figures=figures, note=note,
+        )  # fmt: skip
+        rollback.run_id = ctx.record("rollback", Status.OK, summary, {
+            "automatic": True, "service": service.name, "from": live.deploy_id, "to": target.deploy_id,
+            "method": method, "new_deploy": new_id, "signal": decision.signal, "reason": decision.reason,
+            "autodeploy_disabled": not note, **figures,
+        })  # fmt: skip
+        ctx.state.set(guard_key(service.name), asdict(rollback))
+        ctx.log("deploy.rollback", service=service.name, automatic=True, from_deploy=live.deploy_id,
+                to=target.deploy_id, method=method, new_deploy=new_id, autodeploy_disabled=not note,
+                **figures)  # fmt: skip
+        message = summary + (f"; {note}" if note else "; auto-deploy turned off") + "; verifying"
+        ctx.notify(Notice("warning", message, ("deploys", service.name, live.deploy_id, "rollback"),
+                          {"service": service.name, "rollback": asdict(rollback)}))  # fmt: skip
+        statuses.post(service, live, "failure", f"rolled back by opskeeper to {target.deploy_id}: {decision.reason}")
+        releases.record(service.name, target.commit, new_id or target.deploy_id, f"rollback from {live.deploy_id}",
+                        started=requested.isoformat(), finished=None)  # fmt: skip
+        return Verdict(_worst(verdict.status, Status.WARN), message, verdict.notices)
+
+    @staticmethod
+    def _verify(scene: _Scene, last: Rollback, verdict: Verdict) -> Verdict:
+        service, ctx = scene.service, scene.ctx
+        result = verify(last, scene.history, scene.checks, scene.now)
+        if result is None:
+            until = datetime.fromisoformat(last.verify_by).strftime("%H:%M:%S UTC")
+            return Verdict(_worst(verdict.status, Status.WARN), f"{service.name}: rolled back automatically from "
+                           f"{last.from_deploy} to {last.to}; verifying until {until}", verdict.notices)  # fmt: skip
+        outcome, reason = result
+        last.outcome, last.note = outcome, reason
+        ctx.state.set(guard_key(service.name), asdict(last))
+        healed = outcome == "self-healed"
+        summary = (f"{service.name}: the automatic rollback from {last.from_deploy} to {last.to} "
+                   + ("self-healed the app" if healed else "needs a human now" if outcome == "needs a human"
+                      else "was superseded") + f": {reason}")  # fmt: skip
+        ctx.record("rollback_outcome", Status.FAIL if outcome == "needs a human" else Status.OK, summary, {
+            "automatic": True, "service": service.name, "rollback": last.run_id, "outcome": outcome,
+            "reason": reason, "from": last.from_deploy, "to": last.to,
+        })  # fmt: skip
+        ctx.log("deploy.rollback_verified", service=service.name, outcome=outcome, reason=reason)
+        rollback_issue = ("deploys", service.name, last.from_deploy, "rollback")
+        if healed:
+            ctx.notify(Notice("info", summary, ("deploys", service.name, last.from_deploy, "healed"),
+                              {"service": service.name, "outcome": outcome}, resolves=rollback_issue))  # fmt: skip
+            return Verdict(verdict.status, summary, verdict.notices)
+        level: Literal["info", "error"] = "error" if outcome == "needs a human" else "info"
+        ctx.notify(Notice(level, summary, ("deploys", service.name, last.from_deploy, "needs-human"),
+                          {"service": service.name, "outcome": outcome}))  # fmt: skip
+        return Verdict(Status.FAIL if level == "error" else verdict.status, summary, verdict.notices)
+
+    @staticmethod
+    def _call_human(scene: _Scene, live: DeployRecord, reason: str, verdict: Verdict, decision: Decision) -> Verdict:
+        service, ctx = scene.service, scene.ctx
+        live.guard = "alerted"
+        summary = f"{service.name}: needs a human now: {reason}"
+        ctx.log("deploy.rollback_withheld", service=service.name, deploy_id=live.deploy_id, reason=reason,
+                **decision.figures)  # fmt: skip
+        ctx.notify(Notice("error", summary, ("deploys", service.name, live.deploy_id, "needs-human"),
+                          {"service": service.name, "deploy": asdict(live), **decision.figures}))  # fmt: skip
+        return Verdict(Status.FAIL, summary, verdict.notices)
+
+    def _errors(self, history: ServiceHistory, now: datetime, releases: Releases, ctx: JobContext) -> Errors | None:
+        """The second signal: Sentry's errors of the live release against the last good one's, when asked for."""
+        policy = self.options.auto_rollback
+        live = history.live()
+        if policy.error_ratio is None or releases.api is None or releases.options is None or live is None or live.good:
+            return None
+        since = live_since(live, now)
+        good = history.last_good(excluding=live.deploy_id)
+        if good is None or now - since > policy.watch or not live.commit or not good.commit:
+            return None
+        window = now - since
+        good_since = live_since(good, now)
+        try:
+            new = releases.api.error_count(live.commit, releases.options.project, since, now)
+            previous = releases.api.error_count(good.commit, releases.options.project, good_since, good_since + window)
+        except HttpError as exc:
+            ctx.log("sentry.errors_unreadable", error=str(exc))
+            return None
+        return Errors(new, previous, window)
+
+
+class CommitStatuses:
+    """`opskeeper/last-good` on each deploy's commit: success once good, failure when it failed or was rolled back."""
+
+    CONTEXT = "opskeeper/last-good"
+
+    def __init__(self, api_url: str, log: Any) -> None:
+        self.api_url, self.log = api_url, log
+        self.gap = ""
+        self._clients: dict[str, Any] = {}
+
+    def from_notice(self, service: Service, notice: Notice) -> None:
+        """A deploy proven good or failed gets its status (the notices are sent once per deploy)."""
+        outcome = notice.fingerprint[-1]
+        history = notice.context.get("deploy") or {}
+        if outcome == "good":
+            deploy = DeployRecord(notice.context.get("deploy_id", ""), "live", commit=notice.context.get("release", ""))
+            self.post(service, deploy, "success", f"live on Render and healthy ({deploy.deploy_id})")
+        elif outcome == "failed" and history:
+            deploy = DeployRecord(history["deploy_id"], history["status"], commit=history.get("commit", ""))
+            self.post(service, deploy, "failure", f"Render deploy {deploy.deploy_id} {deploy.status}")
+
+    def post(self, service: Service, deploy: DeployRecord, state: str, description: str) -> None:
+        """Set the status; a missing token or scope becomes the run's `github_gap`, never an error."""
+        if not service.repo or not deploy.commit or self.gap:
+            return
+        token = os.environ.get("GITHUB_TOKEN", "")
+        if not token:
+            self.gap = "GITHUB_TOKEN is not set: no commit statuses"
+            self.log("github.status_gap", reason=self.gap)
+            return
+        from worker.vendors.github import GitHub
+
+        client = self._clients.get(service.repo)
+        if client is None:
+            client = self._clients[service.repo] = GitHub(service.repo, api_url=self.api_url, token=token,
+                                                          timeout=timedelta(seconds=15))  # fmt: skip
+        url = f"https://dashboard.render.com/web/{service.service_id}/deploys/{deploy.deploy_id}"
+        try:
+            client.set_status(deploy.commit, state, self.CONTEXT, description, url)
+        except RejectedError as exc:
+            self.gap = f"the token may not write commit statuses (it needs Commit statuses: write): {exc}"
+        except HttpError as exc:
+            self.gap = f"could not set the commit status: {exc}"
+        if self.gap:
+            self.log("github.status_gap", reason=self.gap)
+            return
+        self.log("github.status", repo=service.repo, commit=deploy.commit, state=state, context=self.CONTEXT)
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
 
 
 RELEASES_GAP = "sentry_releases_gap"

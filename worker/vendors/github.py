@@ -53,3 +53,10 @@ class GitHub:
         """The newest commit on `ref` that touched `path`; None when there is none."""
         commits = self.api.get_json(f"/repos/{self.repo}/commits", params={"path": path, "sha": ref, "per_page": 1})
         return dict(commits[0]) if commits else None
+
+    def set_status(self, sha: str, state: str, context: str, description: str, target_url: str | None = None) -> None:
+        """Set a commit status (`success`, `failure`, `pending`, `error`); needs commit statuses write."""
+        body = {"state": state, "context": context, "description": description[:140]}
+        if target_url:
+            body["target_url"] = target_url
+        self.api.request("POST", f"/repos/{self.repo}/statuses/{sha}", json=body)

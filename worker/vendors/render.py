@@ -46,11 +46,38 @@ class RenderAPI:
         series = self.api.get_json(f"/metrics/{name}", params=params)
         return [float(v["value"]) for s in series for v in s.get("values", []) if v.get("value") is not None]
 
-    def rollback(self, service_id: str, deploy_id: str) -> dict[str, Any]:
-        """Ask Render to roll the service back to a previous deploy; returns the new deploy."""
-        response = self.api.request("POST", f"/services/{service_id}/rollback", json={"deployId": deploy_id})
+    def service(self, service_id: str) -> dict[str, Any]:
+        """The service's settings (`serviceDetails` holds its pre-deploy command)."""
+        return dict(self.api.get_json(f"/services/{service_id}"))
+
+    def rollback(self, service_id: str, deploy_id: str) -> dict[str, Any] | None:
+        """Ask Render to roll the service back to a previous deploy; returns the new deploy.
+
+        None when Render answers 400 or 404: the deploy's build is no longer retained (only the
+        newest few builds are, by plan), so only a new deploy of its commit can bring it back.
+        """
+        response = self.api.request("POST", f"/services/{service_id}/rollback", json={"deployId": deploy_id},
+                                    allow=(400, 404))  # fmt: skip
+        if response.status_code in (400, 404):
+            return None
+        return response.json() if response.content else {}
+
+    def deploy_commit(self, service_id: str, commit: str) -> dict[str, Any]:
+        """Start a new deploy of one commit (201 with the deploy, or 202 with no body)."""
+        response = self.api.request("POST", f"/services/{service_id}/deploys", json={"commitId": commit})
         return response.json() if response.content else {}
 
     def disable_autodeploy(self, service_id: str) -> None:
-        """Turn auto-deploy off, so the next push does not undo a rollback."""
-        self.api.request("PATCH", f"/services/{service_id}", json={"autoDeploy": "no"})
+        """Turn auto-deploy off, so the next push does not undo a rollback.
+
+        Both spellings: `autoDeploy` is the field the API has always had, `autoDeployTrigger` the
+        one that replaces it (reference §10); the two say the same thing.
+        """
+        self.api.request("PATCH", f"/services/{service_id}", json={"autoDeploy": "no", "autoDeployTrigger": "off"})
+
+
+def pre_deploy_command(service: dict[str, Any]) -> str:
+    """The service's pre-deploy command ('' when it has none), wherever the service type keeps it."""
+    details = service.get("serviceDetails") or {}
+    specific = details.get("envSpecificDetails") or {}
+    return str(specific.get("preDeployCommand") or details.get("preDeployCommand") or "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from worker.http import Api
@@ -74,3 +74,14 @@ class SentryAPI:
         }  # fmt: skip
         page = next(self._pages(f"/api/0/organizations/{self.org}/events/", params, 1))
         return list(page.get("data", [])) if isinstance(page, dict) else []
+
+    def error_count(self, release: str, project: str, start: datetime, end: datetime) -> int:
+        """Error events of one release in one project between two times (scope event:read)."""
+        params = {
+            "dataset": "errors", "field": ["count()"], "query": f'release:"{release}" project:{project}',
+            "start": start.isoformat(), "end": end.isoformat(), "per_page": 1,
+        }  # fmt: skip
+        # The project goes in the query by slug: the `project` parameter takes numeric ids only.
+        page = self.api.get_json(f"/api/0/organizations/{self.org}/events/", params=params)
+        rows = page.get("data", []) if isinstance(page, dict) else []
+        return int(rows[0].get("count()") or 0) if rows else 0
