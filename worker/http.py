@@ -383,6 +383,34 @@ DECODED_ENCODINGS = "gzip, deflate"
 """What read_bounded() can decode within its limit; ask servers for nothing else."""
 
 
+class _Inflater:
+    """A body collected up to `limit` decoded bytes, from raw chunks (gzip, zlib, raw deflate or none)."""
+
+    def __init__(self, response: httpx.Response, limit: int) -> None:
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        self.limit, self.body = limit, bytearray()
+        self.decoder: Any = None
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            self.decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or zlib header, whichever it has
+
+    def feed(self, raw: bytes) -> bool:
+        """Take one raw chunk; True once the body is full (or a decoding error ends it)."""
+        if self.decoder is None:
+            self.body += raw[: self.limit - len(self.body)]
+        else:
+            try:
+                self.body += self.decoder.decompress(self.decoder.unconsumed_tail + raw, self.limit - len(self.body))
+            except zlib.error:
+                if not self.body:
+                    self.decoder, self.body = None, bytearray(raw[: self.limit])  # raw deflate, or none at all
+                    return len(self.body) >= self.limit
+                return True
+        return len(self.body) >= self.limit
+
+    def result(self) -> tuple[bytes, bool]:
+        return bytes(self.body[: self.limit]), len(self.body) >= self.limit
+
+
 async def read_bounded(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
     """At most `limit` decoded bytes of a streamed body, and whether there was more.
 
@@ -390,25 +418,20 @@ async def read_bounded(response: httpx.Response, limit: int) -> tuple[bytes, boo
     bomb would otherwise inflate to gigabytes (and hold the event loop) before any cap applied.
     Encodings other than gzip and deflate are returned as they came.
     """
-    encoding = response.headers.get("content-encoding", "").strip().lower()
-    decoder: Any = None
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or zlib header, whichever it has
-    body = bytearray()
+    inflater = _Inflater(response, limit)
     async for raw in response.aiter_raw():
-        if decoder is None:
-            body += raw[: limit - len(body)]
-        else:
-            try:
-                body += decoder.decompress(decoder.unconsumed_tail + raw, limit - len(body))
-            except zlib.error:
-                if not body:
-                    decoder, body = None, bytearray(raw[:limit])  # a raw deflate stream, or none at all
-                    continue
-                break
-        if len(body) >= limit:
-            return bytes(body[:limit]), True
-    return bytes(body), False
+        if inflater.feed(raw):
+            break
+    return inflater.result()
+
+
+def read_bounded_sync(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """`read_bounded` for a synchronous client's streamed response."""
+    inflater = _Inflater(response, limit)
+    for raw in response.iter_raw():
+        if inflater.feed(raw):
+            break
+    return inflater.result()
 
 
 def retry_after(value: str | None, now: datetime) -> float | None:
@@ -613,6 +636,26 @@ class Api(_ApiBase):
     def get_json(self, path: str, **kwargs: Any) -> Any:
         """GET `path` and parse the JSON answer."""
         return self.parse(self.get(path, **kwargs))
+
+    def get_bounded(self, path: str, limit: int, **kwargs: Any) -> httpx.Response:
+        """GET `path` reading at most `limit` decoded bytes of the answer: HttpError when it is longer.
+
+        For documents from outside our control (a status page's feed): memory stays bounded however
+        large or compressed the answer is.
+        """
+        headers = {"Accept-Encoding": DECODED_ENCODINGS, **kwargs.pop("headers", {})}
+        with self._failures("GET", path):
+            for attempt in self._loop("GET"):
+                with attempt, self.client.stream("GET", path, headers=headers, **kwargs) as streamed:
+                    self._screen(streamed, (), attempt.num)
+                    body, more = read_bounded_sync(streamed, limit + 1)
+        headers_out = {k: v for k, v in streamed.headers.items() if k.lower() not in ("content-encoding",
+                                                                                       "content-length")}  # fmt: skip
+        response = httpx.Response(streamed.status_code, headers=headers_out, content=body, request=streamed.request)
+        self._check("GET", response, ())
+        if more or len(body) > limit:
+            raise HttpError(self.vendor, "GET", response.request.url, f"the answer is larger than {limit:,} bytes")
+        return response
 
 
 class AsyncApi(_ApiBase):

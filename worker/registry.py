@@ -12,6 +12,7 @@ from jobs.command import CommandJob, CommandOptions
 from jobs.dependencies.job import DependenciesJob, DependenciesOptions
 from jobs.deploys.job import DeploysJob, DeploysOptions
 from jobs.health.job import HealthJob, HealthOptions
+from jobs.platform.job import PlatformNoticesJob, PlatformNoticesOptions
 from jobs.review.docs import DocsReviewJob, DocsReviewOptions
 from jobs.review.security import SecurityReviewJob, SecurityReviewOptions
 from jobs.review.weekly import WeeklyReviewJob, WeeklyReviewOptions
@@ -28,12 +29,13 @@ KINDS: Mapping[str, tuple[type[JobOptions], Callable[[Any], Job]]] = {
     "weekly_review": (WeeklyReviewOptions, WeeklyReviewJob),
     "docs_review": (DocsReviewOptions, DocsReviewJob),
     "security_review": (SecurityReviewOptions, SecurityReviewJob),
+    "platform_notices": (PlatformNoticesOptions, PlatformNoticesJob),
 }
 
 #: Kinds whose run a deploy interrupted is run again by the next leader at once: repeating them
 #: changes nothing but the time (a backup, a drill, a check, a review). A command may not be.
 SAFE_TO_REPEAT = frozenset({"backup", "restore_drill", "dependencies", "weekly_review", "docs_review",
-                            "security_review"})  # fmt: skip
+                            "security_review", "platform_notices"})  # fmt: skip
 
 #: The options model of each kind, which is all the schedule validator needs.
 OPTIONS: Mapping[str, type[JobOptions]] = {name: model for name, (model, _) in KINDS.items()}

@@ -111,7 +111,7 @@ def _t(moment: str | None) -> str:
 
 def to_markdown(report: Mapping[str, Any]) -> str:
     """The whole report: what needs a human first, then each area, charts inline."""
-    sections = (_head, _uptime, _backups, _drills, _dependencies, _deploys, _sentry, _render)
+    sections = (_head, _uptime, _backups, _drills, _dependencies, _deploys, _platform, _sentry, _render)
     return "\n".join(line for section in sections for line in section(report)) + "\n"
 
 
@@ -210,7 +210,30 @@ def _deploys(report: Mapping[str, Any]) -> list[str]:
                    f"last good: {good['commit'] + ' (' + good['id'] + ')' if good else 'none'}")  # fmt: skip
         out += [f"  - {_t(d['created_at'])} {d['commit']} {d['status']}{' (good)' if d['good'] else ''}: "
                 f"{d['message']}" for d in service["list"]]  # fmt: skip
-    out += [f"- rollback {_t(r['at'])}: {r['service']} from {r['from']} to {r['to']}" for r in deploys["rollbacks"]]
+    out += [
+        f"- {'automatic ' if r.get('automatic') else ''}rollback {_t(r['at'])}: {r['service']} from {r['from']} "
+        f"to {r['to']}" + (f" ({r['outcome']})" if r.get("outcome") else "")
+        for r in deploys["rollbacks"]
+    ]
+    return out
+
+
+def _platform(report: Mapping[str, Any]) -> list[str]:
+    platform = report.get("platform")
+    if platform is None:
+        return []
+    out = ["", "## Platform", ""]
+    if not platform["incidents"]:
+        out.append("No Render incident or maintenance touched the app this week.")
+    else:
+        out += ["| kind | what | status | impact | from | to |", "|---|---|---|---|---|---|"]
+        for i in platform["incidents"]:
+            name = f"[{i['name']}]({i['link']})" if i["link"] else i["name"]
+            out.append(f"| {i['kind']} | {name} | {i['status'].replace('_', ' ')} | {i['impact'] or '-'} | "
+                       f"{_t(i['started_at'])} | {_t(i['ended_at']) if i['ended_at'] else 'ongoing'} |")  # fmt: skip
+    if platform["upcoming"]:
+        out += ["", "**Upcoming maintenance**", ""]
+        out += [f"- {_t(m['scheduled_for'])} to {_t(m['scheduled_until'])}: {m['name']}" for m in platform["upcoming"]]
     return out
 
 

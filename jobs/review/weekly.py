@@ -22,6 +22,7 @@ from pydantic import Field
 from jobs.deploys.job import FAILED as FAILED_DEPLOYS
 from jobs.deploys.job import RELEASES_GAP, ServiceHistory, state_key
 from jobs.health.job import percentile, uptime_report
+from jobs.platform.job import SEEN as PLATFORM_SEEN
 from jobs.review.sources import SourceError
 from worker.http import HttpError, RetryPolicy
 from worker.job import CheckRecord, History, JobContext, JobOptions, Notice, Outcome, Status
@@ -36,8 +37,8 @@ RENDER_PLANS: Mapping[str, tuple[float, int]] = {
     "pro_plus": (4, 8192), "pro_max": (4, 16384), "pro_ultra": (8, 32768),
 }  # fmt: skip
 _BAD = frozenset({"fail", "error", "timeout"})
-#: The kinds of run the weekly review reads (rollbacks are recorded by `opskeeper rollback`).
-_REVIEWED_KINDS = ("backup", "atlas_backup", "restore_drill", "dependencies", "rollback")
+#: The kinds of run the weekly review reads (rollbacks are recorded by `opskeeper rollback` and the deploy guard).
+_REVIEWED_KINDS = ("backup", "atlas_backup", "restore_drill", "dependencies", "rollback", "rollback_outcome")
 #: How far back the review looks for the newest drill and dependency report, which run monthly.
 _LOOKBACK = timedelta(days=92)
 
@@ -121,6 +122,8 @@ class Week:
     """Deploy history per service name."""
     backup_jobs: list[str] = field(default_factory=list)
     """Backup jobs the schedule has, so a week without any of their runs is noticed."""
+    platform: list[dict[str, Any]] | None = None
+    """What the schedule's platform_notices jobs have seen (None: the schedule has none)."""
 
 
 def read_week(history: History, jobs: Mapping[str, Any], since: datetime, until: datetime) -> Week:
@@ -135,8 +138,11 @@ def read_week(history: History, jobs: Mapping[str, Any], since: datetime, until:
     uptime = [row for job_id, endpoint in history.endpoints(since)
               for row in uptime_rows(history.checks(since, job_id, endpoint), since, until)]  # fmt: skip
     runs = history.runs(since - _LOOKBACK, until, _REVIEWED_KINDS)
+    notices = sorted(s.id for s in jobs.values() if s.kind == "platform_notices")
+    platform = [entry for job_id in notices for entry in (history.get_state(job_id, PLATFORM_SEEN) or {}).values()]
     return Week(since, until, runs, uptime, deploys,
-                sorted(s.id for s in jobs.values() if s.kind in ("backup", "atlas_backup")))  # fmt: skip
+                sorted(s.id for s in jobs.values() if s.kind in ("backup", "atlas_backup")),
+                platform if notices else None)  # fmt: skip
 
 
 # --- the ledger's sections: pure ------------------------------------------------------
@@ -252,9 +258,32 @@ def deploys_section(week: Week) -> dict[str, Any]:
                       "created_at": d.created_at, "message": d.message} for d in mine],
             "last_good": good and {"id": good.deploy_id, "commit": good.commit[:7], "good_at": good.good_at},
         })  # fmt: skip
+    outcomes = {r.details.get("rollback"): r.details.get("outcome") for r in week.runs if r.kind == "rollback_outcome"}
     rollbacks = [{"at": r.started_at.isoformat(), "service": r.details.get("service"), "from": r.details.get("from"),
-                  "to": r.details.get("to")} for r in _in_week(week, ("rollback",))]  # fmt: skip
+                  "to": r.details.get("to"), "automatic": bool(r.details.get("automatic")),
+                  "reason": r.details.get("reason"),
+                  "outcome": outcomes.get(r.run_id, "verifying" if r.details.get("automatic") else None)}
+                 for r in _in_week(week, ("rollback",))]  # fmt: skip
     return {"services": services, "rollbacks": rollbacks}
+
+
+def platform_section(week: Week) -> dict[str, Any] | None:
+    """The platform's incidents and maintenances that overlapped the week, and maintenance still to come."""
+    if week.platform is None:
+        return None
+    since, until = week.since.isoformat(), week.until.isoformat()
+
+    def row(e: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: e.get(k) for k in ("id", "kind", "name", "status", "impact", "started_at", "ended_at",
+                                      "scheduled_for", "scheduled_until", "link", "components")}  # fmt: skip
+
+    week_items = [row(e) for e in week.platform
+                  if (e.get("started_at") or e.get("first_seen") or "") < until
+                  and (e.get("ended_at") or until) >= since and e.get("status") != "scheduled"]  # fmt: skip
+    upcoming = [row(e) for e in week.platform if e.get("status") == "scheduled"
+                and (e.get("scheduled_for") or "") >= until]  # fmt: skip
+    return {"incidents": sorted(week_items, key=lambda e: e["started_at"] or ""),
+            "upcoming": sorted(upcoming, key=lambda e: e["scheduled_for"] or "")}  # fmt: skip
 
 
 def attention(report: Mapping[str, Any], thresholds: Thresholds) -> list[dict[str, str]]:
@@ -290,7 +319,13 @@ def attention(report: Mapping[str, Any], thresholds: Thresholds) -> list[dict[st
             if deploy["status"] in FAILED_DEPLOYS:
                 add("deploys", f"{service['service']}: deploy {deploy['id']} ({deploy['commit']}) {deploy['status']}")
     for rollback in report["deploys"]["rollbacks"]:
-        add("deploys", f"{rollback['service']} was rolled back from {rollback['from']} to {rollback['to']}")
+        how = "automatically " if rollback.get("automatic") else ""
+        outcome = f" ({rollback['outcome']})" if rollback.get("outcome") else ""
+        add("deploys", f"{rollback['service']} was rolled back {how}from {rollback['from']} to {rollback['to']}"
+                       f"{outcome}")  # fmt: skip
+    for incident in (report.get("platform") or {}).get("incidents", []):
+        if incident["kind"] == "incident" and not incident["ended_at"]:
+            add("platform", f"Render incident still open: {incident['name']} ({incident['status']})")
     sentry = report["sentry"]
     if sentry:
         if len(sentry["new_issues"]) >= thresholds.new_issues:
@@ -426,6 +461,7 @@ def build(options: WeeklyReviewOptions, history: History, jobs: Mapping[str, Any
         "drills": drills_section(week),
         "dependencies": dependencies_section(week),
         "deploys": deploys_section(week),
+        "platform": platform_section(week),
         "sentry": None,
         "render": None,
     }

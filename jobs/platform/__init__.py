@@ -1,0 +1,1 @@
+"""The hosting platform's own notices: its status page."""
