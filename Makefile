@@ -48,6 +48,7 @@ bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/review.py
 	$(VENV)/bin/python bench/failover.py
 	$(VENV)/bin/python bench/sentry_volume.py
+	$(VENV)/bin/python bench/rollback.py
 
 clean:
 	rm -rf $(TOOLS) $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
