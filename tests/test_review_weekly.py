@@ -228,7 +228,8 @@ def test_known_week_gives_the_right_numbers(week: tuple[SqliteLedger, Any]) -> N
     assert (api["deploys"], api["failed"]) == (2, 1)
     assert api["last_good"]["id"] == "dep-3"
     assert report["deploys"]["rollbacks"] == [{"at": "2026-11-22T11:00:00+00:00", "service": "api",
-                                               "from": "dep-3", "to": "dep-1"}]  # fmt: skip
+                                               "from": "dep-3", "to": "dep-1", "automatic": False, "reason": None,
+                                               "outcome": None}]  # fmt: skip
 
 
 def test_sentry_and_render_sections(week: tuple[SqliteLedger, Any], vendor: VendorAPI) -> None:
@@ -355,8 +356,8 @@ def test_report_command_prints_json_and_writes_files(tmp_path: Path, env: dict[s
     result = opskeeper("report", "weekly", "--config", str(config), "--json", "--now", NOW.isoformat(), env=env)
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert list(report) == ["period", "uptime", "backups", "drills", "dependencies", "deploys", "sentry", "render",
-                            "needs_attention", "gaps"]  # fmt: skip
+    assert list(report) == ["period", "uptime", "backups", "drills", "dependencies", "deploys", "platform", "sentry",
+                            "render", "needs_attention", "gaps"]  # fmt: skip
     assert [(g["source"], g["reason"]) for g in report["gaps"]] == [("sentry", "not configured"),
                                                                     ("render", "not configured")]  # fmt: skip
     out = tmp_path / "out" / "week.md"
@@ -445,3 +446,20 @@ def test_report_on_a_terminal_leaves_the_charts_out(tmp_path: Path, env: dict[st
     assert "use --out FILE for the report with its charts" in shown
     piped = opskeeper("report", "weekly", "--config", str(config), "--now", NOW.isoformat(), env=env)
     assert piped.stdout.count("\n<svg") == 3
+
+
+def test_an_automatic_rollback_is_listed_with_its_outcome(week: tuple[SqliteLedger, Any]) -> None:
+    """A rollback the deploy guard made appears as automatic, paired with its `rollback_outcome` entry."""
+    ledger, config = week
+    at = NOW - timedelta(hours=3)
+    rollback = run("render-deploys", "rollback", at, Status.OK, service="api", automatic=True, reason="backend DOWN",
+                   **{"from": "dep-3", "to": "dep-1"})  # fmt: skip
+    ledger.record(rollback)
+    ledger.record(run("render-deploys", "rollback_outcome", at + timedelta(minutes=4), Status.OK, service="api",
+                      rollback=rollback.run_id, outcome="self-healed"))  # fmt: skip
+    report = build(options(config), ledger, {j.id: j for j in config.jobs}, NOW)
+    newest = report["deploys"]["rollbacks"][-1]
+    assert (newest["automatic"], newest["outcome"], newest["reason"]) == (True, "self-healed", "backend DOWN")
+    assert {"area": "deploys", "message": "api was rolled back automatically from dep-3 to dep-1 (self-healed)"} in \
+        report["needs_attention"]  # fmt: skip
+    assert "- automatic rollback " in to_markdown(report)
