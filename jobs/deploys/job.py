@@ -11,6 +11,7 @@ itself (`jobs.deploys.guard`).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -399,6 +400,17 @@ class DeploysJob:
         return Errors(new, previous, window)
 
 
+def _gap(call: Callable[[], object], refused: str, failed: str) -> str:
+    """'' when `call` worked, else why not: `refused` when the credentials were rejected, `failed` otherwise."""
+    try:
+        call()
+    except RejectedError as exc:
+        return f"{refused}: {exc}"
+    except HttpError as exc:
+        return f"{failed}: {exc}"
+    return ""
+
+
 class CommitStatuses:
     """`opskeeper/last-good` on each deploy's commit: success once good, failure when it failed or was rolled back."""
 
@@ -436,12 +448,9 @@ class CommitStatuses:
             client = self._clients[service.repo] = GitHub(service.repo, api_url=self.api_url, token=token,
                                                           timeout=timedelta(seconds=15))  # fmt: skip
         url = f"https://dashboard.render.com/web/{service.service_id}/deploys/{deploy.deploy_id}"
-        try:
-            client.set_status(deploy.commit, state, self.CONTEXT, description, url)
-        except RejectedError as exc:
-            self.gap = f"the token may not write commit statuses (it needs Commit statuses: write): {exc}"
-        except HttpError as exc:
-            self.gap = f"could not set the commit status: {exc}"
+        self.gap = _gap(lambda: client.set_status(deploy.commit, state, self.CONTEXT, description, url),
+                        "the token may not write commit statuses (it needs Commit statuses: write)",
+                        "could not set the commit status")  # fmt: skip
         if self.gap:
             self.log("github.status_gap", reason=self.gap)
             return
@@ -494,13 +503,14 @@ class Releases:
             return
         name = f"{service} {deploy_id}" + ("" if outcome == "good" else f" ({outcome})")
         refs = [{"repository": self.options.repository, "commit": commit}] if self.options.repository else []
-        try:
-            self.api.create_release(commit, [self.options.project], refs)
-            self.api.create_deploy(commit, self.environment, name=name, started=started, finished=finished)
-        except RejectedError as exc:
-            self.gap = f"the token may not write releases (it needs project:releases): {exc}"
-        except HttpError as exc:
-            self.gap = f"could not write the release: {exc}"
+        api, project = self.api, self.options.project
+
+        def write() -> None:
+            api.create_release(commit, [project], refs)
+            api.create_deploy(commit, self.environment, name=name, started=started, finished=finished)
+
+        self.gap = _gap(write, "the token may not write releases (it needs project:releases)",
+                        "could not write the release")  # fmt: skip
         if self.gap:
             self.log("sentry.releases_gap", reason=self.gap)
             return
