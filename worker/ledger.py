@@ -12,6 +12,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -323,7 +324,16 @@ class SqliteLedger:
         # Runs finish on worker threads; the lock makes the shared connection safe.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
         self._identity = _identity(path)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # Daemons started together (a test, a scale-up) race to switch a new file to WAL, and SQLite answers
+        # that race with an immediate "database is locked", without its busy handler: try again, for 10 s at most.
+        for attempt in range(100):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                time.sleep(0.1)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         present = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
