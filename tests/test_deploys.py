@@ -70,7 +70,9 @@ class RenderServer:
                 parts = urlsplit(self.path)
                 segments = parts.path.strip("/").split("/")  # v1 services srv-x deploys
                 service = segments[2] if len(segments) > 2 else ""
-                items = render.deploys.setdefault(service, [])
+                if service not in render.deploys:
+                    return self._send(404, {"message": "service not found"})
+                items = render.deploys[service]
                 if self.command == "GET" and segments[3:] == ["deploys"]:
                     query = parse_qs(parts.query)
                     cursor = query.get("cursor", [None])[0]
@@ -85,6 +87,8 @@ class RenderServer:
                     target = next((d for d in items if d["id"] == body["deployId"]), None)
                     if target is None:
                         return self._send(404, {"message": "deploy not found"})
+                    if target["status"] not in ("live", "deactivated"):  # only a deploy that once went live has a build
+                        return self._send(400, {"message": f"cannot roll back to a deploy that is {target['status']}"})
                     if render.retained is not None and target["id"] not in render.retained:
                         return self._send(render.not_retained, {"message": "build is no longer available"})
                     return self._send(201, render.new_deploy(service, target["commit"], "rollback"))
@@ -701,18 +705,28 @@ def test_a_rollback_deploy_that_fails_needs_a_human(
     assert history_of("rollback_outcome", deploy_env)[0]["status"] == "fail"
 
 
+def github_statuses(request: Any) -> Reply:
+    """GitHub's create-commit-status endpoint: 422 for what the real one refuses (state, context, description)."""
+    body = json.loads(request.body or b"{}")
+    valid = (body.get("state") in ("error", "failure", "pending", "success") and isinstance(body.get("context"), str)
+             and len(body.get("description", "")) <= 140 and set(body) <= {"state", "context", "description",
+                                                                           "target_url"})  # fmt: skip
+    return Reply(201, {"id": 1, **body}) if valid else Reply(422, {"message": "Validation Failed"})
+
+
 def test_commit_statuses_mark_the_last_good_and_the_rolled_back_commit(
     tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer, vendor: Any
 ) -> None:
     """With GITHUB_TOKEN and a repo: success `opskeeper/last-good` on the good commit, failure on the one rolled
     back, each with the deploy's dashboard link and the token as a bearer."""
-    vendor.routes[f"/repos/acme/shop/statuses/{'001' + 'a' * 37}"] = lambda r: Reply(201, {"id": 1})
-    vendor.routes[f"/repos/acme/shop/statuses/{'002' + 'a' * 37}"] = lambda r: Reply(201, {"id": 2})
+    vendor.routes[f"/repos/acme/shop/statuses/{'001' + 'a' * 37}"] = github_statuses
+    vendor.routes[f"/repos/acme/shop/statuses/{'002' + 'a' * 37}"] = github_statuses
     config = write(tmp_path / "jobs.yaml", guarded(render, app, service="repo: acme/shop").replace(
         "      services:\n", f"      github_api_url: {vendor.url}\n      services:\n"))  # fmt: skip
     env = {**deploy_env, "GITHUB_TOKEN": "github_pat_statuses_0123456789"}
     break_the_app(render, app, config, env)
-    run_now("render-deploys", config, env)
+    _, out, _ = run_now("render-deploys", config, env)
+    assert "github_gap" not in out["details"]
     bodies = [(r.path.rsplit("/", 1)[1][:3], json.loads(r.body)) for r in vendor.requests]
     assert [(sha, b["state"], b["context"]) for sha, b in bodies] == [
         ("001", "success", "opskeeper/last-good"), ("002", "failure", "opskeeper/last-good")]  # fmt: skip
@@ -816,9 +830,9 @@ def test_a_rollback_not_healed_by_its_deadline_needs_a_human() -> None:
 
     history = ServiceHistory([record(3, "live", T0 + timedelta(minutes=3)), record(2, "deactivated", T0),
                               record(1, "deactivated", T0 - timedelta(days=1), good=True)])  # fmt: skip
-    pending = Rollback(at=(T0 + timedelta(minutes=1)).isoformat(), service="api", from_deploy="dep-2",
-                       from_commit="c2", to="dep-1", to_commit="c1", method="rollback", new_deploy="dep-3",
-                       reason="r", signal="health", autodeploy_off=True,
+    pending = Rollback(at=(T0 + timedelta(minutes=1)).isoformat(), from_deploy="dep-2",
+                       to="dep-1", to_commit="c1", method="rollback", new_deploy="dep-3",
+                       reason="r", signal="health",
                        verify_by=(T0 + timedelta(minutes=16)).isoformat())  # fmt: skip
     down = [check(T0 + timedelta(minutes=m), "DOWN") for m in range(4, 16)]
     assert verify(pending, history, down, T0 + timedelta(minutes=10)) is None

@@ -153,9 +153,7 @@ class Rollback:
     """One automatic rollback, as the job's state keeps it until it is verified."""
 
     at: str
-    service: str
     from_deploy: str
-    from_commit: str
     to: str
     to_commit: str
     method: Literal["rollback", "deploy"]
@@ -163,7 +161,6 @@ class Rollback:
     new_deploy: str | None
     reason: str
     signal: str
-    autodeploy_off: bool
     verify_by: str
     outcome: str = "verifying"
     """verifying | self-healed | needs a human | superseded"""
@@ -171,6 +168,7 @@ class Rollback:
     """The history entry of kind `rollback`."""
     figures: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    """Why auto-deploy is still on (its PATCH failed), then how the verification ended."""
 
 
 def roll_back(api: RenderAPI, service_id: str, target: DeployRecord) -> tuple[Literal["rollback", "deploy"],

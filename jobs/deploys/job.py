@@ -253,8 +253,11 @@ class DeploysJob:
         if service.health is not None and ctx.checks is not None:
             live = history.live()
             since = live_since(live, now) if live else now
-            # From before the deploy went live (was the app already down?) and since a rollback being verified.
-            start = min(since - BEFORE, datetime.fromisoformat(last.at)) if last else since - BEFORE
+            # From before the deploy went live (was the app already down?), and since a rollback still being
+            # verified; never since an older rollback, which would read more checks every run.
+            start = since - BEFORE
+            if last is not None and last.outcome == "verifying":
+                start = min(start, datetime.fromisoformat(last.at))
             checks = ctx.checks.read(service.health, start)
         verdict = assess(service.name, history, checks, now, self.options.settle)
         for notice in verdict.notices:
@@ -316,10 +319,9 @@ class DeploysJob:
             figures["requested_after_down_s"] = round((requested - datetime.fromisoformat(figures["down_at"]))
                                                       .total_seconds(), 3)  # fmt: skip
         rollback = Rollback(
-            at=requested.isoformat(), service=service.name, from_deploy=live.deploy_id, from_commit=live.commit,
-            to=target.deploy_id, to_commit=target.commit, method=method, new_deploy=new_id, reason=decision.reason,
-            signal=decision.signal, autodeploy_off=not note, verify_by=(requested + self.options.auto_rollback.verify)
-            .isoformat(), figures=figures, note=note,
+            at=requested.isoformat(), from_deploy=live.deploy_id, to=target.deploy_id, to_commit=target.commit,
+            method=method, new_deploy=new_id, reason=decision.reason, signal=decision.signal,
+            verify_by=(requested + self.options.auto_rollback.verify).isoformat(), figures=figures, note=note,
         )  # fmt: skip
         rollback.run_id = ctx.record("rollback", Status.OK, summary, {
             "automatic": True, "service": service.name, "from": live.deploy_id, "to": target.deploy_id,
@@ -383,8 +385,9 @@ class DeploysJob:
         """The second signal: Sentry's errors of the live release against the last good one's, when asked for."""
         policy = self.options.auto_rollback
         live = history.live()
-        if policy.error_ratio is None or releases.api is None or releases.options is None or live is None or live.good:
-            return None
+        if (policy.error_ratio is None or releases.api is None or releases.options is None or live is None
+                or live.good or live.guard):  # fmt: skip
+            return None  # not asked for, or already decided: no Sentry calls
         since = live_since(live, now)
         good = history.last_good(excluding=live.deploy_id)
         if good is None or now - since > policy.watch or not live.commit or not good.commit:
