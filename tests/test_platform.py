@@ -142,3 +142,20 @@ def test_a_page_that_is_no_feed_and_a_page_too_large_are_clear_errors(
     code, out, _ = run(config, env)
     assert code == 3
     assert out["summary"].endswith("the answer is larger than 4,194,304 bytes")
+
+
+def test_a_gzipped_rss_feed_over_http_is_read_and_announced(tmp_path: Path, env: dict[str, str], vendor: Any) -> None:
+    """history.rss served as Statuspage serves it (application/rss+xml, gzip): the active Singapore incident is
+    announced for `components: [Web Services]`; the resolved and the scheduled entries send nothing."""
+    body = gzip.compress(page("history.rss"))
+    vendor.routes["/history.rss"] = lambda r: Reply(200, body, {"Content-Type": "application/rss+xml; charset=utf-8",
+                                                                "Content-Encoding": "gzip"})  # fmt: skip
+    config = config_for(tmp_path, f"{vendor.url}/history.rss", "components: [Web Services]")
+    code, out, notices = run(config, env)
+    assert (code, out["status"]) == (1, "warn"), out
+    assert [n["notice"] for n in notices] == [
+        "Render incident: Elevated latency for web services in Singapore (investigating) [Web Services] "
+        "https://status.render.com/incidents/w3n7h2j5v9q6"
+    ]
+    assert vendor.requests[0].headers["accept-encoding"] == "gzip, deflate"
+    assert run(config, env)[2] == []
