@@ -65,31 +65,42 @@ class Decision:
     figures: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _health_signal(checks: Sequence[CheckRecord], since: datetime, watch: timedelta) -> tuple[str, str, dict[str, Any]]:
-    """('bad' | 'late' | 'before' | '', reason, figures) from the health job's checks around the deploy."""
-    endpoints = sorted({c.endpoint for c in checks})
-    late = before = ""
-    for endpoint in endpoints:
+def _health_signal(
+    checks: Sequence[CheckRecord], since: datetime, watch: timedelta
+) -> tuple[str, dict[str, Any] | None]:
+    """(reason, figures) when the health checks show the deploy broke the app; (why not, None) otherwise."""
+    why_not = ""
+    for endpoint in sorted({c.endpoint for c in checks}):
         mine = [c for c in checks if c.endpoint == endpoint]
         after = [c for c in mine if c.at >= since]
         if not after or after[-1].state != "DOWN":
             continue  # not DOWN now: nothing to heal
         earlier = [c for c in mine if c.at < since]
         if earlier and earlier[-1].state == "DOWN":
-            before = f"{endpoint} was already DOWN before the deploy went live (the deploy may be the fix)"
+            why_not = why_not or f"{endpoint} was already DOWN before the deploy went live (the deploy may be the fix)"
             continue
         first = next(c.at for c in after if c.state == "DOWN")
         took = first - since
         if took > watch:
-            late = (f"{endpoint} went DOWN {format_duration(took)} after the deploy went live, past the "
-                    f"{format_duration(watch)} watch")  # fmt: skip
+            why_not = (f"{endpoint} went DOWN {format_duration(took)} after the deploy went live, past the "
+                       f"{format_duration(watch)} watch")  # fmt: skip
             continue
-        return (
-            "bad",
-            f"{endpoint} DOWN {format_duration(took)} after it went live",
-            {"endpoint": endpoint, "down_at": first.isoformat(), "down_after_s": round(took.total_seconds(), 3)},
-        )
-    return ("late", late, {}) if late else ("before", before, {}) if before else ("", "", {})
+        figures = {"endpoint": endpoint, "down_at": first.isoformat(), "down_after_s": round(took.total_seconds(), 3)}
+        return f"{endpoint} DOWN {format_duration(took)} after it went live", figures
+    return why_not, None
+
+
+def _error_signal(errors: Errors | None, policy: AutoRollback) -> tuple[str, dict[str, Any]] | None:
+    """(reason, figures) when Sentry's counts show an error spike past the policy's limit."""
+    if errors is None or policy.error_ratio is None:
+        return None
+    limit = max(policy.min_errors, policy.error_ratio * errors.previous)
+    if errors.new < limit:
+        return None
+    reason = (f"{errors.new} errors in Sentry in its first {format_duration(errors.window)} against "
+              f"{errors.previous} for the last good release in the same time (limit {limit:g})")  # fmt: skip
+    return reason, {"errors_new": errors.new, "errors_previous": errors.previous,
+                    "window_s": errors.window.total_seconds(), "limit": limit}  # fmt: skip
 
 
 def decide(
@@ -108,21 +119,14 @@ def decide(
     if last and (last.get("new_deploy") == live.deploy_id or last.get("outcome") == "verifying"):
         return Decision("none")  # the rollback in progress is judged by `verify`, never rolled back itself
     since = live_since(live, now)
-    signal, reason, figures = _health_signal(checks, since, policy.watch)
-    if signal != "bad":
-        if errors is not None and policy.error_ratio is not None and now - since <= policy.watch:
-            limit = max(policy.min_errors, policy.error_ratio * errors.previous)
-            if errors.new >= limit:
-                signal = "errors"
-                took = format_duration(errors.window)
-                reason = (f"{errors.new} errors in Sentry in its first {took} against {errors.previous} for the last "
-                          f"good release in the same time (limit {limit:g})")  # fmt: skip
-                figures = {"errors_new": errors.new, "errors_previous": errors.previous,
-                           "window_s": errors.window.total_seconds(), "limit": limit}  # fmt: skip
-        if signal != "errors":
-            return Decision("none", reason)
+    reason, health = _health_signal(checks, since, policy.watch)
+    spike = _error_signal(errors, policy) if health is None and now - since <= policy.watch else None
+    if health is not None:
+        signal, figures = "health", health
+    elif spike is not None:
+        signal, (reason, figures) = "errors", spike
     else:
-        signal = "health"
+        return Decision("none", reason)
     at = f"{live.label()}: {reason}"
     if last and last.get("at") and now - datetime.fromisoformat(last["at"]) < policy.cooldown:
         when = datetime.fromisoformat(last["at"])
