@@ -144,9 +144,9 @@ class Daemon:
         self.reload = threading.Event()
         self._watched = _Watched()
         self._settling: str | None = None
-        #: job id -> the jobs that follow it (JobOptions.follows), and each job's last status in this daemon.
+        #: job id -> the jobs that follow it (JobOptions.follows), and whether its last run in this daemon failed.
         self._followers: dict[str, list[str]] = {}
-        self._last_status: dict[str, Status] = {}
+        self._failing: dict[str, bool] = {}
         self._scheduler = BackgroundScheduler(
             timezone=config.timezone,
             executors={"default": _RunExecutor()},
@@ -346,12 +346,12 @@ class Daemon:
 
     def _wake_followers(self, job_id: str, status: Status) -> None:
         """Run at once the jobs that follow this one, when it turned to FAIL or back (or starts out failing)."""
-        before = self._last_status.get(job_id)
-        self._last_status[job_id] = status
+        if status in (Status.MISSED, Status.INTERRUPTED):
+            return  # no verdict on the app: neither a turn nor a reason to forget the last one
         failing = status is Status.FAIL
-        if status in (Status.MISSED, Status.INTERRUPTED) or (before is not None and (before is Status.FAIL) == failing):
-            return
-        if before is None and not failing:
+        was = self._failing.get(job_id)  # None: no run of it seen yet by this daemon
+        self._failing[job_id] = failing
+        if was == failing or (was is None and not failing):
             return
         for follower in self._followers.get(job_id, ()):
             if self.leading and self._scheduler.get_job(follower) is not None:
