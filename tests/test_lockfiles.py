@@ -89,7 +89,7 @@ def test_npm_lockfile_v1_nested_dependencies() -> None:
 
 
 def test_aliases_and_links(tmp_path: Path) -> None:
-    """`npm:` aliases name the real package; `link:` and `workspace:` entries are not packages."""
+    """`npm:` aliases name the real package; a `workspace:` entry is a direct dependency of source workspace."""
     path = tmp_path / "pnpm-lock.yaml"
     path.write_text("""\
 lockfileVersion: '9.0'
@@ -109,7 +109,8 @@ packages:
   string-width@4.2.3: {}
   react-dom@18.2.0: {}
 """)
-    [alias, dom] = read_lockfile(path).importers["."]
+    [alias, shared, dom] = read_lockfile(path).importers["."]
+    assert (shared.name, shared.source, shared.locked) == ("shared", "workspace", "link:../shared")
     assert (alias.name, alias.alias_of, alias.locked, alias.package) == (
         "string-width-cjs", "string-width", "4.2.3", ("string-width", "4.2.3")
     )  # fmt: skip

@@ -1,0 +1,162 @@
+"""The one picture every lockfile becomes, and what a dependency specifier says about where it comes from."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from jobs.dependencies import semver
+
+Package = tuple[str, str]  # (name, version)
+GROUPS = ("dependencies", "devDependencies", "optionalDependencies")
+Source = Literal["registry", "git", "url", "local", "workspace", "runtime"]
+LOCKFILE_NAMES = ("pnpm-lock.yaml", "package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "bun.lock")
+UNSUPPORTED = {"bun.lockb": "bun's binary lockfile (bun ≥ 1.2 writes the text bun.lock: run `bun install --save-text-lockfile`)"}
+
+
+class LockfileError(Exception):
+    """A lockfile that cannot be read; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class Direct:
+    """A dependency the project's package.json names."""
+
+    name: str
+    specifier: str
+    locked: str
+    group: str
+    alias_of: str | None = None
+    """The real package when the name is an alias (`"x": "npm:y@1"`)."""
+    source: Source = "registry"
+    """Where it comes from; only `registry` dependencies are looked up and sent to advisory sources."""
+
+    @property
+    def package(self) -> Package:
+        return (self.alias_of or self.name, self.locked)
+
+    @property
+    def range(self) -> str:
+        """The version range of a registry specifier (`npm:react@^19` -> `^19`)."""
+        spec = self.specifier
+        if spec.startswith("npm:"):
+            spec = spec[4:]
+            at = spec.rfind("@")
+            spec = spec[at + 1 :] if at > 0 else "*"
+        return spec
+
+
+@dataclass
+class Lockfile:
+    """What a lockfile says was installed."""
+
+    path: Path
+    manager: str
+    version: str
+    importers: dict[str, list[Direct]] = field(default_factory=dict)
+    packages: set[Package] = field(default_factory=set)
+    foreign: set[Package] = field(default_factory=set)
+    """Packages resolved from git, a URL or the disk: in `packages`, never looked up by name."""
+    edges: dict[Package, set[Package]] = field(default_factory=dict)
+    _chains: dict[Package, list[list[str]]] = field(default_factory=dict, repr=False)
+
+    @property
+    def registry_packages(self) -> set[Package]:
+        return self.packages - self.foreign
+
+    def via(self, target: Package, importer: str | None = None) -> list[list[str]]:
+        """For each direct dependency (of `importer`, or of any) that leads to `target`, the shortest chain of names."""
+        chains = []
+        seen: set[str] = set()
+        folders = [importer] if importer is not None else list(self.importers)
+        for folder in folders:
+            for direct in self.importers.get(folder, []):
+                if direct.name in seen or direct.source != "registry":
+                    continue
+                chain = self._path(direct.package, target)
+                if chain is not None:
+                    seen.add(direct.name)
+                    chains.append([direct.name, *[name for name, _ in chain[1:]]])
+        return chains
+
+    def _path(self, start: Package, target: Package) -> list[Package] | None:
+        queue: deque[list[Package]] = deque([[start]])
+        seen = {start}
+        while queue:
+            path = queue.popleft()
+            if path[-1] == target:
+                return path
+            for nxt in self.edges.get(path[-1], ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    queue.append([*path, nxt])
+        return None
+
+
+_GIT = re.compile(r"^(git\+|git://|github:|gitlab:|bitbucket:|gist:)|^[A-Za-z0-9][\w.-]*/[\w.-]+(#.*)?$")
+
+
+def spec_source(spec: str) -> Source:
+    """Where a package.json specifier points (reference §12): the registry, git, a URL, the disk or the workspace."""
+    spec = spec.strip()
+    if spec.startswith("workspace:"):
+        return "workspace"
+    if spec.startswith("runtime:"):  # pnpm's `devEngines.runtime`: Node.js itself, not a package
+        return "runtime"
+    if spec.startswith(("link:", "file:", "portal:", "./", "../", "/", "~/")):
+        return "local"
+    if spec.startswith(("http://", "https://")):
+        return "git" if spec.endswith(".git") or "#" in spec.split("/")[-1] else "url"
+    if _GIT.search(spec):
+        return "git"
+    if spec.startswith("npm:"):
+        return spec_source(spec[4:].rpartition("@")[2]) if "@" in spec[5:] else "registry"
+    return "registry"
+
+
+def is_version(text: str) -> bool:
+    return semver.parse(text) is not None
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A package.json (a UTF-8 byte-order mark tolerated, as npm does); LockfileError names it and why."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))
+    except OSError as exc:
+        raise LockfileError(f"{path}: cannot read: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LockfileError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise LockfileError(f"{path}: not a package.json (a JSON object)")
+    return doc
+
+
+def declared(manifest: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """name -> (group, specifier) of a package.json; a name in two groups counts once, as npm installs it."""
+    found: dict[str, tuple[str, str]] = {}
+    for group in ("devDependencies", "dependencies", "optionalDependencies"):  # later groups win, as in npm
+        for name, spec in (manifest.get(group) or {}).items():
+            found[str(name)] = (group, str(spec))
+    return found
+
+
+def workspace_members(root: Path, manifest: dict[str, Any]) -> list[str]:
+    """The member folders (relative, POSIX) that package.json `workspaces` names, expanding `*` globs."""
+    patterns = manifest.get("workspaces") or []
+    if isinstance(patterns, dict):  # yarn classic's {"packages": [...], "nohoist": [...]}
+        patterns = patterns.get("packages") or []
+    members: list[str] = []
+    for pattern in patterns:
+        text = str(pattern).strip().rstrip("/")
+        if text.startswith("!"):
+            continue
+        for folder in sorted(root.glob(text)) if any(c in text for c in "*?[") else [root / text]:
+            if (folder / "package.json").is_file():
+                rel = folder.relative_to(root).as_posix()
+                if rel not in members:
+                    members.append(rel)
+    return members
