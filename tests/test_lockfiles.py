@@ -143,7 +143,11 @@ packages:
     ("pnpm-lock.yaml", "lockfileVersion: '9.0'\nimporters: [oops\n", "not valid YAML"),
     ("pnpm-lock.yaml", "just: text\n", "no lockfileVersion"),
     ("package-lock.json", "{not json", "not valid JSON"),
-    ("yarn.lock", "# yarn", "not a lockfile opskeeper reads"),
+    ("yarn.lock", "# yarn", "neither a Yarn classic lockfile"),
+    ("yarn.lock", "# yarn lockfile v1\n\nleft-pad@^1.0.0\n  version \"1.3.0\"\n", "expected `name@range:`"),
+    ("bun.lock", '{"workspaces": {},}', "no lockfileVersion"),
+    ("bun.lockb", "\x00binary", "binary lockfile"),
+    ("shrinkwrap.yaml", "x: 1", "not a lockfile opskeeper reads"),
 ])  # fmt: skip
 def test_unreadable_lockfile_names_path_and_reason(tmp_path: Path, name: str, text: str, message: str) -> None:
     """A lockfile that does not parse is one error with its path and the reason."""
