@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
+from jobs.dependencies import semver
 from jobs.dependencies.lockfiles import LockfileError, read_lockfile
 from tests.conftest import SHARED
 
@@ -156,3 +158,113 @@ def test_unreadable_lockfile_names_path_and_reason(tmp_path: Path, name: str, te
     with pytest.raises(LockfileError, match=message) as info:
         read_lockfile(path)
     assert str(info.value).startswith(str(path))
+
+
+FIXTURES = SHARED / "fixtures"
+
+
+def manifest_directs(folder: Path) -> dict[str, str]:
+    """name -> specifier of every dependency a package.json declares, read straight from the file."""
+    doc = json.loads((folder / "package.json").read_text(encoding="utf-8-sig"))
+    return {n: s for g in ("dependencies", "devDependencies", "optionalDependencies") for n, s in (doc.get(g) or {}).items()}
+
+
+@pytest.mark.parametrize(("folder", "distinct"), [("yarn-v1/mern", 363), ("yarn-v1/mern/client", 1073),
+                                                  ("yarn-v1/mern/server", 313), ("yarn-v1/hyper", 1218)])  # fmt: skip
+def test_yarn_classic_directs_are_every_declared_dependency_with_its_locked_version(folder: str, distinct: int) -> None:
+    """Yarn classic (and npm's all-quoted variant at mern's root): each declared dependency has the block's version."""
+    lock = read_lockfile(FIXTURES / folder / "yarn.lock")
+    directs = {d.name: d for d in lock.importers["."]}
+    assert set(directs) == set(manifest_directs(FIXTURES / folder))
+    assert all(semver.parse(d.locked) is not None for d in directs.values())
+    assert len(lock.packages) == distinct
+
+
+def test_yarn_classic_locked_version_is_the_entry_for_that_specifier() -> None:
+    """`"debug@^2.2.0"` in the npm-written variant locks the version its own block names."""
+    text = (FIXTURES / "yarn-v1/mern/yarn.lock").read_text()
+    block = text.split('\n"nodemon@', 1)[1].split("\n\n", 1)[0]
+    version = next(line.split('"')[3] for line in block.splitlines() if line.strip().startswith('"version"'))
+    lock = read_lockfile(FIXTURES / "yarn-v1/mern/yarn.lock")
+    assert next(d for d in lock.importers["."] if d.name == "nodemon").locked == version
+
+
+def test_yarn_classic_github_shorthand_is_a_git_dependency_never_a_registry_package() -> None:
+    """hyper's `chabou/mousetrap#useCapture` is source git, and mousetrap is not among the registry packages."""
+    lock = read_lockfile(FIXTURES / "yarn-v1/hyper/yarn.lock")
+    mousetrap = next(d for d in lock.importers["."] if d.name == "mousetrap")
+    assert (mousetrap.source, mousetrap.locked) == ("git", "1.6.1")
+    assert not any(name == "mousetrap" for name, _ in lock.registry_packages)
+
+
+def test_yarn_berry_workspaces_and_patch_entries() -> None:
+    """Yarn berry: one importer per workspace, `patch:` duplicates dropped, a dependency on a member is a workspace."""
+    lock = read_lockfile(FIXTURES / "yarn-berry/slate/yarn.lock")
+    assert sorted(lock.importers) == [".", "packages/slate", "packages/slate-dom", "packages/slate-history",
+                                      "packages/slate-hyperscript", "packages/slate-react"]  # fmt: skip
+    assert len(lock.packages) == 1624
+    for folder, directs in lock.importers.items():
+        declared = manifest_directs(FIXTURES / "yarn-berry/slate" / folder)
+        assert {d.name for d in directs} == set(declared)
+    hyperscript = {d.name: d for d in lock.importers["packages/slate-hyperscript"]}
+    assert hyperscript["slate"].source == "workspace"
+    assert all(semver.parse(d.locked) for d in hyperscript.values() if d.source == "registry")
+
+
+def test_bun_lock_with_trailing_commas_and_nested_install_paths() -> None:
+    """bun.lock: JSONC parsed, 1,012 distinct packages, a nested key is the copy its parent depends on."""
+    lock = read_lockfile(FIXTURES / "bun/hono/bun.lock")
+    assert len(lock.packages) == 1012
+    assert {d.name for d in lock.importers["."]} == set(manifest_directs(FIXTURES / "bun/hono"))
+    highlight = next(p for p in lock.packages if p[0] == "@babel/highlight")
+    assert ("chalk", "2.4.2") in lock.edges[highlight]
+
+
+def test_npm_workspaces_members_aliases_git_and_links() -> None:
+    """npm workspaces: 13 importers (not the extraneous one), aliases resolve, git is git, members are workspace."""
+    lock = read_lockfile(FIXTURES / "npm/workspaces-v3/package-lock.json")
+    assert len(lock.importers) == 13
+    assert "packages/socket.io-clustered-engine" not in lock.importers
+    root = {d.name: d for d in lock.importers["."]}
+    assert root["engine.io-client-v3"].package[0] == "engine.io-client"
+    assert root["uWebSockets.js"].source == "git"
+    assert ("uWebSockets.js", root["uWebSockets.js"].locked) not in lock.registry_packages
+    client = {d.name: d for d in lock.importers["packages/socket.io-client"]}
+    assert client["engine.io-client"].source == "workspace"
+    assert len(lock.packages) == 1128
+
+
+def test_pnpm_two_document_lockfile_with_catalogs() -> None:
+    """pnpm 11+: the project document after the env document is read; `catalog:` becomes the catalog's range."""
+    path = FIXTURES / "edge/pnpm-multi-document/pnpm-lock.yaml"
+    lock = read_lockfile(path)
+    assert (len(lock.importers), len(lock.packages)) == (215, 1678)
+    catalog = yaml.safe_load_all(path.read_text())
+    project = list(catalog)[-1]
+    default = project["catalogs"]["default"]
+    root = {d.name: d for d in lock.importers["."]}
+    catalogued = [n for n, e in project["importers"]["."]["devDependencies"].items() if e["specifier"] == "catalog:"]
+    assert catalogued
+    assert all(root[n].specifier == default[n]["specifier"] for n in catalogued)
+    assert root["node"].source == "runtime"
+
+
+@pytest.mark.parametrize(("folder", "name", "source"), [
+    ("edge/git-dependency", "uWebSockets.js", "git"), ("edge/git-dependency-npm", "uWebSockets.js", "git"),
+    ("edge/tarball-url", "@emmetio/css-parser", "url"),
+])  # fmt: skip
+def test_git_and_tarball_dependencies_are_not_registry_packages(folder: str, name: str, source: str) -> None:
+    """A git or tarball-URL dependency keeps its source and never counts as a registry package of that name."""
+    path = next(p for p in (FIXTURES / folder).iterdir() if p.name in ("pnpm-lock.yaml", "package-lock.json"))
+    lock = read_lockfile(path)
+    direct = next(d for d in lock.importers["."] if d.name == name)
+    assert direct.source == source
+    assert not any(n == name for n, _ in lock.registry_packages)
+
+
+def test_npm_alias_resolves_to_the_real_package() -> None:
+    """`"express5": "npm:express@5"` is express 5.2.1; `"express": "latest-4"` stays express."""
+    lock = read_lockfile(FIXTURES / "edge/npm-alias/package-lock.json")
+    root = {d.name: d for d in lock.importers["."]}
+    assert root["express5"].package == ("express", "5.2.1")
+    assert root["express"].package[0] == "express"
