@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.dependencies.node import Declared, assess, codenames, declared_runtime, parse_index, parse_spec
+from jobs.dependencies.node import Declared, assess, assess_declared, codenames, declared_runtime, parse_index, parse_spec
 from tests.conftest import SHARED
 
 NODEJS = SHARED / "fixtures" / "nodejs"
@@ -62,11 +62,11 @@ def test_security_release_available_for_a_pinned_version() -> None:
 
 
 def test_declared_runtime_sources(tmp_path: Path) -> None:
-    """.nvmrc wins over engines.node, which wins over the Dockerfile's FROM node line."""
-    (tmp_path / "Dockerfile").write_text("FROM --platform=linux/amd64 node:18-alpine AS build\n")
-    assert declared_runtime(tmp_path) == Declared("Dockerfile FROM node", "18-alpine", 18, None)
+    """.nvmrc wins over the Dockerfile's FROM node line (what runs), which wins over engines.node (a range)."""
     (tmp_path / "package.json").write_text('{"engines": {"node": ">=20.11.0"}}')
     assert declared_runtime(tmp_path) == Declared("package.json engines.node", ">=20.11.0", 20, None)
+    (tmp_path / "Dockerfile").write_text("FROM --platform=linux/amd64 node:18-alpine AS build\n")
+    assert declared_runtime(tmp_path) == Declared("Dockerfile FROM node", "18-alpine", 18, None)
     (tmp_path / ".nvmrc").write_text("v22.3.0\n")
     assert declared_runtime(tmp_path) == Declared(".nvmrc", "v22.3.0", 22, (22, 3, 0))
 
@@ -78,3 +78,40 @@ def test_workspace_fixture_declares_its_runtime() -> None:
     assert found is not None
     assert (found.source, found.spec) == (".node-version", (folder / ".node-version").read_text().strip())
     assert found.line == int(found.spec.lstrip("v").split(".")[0])
+
+
+def test_last_dockerfile_stage_is_the_runtime(tmp_path: Path) -> None:
+    """In a multi-stage Dockerfile the last `FROM node:` is the image that runs."""
+    (tmp_path / "Dockerfile").write_text("FROM node:22 AS build\nRUN npm ci\nFROM docker.io/library/node:18-alpine\n")
+    assert declared_runtime(tmp_path) == Declared("Dockerfile FROM node", "18-alpine", 18, None)
+
+
+def test_root_dockerfile_counts_for_a_subproject(tmp_path: Path) -> None:
+    """client/ with no runtime file of its own runs on the repository root's Dockerfile (node:18-alpine)."""
+    (tmp_path / "Dockerfile").write_text("FROM node:18-alpine\nCOPY client server ./\n")
+    (tmp_path / "client").mkdir()
+    (tmp_path / "client" / "package.json").write_text('{"engines": {"node": ">=16"}}')
+    assert declared_runtime(tmp_path / "client", root=tmp_path) == Declared("./Dockerfile FROM node", "18-alpine",
+                                                                            18, None)  # fmt: skip
+    assert declared_runtime(tmp_path / "client") == Declared("package.json engines.node", ">=16", 16, None)
+
+
+def test_package_json_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """A package.json that starts with a UTF-8 BOM is read, not a crash."""
+    (tmp_path / "package.json").write_bytes(b'\xef\xbb\xbf{"engines": {"node": "^22.11.0"}}')
+    assert declared_runtime(tmp_path) == Declared("package.json engines.node", "^22.11.0", 22, None)
+
+
+@pytest.mark.parametrize(("spec", "lines", "status"), [
+    (">= 20.4.0", (26, 24, 22), "active-lts"),
+    ("^20.19.0 || >=22.12.0", (26, 24, 22), "active-lts"),
+    ("^22.11.0", (22,), "maintenance"),
+    ("^20.11.0", (), "eol"),
+    (">=18 <21", (), "eol"),
+])  # fmt: skip
+def test_engines_range_is_judged_by_the_lines_that_satisfy_it(spec: str, lines: tuple[int, ...], status: str) -> None:
+    """An engines range is as supported as the best supported, released line in it (on 2026-12-01)."""
+    schedule = json.loads((NODEJS / "node-releases-schedule.json").read_text())
+    verdict = assess_declared(Declared("package.json engines.node", spec, 0, None), schedule, [], date(2026, 12, 1))
+    assert verdict.lines == lines
+    assert verdict.status == status

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -68,27 +68,73 @@ def _triple(text: str) -> tuple[int, int, int] | None:
     return (int(match[1]), int(match[2]), int(match[3])) if match else None
 
 
-def declared_runtime(folder: Path, codenames: Mapping[str, int] | None = None) -> Declared | None:
-    """The Node.js version a project declares: .nvmrc, .node-version, engines.node, or its Dockerfile."""
-    candidates: list[tuple[str, str]] = []
+def _runtime_files(folder: Path) -> list[tuple[str, str]]:
+    """(source, spec) of the files in one folder that pin the Node.js that runs: .nvmrc, .node-version, Dockerfile."""
+    found: list[tuple[str, str]] = []
     for name in (".nvmrc", ".node-version"):
         if (folder / name).is_file():
-            candidates.append((name, (folder / name).read_text(encoding="utf-8").strip()))
-    package = folder / "package.json"
-    if package.is_file():
-        engines = json.loads(package.read_text(encoding="utf-8")).get("engines") or {}
-        if engines.get("node"):
-            candidates.append(("package.json engines.node", str(engines["node"])))
+            found.append((name, (folder / name).read_text(encoding="utf-8-sig").strip()))
     dockerfile = folder / "Dockerfile"
     if dockerfile.is_file():
-        match = re.search(r"^FROM\s+(?:--\S+\s+)*node:(\S+)", dockerfile.read_text(encoding="utf-8"), re.M | re.I)
-        if match:
-            candidates.append(("Dockerfile FROM node", match[1]))
-    for source, spec in candidates:
+        text = dockerfile.read_text(encoding="utf-8-sig", errors="replace")
+        # The last stage is the image that runs; a build stage may use another Node.js.
+        matches = re.findall(r"^FROM\s+(?:--\S+\s+)*(?:\S+/)?node:(\S+)", text, re.M | re.I)
+        if matches:
+            found.append(("Dockerfile FROM node", matches[-1]))
+    return found
+
+
+def engines(folder: Path) -> str | None:
+    """package.json's `engines.node` (a UTF-8 byte-order mark tolerated), or None."""
+    package = folder / "package.json"
+    if not package.is_file():
+        return None
+    try:
+        doc = json.loads(package.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    node = ((doc.get("engines") or {}) if isinstance(doc, dict) else {}).get("node")
+    return str(node) if node else None
+
+
+def declared_runtime(folder: Path, codenames: Mapping[str, int] | None = None, root: Path | None = None,
+                     ) -> Declared | None:  # fmt: skip
+    """The Node.js a project runs on: its own .nvmrc, .node-version or Dockerfile, else those of the folders
+    above it up to `root` (the repository: a root Dockerfile builds client/ and server/), else engines.node."""
+    folders = [folder]
+    if root is not None and folder.resolve() != root.resolve() and folder.resolve().is_relative_to(root.resolve()):
+        here = folder.resolve().parent
+        while here != root.resolve().parent:
+            folders.append(here)
+            here = here.parent
+    for index, place in enumerate(folders):
+        for source, spec in _runtime_files(place):
+            parsed = parse_spec(spec, codenames or {})
+            if parsed is not None:
+                where = source if index == 0 else f"{place.relative_to(root.resolve()).as_posix() or '.'}/{source}"  # type: ignore[union-attr]
+                return Declared(where, spec, *parsed)
+    spec = engines(folder)
+    if spec:
         parsed = parse_spec(spec, codenames or {})
         if parsed is not None:
-            return Declared(source, spec, *parsed)
+            return Declared("package.json engines.node", spec, *parsed)
     return None
+
+
+def satisfying_lines(spec: str, schedule: Mapping[str, Any], releases: list[Release]) -> list[int]:
+    """The release lines of the schedule with a version in the `engines` range, newest first.
+
+    A line counts if any of its known releases, its first (x.0.0) or a far later one
+    (x.999999.0, for a line newer than the index) satisfies the range, with npm's semver.
+    """
+    from jobs.dependencies import semver
+
+    lines = sorted((int(key[1:]) for key in schedule if re.fullmatch(r"v\d+", key)), reverse=True)
+    by_line: dict[int, list[str]] = {}
+    for release in releases:
+        by_line.setdefault(release.version[0], []).append(".".join(map(str, release.version)))
+    return [line for line in lines
+            if any(semver.satisfies(v, spec) for v in [*by_line.get(line, []), f"{line}.0.0", f"{line}.999999.0"])]
 
 
 def parse_spec(spec: str, codenames: Mapping[str, int]) -> tuple[int, tuple[int, int, int] | None] | None:
@@ -116,6 +162,8 @@ class RuntimeVerdict:
     newest_in_line: str | None
     security_release: str | None
     """A newer release in the same line that is a security release, if the exact version is known."""
+    lines: tuple[int, ...] | None = None
+    """For an `engines` range: the release lines that satisfy it (newest first)."""
 
 
 def assess(declared: Declared, schedule: Mapping[str, Any], releases: list[Release], today: date) -> RuntimeVerdict:
@@ -144,6 +192,29 @@ def assess(declared: Declared, schedule: Mapping[str, Any], releases: list[Relea
         security = max(newer, key=lambda r: r.version).text if newer else None
     return RuntimeVerdict(declared.line, status, end.isoformat() if end else None, latest_lts,
                           in_line[0].text if in_line else None, security)  # fmt: skip
+
+
+_PREFERENCE = {"active-lts": 0, "maintenance": 1, "current": 2}
+
+
+def assess_declared(declared: Declared, schedule: Mapping[str, Any], releases: list[Release],
+                    today: date) -> RuntimeVerdict:  # fmt: skip
+    """Judge a pinned runtime by its line; an `engines` range by the best supported line that satisfies it.
+
+    `>= 20.4.0` is not "Node 20": 22 and 24 satisfy it too, so it is as supported as the
+    best of them (an active LTS before a maintenance line before a current one).
+    """
+    if declared.source != "package.json engines.node":
+        return assess(declared, schedule, releases, today)
+    lines = satisfying_lines(declared.spec, schedule, releases)
+    if not lines:
+        return assess(declared, schedule, releases, today)
+    verdicts = [assess(Declared(declared.source, declared.spec, line, None), schedule, releases, today)
+                for line in lines]  # fmt: skip
+    started = {line for line in lines if (_day((schedule.get(f"v{line}") or {}).get("start")) or today) <= today}
+    supported = [v for v in verdicts if v.status in _PREFERENCE and v.line in started]
+    best = min(supported, key=lambda v: (_PREFERENCE[v.status], -v.line)) if supported else verdicts[-1]
+    return replace(best, lines=tuple(v.line for v in supported))
 
 
 def _lts_on(info: Mapping[str, Any], today: date) -> bool:
