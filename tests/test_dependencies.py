@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-import nodesemver
 import pytest
 
+from jobs.dependencies import semver
 from jobs.dependencies.job import DependenciesOptions, Ignore, Report, notices, update_kind, verdict
 from tests.conftest import ROOT, SHARED, Reply, opskeeper, send_reply
 from worker.job import Status
@@ -24,15 +24,47 @@ from worker.job import Status
 RECORDED = ROOT / "tests" / "fixtures" / "registry"
 NODEJS = SHARED / "fixtures" / "nodejs"
 BULK = json.loads((SHARED / "fixtures" / "npm-audit" / "audit-omit" / "bulk.json").read_text())
+BULK_TODAY = {**BULK, **json.loads((ROOT / "tests" / "fixtures" / "advisories" / "multer-bulk.json").read_text())}
+
+
+ADVISORIES = ROOT / "tests" / "fixtures" / "advisories"
+OSV_RECORDS = {p.stem: json.loads(p.read_text()) for p in (ADVISORIES / "osv").glob("*.json")}
+# npm's package-name rule (validate-npm-package-name, old names allowed upper case): anything else the registry
+# refuses with 400, as it did for `git+ssh://git`.
+_NPM_NAME = re.compile(r"^(?:@[A-Za-z0-9~-][A-Za-z0-9._~-]*/)?[A-Za-z0-9~-][A-Za-z0-9._~-]*$")
+
+
+def osv_affects(record: dict[str, Any], name: str, version: str) -> bool:
+    """OSV's own test: the version lies in an introduced..fixed interval of the package's SEMVER events."""
+    for affected in record["affected"]:
+        if affected["package"] != {**affected["package"], "ecosystem": "npm", "name": name}:
+            continue
+        for span in affected["ranges"]:
+            low = None
+            for event in span["events"]:
+                if "introduced" in event:
+                    low = event["introduced"]
+                elif low is not None:
+                    above = low == "0" or semver.compare(version, low) >= 0
+                    if above and semver.compare(version, event["fixed"]) < 0:
+                        return True
+                    low = None
+    return False
 
 
 class LocalRegistry:
-    """GET /<package> from recorded documents (with ETags), POST bulk advisories from npm's recorded answer."""
+    """GET /<package> from recorded documents (with ETags), POST bulk advisories from npm's recorded answer,
+    Node.js release data under /node/, and OSV's querybatch and vulns under /osv/ from recorded records."""
 
     def __init__(self, bulk: dict[str, Any]) -> None:
         self.bulk = bulk
         self.gets = self.not_modified = self.posts = 0
         self.down = False
+        self.bulk_status = 200
+        self.node_down = False
+        self.asked: list[str] = []
+        self.posted: list[dict[str, Any]] = []
+        self.osv_queries: list[dict[str, Any]] = []
         self.github_auth: list[str] = []
         registry = self
 
@@ -40,17 +72,26 @@ class LocalRegistry:
             def do_GET(self) -> None:
                 if self.path.startswith("/repos/"):  # the GitHub contents API
                     registry.github_auth.append(self.headers.get("Authorization", ""))
-                    name = self.path.split("?", 1)[0].rsplit("/", 1)[1]
-                    source = SHARED / "fixtures" / "pnpm" / "mern-v9" / "server" / name
+                    name = self.path.split("?", 1)[0].split("/contents/", 1)[1]
+                    source = SHARED / "fixtures" / "pnpm" / "mern-v9" / unquote(name)
                     return self._send(200 if source.is_file() else 404,
                                       source.read_bytes() if source.is_file() else b"{}", {})  # fmt: skip
                 if self.path in ("/node/index.tab", "/node/schedule.json"):
+                    if registry.node_down or registry.down:
+                        return self._send(503, b"down", {})
                     name = self.path.rsplit("/", 1)[1]
                     return self._send(200, (NODEJS / name).read_bytes(), {})
+                if self.path.startswith("/osv/v1/vulns/"):
+                    record = OSV_RECORDS.get(unquote(self.path.rsplit("/", 1)[1]))
+                    return self._send(200 if record else 404, json.dumps(record or {"code": 5}).encode(), {})
                 registry.gets += 1
+                name = unquote(self.path.lstrip("/"))
+                registry.asked.append(name)
                 if registry.down:
                     return self._send(503, b"{}", {})
-                path = RECORDED / f"{quote(unquote(self.path.lstrip('/')), safe='')}.json"
+                if not _NPM_NAME.match(name):
+                    return self._send(400, b'{"error": "Invalid package name"}', {})
+                path = RECORDED / f"{quote(name, safe='')}.json"
                 if not path.is_file():
                     return self._send(404, b'{"error": "Not found"}', {})
                 record = json.loads(path.read_text())
@@ -63,8 +104,23 @@ class LocalRegistry:
                 return self._send(200, body, {"ETag": etag})
 
             def do_POST(self) -> None:
-                registry.posts += 1
                 asked = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/osv/v1/querybatch":
+                    registry.osv_queries.append(asked)
+                    assert len(asked["queries"]) <= 1000  # noqa: S101 - OSV's documented limit
+                    results = []
+                    for query in asked["queries"]:
+                        name, version = query["package"]["name"], query["version"]
+                        vulns = [{"id": i, "modified": r["modified"]} for i, r in sorted(OSV_RECORDS.items())
+                                 if osv_affects(r, name, version)]  # fmt: skip
+                        results.append({"vulns": vulns} if vulns else {})
+                    return self._send(200, json.dumps({"results": results}).encode(), {})
+                registry.posts += 1
+                registry.posted.append(asked)
+                if registry.down:
+                    return self._send(503, b"{}", {})
+                if registry.bulk_status != 200:
+                    return self._send(registry.bulk_status, b'{"error": "Method Not Allowed"}', {})
                 # npm's recorded answer, for the packages asked about (the real endpoint leaves out the rest).
                 answer = {name: advisories for name, advisories in registry.bulk.items() if name in asked}
                 return self._send(200, json.dumps(answer).encode(), {})
@@ -84,12 +140,12 @@ class LocalRegistry:
 
     def args(self) -> list[str]:
         return ["--registry", self.url, "--node-index", f"{self.url}/node/index.tab",
-                "--node-schedule", f"{self.url}/node/schedule.json"]  # fmt: skip
+                "--node-schedule", f"{self.url}/node/schedule.json", "--osv-url", f"{self.url}/osv"]  # fmt: skip
 
 
 @pytest.fixture
 def registry() -> Iterator[LocalRegistry]:
-    server = LocalRegistry(BULK)
+    server = LocalRegistry(BULK_TODAY)
     yield server
     server.server.shutdown()
     server.server.server_close()
@@ -115,7 +171,7 @@ def test_every_vulnerable_package_in_npms_answer_is_reported_at_its_severity(
     [report] = out["projects"]
     found = {(a["package"], a["id"]): a["severity"] for a in report["advisories"]}
     # npm's answer lists every advisory of each package; the installed versions decide which apply,
-    # judged here by npm's own semver rules (node-semver) against the lockfile.
+    # judged here by npm's own semver rules (tests/test_semver.py holds ours to npm's module) against the lockfile.
     installed = {}
     for key, info in json.loads((project / "package-lock.json").read_text())["packages"].items():
         if key:
@@ -124,7 +180,7 @@ def test_every_vulnerable_package_in_npms_answer_is_reported_at_its_severity(
         (name, adv["id"]): adv["severity"]
         for name, advs in BULK.items()
         for adv in advs
-        if any(nodesemver.satisfies(v, adv["vulnerable_versions"], loose=True) for v in installed[name])
+        if any(semver.satisfies(v, adv["vulnerable_versions"], include_prerelease=True) for v in installed[name])
     }
     assert found == expected
     assert ("atob", 646) not in found  # atob 2.1.1 is past the vulnerable <=2.0.3
@@ -191,20 +247,103 @@ def test_eol_runtime_fails(tmp_path: Path, env: dict[str, str], registry: LocalR
     assert code == 2
 
 
-def test_registry_outage_is_an_error_naming_the_registry(
+def test_everything_down_is_an_error_and_still_prints_the_document(
     tmp_path: Path, env: dict[str, str], registry: LocalRegistry
 ) -> None:
-    """A registry answering 503 is exit 3 naming the registry, the request and the retries; no traceback."""
+    """Registry, advisories and Node.js data all 503: exit 3, one line naming the registry, and --json a document."""
     registry.down = True
     project = copy_project(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
-    result = opskeeper("deps", str(project), *registry.args(), env=env, timeout=120)
+    result = opskeeper("deps", str(project), *registry.args(), "--osv-url", "http://127.0.0.1:9/osv", "--json",
+                       env=env, timeout=120)  # fmt: skip
     assert result.code == 3
     last = result.stderr.strip().splitlines()[-1]
-    wanted = rf"opskeeper: npm registry: (GET|POST) {re.escape(registry.url)}/\S+: HTTP 503 after 4 attempts"
+    wanted = rf"opskeeper: nothing could be checked: npm registry: (GET|POST) {re.escape(registry.url)}/\S+: HTTP 503.*"
     assert re.fullmatch(wanted, last), result.stderr
     assert "Traceback" not in result.stderr
     assert "never retrieved" not in result.stderr
-    assert result.stdout == ""
+    out = json.loads(result.stdout)
+    assert out["status"] == "error"
+    assert {g["source"] for g in out["gaps"]} == {"registry", "advisories (registry)", "advisories (osv)",
+                                                  "Node.js release data"}  # fmt: skip
+
+
+def test_bulk_endpoint_405_leaves_the_rest_of_the_report(tmp_path: Path, env: dict[str, str],
+                                                         registry: LocalRegistry) -> None:  # fmt: skip
+    """The registry's bulk endpoint answering 405: the outdated list and the Node.js verdict stay, the gap is named."""
+    registry.bulk_status = 405
+    project = copy_project(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    (project / ".nvmrc").write_text("22\n")
+    result = opskeeper("deps", str(project), *registry.args(), "--osv-url", "http://127.0.0.1:9/osv", "--json",
+                       env=env, timeout=120)  # fmt: skip
+    out = json.loads(result.stdout)
+    [gap, fallback] = out["gaps"]
+    assert (gap["source"], fallback["source"]) == ("advisories (registry)", "advisories (osv)")
+    assert "HTTP 405" in gap["error"]
+    [report] = out["projects"]
+    assert next(d for d in report["direct"] if d["name"] == "express")["latest"]
+    assert report["node"]["line"] == 22
+    assert out["status"] == "warn"
+    assert result.code == 1
+
+
+def test_osv_answers_when_the_bulk_endpoint_is_not_served(tmp_path: Path, env: dict[str, str],
+                                                          registry: LocalRegistry) -> None:  # fmt: skip
+    """Bulk 405, OSV up: multer 1.4.5-lts.2's three advisories come from OSV, and the gap says so."""
+    registry.bulk_status = 405
+    project = copy_project(ROOT / "tests" / "fixtures" / "projects" / "multer-lts", tmp_path / "uploads")
+    code, out = deps(env, registry, project)
+    [gap] = out["gaps"]
+    assert gap["effect"] == "advisories were checked with OSV instead"
+    found = {a["id"]: a for a in out["projects"][0]["advisories"] if a["package"] == "multer"}
+    assert set(found) == set(OSV_RECORDS)
+    assert all(a["version"] == "1.4.5-lts.2" and a["severity"] == "high" for a in found.values())
+    assert found["GHSA-44fp-w29j-9vj5"]["fixed_in"] == "2.0.0"
+    assert found["GHSA-g5hg-p3ph-g8qg"]["fixed_in"] == "2.0.1"
+    assert code == 2
+
+
+def test_registry_and_osv_together_name_each_advisory_once(tmp_path: Path, env: dict[str, str],
+                                                           registry: LocalRegistry) -> None:  # fmt: skip
+    """`--advisories registry,osv`: the two advisories both know are one entry each, with both sources."""
+    project = copy_project(ROOT / "tests" / "fixtures" / "projects" / "multer-lts", tmp_path / "uploads")
+    result = opskeeper("deps", str(project), *registry.args(), "--advisories", "registry,osv", "--json", env=env)
+    out = json.loads(result.stdout)
+    multer = [a for a in out["projects"][0]["advisories"] if a["package"] == "multer"]
+    assert len(multer) == 3
+    by_source = {tuple(a["sources"]) for a in multer}
+    assert by_source == {("osv", "registry"), ("osv",)}
+    assert out["gaps"] == []
+
+
+def test_prerelease_lts_version_is_vulnerable_to_its_advisory(tmp_path: Path, env: dict[str, str],
+                                                             registry: LocalRegistry) -> None:  # fmt: skip
+    """multer@1.4.5-lts.2 against `<2.0.0` (GHSA-44fp-w29j-9vj5): reported high, as npm audit reports it."""
+    project = copy_project(ROOT / "tests" / "fixtures" / "projects" / "multer-lts", tmp_path / "uploads")
+    code, out = deps(env, registry, project)
+    multer = {a["id"]: a for a in out["projects"][0]["advisories"] if a["package"] == "multer"}
+    assert set(multer) == {1104917, 1104916}
+    assert multer[1104917]["via"] == [["multer"]]
+    assert code == 2
+
+
+def test_node_release_data_unreachable_is_a_gap_and_the_last_copy_still_judges(
+    tmp_path: Path, env: dict[str, str], registry: LocalRegistry
+) -> None:
+    """Node.js data down: the first check says the runtime was not checked; after one good fetch, EOL still fails."""
+    project = copy_project(SHARED / "fixtures" / "pnpm" / "workspace-v6" / "packages" / "server", tmp_path / "api")
+    (project / ".nvmrc").write_text("20.11.0\n")
+    registry.node_down = True
+    _, out = deps(env, registry, project)
+    assert [g["source"] for g in out["gaps"]] == ["Node.js release data"]
+    assert out["gaps"][0]["effect"] == "the Node.js runtime was not checked"
+    assert out["projects"][0]["node"] is None
+    registry.node_down = False
+    deps(env, registry, project)
+    registry.node_down = True
+    code, out = deps(env, registry, project)
+    assert out["gaps"][0]["effect"].startswith("judged with the copy fetched on ")
+    assert out["projects"][0]["node"]["status"] == "eol"
+    assert code == 2
 
 
 def test_unreadable_lockfile_is_reported_with_its_path(

@@ -166,7 +166,8 @@ FIXTURES = SHARED / "fixtures"
 def manifest_directs(folder: Path) -> dict[str, str]:
     """name -> specifier of every dependency a package.json declares, read straight from the file."""
     doc = json.loads((folder / "package.json").read_text(encoding="utf-8-sig"))
-    return {n: s for g in ("dependencies", "devDependencies", "optionalDependencies") for n, s in (doc.get(g) or {}).items()}
+    groups = ("dependencies", "devDependencies", "optionalDependencies")
+    return {n: s for g in groups for n, s in (doc.get(g) or {}).items()}
 
 
 @pytest.mark.parametrize(("folder", "distinct"), [("yarn-v1/mern", 363), ("yarn-v1/mern/client", 1073),

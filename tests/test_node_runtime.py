@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from jobs.dependencies.node import Declared, assess, assess_declared, codenames, declared_runtime, parse_index, parse_spec
+from jobs.dependencies.node import (
+    Declared,
+    assess,
+    assess_declared,
+    codenames,
+    declared_runtime,
+    parse_index,
+    parse_spec,
+)
 from tests.conftest import SHARED
 
 NODEJS = SHARED / "fixtures" / "nodejs"

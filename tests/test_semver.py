@@ -78,7 +78,7 @@ def test_satisfies_agrees_with_npm_on_every_pair(include_prerelease: bool) -> No
 
 @needs_node
 def test_versions_sort_as_npm_sorts_them() -> None:
-    """Valid versions sort in npm's order (numeric prerelease identifiers numerically, a release after its prereleases)."""
+    """Valid versions sort in npm's order (numeric prerelease ids numerically, a release after its prereleases)."""
     valid = [v for v in VERSIONS if semver.parse(v) is not None]
     ours = sorted(valid, key=functools.cmp_to_key(semver.compare))
     assert [semver.parse(v).version for v in ours] == npm_answers()["sorted"]  # type: ignore[union-attr]

@@ -13,22 +13,25 @@ import json
 import os
 import re
 import tempfile
+from collections import deque
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import nodesemver
 from pydantic import model_validator
 
-from jobs.dependencies.lockfiles import Lockfile, LockfileError, read_lockfile
-from jobs.dependencies.node import Declared, RuntimeVerdict, assess, codenames, declared_runtime, parse_index
+from jobs.dependencies import semver
+from jobs.dependencies.lockfiles import Lockfile, LockfileError, Package
+from jobs.dependencies.node import Declared, Release, assess_declared, codenames, declared_runtime, engines, parse_index
+from jobs.dependencies.project import Located, Lockfiles, disagreements, drift, locate
 from worker.http import HttpError
 from worker.job import JobContext, JobOptions, Notice, Outcome, Status
 from worker.vendors.github import GITHUB_API, GitHub
 from worker.vendors.nodejs import NODE_INDEX, NODE_SCHEDULE, release_data
 from worker.vendors.npm import NPM_REGISTRY, Registry
+from worker.vendors.osv import OSV_API, Osv
 
 SEVERITIES = ("info", "low", "moderate", "high", "critical")
 Severity = Literal["info", "low", "moderate", "high", "critical"]
@@ -70,6 +73,8 @@ class Project(JobOptions):
     name: str
     path: str | None = None
     github: GitHubSource | None = None
+    recursive: bool = False
+    """Check every importer (workspace member) of the lockfile found there, each as its own project."""
 
     @model_validator(mode="after")
     def _one_source(self) -> Project:
@@ -78,24 +83,42 @@ class Project(JobOptions):
         return self
 
 
-PROJECT_FILES = ("package.json", "pnpm-lock.yaml", "package-lock.json", ".nvmrc", ".node-version", "Dockerfile")
+PROJECT_FILES = ("package.json", "pnpm-lock.yaml", "package-lock.json", "npm-shrinkwrap.json", "yarn.lock",
+                 "bun.lock", "pnpm-workspace.yaml", ".nvmrc", ".node-version", "Dockerfile")  # fmt: skip
 
 
-def fetch_github(source: GitHubSource, into: Path) -> None:
-    """Copy a project's package and lockfiles from GitHub into `into` (missing ones are skipped)."""
+def fetch_github(source: GitHubSource, into: Path) -> Path:
+    """Copy a project's package and lockfiles from GitHub into `into`, keeping the repository's layout.
+
+    For a project in a subfolder the repository root's files come too: a workspace's
+    lockfile and a root Dockerfile or .nvmrc answer for `client/` and `server/`. Returns the
+    project's folder; missing files are skipped. A `.git` marker makes `into` the repository root.
+    """
+    folder = into / source.path.strip("/") if source.path.strip("/") else into
+    folder.mkdir(parents=True, exist_ok=True)
+    (into / ".git").mkdir(exist_ok=True)
+    parts = [p for p in source.path.strip("/").split("/") if p]
     with GitHub(source.repo, api_url=source.api_url) as github:
-        for name in PROJECT_FILES:
-            data = github.contents("/".join(p for p in (source.path.strip("/"), name) if p), source.ref)
-            if data is not None:
-                (into / name).write_bytes(data)
+        for depth in range(len(parts), -1, -1):
+            here = "/".join(parts[:depth])
+            for name in PROJECT_FILES:
+                data = github.contents("/".join(p for p in (here, name) if p), source.ref)
+                if data is not None:
+                    (into / here / name).write_bytes(data)
+    return folder
 
 
 class DependenciesOptions(JobOptions):
-    """Which projects to check, against which registry, and what fails the run."""
+    """Which projects to check, against which registry and advisory sources, and what fails the run."""
 
     projects: tuple[Project, ...]
     registry: str = NPM_REGISTRY
     registry_token: str | None = None
+    advisories: tuple[Literal["registry", "osv"], ...] = ("registry",)
+    """Advisory sources asked every run; their answers are merged by GHSA id."""
+    advisory_fallback: Literal["osv", "none"] = "osv"
+    """Asked when every source in `advisories` failed (the registry's bulk endpoint is not served by every mirror)."""
+    osv_url: str = OSV_API
     fail_on_severity: Severity = "high"
     ignore: tuple[Ignore, ...] = ()
     node_index: str = NODE_INDEX
@@ -115,187 +138,417 @@ class Report:
     advisories: list[dict[str, Any]] = field(default_factory=list)
     node: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
+    lockfile: str = ""
+    manager: str = ""
+    drift: list[str] = field(default_factory=list)
+    """What a frozen install would reject: package.json and the lockfile out of step, or two lockfiles disagreeing."""
 
     def public(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path, "lockfile_version": self.lockfile_version,
-                "resolved_count": self.resolved_count, "direct": self.direct, "advisories": self.advisories,
-                "node": self.node, "problems": self.problems}  # fmt: skip
+        return {"name": self.name, "path": self.path, "manager": self.manager, "lockfile": self.lockfile,
+                "lockfile_version": self.lockfile_version, "resolved_count": self.resolved_count,
+                "direct": self.direct, "advisories": self.advisories, "node": self.node, "drift": self.drift,
+                "problems": self.problems}  # fmt: skip
 
 
-def find_lockfile(folder: Path) -> tuple[Path, str]:
-    """The lockfile for a project folder, and the project's importer key in it (a workspace's root may hold it)."""
-    for candidate in (folder, *folder.resolve().parents[:3]):
-        for name in ("pnpm-lock.yaml", "package-lock.json", "npm-shrinkwrap.json"):
-            if (candidate / name).is_file():
-                return candidate / name, folder.resolve().relative_to(candidate.resolve()).as_posix()
-    raise LockfileError(f"{folder}: no pnpm-lock.yaml or package-lock.json here or in the folders above")
+@dataclass
+class Checked:
+    """Every project's report, and each source that could not be asked (a gap: what was not checked, and why)."""
+
+    reports: list[Report]
+    gaps: list[dict[str, str]] = field(default_factory=list)
+    nothing_checked: bool = False
+    """No source answered at all: the run is an error, not a finding."""
+
+    def public(self) -> dict[str, Any]:
+        return {"projects": [r.public() for r in self.reports], "gaps": self.gaps}
 
 
 def update_kind(locked: str, latest: str | None) -> str:
-    """patch, minor, major, or none: how far the locked version is behind `latest`."""
-    if not latest:
-        return "none"
-    try:
-        have, want = nodesemver.make_semver(locked, loose=True), nodesemver.make_semver(latest, loose=True)
-    except ValueError:
-        return "none"
-    if not nodesemver.gt(latest, locked, loose=True):
+    """patch, minor, major, or none: how far the locked version is behind `latest`.
+
+    Below 1.0.0 a caret range pins the minor (`^0.4.1` allows only 0.4.x) and for 0.0.x the
+    patch, so such a step is as breaking as a major one and is called major.
+    """
+    have, want = semver.parse(locked), semver.parse(latest) if latest else None
+    if have is None or want is None or want.compare(have) <= 0:
         return "none"
     if want.major != have.major:
+        return "major"
+    if have.major == 0 and (want.minor != have.minor or (have.minor == 0 and want.patch != have.patch)):
         return "major"
     return "minor" if want.minor != have.minor else "patch"
 
 
-def wanted(specifier: str, versions: list[str]) -> str | None:
-    """The newest version the specifier allows: what `pnpm update` would install."""
-    try:
-        # Newest first, so the first match ends the search (a package may have thousands of versions).
-        return next((v for v in newest_first(versions) if nodesemver.satisfies(v, specifier, loose=True)), None)
-    except (ValueError, TypeError):
+def wanted(specifier: str, meta: Mapping[str, Any]) -> str | None:
+    """What `npm update` / `pnpm update` would install for the specifier, as npm-pick-manifest picks it.
+
+    A dist-tag names its version; else the `latest` tag if the range allows it; else the
+    newest non-deprecated version in the range (prereleases only if the range names one),
+    else the newest deprecated one.
+    """
+    tags, versions = meta.get("dist-tags") or {}, meta.get("versions") or {}
+    spec = specifier.strip() or "*"
+    if spec in tags:
+        return str(tags[spec])
+    if not semver.valid_range(spec):
         return None
-
-
-_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?")
-
-
-def newest_first(versions: list[str]) -> list[str]:
-    """Versions sorted newest first by their numbers (a prerelease before its release); cheap to compute."""
-
-    def key(version: str) -> tuple[int, int, int, int, str]:
-        match = _VERSION.match(version)
-        if not match:
-            return (-1, -1, -1, -1, version)
-        return (int(match[1]), int(match[2]), int(match[3]), 0 if match[4] else 1, match[4] or "")
-
-    return sorted(versions, key=key, reverse=True)
+    latest = tags.get("latest")
+    if isinstance(latest, str) and latest in versions and semver.satisfies(latest, spec):
+        return str(latest)
+    live = [v for v, info in versions.items() if not (info or {}).get("deprecated")]
+    return semver.max_satisfying(live, spec) or semver.max_satisfying(versions, spec)
 
 
 def fixed_in(vulnerable: str, current: str, versions: list[str]) -> str | None:
-    """The first version after `current` outside the vulnerable range, when the registry knows one."""
-    later = [v for v in reversed(newest_first(versions)) if _is_release(v) and nodesemver.gt(v, current, loose=True)]
-    return next((v for v in later if not nodesemver.satisfies(v, vulnerable, loose=True)), None)
+    """The first release after `current` outside the vulnerable range, when the registry knows one."""
+    now = semver.parse(current)
+    if now is None:
+        return None
+    later = sorted(((p, v) for v in versions if (p := semver.parse(v)) is not None and not p.prerelease
+                    and p.compare(now) > 0), key=lambda pair: pair[0])  # fmt: skip
+    return next((v for _, v in later if not semver.satisfies(v, vulnerable, include_prerelease=True)), None)
 
 
-def _is_release(version: str) -> bool:
-    try:
-        return not nodesemver.make_semver(version, loose=True).prerelease
-    except ValueError:
-        return False
+def _affects(advisory: Mapping[str, Any], version: str) -> bool:
+    """npm audit's test: satisfies(version, vulnerable_versions, {includePrerelease, loose}) (reference §12)."""
+    return semver.satisfies(version, str(advisory.get("vulnerable_versions", "*")), include_prerelease=True)
 
 
-def build_report(project: Project, lock: Lockfile, importer: str, *, metas: Mapping[str, Any],
-                 advisories: Mapping[str, list[dict[str, Any]]], runtime: RuntimeVerdict | None,
-                 declared: Declared | None) -> Report:  # fmt: skip
-    """The findings for one project. Pure: everything fetched is passed in."""
-    where = f"github:{project.github.repo}/{project.github.path}" if project.github else str(project.path)
-    report = Report(project.name, where, lock.version, len(lock.packages))
-    for direct in lock.importers.get(importer, lock.importers.get(".", [])):
+class Tracer:
+    """Chains from direct dependencies to vulnerable packages, one graph walk per distinct direct package."""
+
+    def __init__(self, lock: Lockfile, targets: set[Package]) -> None:
+        self.lock, self.targets = lock, targets
+        self._from: dict[Package, dict[Package, list[str]]] = {}
+
+    def reached(self, start: Package) -> dict[Package, list[str]]:
+        """target -> the shortest chain of names from `start` to it."""
+        if start not in self._from:
+            found: dict[Package, list[str]] = {}
+            parent: dict[Package, Package | None] = {start: None}
+            queue = deque([start])
+            while queue:
+                here = queue.popleft()
+                if here in self.targets:
+                    chain: list[str] = []
+                    step: Package | None = here
+                    while step is not None:
+                        chain.append(step[0])
+                        step = parent[step]
+                    found[here] = chain[::-1]
+                for nxt in self.lock.edges.get(here, ()):
+                    if nxt not in parent:
+                        parent[nxt] = here
+                        queue.append(nxt)
+            self._from[start] = found
+        return self._from[start]
+
+
+def _node_for(located: Located, runtime: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not runtime:
+        return None
+    schedule, releases, today = runtime["schedule"], runtime["releases"], runtime["today"]
+    declared = declared_runtime(located.folder, codenames(schedule), root=located.root)
+    if declared is None:
+        return None
+    verdict = assess_declared(declared, schedule, releases, today)
+    node: dict[str, Any] = {"declared": f"{declared.spec} ({declared.source})", "line": verdict.line,
+                            "status": verdict.status, "eol_date": verdict.eol_date, "latest_lts": verdict.latest_lts,
+                            "security_release": verdict.security_release}  # fmt: skip
+    if verdict.lines is not None:
+        node["lines"] = list(verdict.lines)
+    spec = engines(located.folder)
+    if spec and declared.source != "package.json engines.node":
+        running = f"{declared.exact[0]}.{declared.exact[1]}.{declared.exact[2]}" if declared.exact else None
+        candidates = [running] if running else [r.text[1:] for r in releases if r.version[0] == declared.line][:1]
+        if candidates and not semver.satisfies(candidates[0], spec):
+            node["engines_mismatch"] = f"engines.node is {spec}, but {declared.source} runs Node.js {declared.spec}"
+    node["runs"] = _runs(declared, releases)
+    return node
+
+
+def _runs(declared: Declared, releases: list[Release]) -> str | None:
+    """The Node.js version the project runs on, as precisely as known (for engines checks of its dependencies)."""
+    if declared.exact is not None:
+        return ".".join(map(str, declared.exact))
+    newest = next((r for r in releases if r.version[0] == declared.line), None)
+    return newest.text[1:] if newest else f"{declared.line}.0.0"
+
+
+def build_report(project_name: str, where: str, located: Located, *, metas: Mapping[str, Any],
+                 advisories: Mapping[str, list[dict[str, Any]]], tracer: Tracer | None,
+                 node: dict[str, Any] | None, drift: list[str]) -> Report:  # fmt: skip
+    """The findings for one project. Pure: everything fetched and read is passed in."""
+    lock, importer = located.lockfile, located.importer
+    report = Report(project_name, where, lock.version, len(lock.packages), lockfile=str(lock.path),
+                    manager=lock.manager, node=node, drift=drift)  # fmt: skip
+    runs = node.get("runs") if node else None
+    directs = lock.importers.get(importer, [])
+    for direct in directs:
+        if direct.source != "registry":
+            report.direct.append({"name": direct.name, "specifier": direct.specifier, "locked": direct.locked,
+                                  "source": direct.source, "wanted": None, "latest": None, "update": "none",
+                                  "deprecated": None})  # fmt: skip
+            continue
         meta = metas.get(direct.package[0]) or {}
-        versions = list((meta.get("versions") or {}).keys())
         latest = (meta.get("dist-tags") or {}).get("latest")
-        report.direct.append({
-            "name": direct.name, "specifier": direct.specifier, "locked": direct.locked,
-            "wanted": wanted(direct.specifier, versions) if versions else None, "latest": latest,
+        entry = {
+            "name": direct.name, "specifier": direct.specifier, "locked": direct.locked, "source": "registry",
+            "wanted": wanted(direct.range, meta) if meta else None, "latest": latest,
             "update": update_kind(direct.locked, latest),
             "deprecated": ((meta.get("versions") or {}).get(direct.locked) or {}).get("deprecated"),
-        })  # fmt: skip
-    for package, installed in sorted(_by_name(lock).items()):
+        }  # fmt: skip
+        if direct.alias_of:
+            entry["package"] = direct.alias_of
+        latest_node = meta.get("latest_node")
+        if latest_node and runs and semver.valid_range(latest_node) and not semver.satisfies(runs, latest_node):
+            entry["latest_needs_node"] = latest_node
+        report.direct.append(entry)
+    if tracer is None:
+        return report
+    # Which vulnerable packages this importer installs, and through which direct dependency.
+    chains: dict[Package, list[list[str]]] = {}
+    for direct in directs:
+        if direct.source == "registry":
+            for target, chain in tracer.reached(direct.package).items():
+                chains.setdefault(target, []).append([direct.name, *chain[1:]])
+    if len(lock.importers) == 1:  # a project of its own installs every package of its lockfile
+        for target in tracer.targets:
+            chains.setdefault(target, [])
+    for (package, version), via in sorted(chains.items()):
         for advisory in advisories.get(package, []):
-            for version in sorted(installed):
-                if not nodesemver.satisfies(version, advisory.get("vulnerable_versions", "*"), loose=True):
-                    continue
-                known = list(((metas.get(package) or {}).get("versions") or {}).keys())
-                report.advisories.append({
-                    "package": package, "version": version, "id": advisory["id"],
-                    "severity": advisory.get("severity", "info"), "title": advisory.get("title", ""),
-                    "url": advisory.get("url", ""),
-                    "fixed_in": fixed_in(advisory["vulnerable_versions"], version, known) if known else None,
-                    "via": lock.via((package, version)),
-                })  # fmt: skip
-    if declared is not None and runtime is not None:
-        report.node = {"declared": f"{declared.spec} ({declared.source})", "line": runtime.line,
-                       "status": runtime.status, "eol_date": runtime.eol_date, "latest_lts": runtime.latest_lts,
-                       "security_release": runtime.security_release}  # fmt: skip
+            if not _affects(advisory, version):
+                continue
+            known = list(((metas.get(package) or {}).get("versions") or {}).keys())
+            report.advisories.append({
+                "package": package, "version": version, "id": advisory["id"],
+                "severity": advisory.get("severity", "info"), "title": advisory.get("title", ""),
+                "url": advisory.get("url", ""), "sources": advisory.get("sources", ["registry"]),
+                "fixed_in": fixed_in(str(advisory.get("vulnerable_versions", "*")), version, known) if known else None,
+                "via": sorted(via, key=len)[:5],
+            })  # fmt: skip
     return report
 
 
-def _by_name(lock: Lockfile) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = {}
-    for name, version in lock.packages:
-        found.setdefault(name, set()).add(version)
-    return found
+def _ghsa(advisory: Mapping[str, Any]) -> set[str]:
+    """The GHSA (and other) ids an advisory is known by: its id, its aliases, the id in its URL."""
+    ids = {str(advisory.get("id"))} | set(advisory.get("aliases") or [])
+    match = re.search(r"(GHSA(?:-[23456789cfghjmpqrvwx]{4}){3})", str(advisory.get("url", "")))
+    if match:
+        ids.add(match[1])
+    return {i for i in ids if i.startswith(("GHSA-", "CVE-", "MAL-"))}
+
+
+def merge_advisories(answers: Mapping[str, Mapping[str, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
+    """One list per package from every source's answer, the same advisory (by GHSA id or alias) once. Pure."""
+    merged: dict[str, list[dict[str, Any]]] = {}
+    for source, answer in answers.items():
+        for package, advisories in answer.items():
+            have = merged.setdefault(package, [])
+            for advisory in advisories:
+                ids = _ghsa(advisory)
+                same = next((a for a in have if ids & _ghsa(a) or a["id"] == advisory["id"]), None)
+                if same is not None:
+                    same["sources"] = sorted({*same.get("sources", []), source})
+                    continue
+                have.append({**advisory, "sources": [source]})
+    return merged
+
+
+@dataclass
+class _Target:
+    project: str
+    where: str
+    located: Located
 
 
 async def check_projects(options: DependenciesOptions, base: Path, cache: MutableMapping[str, Any], today: date,
-                         token: str | None = None) -> list[Report]:  # fmt: skip
-    """Read every project, ask the registry (concurrently, cached), and judge."""
+                         token: str | None = None, *, recursive: bool = False) -> Checked:  # fmt: skip
+    """Read every project, ask the registry, the advisory sources and Node.js's release data, and judge.
+
+    Each source can fail on its own: the report still comes out, and the failure is a named gap.
+    `cache` holds the registry's ETags and the last Node.js release data between runs.
+    `recursive` checks every importer of the lockfile found for each project (as `pnpm -r`).
+    """
     with tempfile.TemporaryDirectory(prefix="opskeeper-deps-") as scratch:
-        return await _check(options, base, cache, today, token=token, scratch=Path(scratch))
+        return await _check(options, base, cache, today, token=token, scratch=Path(scratch), recursive=recursive)
 
 
-async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping[str, Any], today: date, *,
-                 token: str | None, scratch: Path) -> list[Report]:  # fmt: skip
-    locks: list[tuple[Project, Path, Lockfile, str]] = []
+def _gap(source: str, error: str, effect: str) -> dict[str, str]:
+    return {"source": source, "error": error, "effect": effect}
+
+
+async def _targets(options: DependenciesOptions, base: Path, *, scratch: Path, recursive: bool, lockfiles: Lockfiles,
+                   gaps: list[dict[str, str]]) -> tuple[list[_Target], list[Report]]:  # fmt: skip
+    """The project folders to report on, each with its lockfile; a report with a problem for each that has none."""
+    targets: list[_Target] = []
     reports: list[Report] = []
     for project in options.projects:
+        where = f"github:{project.github.repo}/{project.github.path}" if project.github else str(project.path)
         if project.github is not None:
-            folder = scratch / project.name
-            folder.mkdir()
-            await asyncio.to_thread(fetch_github, project.github, folder)
+            try:
+                folder = await asyncio.to_thread(fetch_github, project.github, scratch / project.name)
+            except HttpError as exc:
+                gaps.append(_gap("github", str(exc), f"{project.name} was not checked"))
+                reports.append(Report(project.name, where, problems=[f"could not be read from GitHub: {exc}"]))
+                continue
         else:
             folder = (base / str(project.path)).resolve()
         try:
-            path, importer = find_lockfile(folder)
-            locks.append((project, folder, read_lockfile(path), importer))
+            located = locate(folder, lockfiles)
         except LockfileError as exc:
-            reports.append(Report(project.name, str(project.path or project.github), problems=[str(exc)]))
-    node_data = asyncio.create_task(_node_data(options))
-    registry = Registry(options.registry, token or options.registry_token, cache, options.concurrency)
-    pending: list[asyncio.Task[Any]] = [node_data]
+            reports.append(Report(project.name, where, problems=[str(exc)]))
+            continue
+        if recursive or project.recursive:
+            root = located.lockfile.path.parent
+            for importer in located.lockfile.importers:
+                member = (root / importer).resolve()
+                name = project.name if importer == "." else f"{project.name}/{importer}"
+                targets.append(_Target(name, str(member), Located(member, located.lockfile, importer, located.root)))
+        else:
+            targets.append(_Target(project.name, where, located))
+    return targets, reports
+
+
+async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping[str, Any], today: date, *,
+                 token: str | None, scratch: Path, recursive: bool) -> Checked:  # fmt: skip
+    lockfiles = Lockfiles()
+    gaps: list[dict[str, str]] = []
+    targets, reports = await _targets(
+        options, base, scratch=scratch, recursive=recursive, lockfiles=lockfiles, gaps=gaps
+    )
+    locks = {id(t.located.lockfile): t.located.lockfile for t in targets}
+    installed: dict[str, set[str]] = {}
+    for lock in locks.values():
+        for name, version in lock.registry_packages:
+            installed.setdefault(name, set()).add(version)
+    direct_names = {d.package[0] for t in targets for d in t.located.lockfile.importers.get(t.located.importer, [])
+                    if d.source == "registry"}  # fmt: skip
+    registry = Registry(options.registry, token or options.registry_token, cache.setdefault("registry", {}),
+                        options.concurrency)  # fmt: skip
+    node_task = asyncio.create_task(_node_data(options, cache, gaps, today))
+    advisory_task = asyncio.create_task(_advisories(options, registry, installed, gaps))
     try:
-        direct_names = {d.package[0] for _, _, lock, imp in locks
-                        for d in lock.importers.get(imp, lock.importers.get(".", []))}  # fmt: skip
-        wanted_versions: dict[str, set[str]] = {}
-        for _, _, lock, _ in locks:
-            for name, versions in _by_name(lock).items():
-                wanted_versions.setdefault(name, set()).update(versions)
-        advisories_task = asyncio.create_task(registry.advisories(wanted_versions))
-        pending.append(advisories_task)
-        metas = await registry.packages(direct_names)
-        advisories = await advisories_task
-        affected = {name for name, advs in advisories.items() for adv in advs
-                    if any(nodesemver.satisfies(v, adv.get("vulnerable_versions", "*"), loose=True)
-                           for v in wanted_versions.get(name, ()))}  # fmt: skip
+        metas: dict[str, Any] = await registry.packages(direct_names)
+        answered = await advisory_task
+        advisories = answered or {}
+        affected = {name for name, advs in advisories.items()
+                    if any(_affects(a, v) for a in advs for v in installed.get(name, ()))}  # fmt: skip
         metas.update(await registry.packages(affected - set(metas)))  # for `fixed_in`
+        runtime = await node_task
     except BaseException:
-        # One failure ends the check: end the other requests too, so none dies unobserved.
-        for task in pending:
+        for task in (node_task, advisory_task):
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(node_task, advisory_task, return_exceptions=True)
         raise
     finally:
         await registry.close()
-    schedule, releases = await node_data
-    for project, folder, lock, importer in locks:
-        declared = declared_runtime(folder, codenames(schedule)) if schedule else None
-        runtime = assess(declared, schedule, releases, today) if declared and schedule else None
-        reports.append(build_report(project, lock, importer, metas=metas, advisories=advisories, runtime=runtime,
-                                    declared=declared))  # fmt: skip
-    return reports
+    if registry.failures:
+        names = sorted(registry.failures)
+        gaps.append(_gap("registry", f"{len(names)} of {len(direct_names | affected)} package documents could not be "
+                         f"fetched ({', '.join(names[:5])}{', …' if len(names) > 5 else ''}): "
+                         f"{registry.failures[names[0]]}", "no wanted/latest for those packages"))  # fmt: skip
+    tracers: dict[int, Tracer] = {}
+    for key, lock in locks.items():
+        vulnerable = {(n, v) for n, v in lock.registry_packages if n in affected
+                      and any(_affects(a, v) for a in advisories.get(n, []))}  # fmt: skip
+        tracers[key] = Tracer(lock, vulnerable)
+    for target in targets:
+        located = target.located
+        found = _drift(located, lockfiles)
+        reports.append(build_report(target.project, target.where, located, metas=metas, advisories=advisories,
+                                    tracer=tracers[id(located.lockfile)], node=_node_for(located, runtime),
+                                    drift=found))  # fmt: skip
+    asked = direct_names | affected
+    registry_answered = bool(asked) and len(registry.failures) < len(asked)
+    nothing = bool(targets) and not registry_answered and answered is None and runtime is None
+    return Checked(reports, gaps, nothing_checked=nothing or (not targets and bool(gaps)))
 
 
-async def _node_data(options: DependenciesOptions) -> tuple[dict[str, Any], list[Any]]:
+def _drift(located: Located, lockfiles: Lockfiles) -> list[str]:
+    if not (located.folder / "package.json").is_file():
+        return []
+    try:
+        found = drift(located.lockfile, located.importer, located.folder)
+    except LockfileError as exc:
+        return [str(exc)]
+    for other in located.others:
+        try:
+            second = lockfiles.get(other)
+        except LockfileError as exc:
+            found.append(str(exc))
+            continue
+        found += drift(second, ".", located.folder)
+        differ = disagreements(located.lockfile, located.importer, second)
+        if differ:
+            found.append(f"{located.lockfile.path.name} and {other.name} disagree: {', '.join(differ[:10])}")
+    return found
+
+
+async def _advisories(options: DependenciesOptions, registry: Registry, installed: dict[str, set[str]],
+                      gaps: list[dict[str, str]]) -> dict[str, list[dict[str, Any]]] | None:  # fmt: skip
+    """Every configured source's answer, merged; OSV when they all failed; None when no source answered."""
+    if not installed:
+        return {}
+    answers: dict[str, Mapping[str, list[dict[str, Any]]]] = {}
+    failed: list[str] = []
+    for source in options.advisories:
+        try:
+            answers[source] = await _ask(source, options, registry, installed)
+        except HttpError as exc:
+            failed.append(source)
+            gaps.append(_gap(f"advisories ({source})", str(exc), "advisories not checked by this source"))
+    if not answers and options.advisory_fallback == "osv" and "osv" not in options.advisories:
+        try:
+            answers["osv"] = await _ask("osv", options, registry, installed)
+            for gap in gaps:
+                if gap["source"] in {f"advisories ({s})" for s in failed}:
+                    gap["effect"] = "advisories were checked with OSV instead"
+        except HttpError as exc:
+            gaps.append(_gap("advisories (osv)", str(exc), "the fallback could not be asked either"))
+    return merge_advisories(answers) if answers else None
+
+
+async def _ask(source: str, options: DependenciesOptions, registry: Registry,
+               installed: dict[str, set[str]]) -> Mapping[str, list[dict[str, Any]]]:  # fmt: skip
+    if source == "registry":
+        return await registry.advisories(installed)
+    osv = Osv(options.osv_url, concurrency=min(options.concurrency, 8))
+    try:
+        return await osv.advisories(installed)
+    finally:
+        await osv.close()
+
+
+async def _node_data(options: DependenciesOptions, cache: MutableMapping[str, Any], gaps: list[dict[str, str]],
+                     today: date) -> dict[str, Any] | None:  # fmt: skip
+    """The schedule and releases, fetched; else the last copy fetched (a gap either way); None if there is none."""
     try:
         schedule, index = await release_data(options.node_index, options.node_schedule)
-        return schedule, parse_index(index)
-    except (HttpError, ValueError):
-        return {}, []  # the runtime check is skipped; the report says so
+        releases = parse_index(index)
+        rows = [[r.text, r.released.isoformat(), r.lts, r.security] for r in releases]
+        cache["node"] = {"fetched": today.isoformat(), "schedule": schedule, "releases": rows}
+    except (HttpError, ValueError, KeyError) as exc:
+        kept = cache.get("node")
+        if not kept:
+            gaps.append(_gap("Node.js release data", str(exc), "the Node.js runtime was not checked"))
+            return None
+        gaps.append(_gap("Node.js release data", str(exc), f"judged with the copy fetched on {kept['fetched']}"))
+        schedule = kept["schedule"]
+        releases = parse_index(json.dumps([{"version": v, "date": d, "lts": lts or False, "security": sec}
+                                           for v, d, lts, sec in kept["releases"]]))  # fmt: skip
+    return {"schedule": schedule, "releases": releases, "today": today}
 
 
-def verdict(reports: list[Report], options: DependenciesOptions, today: date) -> tuple[Status, str]:
-    """The run's status and one-line summary. Pure."""
+def verdict(reports: list[Report], options: DependenciesOptions, today: date,
+            gaps: list[dict[str, str]] | tuple[()] = ()) -> tuple[Status, str]:  # fmt: skip
+    """The run's status and one-line summary. Pure.
+
+    A gap (a source that could not be asked) makes the run at least WARN: what was not
+    checked is not known to be fine.
+    """
     threshold = SEVERITIES.index(options.fail_on_severity)
-    status, parts = Status.OK, []
+    status, parts, clean = Status.OK, [], 0
     for report in reports:
         bits = list(report.problems)
         live = [a for a in report.advisories if not any(i.covers(a, today) for i in options.ignore)]
@@ -308,21 +561,37 @@ def verdict(reports: list[Report], options: DependenciesOptions, today: date) ->
             bits.append(f"{len(live)} lower-severity advisories")
         majors = [d["name"] for d in report.direct if d["update"] == "major"]
         deprecated = [d["name"] for d in report.direct if d["deprecated"]]
+        newer_node = [f"{d['name']} ({d['latest_needs_node']})" for d in report.direct if d.get("latest_needs_node")]
         if majors:
             bits.append(f"{len(majors)} major updates ({', '.join(majors[:5])})")
         if deprecated:
             bits.append(f"deprecated: {', '.join(deprecated)}")
+        if newer_node:
+            bits.append(f"latest needs a newer Node.js: {', '.join(newer_node[:5])}")
+        if report.drift:
+            bits.append(f"lockfile out of step with package.json ({len(report.drift)}): {report.drift[0]}")
         node = report.node
         if node and node["status"] == "eol":
             status = Status.FAIL
             bits.append(f"Node.js {node['line']} is past its end of life ({node['eol_date']})")
         elif node and node["status"] == "maintenance":
             bits.append(f"Node.js {node['line']} is in maintenance (end of life {node['eol_date']})")
+        if node and node.get("engines_mismatch"):
+            bits.append(node["engines_mismatch"])
         if report.problems:
             status = Status.FAIL
         if bits and status is Status.OK:  # every finding above added a bit
             status = Status.WARN
-        parts.append(f"{report.name}: " + ("; ".join(bits) if bits else "up to date"))
+        if bits or len(reports) <= 5:
+            parts.append(f"{report.name}: " + ("; ".join(bits) if bits else "up to date"))
+        else:
+            clean += 1
+    if clean:
+        parts.append(f"{clean} more up to date")
+    if gaps:
+        parts.append("not checked: " + "; ".join(f"{g['source']} ({g['effect']})" for g in gaps))
+        if status is Status.OK:
+            status = Status.WARN
     return status, " | ".join(parts)
 
 
@@ -358,26 +627,26 @@ class DependenciesJob:
 
     def run(self, ctx: JobContext) -> Outcome:
         today = datetime.now(UTC).date()
-        cache = ctx.state.get("registry_cache", {}) or {}
-        try:
-            reports = asyncio.run(
-                check_projects(
-                    self.options, Path.cwd(), cache, today, self.options.registry_token or os.environ.get("NPM_TOKEN")
-                )
-            )
-        except HttpError as exc:
-            return Outcome(Status.ERROR, str(exc), {"registry": self.options.registry})
-        ctx.state.set("registry_cache", cache)
-        for report in reports:
+        cache = ctx.state.get("cache", {}) or {}
+        token = self.options.registry_token or os.environ.get("NPM_TOKEN")
+        checked = asyncio.run(check_projects(self.options, Path.cwd(), cache, today, token))
+        ctx.state.set("cache", cache)
+        for gap in checked.gaps:
+            ctx.log("dependencies.gap", **gap)
+        for report in checked.reports:
             ctx.log("dependencies.report", project=report.name, lockfile_version=report.lockfile_version,
                     resolved=report.resolved_count, advisories=len(report.advisories),
                     majors=[d["name"] for d in report.direct if d["update"] == "major"],
                     deprecated=[d["name"] for d in report.direct if d["deprecated"]],
-                    node=report.node and report.node["status"], problems=report.problems)  # fmt: skip
+                    node=report.node and report.node["status"], drift=len(report.drift),
+                    problems=report.problems)  # fmt: skip
+        details = json.loads(json.dumps(checked.public(), default=str))
+        if checked.nothing_checked:
+            why = "; ".join(g["error"] for g in checked.gaps)
+            return Outcome(Status.ERROR, f"nothing could be checked: {why}"[:500], details)
         alerted = ctx.state.get("alerted", {}) or {}
-        for notice in notices(reports, self.options, alerted, today):
+        for notice in notices(checked.reports, self.options, alerted, today):
             ctx.notify(notice)
         ctx.state.set("alerted", alerted)
-        status, summary = verdict(reports, self.options, today)
-        details = {"projects": [json.loads(json.dumps(r.public(), default=str)) for r in reports]}
+        status, summary = verdict(checked.reports, self.options, today, checked.gaps)
         return Outcome(status, summary[:500], details, alerted=True)

@@ -113,11 +113,11 @@ def declared_runtime(folder: Path, codenames: Mapping[str, int] | None = None, r
             if parsed is not None:
                 where = source if index == 0 else f"{place.relative_to(root.resolve()).as_posix() or '.'}/{source}"  # type: ignore[union-attr]
                 return Declared(where, spec, *parsed)
-    spec = engines(folder)
-    if spec:
-        parsed = parse_spec(spec, codenames or {})
+    wanted = engines(folder)
+    if wanted:
+        parsed = parse_spec(wanted, codenames or {})
         if parsed is not None:
-            return Declared("package.json engines.node", spec, *parsed)
+            return Declared("package.json engines.node", wanted, *parsed)
     return None
 
 
@@ -133,8 +133,11 @@ def satisfying_lines(spec: str, schedule: Mapping[str, Any], releases: list[Rele
     by_line: dict[int, list[str]] = {}
     for release in releases:
         by_line.setdefault(release.version[0], []).append(".".join(map(str, release.version)))
-    return [line for line in lines
-            if any(semver.satisfies(v, spec) for v in [*by_line.get(line, []), f"{line}.0.0", f"{line}.999999.0"])]
+    return [
+        line
+        for line in lines
+        if any(semver.satisfies(v, spec) for v in [*by_line.get(line, []), f"{line}.0.0", f"{line}.999999.0"])
+    ]
 
 
 def parse_spec(spec: str, codenames: Mapping[str, int]) -> tuple[int, tuple[int, int, int] | None] | None:

@@ -85,6 +85,9 @@ class SemVer:
         main = f"{self.major}.{self.minor}.{self.patch}"
         return f"{main}-{'.'.join(map(str, self.prerelease))}" if self.prerelease else main
 
+    def __lt__(self, other: SemVer) -> bool:
+        return self.compare(other) < 0
+
     def compare(self, other: SemVer) -> int:
         main = (self.major, self.minor, self.patch)
         theirs = (other.major, other.minor, other.patch)
@@ -294,6 +297,15 @@ def _each(comp: str, fn: Callable[[str], str]) -> str:
     return " ".join(fn(c) for c in comp.strip().split())
 
 
+def _desugar(comp: str, z: str, include_prerelease: bool) -> str:
+    """node-semver's parseComparator: carets, tildes, x-ranges and stars become plain comparators."""
+    comp = BUILD.sub("", comp, count=1)
+    comp = _each(comp, lambda c: _caret(c, z))
+    comp = _each(comp, lambda c: _tilde(c, z))
+    comp = " ".join(_xrange(c, include_prerelease) for c in comp.split())
+    return STAR.sub("", comp.strip(), count=1)
+
+
 def _parse_set(text: str, include_prerelease: bool) -> tuple[Comparator, ...]:
     z = "-0" if include_prerelease else ""
     text = BUILD.sub("", text)
@@ -301,14 +313,7 @@ def _parse_set(text: str, include_prerelease: bool) -> tuple[Comparator, ...]:
     text = COMPARATORTRIM.sub(lambda m: f"{m[1]}{m[2]}{m[3]}", text)
     text = TILDETRIM.sub(lambda m: f"{m[1]}~", text)
     text = CARETTRIM.sub(lambda m: f"{m[1]}^", text)
-    parts = []
-    for comp in text.split(" "):
-        comp = BUILD.sub("", comp, count=1)
-        comp = _each(comp, lambda c: _caret(c, z))
-        comp = _each(comp, lambda c: _tilde(c, z))
-        comp = " ".join(_xrange(c, include_prerelease) for c in comp.split())
-        comp = STAR.sub("", comp.strip(), count=1)
-        parts.append(comp)
+    parts = [_desugar(comp, z, include_prerelease) for comp in text.split(" ")]
     gte0 = GTE0PRE if include_prerelease else GTE0
     found = [gte0.sub("", c.strip(), count=1) for c in _SPACES.split(" ".join(parts))]
     found = [c for c in found if COMPARATOR.match(c)]

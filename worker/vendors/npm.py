@@ -8,34 +8,40 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
-from worker.http import DEFAULT_TIMEOUT, AsyncApi
+from worker.http import DEFAULT_TIMEOUT, AsyncApi, HttpError
 
 NPM_REGISTRY = "https://registry.npmjs.org"
 ABBREVIATED = "application/vnd.npm.install-v1+json"
 
 
 def trim(doc: dict[str, Any]) -> dict[str, Any]:
-    """What opskeeper keeps of a package document: dist-tags, versions, deprecations."""
+    """What opskeeper keeps of a package document: dist-tags, versions, deprecations, and the latest's engines.node."""
     versions = doc.get("versions") or {}
+    tags = doc.get("dist-tags") or {}
+    latest = versions.get(tags.get("latest")) or {}
+    node = (latest.get("engines") or {}).get("node") if isinstance(latest.get("engines"), dict) else None
     return {
         "name": doc.get("name"),
-        "dist-tags": doc.get("dist-tags") or {},
+        "dist-tags": tags,
         "versions": {v: ({"deprecated": info["deprecated"]} if info.get("deprecated") else {})
                      for v, info in versions.items()},
+        "latest_node": str(node) if node else None,
     }  # fmt: skip
 
 
 class Registry:
     """An npm registry client for one run; `cache` maps package -> {etag, doc} across runs.
 
-    Requests run concurrently, at most `concurrency` at a time; a failure raises
-    `worker.http.HttpError` naming the registry and the package.
+    Requests run concurrently, at most `concurrency` at a time. A package whose document
+    cannot be fetched is left out of `packages()`'s answer and named in `failures`, so one
+    bad package or a flaky mirror costs that package, not the report.
     """
 
     def __init__(self, base: str, token: str | None, cache: MutableMapping[str, Any], concurrency: int = 16,
                  timeout: timedelta = DEFAULT_TIMEOUT) -> None:  # fmt: skip
         self.base = base.rstrip("/")
         self.cache = cache
+        self.failures: dict[str, str] = {}
         # The gate, not the pool, makes requests wait: a wait for a pooled connection would
         # count against the request's own timeout.
         self._gate = asyncio.Semaphore(concurrency)
@@ -50,8 +56,16 @@ class Registry:
     async def packages(self, names: Iterable[str]) -> dict[str, dict[str, Any] | None]:
         """Trimmed documents of these packages (None for a package the registry does not have)."""
         unique = sorted(set(names))
-        found = await asyncio.gather(*(self._package(name) for name in unique))
-        return dict(zip(unique, found, strict=True))
+        found = await asyncio.gather(*(self._package(name) for name in unique), return_exceptions=True)
+        answer: dict[str, dict[str, Any] | None] = {}
+        for name, doc in zip(unique, found, strict=True):
+            if isinstance(doc, HttpError):
+                self.failures[name] = str(doc)
+            elif isinstance(doc, BaseException):
+                raise doc
+            else:
+                answer[name] = doc
+        return answer
 
     async def _package(self, name: str) -> dict[str, Any] | None:
         cached = self.cache.get(name)

@@ -15,7 +15,16 @@ import yaml
 
 from jobs.dependencies.lockfiles import bun, npm, pnpm, yarn
 from jobs.dependencies.lockfiles.model import (
-    GROUPS, LOCKFILE_NAMES, UNSUPPORTED, Direct, Lockfile, LockfileError, Package, declared, read_manifest, spec_source,
+    GROUPS,
+    LOCKFILE_NAMES,
+    UNSUPPORTED,
+    Direct,
+    Lockfile,
+    LockfileError,
+    Package,
+    declared,
+    read_manifest,
+    spec_source,
 )  # fmt: skip
 
 __all__ = ["GROUPS", "LOCKFILE_NAMES", "UNSUPPORTED", "Direct", "Lockfile", "LockfileError", "Package", "declared",

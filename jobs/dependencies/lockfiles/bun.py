@@ -43,7 +43,7 @@ def read(path: Path, text: str) -> Lockfile:
     by_key: dict[str, Package] = {}
     for key, value in packages.items():
         if not isinstance(value, list) or not value:
-            raise LockfileError(f"{path}: packages[{key!r}] is not an array [\"name@version\", ...]")
+            raise LockfileError(f'{path}: packages[{key!r}] is not an array ["name@version", ...]')
         name, version = _split(str(value[0]))
         package = (name, version)
         by_key[key] = package
@@ -66,23 +66,24 @@ def read(path: Path, text: str) -> Lockfile:
     for key, value in packages.items():
         info = value[2] if len(value) > 2 and isinstance(value[2], dict) else {}
         deps = {**(info.get("dependencies") or {}), **(info.get("optionalDependencies") or {})}
-        found = {by_key[k] for dep in deps if (k := resolve(key, dep)) is not None}
-        lock.edges.setdefault(by_key[key], set()).update(found)
+        lock.edges.setdefault(by_key[key], set()).update(
+            by_key[k] for dep in deps if (k := resolve(key, dep)) is not None
+        )
     for folder, workspace in (doc.get("workspaces") or {}).items():
         directs = {}
         for group in ("devDependencies", *GROUPS[:1], "optionalDependencies"):
             for name, spec in (workspace.get(group) or {}).items():
                 key = f"{workspace.get('name')}/{name}" if f"{workspace.get('name')}/{name}" in packages else name
-                package = by_key.get(key)
+                found = by_key.get(key)
                 source = spec_source(str(spec))
-                if package is not None and package[1].startswith("workspace:"):
+                if found is not None and found[1].startswith("workspace:"):
                     source = "workspace"
-                elif package is not None and source == "registry" and package in lock.foreign:
-                    source = "git" if "git" in package[1] else "url"
-                locked = package[1] if package else ""
+                elif found is not None and source == "registry" and found in lock.foreign:
+                    source = "git" if "git" in found[1] else "url"
+                locked = found[1] if found else ""
                 if source != "registry":
                     directs[name] = Direct(name, str(spec), locked, group, source=source)
-                elif package is not None:
-                    directs[name] = Direct(name, str(spec), locked, group, package[0] if package[0] != name else None)
+                elif found is not None:
+                    directs[name] = Direct(name, str(spec), locked, group, found[0] if found[0] != name else None)
         lock.importers[folder or "."] = list(directs.values())
     return lock

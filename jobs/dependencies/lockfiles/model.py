@@ -15,7 +15,9 @@ Package = tuple[str, str]  # (name, version)
 GROUPS = ("dependencies", "devDependencies", "optionalDependencies")
 Source = Literal["registry", "git", "url", "local", "workspace", "runtime"]
 LOCKFILE_NAMES = ("pnpm-lock.yaml", "package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "bun.lock")
-UNSUPPORTED = {"bun.lockb": "bun's binary lockfile (bun ≥ 1.2 writes the text bun.lock: run `bun install --save-text-lockfile`)"}
+UNSUPPORTED = {
+    "bun.lockb": "bun's binary lockfile (bun ≥ 1.2 writes the text bun.lock: run `bun install --save-text-lockfile`)"
+}
 
 
 class LockfileError(Exception):
@@ -62,6 +64,8 @@ class Lockfile:
     foreign: set[Package] = field(default_factory=set)
     """Packages resolved from git, a URL or the disk: in `packages`, never looked up by name."""
     edges: dict[Package, set[Package]] = field(default_factory=dict)
+    overrides: set[str] = field(default_factory=set)
+    """Names whose version the lockfile's `overrides` set, whatever a package.json asks for."""
     _chains: dict[Package, list[list[str]]] = field(default_factory=dict, repr=False)
 
     @property

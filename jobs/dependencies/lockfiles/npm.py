@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from jobs.dependencies.lockfiles.model import (
-    Direct, Lockfile, LockfileError, Package, declared, is_version, read_manifest, spec_source,
+    Direct,
+    Lockfile,
+    LockfileError,
+    Package,
+    declared,
+    is_version,
+    read_manifest,
+    spec_source,
 )  # fmt: skip
 
 

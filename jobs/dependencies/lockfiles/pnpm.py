@@ -9,7 +9,9 @@ from typing import Any
 
 import yaml
 
-from jobs.dependencies.lockfiles.model import GROUPS, Direct, Lockfile, LockfileError, Package, is_version, spec_source
+from jobs.dependencies.lockfiles.model import (
+    GROUPS, Direct, Lockfile, LockfileError, Package, Source, is_version, spec_source,
+)  # fmt: skip
 
 _LOCAL = ("link:", "file:", "workspace:", "portal:")
 
@@ -18,7 +20,7 @@ def read(path: Path, text: str) -> Lockfile:
     # libyaml's loader, where PyYAML has it, reads a large lockfile several times faster.
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     # pnpm 11+ may write an "env" document (config dependencies, the pinned pnpm) before the project's.
-    docs = [d for d in yaml.load_all(text, Loader=loader) if d is not None]  # noqa: S506 - a safe loader
+    docs = [d for d in yaml.load_all(text, Loader=loader) if d is not None]
     if not docs or not all(isinstance(d, dict) for d in docs):
         raise LockfileError(f"{path}: no lockfileVersion: not a pnpm lockfile")
     doc = docs[-1]
@@ -30,6 +32,9 @@ def read(path: Path, text: str) -> Lockfile:
         raise LockfileError(f"{path}: lockfileVersion {version} is older than pnpm 5 (5.x, 6 and 9 are read)")
     lock = Lockfile(path, "pnpm", version)
     catalogs = doc.get("catalogs") or {}
+    for selector in doc.get("overrides") or {}:  # `foo`, `foo@<2`, `parent@1>foo`: the last name is overridden
+        last = str(selector).rsplit(">", 1)[-1]
+        lock.overrides.add(last[: last.find("@", 1)] if last.find("@", 1) > 0 else last)
     importers = doc.get("importers") or {".": doc}
     for folder, importer in importers.items():
         lock.importers[str(folder)] = list(_directs(importer or {}, major, catalogs))
@@ -57,7 +62,7 @@ def _directs(importer: Mapping[str, Any], major: int, catalogs: Mapping[str, Any
                 catalog = specifier[len("catalog:") :] or "default"
                 specifier = str(((catalogs.get(catalog) or {}).get(name) or {}).get("specifier", specifier))
             if raw.startswith(_LOCAL):
-                kind = "workspace" if raw.startswith("link:") and not specifier.startswith("link:") else "local"
+                kind: Source = "workspace" if raw.startswith("link:") and not specifier.startswith("link:") else "local"
                 yield Direct(str(name), specifier, raw, group, source=kind)
                 continue
             alias, locked = _alias(str(name), raw, major)

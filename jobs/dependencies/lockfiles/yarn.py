@@ -18,7 +18,15 @@ from typing import Any
 import yaml
 
 from jobs.dependencies.lockfiles.model import (
-    Direct, Lockfile, LockfileError, Package, declared, is_version, read_manifest, spec_source, workspace_members,
+    Direct,
+    Lockfile,
+    LockfileError,
+    Package,
+    declared,
+    is_version,
+    read_manifest,
+    spec_source,
+    workspace_members,
 )  # fmt: skip
 
 _FIELD = re.compile(r'^\s+("(?:[^"\\]|\\.)*"|\S+)\s+(.*)$')
@@ -39,7 +47,9 @@ def read(path: Path, text: str) -> Lockfile:
     if re.search(r"^__metadata:", text, re.M):
         return _berry(path, text)
     if "# yarn lockfile v1" not in text[:500]:
-        raise LockfileError(f"{path}: neither a Yarn classic lockfile ('# yarn lockfile v1') nor Yarn berry (__metadata)")
+        raise LockfileError(
+            f"{path}: neither a Yarn classic lockfile ('# yarn lockfile v1') nor Yarn berry (__metadata)"
+        )
     return _classic(path, text)
 
 
@@ -139,8 +149,9 @@ def _berry(path: Path, text: str) -> Lockfile:
         if not protocol.startswith("npm:") or not is_version(version):
             lock.foreign.add(package)
     for package, info in infos.items():
-        lock.edges[package] = {resolved[f"{dep}@{rng}"] for group in ("dependencies", "optionalDependencies")
-                               for dep, rng in (info.get(group) or {}).items() if f"{dep}@{rng}" in resolved}  # fmt: skip
+        wants = {f"{dep}@{rng}" for group in ("dependencies", "optionalDependencies")
+                 for dep, rng in (info.get(group) or {}).items()}  # fmt: skip
+        lock.edges[package] = {resolved[key] for key in wants if key in resolved}
 
     def find(name: str, spec: str) -> Package | None:
         # Yarn berry writes a bare range with its default protocol: `^1.2.3` is `npm:^1.2.3`.
