@@ -30,7 +30,7 @@ from worker.http import HttpError
 from worker.job import JobContext, JobOptions, Notice, Outcome, Status
 from worker.vendors.github import GITHUB_API, GitHub
 from worker.vendors.nodejs import NODE_INDEX, NODE_SCHEDULE, release_data
-from worker.vendors.npm import NPM_REGISTRY, Registry
+from worker.vendors.npm import NPM_REGISTRY, Registry, latest_node
 from worker.vendors.osv import OSV_API, Osv
 
 SEVERITIES = ("info", "low", "moderate", "high", "critical")
@@ -300,9 +300,9 @@ def build_report(project_name: str, where: str, located: Located, *, metas: Mapp
         }  # fmt: skip
         if direct.alias_of:
             entry["package"] = direct.alias_of
-        latest_node = meta.get("latest_node")
-        if latest_node and runs and semver.valid_range(latest_node) and not semver.satisfies(runs, latest_node):
-            entry["latest_needs_node"] = latest_node
+        needs = latest_node(meta)
+        if needs and runs and semver.valid_range(needs) and not semver.satisfies(runs, needs):
+            entry["latest_needs_node"] = needs
         report.direct.append(entry)
     if tracer is None:
         return report

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
@@ -15,18 +15,27 @@ ABBREVIATED = "application/vnd.npm.install-v1+json"
 
 
 def trim(doc: dict[str, Any]) -> dict[str, Any]:
-    """What opskeeper keeps of a package document: dist-tags, versions, deprecations, and the latest's engines.node."""
+    """What opskeeper keeps of a package document: dist-tags, versions with deprecations, the latest's engines.node.
+
+    Idempotent (a trimmed document trims to itself), so recorded documents can be served as they are.
+    """
     versions = doc.get("versions") or {}
     tags = doc.get("dist-tags") or {}
-    latest = versions.get(tags.get("latest")) or {}
-    node = (latest.get("engines") or {}).get("node") if isinstance(latest.get("engines"), dict) else None
-    return {
-        "name": doc.get("name"),
-        "dist-tags": tags,
-        "versions": {v: ({"deprecated": info["deprecated"]} if info.get("deprecated") else {})
-                     for v, info in versions.items()},
-        "latest_node": str(node) if node else None,
-    }  # fmt: skip
+    kept: dict[str, dict[str, Any]] = {}
+    for v, info in versions.items():
+        entry: dict[str, Any] = {"deprecated": info["deprecated"]} if info.get("deprecated") else {}
+        engines = info.get("engines")
+        if v == tags.get("latest") and isinstance(engines, dict) and engines.get("node"):
+            entry["engines"] = {"node": str(engines["node"])}
+        kept[v] = entry
+    return {"name": doc.get("name"), "dist-tags": tags, "versions": kept}
+
+
+def latest_node(doc: Mapping[str, Any]) -> str | None:
+    """The `engines.node` range of a (trimmed) document's latest version, if it states one."""
+    latest = (doc.get("dist-tags") or {}).get("latest")
+    node = (((doc.get("versions") or {}).get(latest) or {}).get("engines") or {}).get("node")
+    return str(node) if node else None
 
 
 class Registry:
