@@ -163,7 +163,7 @@ def test_package_json_with_a_bom(tmp_path: Path, env: dict[str, str], registry: 
     """A package.json saved with a UTF-8 byte-order mark is read like any other."""
     project = copy_project(FIXTURES / "pnpm" / "mern-v9" / "server", tmp_path / "server")
     (project / "package.json").write_bytes(b"\xef\xbb\xbf" + (project / "package.json").read_bytes())
-    code, out = deps(env, registry, project)
+    _, out = deps(env, registry, project)
     assert out["projects"][0]["problems"] == []
     assert out["projects"][0]["direct"]
 
@@ -184,7 +184,7 @@ def test_yarn_and_bun_projects_are_checked(tmp_path: Path, env: dict[str, str], 
 def test_stale_package_lock_used_by_npm_ci_is_drift_naming_the_package(
     tmp_path: Path, env: dict[str, str], registry: LocalRegistry
 ) -> None:
-    """server/ with a pnpm lockfile and a stale package-lock.json its Dockerfile installs with `npm ci`: WARN naming it."""
+    """A stale package-lock.json its Dockerfile installs with `npm ci` (which would fail): drift naming the package."""
     project = copy_project(ROOT_PROJECTS / "multer-lts", tmp_path / "server")
     manifest = json.loads((project / "package.json").read_text())
     manifest["dependencies"]["helmet"] = "^7.1.0"
@@ -206,10 +206,10 @@ def test_two_lockfiles_that_disagree_are_named(tmp_path: Path, env: dict[str, st
     lock = json.loads((project / "package-lock.json").read_text())
     express = lock["packages"]["node_modules/express"]["version"]
     (project / "yarn.lock").write_text(
-        f'# yarn lockfile v1\n\n\nexpress@^4.21.2:\n  version "4.21.2"\n'
-        f'  resolved "https://registry.yarnpkg.com/express/-/express-4.21.2.tgz"\n\n'
-        f'multer@^1.4.5-lts.2:\n  version "1.4.5-lts.2"\n'
-        f'  resolved "https://registry.yarnpkg.com/multer/-/multer-1.4.5-lts.2.tgz"\n'
+        '# yarn lockfile v1\n\n\nexpress@^4.21.2:\n  version "4.21.2"\n'
+        '  resolved "https://registry.yarnpkg.com/express/-/express-4.21.2.tgz"\n\n'
+        'multer@^1.4.5-lts.2:\n  version "1.4.5-lts.2"\n'
+        '  resolved "https://registry.yarnpkg.com/multer/-/multer-1.4.5-lts.2.tgz"\n'
     )
     (project / "Dockerfile").write_text("FROM node:22\nRUN npm ci\n")
     assert express != "4.21.2"  # npm locked the newest 4.x

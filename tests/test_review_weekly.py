@@ -463,3 +463,27 @@ def test_an_automatic_rollback_is_listed_with_its_outcome(week: tuple[SqliteLedg
     assert {"area": "deploys", "message": "api was rolled back automatically from dep-3 to dep-1 (self-healed)"} in \
         report["needs_attention"]  # fmt: skip
     assert "- automatic rollback " in to_markdown(report)
+
+
+def test_dependency_gaps_and_drift_are_in_the_review(tmp_path: Path) -> None:
+    """A dependencies run that could not ask a source: the review lists the gap and the drift, and flags both."""
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    gap = {"source": "advisories (registry)", "effect": "advisories not checked by this source",
+           "error": "npm registry: POST https://registry.example/-/npm/v1/security/advisories/bulk: HTTP 405"}
+    ledger.record(run("deps", "dependencies", NOW - timedelta(days=1), Status.WARN, gaps=[gap], projects=[{
+        "name": "server", "advisories": [], "direct": [], "node": None,
+        "drift": ["helmet (^7.1.0) is in package.json but not in package-lock.json"],
+    }]))  # fmt: skip
+    report = build(WeeklyReviewOptions(), ledger, {}, NOW)
+    assert report["dependencies"]["gaps"] == [{"job_id": "deps", "checked_at": (NOW - timedelta(days=1)).isoformat(),
+                                               **gap}]  # fmt: skip
+    messages = [n["message"] for n in report["needs_attention"] if n["area"] == "dependencies"]
+    assert messages == [
+        "server: lockfile out of step with package.json: helmet (^7.1.0) is in package.json but not in "
+        "package-lock.json",
+        f"deps: not checked: advisories (registry) (advisories not checked by this source): {gap['error']}",
+    ]
+    markdown = to_markdown(report)
+    assert "| deps | advisories (registry) | advisories not checked by this source |" in markdown
+    assert "  - out of step: helmet (^7.1.0)" in markdown
+    ledger.close()

@@ -196,6 +196,11 @@ def _dependencies(report: Mapping[str, Any]) -> list[str]:
                    f"{len(project['majors_behind'])} major update(s) behind; "
                    f"{len(project['deprecated'])} deprecated; Node.js {project['node'] or 'unknown'}")  # fmt: skip
         out += [f"  - {a}" for a in project["serious"]]
+        out += [f"  - out of step: {d}" for d in project.get("drift") or []]
+    gaps = report["dependencies"].get("gaps") or []
+    if gaps:
+        out += ["", "Not checked in the newest run:", "", "| Job | Source | Effect | Error |", "| --- | --- | --- | --- |"]
+        out += [f"| {g['job_id']} | {g['source']} | {g['effect']} | {g['error'].replace('|', '/')} |" for g in gaps]
     return out
 
 

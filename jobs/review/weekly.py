@@ -241,8 +241,12 @@ def dependencies_section(week: Week) -> dict[str, Any]:
                 "majors_behind": [d["name"] for d in direct if d.get("update") == "major"],
                 "deprecated": [d["name"] for d in direct if d.get("deprecated")],
                 "node": node.get("status"), "node_version": node.get("declared") or node.get("line"),
+                "drift": project.get("drift") or [], "problems": project.get("problems") or [],
             })  # fmt: skip
-    return {"projects": projects}
+    # What the newest runs could not check: a report with a gap is not a clean bill of health.
+    gaps = [{"job_id": job_id, "checked_at": run.started_at.isoformat(), **gap}
+            for job_id, run in sorted(newest.items()) for gap in run.details.get("gaps") or []]  # fmt: skip
+    return {"projects": projects, "gaps": gaps}
 
 
 def deploys_section(week: Week) -> dict[str, Any]:
@@ -314,6 +318,10 @@ def attention(report: Mapping[str, Any], thresholds: Thresholds) -> list[dict[st
             add("dependencies", f"{project['project']}: {advisory}")
         if project["node"] == "eol":
             add("dependencies", f"{project['project']}: Node.js {project['node_version']} is end-of-life")
+        if project.get("drift"):
+            add("dependencies", f"{project['project']}: lockfile out of step with package.json: {project['drift'][0]}")
+    for gap in report["dependencies"].get("gaps") or []:
+        add("dependencies", f"{gap['job_id']}: not checked: {gap['source']} ({gap['effect']}): {gap['error']}")
     for service in report["deploys"]["services"]:
         for deploy in service["list"]:
             if deploy["status"] in FAILED_DEPLOYS:

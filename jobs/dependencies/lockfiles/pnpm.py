@@ -10,7 +10,14 @@ from typing import Any
 import yaml
 
 from jobs.dependencies.lockfiles.model import (
-    GROUPS, Direct, Lockfile, LockfileError, Package, Source, is_version, spec_source,
+    GROUPS,
+    Direct,
+    Lockfile,
+    LockfileError,
+    Package,
+    Source,
+    is_version,
+    spec_source,
 )  # fmt: skip
 
 _LOCAL = ("link:", "file:", "workspace:", "portal:")
