@@ -6,7 +6,17 @@ advisory answer, adding 50 ms to every response. Reported: the cold wall time, t
 wall time with the ETag cache kept from the cold run, and the cold time at concurrency 1
 (the sequential baseline). Targets (issue 6): cold < 5 s; warm < 1 s.
 
-Usage: python bench/deps.py [--delay 0.05]
+Then the scale figure (issue 16): every importer of shared/fixtures/pnpm/large-workspace-v9
+(102 of them), `opskeeper deps -r`, against `pnpm -r outdated` on the same workspace in the
+same run. Both ask one local registry stand-in adding the same delay per request; it serves
+real documents, fetched once from the npm registry into var/bench-registry/ (so both tools
+see the same answers, and later runs need no network). Each tool runs cold (opskeeper with
+a fresh ledger, pnpm with a fresh cache) in its own process, timed with its peak RSS
+(/usr/bin/time). pnpm is taken from PATH, else from var/tools (`npm install --prefix
+var/tools pnpm`); without it the ratio is left out, with the reason. Targets: ≤ 1.5× pnpm's
+time, ≤ 250 MB RSS.
+
+Usage: python bench/deps.py [--delay 0.05] [--skip-workspace]
 """
 
 from __future__ import annotations
@@ -15,7 +25,11 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime
@@ -75,6 +89,135 @@ def serve(delay: float) -> ThreadingHTTPServer:
     return server
 
 
+MIRROR = ROOT / "var" / "bench-registry"
+UPSTREAM = "https://registry.npmjs.org"
+
+
+def serve_mirror(delay: float) -> ThreadingHTTPServer:
+    """A registry stand-in serving real documents, each fetched from the npm registry once and kept on disk."""
+    import httpx
+
+    bulk = json.loads((SHARED / "npm-audit" / "audit-omit" / "bulk.json").read_text())
+    MIRROR.mkdir(parents=True, exist_ok=True)
+    upstream = httpx.Client(base_url=UPSTREAM, timeout=60)
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            time.sleep(delay)
+            if self.path.startswith("/node/"):
+                return self._send(200, (SHARED / "nodejs" / self.path.rsplit("/", 1)[1]).read_bytes())
+            name = unquote(self.path.split("?", 1)[0].lstrip("/"))
+            kept = MIRROR / f"{quote(name, safe='')}.json"
+            if not kept.is_file():
+                with lock:
+                    answer = upstream.get("/" + quote(name, safe="@"),
+                                          headers={"Accept": "application/vnd.npm.install-v1+json"})  # fmt: skip
+                if answer.status_code != 200:
+                    return self._send(answer.status_code, b'{"error": "Not found"}')
+                kept.write_bytes(answer.content)
+            body = kept.read_bytes()
+            etag = f'"{hashlib.sha1(body).hexdigest()}"'  # noqa: S324 - a cache key, as the registry sends one
+            if self.headers.get("If-None-Match") == etag:
+                return self._send(304, b"", etag=etag)
+            return self._send(200, body, "application/vnd.npm.install-v1+json", etag)
+
+        def do_POST(self) -> None:
+            time.sleep(delay)
+            asked = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            return self._send(200, json.dumps({k: v for k, v in bulk.items() if k in asked}).encode())
+
+        def _send(self, status: int, body: bytes, kind: str = "application/json", etag: str = "") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            if etag:
+                self.send_header("ETag", etag)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    ThreadingHTTPServer.request_queue_size = 128
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def measured(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MB, stdout) of one command in its own process."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        started = time.perf_counter()
+        done = subprocess.run(["/usr/bin/time", "-o", report.name, "-f", "%M", *command], env=env, cwd=cwd,
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        wall = time.perf_counter() - started
+        rss_kb = int(report.read().strip().splitlines()[-1])
+    return wall, rss_kb / 1024, done.stdout
+
+
+def pnpm() -> str | None:
+    found = shutil.which("pnpm")
+    local = ROOT / "var" / "tools" / "node_modules" / ".bin" / "pnpm"
+    return found or (str(local) if local.is_file() else None)
+
+
+def workspace(delay: float) -> dict[str, Any]:
+    """opskeeper deps -r against pnpm -r outdated on the large workspace, both cold, same registry stand-in."""
+    server = serve_mirror(delay)
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    tool = pnpm()
+    with tempfile.TemporaryDirectory(prefix="opskeeper-bench-") as scratch:
+        base = Path(scratch)
+        tree = base / "query"
+        shutil.copytree(SHARED / "pnpm" / "large-workspace-v9", tree)
+        env = {k: v for k, v in os.environ.items() if not k.lower().startswith(("npm_config", "https_proxy"))}
+        ours = [sys.executable, "-m", "worker", "deps", "-r", str(tree), "--registry", url, "--node-index",
+                f"{url}/node/index.tab", "--node-schedule", f"{url}/node/schedule.json", "--json"]  # fmt: skip
+
+        def opskeeper(run: int) -> tuple[float, float, str]:
+            return measured(ours, {**env, "OPSKEEPER_LEDGER": str(base / f"ledger-{run}.db")}, ROOT)
+
+        def theirs(run: int) -> tuple[float, float, str]:
+            return measured([tool or "pnpm", "-r", "outdated", "--format", "json"],
+                            {**env, "npm_config_registry": f"{url}/", "npm_config_cache_dir": str(base / f"cache-{run}"),
+                             "npm_config_store_dir": str(base / f"store-{run}"),
+                             "npm_config_manage_package_manager_versions": "false"}, tree)  # fmt: skip
+
+        opskeeper(0)  # fills the mirror with every document either tool asks for (untimed)
+        if tool:
+            theirs(0)
+        wall, rss, out = opskeeper(1)
+        reports = json.loads(out)["projects"]
+        warm, warm_rss, _ = opskeeper(1)  # the same ledger: the ETag cache of the first run, as a weekly job has
+        figures: dict[str, Any] = {"importers": len(reports), "opskeeper_s": round(wall, 2),
+                                   "opskeeper_rss_mb": round(rss, 1), "opskeeper_warm_s": round(warm, 2),
+                                   "opskeeper_warm_rss_mb": round(warm_rss, 1)}  # fmt: skip
+        if tool:
+            pwall, prss, pout = theirs(1)
+            pwarm, _, _ = theirs(1)  # the same metadata cache
+            figures |= {"pnpm_warm_s": round(pwarm, 2), "warm_ratio_vs_pnpm": round(warm / pwarm, 2)}
+            outdated = json.loads(pout or "{}")
+            # pnpm -r keys its answer `name@current` (with ` (dev)` for devDependencies): compare (name, current, latest).
+            ours_pairs = {(d.get("package") or d["name"], d["locked"], d["latest"]) for r in reports for d in r["direct"]
+                          if d["update"] != "none"}  # fmt: skip
+            their_pairs = {
+                (key.split(" ")[0].removesuffix(f"@{info['current']}"), info["current"], info["latest"])
+                for key, info in outdated.items()
+                if info.get("latest") and info["current"] != info["latest"]
+            }
+            figures |= {"pnpm_s": round(pwall, 2), "pnpm_rss_mb": round(prss, 1), "ratio_vs_pnpm": round(wall / pwall, 2),
+                        "outdated_packages_pnpm": len(their_pairs),
+                        "outdated_packages_agree": len(ours_pairs & their_pairs)}  # fmt: skip
+        else:
+            figures["pnpm"] = "not on PATH nor in var/tools: npm install --prefix var/tools pnpm"
+    server.shutdown()
+    return figures
+
+
 def timed(options: DependenciesOptions, cache: dict[str, Any]) -> float:
     started = time.perf_counter()
     asyncio.run(check_projects(options, ROOT, cache, datetime.now(UTC).date()))
@@ -84,6 +227,7 @@ def timed(options: DependenciesOptions, cache: dict[str, Any]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--delay", type=float, default=0.05)
+    parser.add_argument("--skip-workspace", action="store_true", help="only the MERN figures (no network needed)")
     args = parser.parse_args()
     server = serve(args.delay)
     url = f"http://127.0.0.1:{server.server_address[1]}"
@@ -97,12 +241,15 @@ def main() -> None:
     cold = timed(options(16), cache)
     warm = timed(options(16), cache)
     sequential = timed(options(1), {})
-    print(json.dumps({
-        "bench": "deps", "delay_ms": args.delay * 1000, "packages_cached": len(cache),
+    server.shutdown()
+    figures: dict[str, Any] = {
+        "bench": "deps", "delay_ms": args.delay * 1000, "packages_cached": len(cache.get("registry", {})),
         "cold_s": round(cold, 3), "warm_s": round(warm, 3), "sequential_cold_s": round(sequential, 3),
         "speedup_vs_sequential": round(sequential / cold, 1),
-    }))  # fmt: skip
-    server.shutdown()
+    }  # fmt: skip
+    if not args.skip_workspace:
+        figures["workspace"] = workspace(args.delay)
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

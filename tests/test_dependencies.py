@@ -431,3 +431,24 @@ jobs:
     assert registry.github_auth
     assert all(a == f"Bearer {token}" for a in registry.github_auth)
     assert token not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", sorted(RECORDED.glob("*.json")), ids=lambda p: p.stem)
+def test_streamed_document_reads_the_same_as_the_parsed_one(path: Path) -> None:
+    """A document read version by version (as large ones are) trims to exactly what a full parse gives."""
+    from worker.vendors.npm import read_document
+
+    record = json.loads(path.read_text())
+    content = json.dumps(record["doc"]).encode()
+    streamed = read_document(content, record["doc"]["name"], stream_above=0)
+    assert streamed == read_document(content, record["doc"]["name"])
+
+
+@pytest.mark.parametrize("content", [b'{"dist-tags": {"latest": "1.0.0"}, "versions": {"1.0.0": [}', b"[1, 2]"])
+def test_broken_document_is_a_value_error(content: bytes) -> None:
+    """Truncated or non-object registry answers raise ValueError on both paths, never a half document."""
+    from worker.vendors.npm import read_document
+
+    for limit in (0, 10_000):
+        with pytest.raises(ValueError):
+            read_document(content, "x", stream_above=limit)

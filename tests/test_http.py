@@ -113,7 +113,10 @@ def call(client: str, base: str) -> Any:
         async def packages() -> Any:
             registry = Registry(base, None, {})
             try:
-                return await registry.packages(["express"])
+                found = await registry.packages(["express"])
+                if "express" in registry.failures:  # a failed document is kept for the report's gap, not raised
+                    raise registry.failures["express"]
+                return found
             finally:
                 await registry.close()
 

@@ -94,3 +94,11 @@ def test_prereleases_the_issue_names_are_vulnerable(version: str, range_: str) -
 def test_hostile_range_is_refused_quickly_not_matched() -> None:
     """A very long range of spaces and digits parses in bounded regex time and matches nothing it should not."""
     assert not semver.satisfies("1.2.3", ">" + " " * 50_000 + "1" * 300)
+
+
+def test_sort_key_orders_as_compare_does() -> None:
+    """SemVer.key sorts every pair of table versions exactly as compare() orders them."""
+    parsed = [p for v in VERSIONS if (p := semver.parse(v)) is not None]
+    for a in parsed:
+        for b in parsed:
+            assert (a.key > b.key) - (a.key < b.key) == a.compare(b), (a, b)

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import certifi
 import httpx
+import orjson
 import truststore
 
 from worker.job import TransientError
@@ -593,9 +594,13 @@ class _ApiBase:
         return kind(self.vendor, method, self._url(path), cause)
 
     def parse(self, response: httpx.Response) -> Any:
-        """The JSON of an answer; HttpError when it is not JSON."""
+        """The JSON of an answer; HttpError when it is not JSON.
+
+        orjson parses several times faster than the standard library: a workspace check reads
+        hundreds of registry documents of up to megabytes each, and parsing was most of its time.
+        """
         try:
-            return response.json()
+            return orjson.loads(response.content)
         except ValueError:
             request = response.request
             raise HttpError(self.vendor, request.method, request.url, "the answer is not JSON") from None

@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 from collections import deque
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -179,12 +179,13 @@ def update_kind(locked: str, latest: str | None) -> str:
     return "minor" if want.minor != have.minor else "patch"
 
 
-def wanted(specifier: str, meta: Mapping[str, Any]) -> str | None:
+def wanted(specifier: str, meta: Mapping[str, Any], newest: list[str] | None = None) -> str | None:
     """What `npm update` / `pnpm update` would install for the specifier, as npm-pick-manifest picks it.
 
     A dist-tag names its version; else the `latest` tag if the range allows it; else the
     newest non-deprecated version in the range (prereleases only if the range names one),
-    else the newest deprecated one.
+    else the newest deprecated one. `newest` is the document's versions newest first, when
+    the caller has them sorted already.
     """
     tags, versions = meta.get("dist-tags") or {}, meta.get("versions") or {}
     spec = specifier.strip() or "*"
@@ -194,9 +195,36 @@ def wanted(specifier: str, meta: Mapping[str, Any]) -> str | None:
         return None
     latest = tags.get("latest")
     if isinstance(latest, str) and latest in versions and semver.satisfies(latest, spec):
-        return str(latest)
-    live = [v for v, info in versions.items() if not (info or {}).get("deprecated")]
-    return semver.max_satisfying(live, spec) or semver.max_satisfying(versions, spec)
+        return latest
+    fallback = None
+    for version in newest if newest is not None else newest_first(versions):
+        if semver.satisfies(version, spec):
+            if not (versions.get(version) or {}).get("deprecated"):
+                return version
+            fallback = fallback or version
+    return fallback
+
+
+def newest_first(versions: Iterable[str]) -> list[str]:
+    """Versions npm can read, newest first by npm's ordering."""
+    parsed = [(p, v) for v in versions if (p := semver.parse(v)) is not None]
+    return [v for _, v in sorted(parsed, key=lambda pair: pair[0].key, reverse=True)]
+
+
+class Picks:
+    """`wanted` for each (package, range) once per run, from each document sorted once: a workspace repeats both."""
+
+    def __init__(self) -> None:
+        self._sorted: dict[str, list[str]] = {}
+        self._picked: dict[tuple[str, str], str | None] = {}
+
+    def wanted(self, name: str, specifier: str, meta: Mapping[str, Any]) -> str | None:
+        key = (name, specifier)
+        if key not in self._picked:
+            if name not in self._sorted:
+                self._sorted[name] = newest_first((meta.get("versions") or {}).keys())
+            self._picked[key] = wanted(specifier, meta, self._sorted[name])
+        return self._picked[key]
 
 
 def fixed_in(vulnerable: str, current: str, versions: list[str]) -> str | None:
@@ -205,7 +233,7 @@ def fixed_in(vulnerable: str, current: str, versions: list[str]) -> str | None:
     if now is None:
         return None
     later = sorted(((p, v) for v in versions if (p := semver.parse(v)) is not None and not p.prerelease
-                    and p.compare(now) > 0), key=lambda pair: pair[0])  # fmt: skip
+                    and p.compare(now) > 0), key=lambda pair: pair[0].key)  # fmt: skip
     return next((v for _, v in later if not semver.satisfies(v, vulnerable, include_prerelease=True)), None)
 
 
@@ -277,7 +305,7 @@ def _runs(declared: Declared, releases: list[Release]) -> str | None:
 
 def build_report(project_name: str, where: str, located: Located, *, metas: Mapping[str, Any],
                  advisories: Mapping[str, list[dict[str, Any]]], tracer: Tracer | None,
-                 node: dict[str, Any] | None, drift: list[str]) -> Report:  # fmt: skip
+                 node: dict[str, Any] | None, drift: list[str], picks: Picks | None = None) -> Report:  # fmt: skip
     """The findings for one project. Pure: everything fetched and read is passed in."""
     lock, importer = located.lockfile, located.importer
     report = Report(project_name, where, lock.version, len(lock.packages), lockfile=str(lock.path),
@@ -294,7 +322,8 @@ def build_report(project_name: str, where: str, located: Located, *, metas: Mapp
         latest = (meta.get("dist-tags") or {}).get("latest")
         entry = {
             "name": direct.name, "specifier": direct.specifier, "locked": direct.locked, "source": "registry",
-            "wanted": wanted(direct.range, meta) if meta else None, "latest": latest,
+            "wanted": (picks or Picks()).wanted(direct.package[0], direct.range, meta) if meta else None,
+            "latest": latest,
             "update": update_kind(direct.locked, latest),
             "deprecated": ((meta.get("versions") or {}).get(direct.locked) or {}).get("deprecated"),
         }  # fmt: skip
@@ -448,6 +477,7 @@ async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping
         gaps.append(_gap("registry", f"{len(names)} of {len(direct_names | affected)} package documents could not be "
                          f"fetched ({', '.join(names[:5])}{', …' if len(names) > 5 else ''}): "
                          f"{registry.failures[names[0]]}", "no wanted/latest for those packages"))  # fmt: skip
+    picks = Picks()
     tracers: dict[int, Tracer] = {}
     for key, lock in locks.items():
         vulnerable = {(n, v) for n, v in lock.registry_packages if n in affected
@@ -458,7 +488,7 @@ async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping
         found = _drift(located, lockfiles)
         reports.append(build_report(target.project, target.where, located, metas=metas, advisories=advisories,
                                     tracer=tracers[id(located.lockfile)], node=_node_for(located, runtime),
-                                    drift=found))  # fmt: skip
+                                    drift=found, picks=picks))  # fmt: skip
     asked = direct_names | affected
     registry_answered = bool(asked) and len(registry.failures) < len(asked)
     nothing = bool(targets) and not registry_answered and answered is None and runtime is None

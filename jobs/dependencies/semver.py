@@ -88,6 +88,12 @@ class SemVer:
     def __lt__(self, other: SemVer) -> bool:
         return self.compare(other) < 0
 
+    @property
+    def key(self) -> tuple[int, int, int, int, tuple[tuple[int, int | str], ...]]:
+        """A sort key in npm's order, compared in C: a release after its prereleases, numeric ids before others."""
+        ids = tuple((0, i) if isinstance(i, int) else (1, i) for i in self.prerelease)
+        return (self.major, self.minor, self.patch, 0 if ids else 1, ids)
+
     def compare(self, other: SemVer) -> int:
         main = (self.major, self.minor, self.patch)
         theirs = (other.major, other.minor, other.patch)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import re
 from collections.abc import Iterable, Mapping, MutableMapping
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
+
+import ijson  # type: ignore[import-untyped]
+import orjson
 
 from worker.http import DEFAULT_TIMEOUT, AsyncApi, HttpError
 
@@ -31,6 +36,35 @@ def trim(doc: dict[str, Any]) -> dict[str, Any]:
     return {"name": doc.get("name"), "dist-tags": tags, "versions": kept}
 
 
+#: Above this size a document is read as a stream: its parsed form would be ~6× as large (next's 21 MB of
+#: JSON is ~120 MB of Python objects), and a 512 MB worker may read several at once.
+STREAM_ABOVE = 2 * 1024 * 1024
+_DIST_TAGS = re.compile(rb'"dist-tags"\s*:\s*(\{[^{}]*\})')
+
+
+def read_document(content: bytes, name: str, stream_above: int = STREAM_ABOVE) -> dict[str, Any]:
+    """The trimmed document from a registry answer's bytes; a large one is read version by version (ijson).
+
+    Raises ValueError when the bytes are not a package document.
+    """
+    if len(content) <= stream_above:
+        doc = orjson.loads(content)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        return trim(doc)
+    tags_at = _DIST_TAGS.search(content)  # a flat object of strings near the top of every document
+    if tags_at is None:
+        raise ValueError("no dist-tags")
+    tags = orjson.loads(tags_at[1])
+    versions: dict[str, Any] = {}
+    try:
+        for version, info in ijson.kvitems(io.BytesIO(content), "versions", use_float=True):
+            versions[version] = {k: info[k] for k in ("deprecated", "engines") if k in info}
+    except ijson.JSONError as exc:
+        raise ValueError(str(exc)) from None
+    return trim({"name": name, "dist-tags": tags, "versions": versions})
+
+
 def latest_node(doc: Mapping[str, Any]) -> str | None:
     """The `engines.node` range of a (trimmed) document's latest version, if it states one."""
     latest = (doc.get("dist-tags") or {}).get("latest")
@@ -50,7 +84,7 @@ class Registry:
                  timeout: timedelta = DEFAULT_TIMEOUT) -> None:  # fmt: skip
         self.base = base.rstrip("/")
         self.cache = cache
-        self.failures: dict[str, str] = {}
+        self.failures: dict[str, HttpError] = {}
         # The gate, not the pool, makes requests wait: a wait for a pooled connection would
         # count against the request's own timeout.
         self._gate = asyncio.Semaphore(concurrency)
@@ -69,7 +103,7 @@ class Registry:
         answer: dict[str, dict[str, Any] | None] = {}
         for name, doc in zip(unique, found, strict=True):
             if isinstance(doc, HttpError):
-                self.failures[name] = str(doc)
+                self.failures[name] = doc
             elif isinstance(doc, BaseException):
                 raise doc
             else:
@@ -87,7 +121,10 @@ class Registry:
             return dict(cached["doc"])
         if response.status_code == 404:
             return None
-        doc = trim(self._api.parse(response))
+        try:
+            doc = read_document(response.content, name)
+        except ValueError as exc:
+            raise HttpError(self._api.vendor, "GET", response.request.url, f"not a package document ({exc})") from None
         if response.headers.get("etag"):
             self.cache[name] = {"etag": response.headers["etag"], "doc": doc}
         return doc
