@@ -13,7 +13,7 @@ real documents, fetched once from the npm registry into var/bench-registry/ (so 
 see the same answers, and later runs need no network). Each tool runs cold (opskeeper with
 a fresh ledger, pnpm with a fresh cache) in its own process, timed with its peak RSS
 (/usr/bin/time). pnpm is taken from PATH, else from var/tools (`npm install --prefix
-var/tools pnpm`); without it the ratio is left out, with the reason. Targets: ≤ 1.5× pnpm's
+var/tools pnpm`); without it the ratio is left out, with the reason. Targets: ≤ 1.5x pnpm's
 time, ≤ 250 MB RSS.
 
 Usage: python bench/deps.py [--delay 0.05] [--skip-workspace]
@@ -182,10 +182,10 @@ def workspace(delay: float) -> dict[str, Any]:
             return measured(ours, {**env, "OPSKEEPER_LEDGER": str(base / f"ledger-{run}.db")}, ROOT)
 
         def theirs(run: int) -> tuple[float, float, str]:
-            return measured([tool or "pnpm", "-r", "outdated", "--format", "json"],
-                            {**env, "npm_config_registry": f"{url}/", "npm_config_cache_dir": str(base / f"cache-{run}"),
-                             "npm_config_store_dir": str(base / f"store-{run}"),
-                             "npm_config_manage_package_manager_versions": "false"}, tree)  # fmt: skip
+            config = {"npm_config_registry": f"{url}/", "npm_config_cache_dir": str(base / f"cache-{run}"),
+                      "npm_config_store_dir": str(base / f"store-{run}"),
+                      "npm_config_manage_package_manager_versions": "false"}  # fmt: skip
+            return measured([tool or "pnpm", "-r", "outdated", "--format", "json"], {**env, **config}, tree)
 
         opskeeper(0)  # fills the mirror with every document either tool asks for (untimed)
         if tool:
@@ -201,16 +201,16 @@ def workspace(delay: float) -> dict[str, Any]:
             pwarm, _, _ = theirs(1)  # the same metadata cache
             figures |= {"pnpm_warm_s": round(pwarm, 2), "warm_ratio_vs_pnpm": round(warm / pwarm, 2)}
             outdated = json.loads(pout or "{}")
-            # pnpm -r keys its answer `name@current` (with ` (dev)` for devDependencies): compare (name, current, latest).
-            ours_pairs = {(d.get("package") or d["name"], d["locked"], d["latest"]) for r in reports for d in r["direct"]
-                          if d["update"] != "none"}  # fmt: skip
+            # pnpm -r keys its answer `name@current` (` (dev)` for devDependencies): compare (name, current, latest).
+            ours_pairs = {(d.get("package") or d["name"], d["locked"], d["latest"])
+                          for r in reports for d in r["direct"] if d["update"] != "none"}  # fmt: skip
             their_pairs = {
                 (key.split(" ")[0].removesuffix(f"@{info['current']}"), info["current"], info["latest"])
                 for key, info in outdated.items()
                 if info.get("latest") and info["current"] != info["latest"]
             }
-            figures |= {"pnpm_s": round(pwall, 2), "pnpm_rss_mb": round(prss, 1), "ratio_vs_pnpm": round(wall / pwall, 2),
-                        "outdated_packages_pnpm": len(their_pairs),
+            figures |= {"pnpm_s": round(pwall, 2), "pnpm_rss_mb": round(prss, 1),
+                        "ratio_vs_pnpm": round(wall / pwall, 2), "outdated_packages_pnpm": len(their_pairs),
                         "outdated_packages_agree": len(ours_pairs & their_pairs)}  # fmt: skip
         else:
             figures["pnpm"] = "not on PATH nor in var/tools: npm install --prefix var/tools pnpm"

@@ -468,8 +468,11 @@ def test_an_automatic_rollback_is_listed_with_its_outcome(week: tuple[SqliteLedg
 def test_dependency_gaps_and_drift_are_in_the_review(tmp_path: Path) -> None:
     """A dependencies run that could not ask a source: the review lists the gap and the drift, and flags both."""
     ledger = SqliteLedger(tmp_path / "ledger.db")
-    gap = {"source": "advisories (registry)", "effect": "advisories not checked by this source",
-           "error": "npm registry: POST https://registry.example/-/npm/v1/security/advisories/bulk: HTTP 405"}
+    gap = {
+        "source": "advisories (registry)",
+        "effect": "advisories not checked by this source",
+        "error": "npm registry: POST https://registry.example/-/npm/v1/security/advisories/bulk: HTTP 405",
+    }
     ledger.record(run("deps", "dependencies", NOW - timedelta(days=1), Status.WARN, gaps=[gap], projects=[{
         "name": "server", "advisories": [], "direct": [], "node": None,
         "drift": ["helmet (^7.1.0) is in package.json but not in package-lock.json"],

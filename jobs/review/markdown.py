@@ -199,7 +199,8 @@ def _dependencies(report: Mapping[str, Any]) -> list[str]:
         out += [f"  - out of step: {d}" for d in project.get("drift") or []]
     gaps = report["dependencies"].get("gaps") or []
     if gaps:
-        out += ["", "Not checked in the newest run:", "", "| Job | Source | Effect | Error |", "| --- | --- | --- | --- |"]
+        out += ["", "Not checked in the newest run:", "", "| Job | Source | Effect | Error |",
+                "| --- | --- | --- | --- |"]  # fmt: skip
         out += [f"| {g['job_id']} | {g['source']} | {g['effect']} | {g['error'].replace('|', '/')} |" for g in gaps]
     return out
 

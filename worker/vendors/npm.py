@@ -36,7 +36,7 @@ def trim(doc: dict[str, Any]) -> dict[str, Any]:
     return {"name": doc.get("name"), "dist-tags": tags, "versions": kept}
 
 
-#: Above this size a document is read as a stream: its parsed form would be ~6× as large (next's 21 MB of
+#: Above this size a document is read as a stream: its parsed form would be ~6 times as large (next: 21 MB of
 #: JSON is ~120 MB of Python objects), and a 512 MB worker may read several at once.
 STREAM_ABOVE = 2 * 1024 * 1024
 _DIST_TAGS = re.compile(rb'"dist-tags"\s*:\s*(\{[^{}]*\})')
