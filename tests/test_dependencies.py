@@ -452,3 +452,13 @@ def test_broken_document_is_a_value_error(content: bytes) -> None:
     for limit in (0, 10_000):
         with pytest.raises(ValueError, match=r"."):  # orjson's and ijson's own words for what is wrong
             read_document(content, "x", stream_above=limit)
+
+
+def test_ignore_by_ghsa_id_covers_the_registrys_numbered_advisory() -> None:
+    """An ignore naming GHSA-44fp-w29j-9vj5 silences the registry's advisory 1104917, which links to it."""
+    advisory = {"package": "multer", "version": "1.4.5-lts.2", "id": 1104917, "severity": "high", "title": "DoS",
+                "url": "https://github.com/advisories/GHSA-44fp-w29j-9vj5", "fixed_in": "2.0.0", "via": [["multer"]],
+                "aliases": ["GHSA-44fp-w29j-9vj5"]}  # fmt: skip
+    ignore = Ignore(advisory="GHSA-44fp-w29j-9vj5", reason="uploads off")
+    assert ignore.covers(advisory, date(2026, 12, 1))
+    assert not Ignore(advisory="GHSA-4pg4-qvpc-4q3h", reason="other").covers(advisory, date(2026, 12, 1))

@@ -55,7 +55,9 @@ class Ignore(JobOptions):
         """Whether this entry silences the advisory on `today` (an expired entry silences nothing)."""
         if self.until is not None and today > self.until:
             return False
-        return str(advisory["id"]) == self.advisory or advisory["package"] == self.package
+        if self.package is not None:
+            return bool(advisory["package"] == self.package)
+        return self.advisory in {str(advisory["id"]), *advisory.get("aliases", ())}
 
 
 class GitHubSource(JobOptions):
@@ -353,6 +355,7 @@ def build_report(project_name: str, where: str, located: Located, *, metas: Mapp
                 "package": package, "version": version, "id": advisory["id"],
                 "severity": advisory.get("severity", "info"), "title": advisory.get("title", ""),
                 "url": advisory.get("url", ""), "sources": advisory.get("sources", ["registry"]),
+                "aliases": sorted(_ghsa(advisory) - {str(advisory["id"])}),
                 "fixed_in": fixed_in(str(advisory.get("vulnerable_versions", "*")), version, known) if known else None,
                 "via": sorted(via, key=len)[:5],
             })  # fmt: skip
