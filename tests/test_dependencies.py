@@ -66,12 +66,15 @@ class LocalRegistry:
         self.posted: list[dict[str, Any]] = []
         self.osv_queries: list[dict[str, Any]] = []
         self.github_auth: list[str] = []
+        self.github_status = 200
         registry = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path.startswith("/repos/"):  # the GitHub contents API
                     registry.github_auth.append(self.headers.get("Authorization", ""))
+                    if registry.github_status != 200:
+                        return self._send(registry.github_status, b'{"message": "Bad credentials"}', {})
                     name = self.path.split("?", 1)[0].split("/contents/", 1)[1]
                     source = SHARED / "fixtures" / "pnpm" / "mern-v9" / unquote(name)
                     return self._send(200 if source.is_file() else 404,
@@ -462,3 +465,35 @@ def test_ignore_by_ghsa_id_covers_the_registrys_numbered_advisory() -> None:
     ignore = Ignore(advisory="GHSA-44fp-w29j-9vj5", reason="uploads off")
     assert ignore.covers(advisory, date(2026, 12, 1))
     assert not Ignore(advisory="GHSA-4pg4-qvpc-4q3h", reason="other").covers(advisory, date(2026, 12, 1))
+
+
+def test_github_refusing_one_project_leaves_the_others(tmp_path: Path, env: dict[str, str],
+                                                       registry: LocalRegistry) -> None:  # fmt: skip
+    """GitHub answering 401 for one project: that project has a problem and a github gap, the local one is reported."""
+    from tests.conftest import write
+
+    registry.github_status = 401
+    local = copy_project(SHARED / "fixtures" / "pnpm" / "mern-v9" / "client", tmp_path / "client")
+    config = write(tmp_path / "jobs.yaml", f"""\
+jobs:
+  - id: deps
+    kind: dependencies
+    schedule: "0 6 * * 1"
+    options:
+      registry: {registry.url}
+      node_index: {registry.url}/node/index.tab
+      node_schedule: {registry.url}/node/schedule.json
+      advisory_fallback: none
+      projects:
+        - {{name: client, path: "{local}"}}
+        - {{name: server, github: {{repo: acme/shop, ref: main, path: server, api_url: "{registry.url}"}}}}
+""")  # fmt: skip
+    result = opskeeper("run-now", "deps", "--config", str(config), "--json",
+                       env={**env, "GITHUB_TOKEN": "ghp_TestGitHubToken000000000000"})  # fmt: skip
+    out = json.loads(result.stdout)
+    client, server = out["details"]["projects"]
+    assert client["direct"]
+    assert server["problems"][0].startswith("could not be read from GitHub: ")
+    assert [g["source"] for g in out["details"]["gaps"]] == ["github"]
+    assert out["status"] == "fail"
+    assert "ghp_TestGitHubToken" not in result.stdout + result.stderr

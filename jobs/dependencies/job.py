@@ -144,6 +144,7 @@ class Report:
     manager: str = ""
     drift: list[str] = field(default_factory=list)
     """What a frozen install would reject: package.json and the lockfile out of step, or two lockfiles disagreeing."""
+    order: int = field(default=0, repr=False)
 
     def public(self) -> dict[str, Any]:
         return {"name": self.name, "path": self.path, "manager": self.manager, "lockfile": self.lockfile,
@@ -392,6 +393,7 @@ class _Target:
     project: str
     where: str
     located: Located
+    order: int
 
 
 async def check_projects(options: DependenciesOptions, base: Path, cache: MutableMapping[str, Any], today: date,
@@ -422,23 +424,25 @@ async def _targets(options: DependenciesOptions, base: Path, *, scratch: Path, r
                 folder = await asyncio.to_thread(fetch_github, project.github, scratch / project.name)
             except HttpError as exc:
                 gaps.append(_gap("github", str(exc), f"{project.name} was not checked"))
-                reports.append(Report(project.name, where, problems=[f"could not be read from GitHub: {exc}"]))
+                reports.append(Report(project.name, where, problems=[f"could not be read from GitHub: {exc}"],
+                                      order=len(reports) + len(targets)))  # fmt: skip
                 continue
         else:
             folder = (base / str(project.path)).resolve()
         try:
             located = locate(folder, lockfiles)
         except LockfileError as exc:
-            reports.append(Report(project.name, where, problems=[str(exc)]))
+            reports.append(Report(project.name, where, problems=[str(exc)], order=len(reports) + len(targets)))
             continue
         if recursive or project.recursive:
             root = located.lockfile.path.parent
             for importer in located.lockfile.importers:
                 member = (root / importer).resolve()
                 name = project.name if importer == "." else f"{project.name}/{importer}"
-                targets.append(_Target(name, str(member), Located(member, located.lockfile, importer, located.root)))
+                targets.append(_Target(name, str(member), Located(member, located.lockfile, importer, located.root),
+                                       len(reports) + len(targets)))  # fmt: skip
         else:
-            targets.append(_Target(project.name, where, located))
+            targets.append(_Target(project.name, where, located, len(reports) + len(targets)))
     return targets, reports
 
 
@@ -489,9 +493,12 @@ async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping
     for target in targets:
         located = target.located
         found = _drift(located, lockfiles)
-        reports.append(build_report(target.project, target.where, located, metas=metas, advisories=advisories,
-                                    tracer=tracers[id(located.lockfile)], node=_node_for(located, runtime),
-                                    drift=found, picks=picks))  # fmt: skip
+        report = build_report(target.project, target.where, located, metas=metas, advisories=advisories,
+                              tracer=tracers[id(located.lockfile)], node=_node_for(located, runtime), drift=found,
+                              picks=picks)  # fmt: skip
+        report.order = target.order
+        reports.append(report)
+    reports.sort(key=lambda r: r.order)  # as the projects are configured
     asked = direct_names | affected
     registry_answered = bool(asked) and len(registry.failures) < len(asked)
     nothing = bool(targets) and not registry_answered and answered is None and runtime is None
