@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
-import ijson  # type: ignore[import-untyped]
+import ijson
 import orjson
 
 from worker.http import DEFAULT_TIMEOUT, AsyncApi, HttpError
