@@ -302,3 +302,37 @@ def test_the_daemon_reports_a_deleted_ledger(tmp_path: Path) -> None:
         assert f"the ledger {path} was deleted while opskeeper had it open" in trouble["error"]
     finally:
         daemon.terminate()
+
+
+def test_last_success_skips_failed_and_running_runs(ledger: Ledger) -> None:
+    """The newest ok or warn run of the job, however many failures came after it."""
+    ledger.record(finished("backup", T0, "first ok"))
+    ledger.record(replace(finished("backup", T0 + timedelta(hours=1), "warned"), status=Status.WARN))
+    for i in range(3):
+        ledger.record(replace(finished("backup", T0 + timedelta(hours=2 + i), f"f{i}"), status=Status.FAIL))
+    ledger.start(run("backup", T0 + timedelta(hours=9)))
+    found = ledger.last_success("backup")
+    assert found is not None
+    assert found.summary == "warned"
+    assert ledger.last_success("nothing") is None
+
+
+def test_check_days_aggregate_per_endpoint_and_utc_day(ledger: Ledger) -> None:
+    """Counts, failures, degraded and latency of non-failed checks per (job, endpoint, UTC day)."""
+    from worker.job import CheckRecord
+    from worker.ledger import DayOfChecks
+
+    def check(endpoint: str, at: datetime, verdict: str, latency: float | None) -> CheckRecord:
+        return CheckRecord(job_id="h", endpoint=endpoint, at=at, verdict=verdict, state="UP", status_code=200,
+                           latency_ms=latency, reason="")  # fmt: skip
+
+    day1 = datetime(2026, 11, 26, 23, 59, tzinfo=UTC)
+    late = datetime(2026, 11, 27, 0, 30, tzinfo=UTC)
+    ledger.record_checks([check("api", day1, "ok", 10.0), check("api", day1, "degraded", 30.0),
+                          check("api", day1, "fail", 5000.0), check("api", late, "ok", 20.0),
+                          check("web", late, "fail", None)])  # fmt: skip
+    assert ledger.check_days(datetime(2026, 11, 26, tzinfo=UTC)) == [
+        DayOfChecks("h", "api", "2026-11-26", 3, 1, 1, 20.0, 30.0),
+        DayOfChecks("h", "api", "2026-11-27", 1, 0, 0, 20.0, 20.0),
+        DayOfChecks("h", "web", "2026-11-27", 1, 1, 0, None, None),
+    ]

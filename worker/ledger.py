@@ -78,6 +78,21 @@ class RunRecord:
         }
 
 
+@dataclass(frozen=True)
+class DayOfChecks:
+    """One endpoint's checks on one UTC day, as the status page draws them."""
+
+    job_id: str
+    endpoint: str
+    day: str  # YYYY-MM-DD, UTC
+    checks: int
+    failures: int
+    degraded: int
+    latency_avg_ms: float | None
+    latency_max_ms: float | None
+    """Both over the checks that did not fail."""
+
+
 class Ledger(Protocol):
     """Where runs and job state are kept."""
 
@@ -127,6 +142,12 @@ class Ledger(Protocol):
 
     def record_checks(self, checks: list[CheckRecord]) -> None:
         """Keep probe checks for uptime figures."""
+
+    def last_success(self, job_id: str) -> RunRecord | None:
+        """The job's newest run that ended ok or warn."""
+
+    def check_days(self, since: datetime) -> list[DayOfChecks]:
+        """Per endpoint and UTC day since `since`: counts and latency, aggregated where the checks are kept."""
 
     def checks(self, since: datetime, job_id: str | None = None, endpoint: str | None = None) -> list[CheckRecord]:
         """Checks at or after `since`, oldest first."""
@@ -500,6 +521,26 @@ class SqliteLedger:
             for r in rows
         ]  # fmt: skip
 
+    def last_success(self, job_id: str) -> RunRecord | None:
+        with self._guard():
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM runs WHERE job_id=? AND status IN ('ok', 'warn')"
+                " ORDER BY started_at DESC, rowid DESC LIMIT 1", (job_id,)
+            ).fetchone()
+        return None if row is None else self._row(row)
+
+    def check_days(self, since: datetime) -> list[DayOfChecks]:
+        # Times are stored as UTC ISO text, so the first ten characters are the UTC day.
+        with self._guard():
+            rows = self._db.execute(
+                "SELECT job_id, endpoint, substr(at, 1, 10) AS day, COUNT(*), SUM(verdict = 'fail'),"
+                " SUM(verdict = 'degraded'), AVG(CASE WHEN verdict != 'fail' THEN latency_ms END),"
+                " MAX(CASE WHEN verdict != 'fail' THEN latency_ms END)"
+                " FROM checks WHERE at >= ? GROUP BY job_id, endpoint, day ORDER BY job_id, endpoint, day",
+                (_iso(since),),
+            ).fetchall()
+        return [DayOfChecks(r[0], r[1], r[2], r[3], r[4] or 0, r[5] or 0, r[6], r[7]) for r in rows]
+
     def prune_checks(self, job_id: str, before: datetime) -> int:
         with self._guard():
             return self._db.execute("DELETE FROM checks WHERE job_id=? AND at < ?", (job_id, _iso(before))).rowcount
@@ -658,6 +699,31 @@ class MongoLedger:
             query["endpoint"] = endpoint
         cursor = self._checks.find(query, {"_id": 0}).sort([("at", 1), ("_id", 1)])
         return [CheckRecord(**doc) for doc in cursor]
+
+    def last_success(self, job_id: str) -> RunRecord | None:
+        doc = self._runs.find_one({"job_id": job_id, "status": {"$in": ["ok", "warn"]}},
+                                  sort=[("started_at", -1), ("_id", -1)])  # fmt: skip
+        return None if doc is None else self._record(doc)
+
+    def check_days(self, since: datetime) -> list[DayOfChecks]:
+        # Folded here from a projected cursor: memory stays one day-row per endpoint whatever the checks' count.
+        days: dict[tuple[str, str, str], list[Any]] = {}
+        fields = {"_id": 0, "job_id": 1, "endpoint": 1, "at": 1, "verdict": 1, "latency_ms": 1}
+        for doc in self._checks.find({"at": {"$gte": to_ms(since)}}, fields):
+            key = (doc["job_id"], doc["endpoint"], doc["at"].astimezone(UTC).date().isoformat())
+            row = days.setdefault(key, [0, 0, 0, 0.0, 0, None])
+            row[0] += 1
+            if doc["verdict"] == "fail":
+                row[1] += 1
+                continue
+            row[2] += doc["verdict"] == "degraded"
+            latency = doc.get("latency_ms")
+            if latency is not None:
+                row[3] += latency
+                row[4] += 1
+                row[5] = latency if row[5] is None else max(row[5], latency)
+        return [DayOfChecks(j, e, d, r[0], r[1], r[2], r[3] / r[4] if r[4] else None, r[5])
+                for (j, e, d), r in sorted(days.items())]  # fmt: skip
 
     def prune_checks(self, job_id: str, before: datetime) -> int:
         return int(self._checks.delete_many({"job_id": job_id, "at": {"$lt": to_ms(before)}}).deleted_count)
