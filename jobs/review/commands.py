@@ -14,13 +14,69 @@ from worker.settings import Settings
 
 
 def register(cli: Commands) -> None:
-    """Add `report weekly`."""
+    """Add `report weekly` and `status`."""
+    status = cli.add("status", "Every job, endpoint, backup, deploy and dependency report at a glance.", _status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--html", type=Path, metavar="FILE", help="write the status page (one self-contained file)")
+    status.add_argument("--now", help="as of this ISO 8601 time instead of now")
     report = cli.add("report", "Build a review report now, from the ledger and the configured sources.", _weekly)
     report.add_argument("which", choices=["weekly"], help="which report")
     report.add_argument("--job", help="take the options of this weekly_review job (default: the schedule's first)")
     report.add_argument("--now", help="end the week at this ISO 8601 time instead of now")
     report.add_argument("--json", action="store_true", help="print (or write) the JSON report instead of Markdown")
     report.add_argument("--out", type=Path, metavar="FILE", help="write the report to FILE and print where it is")
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.review.status import build_status
+
+    config = commands.schedule(args, settings)
+    now = commands.parse_time(args.now, "--now") if args.now else datetime.now(UTC)
+    masks = commands.redactor(settings, config)
+    ledger = commands.ledger(settings, masks)
+    try:
+        status = masks(build_status(config, ledger, now))
+    finally:
+        ledger.close()
+    if args.html is not None:
+        from jobs.review.page import render
+
+        args.html.parent.mkdir(parents=True, exist_ok=True)
+        args.html.write_text(render(status), encoding="utf-8")
+        print(f"status page written to {args.html}")
+        return 0
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    _print_status(status)
+    return 0
+
+
+def _print_status(status: dict[str, object]) -> None:
+    """The terminal view: one table per part, each with a header row."""
+    jobs: list[dict[str, str | None]] = status["jobs"]  # type: ignore[assignment]
+    print(f"{'JOB':<22} {'KIND':<16} {'LAST':<8} {'WHEN':<20} {'LAST SUCCESS':<20} {'NEXT RUN':<20} SUMMARY")
+    for job in jobs:
+        print(f"{job['id']:<22} {job['kind']:<16} {(job['last_status'] or '-').upper():<8} "
+              f"{(job['last_run_at'] or '-')[:19]:<20} {(job['last_success_at'] or '-')[:19]:<20} "
+              f"{(job['next_run'] or '-')[:19]:<20} {(job['summary'] or '')[:80]}")  # fmt: skip
+    endpoints: list[dict[str, object]] = status["endpoints"]  # type: ignore[assignment]
+    if endpoints:
+        print(f"\n{'ENDPOINT':<40} {'STATE':<9} {'UP 24H':>9} {'UP 30D':>9}")
+        for row in endpoints:
+            up24, up30 = row["uptime_24h"], row["uptime_30d"]
+            print(
+                f"{row['job_id']}/{row['endpoint']:<{39 - len(str(row['job_id']))}} {row['state']!s:<9} "
+                f"{'-' if up24 is None else f'{up24:.3f}%':>9} {'-' if up30 is None else f'{up30:.3f}%':>9}"
+            )
+    for title, key in (("BACKUPS", "backups"), ("DEPLOYS", "deploys"), ("DEPENDENCIES", "dependencies")):
+        rows: list[dict[str, object]] = status[key]  # type: ignore[assignment]
+        if rows:
+            print(f"\n{title}")
+            for row in rows:
+                shown = {k: v for k, v in row.items()
+                         if k not in ("job_id", "sizes", "recoveries") and v not in (None, [], {})}  # fmt: skip
+                print("  " + ", ".join(f"{k}: {v}" for k, v in shown.items()))
 
 
 def _weekly(args: argparse.Namespace, settings: Settings) -> int:

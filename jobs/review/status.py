@@ -1,0 +1,154 @@
+"""Everything at a glance: each job's last and next run, each endpoint's state and uptime, the newest
+backups, the last good deploys and the dependency posture, read from the ledger and the schedule.
+
+`build_status` reads; everything it returns is plain JSON, the shape `opskeeper status --json`
+prints and the status page draws. Uptime over days comes from the ledger's per-day aggregates
+(`Ledger.check_days`), so 90 days of one-minute checks are never loaded one by one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from jobs.deploys.history import ServiceHistory, state_key
+from worker.ledger import DayOfChecks, Ledger
+from worker.schedule import ScheduleConfig
+from worker.timespec import upcoming
+
+BACKUP_KINDS = ("backup", "atlas_backup")
+PAGE_DAYS = 90
+
+
+def _at(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat()
+
+
+def uptime(days: list[DayOfChecks]) -> float | None:
+    """Percent of checks that did not fail, over these days; None without checks."""
+    checks = sum(d.checks for d in days)
+    return None if not checks else round(100 * (checks - sum(d.failures for d in days)) / checks, 3)
+
+
+def build_status(config: ScheduleConfig, ledger: Ledger, now: datetime) -> dict[str, Any]:
+    """The status of every job, endpoint, backup, deploy and dependency report at `now`."""
+    days = ledger.check_days(now - timedelta(days=PAGE_DAYS))
+    return {
+        "generated_at": _at(now),
+        "timezone": config.timezone.key,
+        "jobs": _jobs(config, ledger, now),
+        "endpoints": _endpoints(ledger, days, now),
+        "backups": _backups(config, ledger, now),
+        "deploys": _deploys(config, ledger),
+        "dependencies": _dependencies(config, ledger),
+    }
+
+
+def _jobs(config: ScheduleConfig, ledger: Ledger, now: datetime) -> list[dict[str, Any]]:
+    rows = []
+    for job in config.jobs:
+        newest = ledger.recent(job.id, limit=1)
+        last = newest[0] if newest else None
+        success = ledger.last_success(job.id)
+        following = upcoming(job.schedule, config.timezone, now, 1) if job.enabled else []
+        rows.append({
+            "id": job.id, "kind": job.kind, "enabled": job.enabled,
+            "last_status": last.status.value if last else None, "last_run_at": _at(last.started_at) if last else None,
+            "summary": last.summary if last else "", "last_success_at": _at(success.started_at) if success else None,
+            "next_run": _at(following[0]) if following else None, "monitor_slug": job.id,
+        })  # fmt: skip
+    return rows
+
+
+def _endpoints(ledger: Ledger, days: list[DayOfChecks], now: datetime) -> list[dict[str, Any]]:
+    recent = ledger.checks(now - timedelta(hours=24))
+    newest = {(c.job_id, c.endpoint): c for c in recent}  # oldest first: the last one wins
+    by_endpoint: dict[tuple[str, str], list[DayOfChecks]] = {}
+    for day in days:
+        by_endpoint.setdefault((day.job_id, day.endpoint), []).append(day)
+    month = (now - timedelta(days=30)).date().isoformat()
+    rows = []
+    for key in sorted(set(by_endpoint) | set(newest)):
+        last = newest.get(key)
+        day_rows = by_endpoint.get(key, [])
+        mine = [c for c in recent if (c.job_id, c.endpoint) == key]
+        failed = sum(1 for c in mine if c.verdict == "fail")
+        rows.append({
+            "job_id": key[0], "endpoint": key[1], "state": last.state if last else "UNKNOWN",
+            "last_check_at": _at(last.at) if last else None, "last_reason": last.reason if last else "",
+            "uptime_24h": round(100 * (len(mine) - failed) / len(mine), 3) if mine else None,
+            "uptime_30d": uptime([d for d in day_rows if d.day > month]),
+            "days": [{"day": d.day, "checks": d.checks, "failures": d.failures, "degraded": d.degraded,
+                      "latency_avg_ms": None if d.latency_avg_ms is None else round(d.latency_avg_ms, 1)}
+                     for d in day_rows],
+        })  # fmt: skip
+    return rows
+
+
+def _backups(config: ScheduleConfig, ledger: Ledger, now: datetime) -> list[dict[str, Any]]:
+    drills = [j.id for j in config.jobs if j.kind == "restore_drill"]
+    window = ledger.runs(now - timedelta(days=PAGE_DAYS), now, kinds=(*BACKUP_KINDS, "restore_drill"))
+    recoveries = [{"at": _at(r.started_at), "recovery_s": r.details["recovery_s"]} for r in window
+                  if r.kind == "restore_drill" and r.details.get("recovery_s") is not None]  # fmt: skip
+    verified = [run for job_id in drills if (run := ledger.last_success(job_id)) is not None]
+    newest_verified = max(verified, key=lambda r: r.started_at, default=None)
+    rows = []
+    for job in config.jobs:
+        if job.kind not in BACKUP_KINDS:
+            continue
+        made = ledger.last_success(job.id)
+        rows.append({
+            "job_id": job.id, "kind": job.kind,
+            "newest": made and {"at": _at(made.started_at), "key": made.details.get("key"),
+                                "stored_bytes": made.details.get("stored_bytes"),
+                                "documents": made.details.get("documents")},
+            "newest_verified": newest_verified and {"at": _at(newest_verified.started_at),
+                                                    "key": newest_verified.details.get("key"),
+                                                    "recovery_s": newest_verified.details.get("recovery_s"),
+                                                    "drill": newest_verified.job_id},
+            "sizes": [{"at": _at(r.started_at), "stored_bytes": r.details["stored_bytes"]} for r in window
+                      if r.job_id == job.id and r.details.get("stored_bytes") is not None],
+            "recoveries": recoveries,
+        })  # fmt: skip
+    return rows
+
+
+def _deploys(config: ScheduleConfig, ledger: Ledger) -> list[dict[str, Any]]:
+    rows = []
+    for job in config.jobs:
+        if job.kind != "deploys":
+            continue
+        for service in getattr(job.options, "services", ()):
+            history = ServiceHistory.load(ledger.get_state(job.id, state_key(service.name)))
+            good = next((d for d in history.deploys if d.good), None)
+            live = history.deploys[0] if history.deploys else None
+            rows.append({
+                "job_id": job.id, "service": service.name,
+                "newest": live and {"id": live.deploy_id, "commit": live.commit[:7], "status": live.status},
+                "last_good": good and {"id": good.deploy_id, "commit": good.commit[:7], "good_at": good.good_at},
+            })  # fmt: skip
+    return rows
+
+
+def _dependencies(config: ScheduleConfig, ledger: Ledger) -> list[dict[str, Any]]:
+    rows = []
+    for job in config.jobs:
+        if job.kind != "dependencies":
+            continue
+        reports = [r for r in ledger.recent(job.id, limit=5) if r.details.get("projects") is not None]
+        if not reports:
+            continue
+        run = reports[0]
+        for project in run.details["projects"]:
+            severities: dict[str, int] = {}
+            for advisory in project.get("advisories") or []:
+                severities[advisory["severity"]] = severities.get(advisory["severity"], 0) + 1
+            node = project.get("node") or {}
+            rows.append({
+                "job_id": job.id, "project": project["name"], "checked_at": _at(run.started_at),
+                "status": run.status.value, "advisories": severities,
+                "majors": [d["name"] for d in project.get("direct") or [] if d.get("update") == "major"],
+                "node": node.get("status"), "node_line": node.get("line"),
+                "gaps": [g["source"] for g in run.details.get("gaps") or []],
+            })  # fmt: skip
+    return rows

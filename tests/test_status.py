@@ -1,0 +1,174 @@
+"""`opskeeper status`: exact figures from a ledger of known runs, and the status page in real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, opskeeper, write
+from worker.job import CheckRecord, Status
+from worker.ledger import RunRecord, SqliteLedger
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+OUTAGE_DAY = NOW - timedelta(days=40)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = ROOT / "var" / "test-screenshots"
+
+CONFIG = """\
+jobs:
+  - id: api-health
+    kind: health
+    schedule: every 1m
+    options: {endpoints: [{name: backend, url: "http://127.0.0.1:9/api/health"}]}
+  - id: nightly
+    kind: backup
+    schedule: "30 2 * * *"
+    options: {storage: "/tmp/opskeeper-status-test"}
+  - id: drill
+    kind: restore_drill
+    schedule: "0 5 1 * *"
+    options: {backup_job: nightly}
+"""
+
+
+def run(job_id: str, kind: str, at: datetime, status: Status, summary: str = "", **details: object) -> RunRecord:
+    return RunRecord(run_id=f"{job_id}-{at.isoformat()}", job_id=job_id, kind=kind, status=status, started_at=at,
+                     finished_at=at + timedelta(minutes=1), summary=summary, details=details)  # fmt: skip
+
+
+def fill(ledger: SqliteLedger, days: int) -> None:
+    """Hourly checks for `days` days (one day with a 6-hour outage, the last day 3 failed checks); backups, drills."""
+    checks = []
+    for hour in range(days * 24):
+        at = NOW - timedelta(hours=hour)
+        failed = (OUTAGE_DAY - timedelta(hours=6) < at <= OUTAGE_DAY) or hour in (1, 2, 3)
+        checks.append(CheckRecord(job_id="api-health", endpoint="backend", at=at, verdict="fail" if failed else "ok",
+                                  state="DOWN" if failed else "UP", status_code=None if failed else 200,
+                                  latency_ms=None if failed else 100.0 + hour % 7, reason="connection refused"
+                                  if failed else "HTTP 200"))  # fmt: skip
+    ledger.record_checks(sorted(checks, key=lambda c: c.at))
+    for day in range(1, 8):
+        at = NOW.replace(hour=2, minute=30) - timedelta(days=day)
+        ledger.record(run("nightly", "backup", at, Status.OK, "backed up", key=f"nightly/{day}.archive.gz",
+                          stored_bytes=1_000_000 - 10_000 * day, documents=5000))  # fmt: skip
+    ledger.record(run("nightly", "backup", NOW - timedelta(hours=2), Status.FAIL, "dump failed: connection refused"))
+    ledger.record(run("drill", "restore_drill", NOW - timedelta(days=30), Status.OK, "restored",
+                      key="nightly/30.archive.gz", recovery_s=40.0))  # fmt: skip
+    ledger.record(run("drill", "restore_drill", NOW - timedelta(days=3), Status.OK, "restored",
+                      key="nightly/3.archive.gz", recovery_s=42.5))  # fmt: skip
+    ledger.record(run("api-health", "health", NOW - timedelta(minutes=1), Status.FAIL, "backend DOWN"))
+
+
+@pytest.fixture
+def filled(tmp_path: Path, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
+    ledger = SqliteLedger(Path(env["OPSKEEPER_LEDGER"]))
+    fill(ledger, 90)
+    ledger.close()
+    return write(tmp_path / "jobs.yaml", CONFIG), env
+
+
+def test_status_json_has_exact_figures(filled: tuple[Path, dict[str, str]]) -> None:
+    """Last status, last success, next run, 24 h and 30 d uptime, newest and verified backup: exact values."""
+    config, env = filled
+    result = opskeeper("status", "--config", str(config), "--json", "--now", NOW.isoformat(), env=env)
+    assert result.code == 0, result.stderr
+    status = json.loads(result.stdout)
+    jobs = {j["id"]: j for j in status["jobs"]}
+    assert jobs["nightly"] == {
+        "id": "nightly", "kind": "backup", "enabled": True, "last_status": "fail",
+        "last_run_at": (NOW - timedelta(hours=2)).isoformat(), "summary": "dump failed: connection refused",
+        "last_success_at": (NOW.replace(hour=2, minute=30) - timedelta(days=1)).isoformat(),
+        "next_run": NOW.replace(day=2, hour=2, minute=30).isoformat(), "monitor_slug": "nightly",
+    }  # fmt: skip
+    assert jobs["drill"]["next_run"] == datetime(2027, 1, 1, 5, 0, tzinfo=UTC).isoformat()
+    [endpoint] = status["endpoints"]
+    # 24 h: checks at hours 0..23 back (24 of them, the one at exactly -24 h included: 25), 3 failed.
+    assert endpoint["uptime_24h"] == round(100 * 22 / 25, 3)
+    assert endpoint["state"] == "UP"
+    month = [d for d in endpoint["days"] if d["day"] > (NOW - timedelta(days=30)).date().isoformat()]
+    assert endpoint["uptime_30d"] == round(100 * (sum(d["checks"] for d in month) - 3) / sum(d["checks"] for d in month),
+                                           3)  # fmt: skip
+    outage = next(d for d in endpoint["days"] if d["day"] == OUTAGE_DAY.date().isoformat())
+    assert outage["failures"] >= 5
+    [backup] = status["backups"]
+    assert backup["newest"]["key"] == "nightly/1.archive.gz"
+    assert backup["newest_verified"] == {"at": (NOW - timedelta(days=3)).isoformat(), "key": "nightly/3.archive.gz",
+                                         "recovery_s": 42.5, "drill": "drill"}  # fmt: skip
+    assert [s["stored_bytes"] for s in backup["sizes"]] == [1_000_000 - 10_000 * d for d in range(7, 0, -1)]
+
+
+def test_status_on_a_terminal_has_header_rows(filled: tuple[Path, dict[str, str]]) -> None:
+    """The plain view starts each table with its header and names every job."""
+    config, env = filled
+    result = opskeeper("status", "--config", str(config), "--now", NOW.isoformat(), env=env)
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:4] == ["JOB", "KIND", "LAST", "WHEN"]
+    assert any(line.startswith("ENDPOINT") for line in lines)
+    assert {line.split()[0] for line in lines[1:4]} == {"api-health", "nightly", "drill"}
+
+
+class PageServer:
+    """Serves one folder over HTTP, as `opskeeper serve` would, and remembers every path asked for."""
+
+    def __init__(self, folder: Path) -> None:
+        import functools
+        import threading
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        self.paths: list[str] = []
+        server = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.paths.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_status_page_in_headless_chromium(filled: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """The 90-day page loads with no console errors and asks for nothing but itself; the outage day's cell is red."""
+    config, env = filled
+    site = tmp_path / "site"
+    page = site / "status.html"
+    result = opskeeper("status", "--config", str(config), "--html", str(page), "--now", NOW.isoformat(), env=env)
+    assert result.code == 0, result.stderr
+    assert page.stat().st_size < 1_000_000
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    server = PageServer(site)
+    # Every other host is unresolvable: anything the page asked of the internet would be a console error.
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--no-first-run", "--enable-logging=stderr", "--v=0", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    try:
+        dom = subprocess.run([*flags, "--dump-dom", f"{server.url}/status.html"], capture_output=True, text=True,
+                             timeout=120, check=True)  # fmt: skip
+        asked = list(server.paths)
+        shot = subprocess.run([*flags, f"--screenshot={SCREENSHOTS / 'status.png'}", "--window-size=1200,1600",
+                               f"{server.url}/status.html"], capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    finally:
+        server.close()
+    assert (SCREENSHOTS / "status.png").stat().st_size > 10_000, shot.stderr
+    assert asked == ["/status.html"]
+    assert [line for line in dom.stderr.splitlines() if "CONSOLE" in line] == []
+    day = OUTAGE_DAY.date().isoformat()
+    before, after = dom.stdout.split(f'data-day="{day}"', 1)
+    assert 'fill="#cf222e"' in before.rsplit("<rect", 1)[1]
+    assert after.split("</rect>", 1)[0].startswith(f"><title>{day}: ")
+    assert "api-health/backend" in dom.stdout
+    assert "● UP" in dom.stdout  # the state in words and a symbol, not only a colour
