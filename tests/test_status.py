@@ -91,8 +91,8 @@ def test_status_json_has_exact_figures(filled: tuple[Path, dict[str, str]]) -> N
     assert endpoint["uptime_24h"] == round(100 * 22 / 25, 3)
     assert endpoint["state"] == "UP"
     month = [d for d in endpoint["days"] if d["day"] > (NOW - timedelta(days=30)).date().isoformat()]
-    assert endpoint["uptime_30d"] == round(100 * (sum(d["checks"] for d in month) - 3) / sum(d["checks"] for d in month),
-                                           3)  # fmt: skip
+    checked = sum(d["checks"] for d in month)
+    assert endpoint["uptime_30d"] == round(100 * (checked - 3) / checked, 3)
     outage = next(d for d in endpoint["days"] if d["day"] == OUTAGE_DAY.date().isoformat())
     assert outage["failures"] >= 5
     [backup] = status["backups"]
@@ -152,15 +152,17 @@ def test_status_page_in_headless_chromium(filled: tuple[Path, dict[str, str]], t
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     server = PageServer(site)
     # Every other host is unresolvable: anything the page asked of the internet would be a console error.
+    assert CHROMIUM is not None
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--no-first-run", "--enable-logging=stderr", "--v=0", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+             "--no-first-run", "--enable-logging=stderr", "--v=0",
+             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
     try:
         dom = subprocess.run([*flags, "--dump-dom", f"{server.url}/status.html"], capture_output=True, text=True,
                              timeout=120, check=True)  # fmt: skip
         asked = list(server.paths)
         shot = subprocess.run([*flags, f"--screenshot={SCREENSHOTS / 'status.png'}", "--window-size=1200,1600",
-                               f"{server.url}/status.html"], capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+                               f"{server.url}/status.html"],
+                              capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     finally:
         server.close()
     assert (SCREENSHOTS / "status.png").stat().st_size > 10_000, shot.stderr
