@@ -155,7 +155,8 @@ def test_status_page_in_headless_chromium(filled: tuple[Path, dict[str, str]], t
     assert CHROMIUM is not None
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--no-first-run", "--enable-logging=stderr", "--v=0",
-             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
     try:
         dom = subprocess.run([*flags, "--dump-dom", f"{server.url}/status.html"], capture_output=True, text=True,
                              timeout=120, check=True)  # fmt: skip
