@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,3 +177,68 @@ def test_status_page_in_headless_chromium(filled: tuple[Path, dict[str, str]], t
     assert after.split("</rect>", 1)[0].startswith(f"><title>{day}: ")
     assert "api-health/backend" in dom.stdout
     assert "● UP" in dom.stdout  # the state in words and a symbol, not only a colour
+
+
+def test_status_page_to_s3_is_private_with_a_presigned_link(filled: tuple[Path, dict[str, str]], bucket: str,
+                                                             s3_endpoint: str) -> None:  # fmt: skip
+    """`--html s3://…` writes a private HTML object (no public grant) and prints a presigned link that reads it."""
+    import boto3
+    import httpx
+
+    from tests.conftest import AWS_ENV
+
+    config, env = filled
+    env = {**env, **AWS_ENV, "AWS_ENDPOINT_URL_S3": s3_endpoint, "OPSKEEPER_STATUS_PAGE_LINK": "1h"}
+    result = opskeeper("status", "--config", str(config), "--html", f"s3://{bucket}/ops/status.html", "--now",
+                       NOW.isoformat(), env=env)  # fmt: skip
+    assert result.code == 0, result.stderr
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    head = client.head_object(Bucket=bucket, Key="ops/status.html")
+    assert head["ContentType"] == "text/html; charset=utf-8"
+    grants = client.get_object_acl(Bucket=bucket, Key="ops/status.html")["Grants"]
+    assert [g["Permission"] for g in grants] == ["FULL_CONTROL"]  # the owner only: nothing for AllUsers
+    assert "AllUsers" not in json.dumps(grants)
+    link = result.stdout.strip().split("; link: ", 1)[1]
+    assert "Signature=" in link  # SigV4 or V2, as the endpoint takes
+    assert "api-health/backend" in httpx.get(link, timeout=10).text
+    assert AWS_ENV["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
+
+
+def test_daemon_regenerates_the_page_after_runs(tmp_path: Path, env: dict[str, str], daemon_factory: Any) -> None:
+    """With OPSKEEPER_STATUS_PAGE the daemon writes the page after a run, and at most once a minute."""
+    config = write(tmp_path / "jobs.yaml", """\
+jobs:
+  - {id: beat, kind: command, schedule: every 1s, options: {argv: ["true"]}}
+""")  # fmt: skip
+    page = tmp_path / "site" / "index.html"
+    daemon = daemon_factory(config, {**env, "OPSKEEPER_STATUS_PAGE": str(page)})
+    first, event = daemon.wait_for(lambda e: e.get("event") == "status_page.written")
+    assert event["target"] == str(page)
+    assert "beat" in page.read_text()
+    daemon.wait_for(lambda e: e.get("event") == "job.finished", after=first + 1)
+    daemon.wait_for(lambda e: e.get("event") == "job.finished", after=first + 2)
+    written = [e for e in daemon.events if e.get("event") == "status_page.written"]
+    assert len(written) == 1  # three runs within a minute, one page
+
+
+def test_serve_answers_with_the_page(filled: tuple[Path, dict[str, str]]) -> None:
+    """`opskeeper serve --port 0` serves the page fresh from the ledger, and 404s anything else."""
+    import httpx
+
+    config, env = filled
+    process = subprocess.Popen([sys.executable, "-m", "worker", "serve", "--config", str(config), "--port", "0"],
+                               env=env, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        url = line.split(" at ", 1)[1].split(" ", 1)[0]
+        page = httpx.get(url, timeout=10)
+        assert page.status_code == 200
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
+        assert "api-health/backend" in page.text
+        assert httpx.get(url + "other", timeout=10).status_code == 404
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()

@@ -146,6 +146,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     ledger = commands.ledger(settings, masks)
     daemon = Daemon(config, ledger, sentry, masks, grace=settings.shutdown_grace, poll=settings.reload_poll,
                     lease_ttl=settings.lease_ttl, lease_renew=settings.lease_renew)  # fmt: skip
+    if settings.status_page:
+        from jobs.review.publish import StatusPublisher
+
+        daemon.publisher = StatusPublisher(settings.status_page, public=settings.status_page_public,
+                                           link_for=settings.status_page_link)  # fmt: skip
     daemon.install_signal_handlers()
     target = settings.ledger.get_secret_value()
     kind, where = describe_place(target, masks)

@@ -525,7 +525,8 @@ class SqliteLedger:
         with self._guard():
             row = self._db.execute(
                 f"SELECT {_COLUMNS} FROM runs WHERE job_id=? AND status IN ('ok', 'warn')"
-                " ORDER BY started_at DESC, rowid DESC LIMIT 1", (job_id,)
+                " ORDER BY started_at DESC, rowid DESC LIMIT 1",
+                (job_id,),
             ).fetchone()
         return None if row is None else self._row(row)
 

@@ -153,6 +153,9 @@ class Daemon:
             job_defaults={"coalesce": True, "max_instances": 1},
         )
         self._scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        #: Regenerates the status page after runs (OPSKEEPER_STATUS_PAGE), when set.
+        self.publisher: Any = None
+        self._publishing = threading.Lock()
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -341,8 +344,24 @@ class Daemon:
             when = rerun_of.scheduled_at if rerun_of is not None and rerun_of.scheduled_at else scheduled_at
             record = self.runner.run(job, when and when.astimezone(UTC), rerun_of=rerun_of)
             self._wake_followers(job_id, record.status)
+            self._publish()
 
         return fire
+
+    def _publish(self) -> None:
+        """Write the status page if one is configured and the last write is a minute old; never fail a run."""
+        now = datetime.now(UTC)
+        if self.publisher is None or not self.publisher.due(now) or not self._publishing.acquire(blocking=False):
+            return
+        try:
+            link = self.publisher.publish(self.config, self.ledger, self.redactor, now)
+            self.log.info("status_page.written", target=self.redactor.text(self.publisher.target),
+                          **({"link": link} if link else {}))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - a page that cannot be written must not stop the schedule
+            self.log.warning("status_page.failed", target=self.redactor.text(self.publisher.target),
+                             error=self.redactor.text(f"{type(exc).__name__}: {exc}"))  # fmt: skip
+        finally:
+            self._publishing.release()
 
     def _wake_followers(self, job_id: str, status: Status) -> None:
         """Run at once the jobs that follow this one, when it turned to FAIL or back (or starts out failing)."""

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     sentry_auth_token: SecretStr | None = Field(None, alias="SENTRY_AUTH_TOKEN")
     """With SENTRY_ORG: resolves an outage's issue on recovery (event:write), writes releases (project:releases)."""
     sentry_api_url: str = Field("https://sentry.io", alias="SENTRY_API_URL")
+    status_page: str | None = Field(None, alias="OPSKEEPER_STATUS_PAGE")
+    """Where the daemon keeps the status page: a file path or s3://bucket/key (written private)."""
+    status_page_public: bool = Field(False, alias="OPSKEEPER_STATUS_PAGE_PUBLIC")
+    status_page_link: Seconds | None = Field(None, alias="OPSKEEPER_STATUS_PAGE_LINK")
+    """For an S3 page: log a presigned link valid this long after each write (at most 7 days)."""
 
     @model_validator(mode="after")
     def _timing(self) -> Settings:

@@ -17,8 +17,16 @@ def register(cli: Commands) -> None:
     """Add `report weekly` and `status`."""
     status = cli.add("status", "Every job, endpoint, backup, deploy and dependency report at a glance.", _status)
     status.add_argument("--json", action="store_true", help="print JSON")
-    status.add_argument("--html", type=Path, metavar="FILE", help="write the status page (one self-contained file)")
+    status.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write the status page (one self-contained file) to a path or "
+        "s3://bucket/key (private; AWS_ENDPOINT_URL_S3 for R2, GCS or MinIO)",
+    )
     status.add_argument("--now", help="as of this ISO 8601 time instead of now")
+    serve = cli.add("serve", "Serve the status page on this machine, fresh from the ledger at each request.", _serve)
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     report = cli.add("report", "Build a review report now, from the ledger and the configured sources.", _weekly)
     report.add_argument("which", choices=["weekly"], help="which report")
     report.add_argument("--job", help="take the options of this weekly_review job (default: the schedule's first)")
@@ -40,15 +48,59 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         ledger.close()
     if args.html is not None:
         from jobs.review.page import render
+        from jobs.review.publish import write_page
 
-        args.html.parent.mkdir(parents=True, exist_ok=True)
-        args.html.write_text(render(status), encoding="utf-8")
-        print(f"status page written to {args.html}")
+        link = write_page(args.html, render(status), public=settings.status_page_public,
+                          link_for=settings.status_page_link)  # fmt: skip
+        print(f"status page written to {masks.text(args.html)}" + (f"; link: {link}" if link else ""))
         return 0
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
     _print_status(status)
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from jobs.review.page import render
+    from jobs.review.status import build_status
+
+    config = commands.schedule(args, settings)
+    masks = commands.redactor(settings, config)
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] not in ("/", "/index.html"):
+                self._send(404, b"not found\n", "text/plain")
+                return
+            ledger = commands.ledger(settings, masks)
+            try:
+                body = render(masks(build_status(config, ledger, datetime.now(UTC)))).encode()
+            finally:
+                ledger.close()
+            self._send(200, body, "text/html; charset=utf-8")
+
+        def _send(self, status: int, body: bytes, kind: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((args.host, args.port), Page)
+    print(f"serving the status page at http://{args.host}:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 

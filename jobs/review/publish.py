@@ -1,0 +1,66 @@
+"""Where the status page goes: a local file (written whole, then renamed into place) or an S3 object.
+
+An S3 page is written private (the bucket's default ACL) unless the operator asks for
+`public-read`; a presigned link valid for a while can be logged instead, so the page can
+be shared without making the bucket public. The daemon publishes after runs, at most once
+per `every`, and a failure to publish is a log line, never a failed run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from jobs.review.page import render
+from jobs.review.status import build_status
+from worker.ledger import Ledger
+from worker.schedule import ScheduleConfig
+
+HTML = "text/html; charset=utf-8"
+
+
+def write_page(target: str, html: str, *, public: bool = False, link_for: timedelta | None = None) -> str | None:
+    """Write the page to `target` (a path or `s3://bucket/key`); returns a presigned link when `link_for` asks."""
+    if not target.startswith("s3://"):
+        path = Path(target.removeprefix("file://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A reader (a web server, `opskeeper serve`) never sees half a page: write beside it, then rename.
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=".status-", delete=False) as f:
+            f.write(html)
+        Path(f.name).replace(path)
+        return None
+    import boto3
+
+    parts = urlsplit(target)
+    bucket, key = parts.netloc, parts.path.lstrip("/")
+    if not key or key.endswith("/"):
+        key += "index.html"
+    client = boto3.client("s3")
+    extra: dict[str, Any] = {"ACL": "public-read"} if public else {}
+    client.put_object(Bucket=bucket, Key=key, Body=html.encode(), ContentType=HTML, CacheControl="no-cache", **extra)
+    if link_for is None:
+        return None
+    link: str = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                              ExpiresIn=int(link_for.total_seconds()))  # fmt: skip
+    return link
+
+
+class StatusPublisher:
+    """Regenerates the status page after runs, at most once per `every`."""
+
+    def __init__(self, target: str, *, every: timedelta = timedelta(minutes=1), public: bool = False,
+                 link_for: timedelta | None = None) -> None:  # fmt: skip
+        self.target, self.every, self.public, self.link_for = target, every, public, link_for
+        self._last: datetime | None = None
+
+    def due(self, now: datetime) -> bool:
+        return self._last is None or now - self._last >= self.every
+
+    def publish(self, config: ScheduleConfig, ledger: Ledger, masks: Any, now: datetime) -> str | None:
+        """Build and write the page now; returns the presigned link, if one was asked for."""
+        self._last = now
+        return write_page(self.target, render(masks(build_status(config, ledger, now))), public=self.public,
+                          link_for=self.link_for)  # fmt: skip
