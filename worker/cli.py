@@ -180,7 +180,16 @@ def _run_now(args: argparse.Namespace, settings: Settings) -> int:
         runner = Runner(ledger, sentry, masks, config.timezone)
         runner.jobs = {j.id: j for j in config.jobs}
         runner.instance = presence.instance
-        record = runner.run(job)
+        from worker.reporting.progress import ProgressReport
+
+        # On a terminal, live bars; elsewhere, progress as log lines beside the run's other ones.
+        runner.progress = ProgressReport(log=None if sys.stderr.isatty() else get_logger().info)
+        succeeded = False
+        try:
+            record = runner.run(job)
+            succeeded = record.status.is_success
+        finally:
+            runner.progress.close(finish=succeeded)
     finally:
         # A run that timed out may have left a program running: its whole process group goes.
         children.kill_all()

@@ -166,6 +166,8 @@ class JobContext:
     record: Callable[[str, Status, str, Mapping[str, Any]], str] = field(default=lambda *entry: "")
     """record(kind, status, summary, details): keep an action this run took (an automatic rollback) in
     the history as an entry of its own, beside the run; returns the entry's id."""
+    progress: Callable[..., None] | None = None
+    """progress(task, done, total, unit=, label=): set in the foreground (run-now), where someone watches."""
 
 
 class Job(Protocol):

@@ -70,6 +70,8 @@ class Runner:
         #: Who runs, for the ledger: the daemon sets its instance id and, while leading, the lease's token.
         self.instance = self.host
         self.token: int | None = None
+        #: Set in the foreground (run-now): runs report their progress to it. The daemon has none.
+        self.progress: Any = None
         self.version = version()
         self.log = get_logger()
         self._active: dict[str, _Handle] = {}
@@ -193,6 +195,7 @@ class Runner:
             state=JobState(self.ledger, job.id),
             cancel=handle.cancel,
             log=log.info,
+            progress=self.progress.update if self.progress is not None else None,
             notify=lambda notice: self._notify(job, handle.run_id, notice, log),
             checks=JobChecks(self.ledger, job.id),
             jobs=self.jobs,

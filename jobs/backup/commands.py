@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, BinaryIO
 
 from worker import commands
 from worker.commands import EXIT_BAD, EXIT_ERROR, CliError, Commands
+from worker.reporting.progress import ProgressReport, archive_ticks
 from worker.schedule import JobSpec, ScheduleConfig
 from worker.settings import Settings
 
@@ -72,28 +72,6 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-class _Progress:
-    """A one-line progress display on a terminal (bytes, docs/s); silent otherwise."""
-
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
-        self.started = time.monotonic()
-        self._last = 0.0
-
-    def __call__(self, stored_bytes: int, documents: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or now - self._last < 0.25:
-            return
-        self._last = now
-        rate = documents / max(now - self.started, 1e-6)
-        print(f"\r  {stored_bytes / 1e6:10.1f} MB read  {documents:12d} docs  {rate:10.0f} docs/s",
-              end="", file=sys.stderr, flush=True)  # fmt: skip
-
-    def done(self) -> None:
-        if self.enabled:
-            print(file=sys.stderr)
-
-
 @contextlib.contextmanager
 def _open_archive(args: argparse.Namespace, settings: Settings) -> Iterator[tuple[BinaryIO, dict[str, Any] | None]]:
     """An archive by local path or by key in a backup job's storage, with its manifest if any."""
@@ -148,15 +126,17 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
         if not allowed:
             print("cancelled: nothing was changed")
             return 1
-        progress = _Progress()
+        progress = ProgressReport()
         started = datetime.now(UTC)
         with _open_archive(args, settings) as (stream, manifest):
             try:
                 # Nothing is dropped before the archive has proven whole: see restore()'s staging.
-                report = restore(stream, client, rename, progress, manifest=manifest, replace=frozenset(occupied))
+                report = restore(stream, client, rename, archive_ticks(progress.update, manifest, "restore"),
+                                 manifest=manifest, replace=frozenset(occupied))  # fmt: skip
             except RestoreError as exc:
+                progress.close(finish=False)
                 raise CliError(f"restore failed: {masks.text(str(exc))}", EXIT_ERROR) from None
-        progress.done()
+        progress.close()
     finally:
         client.close()
     summary = f"restored {report.documents} documents into {len(targets)} database(s) from {args.target}"
@@ -197,10 +177,10 @@ def _plan(args: argparse.Namespace, settings: Settings, rename: Any, target: str
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
     from jobs.backup.catalog import verify
 
-    progress = _Progress()
+    progress = ProgressReport()
     with _open_archive(args, settings) as (stream, manifest):
-        report = verify(stream, manifest, progress)
-    progress.done()
+        report = verify(stream, manifest, archive_ticks(progress.update, manifest, "verify"))
+    progress.close(finish=report.ok)
     if args.json:
         print(json.dumps(report.public(), indent=2))
     else:

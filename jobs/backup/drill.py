@@ -28,6 +28,7 @@ from jobs.backup.job import BackupOptions
 from jobs.backup.restore import RestoreError, check, restore
 from jobs.backup.retention import is_future
 from worker.job import JobContext, JobOptions, Outcome, Status
+from worker.reporting.progress import archive_ticks
 from worker.schedule import Duration
 from worker.timespec import format_duration
 
@@ -125,8 +126,9 @@ class DrillJob:
             started = time.monotonic()
             with storage.open(newest.key) as stream:
                 # Scratch databases are the drill's own: no staging needed, all dropped at the end.
+                ticks = archive_ticks(ctx.progress, newest.manifest, "drill") if ctx.progress is not None else None
                 report = restore(stream, client, lambda db, coll: (scratch_name(db, stamp, ctx.run_id), coll),
-                                 manifest=newest.manifest, staging=False)  # fmt: skip
+                                 ticks, manifest=newest.manifest, staging=False)  # fmt: skip
             recovery_s = time.monotonic() - started
             check_started = time.monotonic()
             problems = check(client, report.namespaces, newest.manifest)

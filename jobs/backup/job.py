@@ -212,9 +212,13 @@ class BackupJob:
                 stats = dump_with_mongodump(ctx, client, uri, opts, namespaces, writer=writer)
                 consistent = False
             else:
+                total = _estimate(client, namespaces) if ctx.progress is not None else None
                 with _Snapshot(client) as snapshot:
                     for ns in namespaces:
                         stats.append(self._collection(ctx, client, ns, writer, snapshot))
+                        if ctx.progress is not None:
+                            ctx.progress("backup", sum(s["bytes"] for s in stats), total, unit="bytes",
+                                         label="backup (all collections)")  # fmt: skip
                     consistent = snapshot.active
             sink.close()
             upload.commit()
@@ -259,18 +263,27 @@ class BackupJob:
         data_ns = ns.data_collection
         crc: int | None = None
         digest = documents = size = 0
+        # The estimate is the collection's metadata count: cheap, and only asked for when someone watches.
+        estimate = None
+        if ctx.progress is not None and ns.type != "view":
+            with contextlib.suppress(OperationFailure):
+                estimate = client[ns.db][data_ns].estimated_document_count()
         if ns.type != "view":
             for batch in self._batches(client, ns, session):
                 if ctx.cancel.is_set():
                     raise InterruptedError(f"stopped while dumping {ns.db}.{ns.name}")
                 digest, count = digest_batch(digest, batch)
                 documents += count
+                if ctx.progress is not None:
+                    ctx.progress(f"{ns.db}.{ns.name}", documents, estimate)
                 crc = crc64(batch, crc)
                 size += len(batch)
                 writer.segment(ns.db, data_ns, batch)
         if documents == 0:
             writer.segment(ns.db, data_ns, b"")  # mongodump writes an empty segment too
         writer.end(ns.db, data_ns, crc or 0)
+        if ctx.progress is not None:
+            ctx.progress(f"{ns.db}.{ns.name}", documents, documents)  # done: its true count is the total
         ctx.log("backup.collection", ns=f"{ns.db}.{ns.name}", documents=documents, bytes=size,
                 seconds=round(time.monotonic() - started, 3))  # fmt: skip
         return {
