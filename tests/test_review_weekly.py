@@ -308,8 +308,8 @@ def test_markdown_has_every_section_and_three_charts(week: tuple[SqliteLedger, A
     ledger, config = week
     markdown = to_markdown(build(options(config), ledger, {j.id: j for j in config.jobs}, NOW))
     headings = [line for line in markdown.splitlines() if line.startswith("## ")]
-    assert headings == ["## Needs attention (12)", "## Uptime", "## Backups", "## Restore drills", "## Dependencies",
-                        "## Deploys", "## Sentry", "## Render"]  # fmt: skip
+    assert headings == ["## Needs attention (12)", "## Uptime", "## Backups", "## Restore drills", "## Job runs",
+                        "## Dependencies", "## Deploys", "## Sentry", "## Render"]  # fmt: skip
     charts = [line for line in markdown.splitlines() if line.startswith("<svg")]
     assert len(charts) == 3
     # Our own output, parsed to prove each chart is well-formed SVG.
@@ -356,8 +356,8 @@ def test_report_command_prints_json_and_writes_files(tmp_path: Path, env: dict[s
     result = opskeeper("report", "weekly", "--config", str(config), "--json", "--now", NOW.isoformat(), env=env)
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert list(report) == ["period", "uptime", "backups", "drills", "dependencies", "deploys", "platform", "sentry",
-                            "render", "needs_attention", "gaps"]  # fmt: skip
+    assert list(report) == ["period", "uptime", "backups", "drills", "dependencies", "deploys", "platform", "job_runs",
+                            "status_page", "sentry", "render", "needs_attention", "gaps"]  # fmt: skip
     assert [(g["source"], g["reason"]) for g in report["gaps"]] == [("sentry", "not configured"),
                                                                     ("render", "not configured")]  # fmt: skip
     out = tmp_path / "out" / "week.md"
@@ -489,4 +489,66 @@ def test_dependency_gaps_and_drift_are_in_the_review(tmp_path: Path) -> None:
     markdown = to_markdown(report)
     assert "| deps | advisories (registry) | advisories not checked by this source |" in markdown
     assert "  - out of step: helmet (^7.1.0)" in markdown
+    ledger.close()
+
+
+def _markers(svg: str) -> list[ET.Element]:
+    root = ET.fromstring(svg)  # noqa: S314 - our own output
+    return [
+        e
+        for e in root.iter()
+        if e.tag.split("}")[-1] in ("circle", "rect", "polygon") and e.find("{*}title") is not None
+    ]
+
+
+def test_charts_draw_a_single_day_and_keep_each_endpoints_colour() -> None:
+    """A one-day series is a visible mark; one endpoint, one colour in both charts; all 7 series drawn."""
+    from datetime import date as day_type
+
+    from jobs.review.charts import colours
+    from jobs.review.markdown import latency_chart, uptime_chart
+
+    days = [day_type(2026, 11, 16) + timedelta(days=i) for i in range(7)]
+    first = [{"date": days[3].isoformat(), "uptime_pct": 99.5, "p95_ms": 100.0}]
+    later = [{"date": days[4].isoformat(), "uptime_pct": 100.0, "p95_ms": 90.0}]
+    rows = [{"endpoint": f"ep{i}", "days": first + (later if i else [])} for i in range(7)]
+    styles = colours(r["endpoint"] for r in rows)
+    up, latency = uptime_chart(rows, days, styles), latency_chart(rows, days, styles)
+    assert up is not None
+    assert latency is not None
+    for svg in (up, latency):
+        marks = _markers(svg)
+        names = {m.find("{*}title").text.split(":")[0] for m in marks}  # type: ignore[union-attr]
+        assert names == {f"ep{i}" for i in range(7)}
+        single = [m for m in marks if m.find("{*}title").text.startswith("ep0: ")]  # type: ignore[union-attr]
+        assert single  # ep0 has one day only, and it is drawn
+    colour_of = [
+        {
+            m.find("{*}title").text.split(":")[0]: m.get("fill")  # type: ignore[union-attr]
+            for m in _markers(svg)
+        }
+        for svg in (up, latency)
+    ]
+    assert colour_of[0] == colour_of[1]
+    assert len(set(colour_of[0].values())) == 7
+
+
+def test_job_runs_section_lists_failed_timed_out_and_missed_runs(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Failed, timed-out and missed runs of any job are counted per job, newest summaries first; ok runs are not."""
+    monkeypatch.setenv("OPSKEEPER_STATUS_PAGE", "https://status.example.com/")
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    for i, status in enumerate([Status.OK, Status.FAIL, Status.TIMEOUT, Status.MISSED, Status.FAIL]):
+        ledger.record(run("export", "command", NOW - timedelta(days=3, hours=-i), status, f"run {i}"))
+    ledger.record(run("beat", "command", NOW - timedelta(days=1), Status.OK, "fine"))
+    ledger.record(run("export", "command", NOW - timedelta(days=9), Status.FAIL, "last week"))
+    report = build(WeeklyReviewOptions(), ledger, {}, NOW)
+    assert report["job_runs"] == {"jobs": [{
+        "job_id": "export", "kind": "command", "counts": {"fail": 2, "timeout": 1, "missed": 1},
+        "latest": [{"at": (NOW - timedelta(days=3, hours=-i)).isoformat(), "status": s, "summary": f"run {i}"}
+                   for i, s in ((4, "fail"), (3, "missed"), (2, "timeout"), (1, "fail"))],
+    }]}  # fmt: skip
+    markdown = to_markdown(report)
+    assert "| export | command | 2 | 0 | 1 | 1 | 0 |" in markdown
+    assert "Status page: https://status.example.com/" in markdown
     ledger.close()

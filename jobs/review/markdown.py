@@ -1,4 +1,4 @@
-"""The weekly report as Markdown, with its charts as inline SVG (drawn by leather).
+"""The weekly report as Markdown, with its charts as inline SVG (jobs/review/charts.py).
 
 Inline `<svg>` shows in the Markdown viewers operators use (VS Code, Obsidian, pandoc's
 HTML) and in the saved file opened in a browser; the same data is in the JSON report.
@@ -6,91 +6,50 @@ HTML) and in the saved file opened in a browser; the same data is in the JSON re
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import leather
-
+from jobs.review.charts import Style, colours, time_chart
 from worker.timespec import format_duration
 
-_WIDTH, _HEIGHT = 640, 220
-#: leather has five series colours; more lines than that would not be readable anyway.
-MAX_SERIES = len(leather.theme.default_series_colors)
+
+def _day_points(row: Mapping[str, Any], key: str) -> list[tuple[datetime, float]]:
+    """A day's value at noon of that day, so a single day sits in the middle of its column."""
+    return [(datetime.combine(date.fromisoformat(d["date"]), datetime.min.time()) + timedelta(hours=12), d[key])
+            for d in row["days"] if d[key] is not None]  # fmt: skip
 
 
-def _svg(chart: Any) -> str:
-    out = io.StringIO()
-    chart.to_svg(out, width=_WIDTH, height=_HEIGHT)
-    # Inline SVG in HTML/Markdown takes no XML prolog or DOCTYPE.
-    text = out.getvalue()
-    return text[text.index("<svg") :]
-
-
-def _day_axis(chart: Any, days: Sequence[date]) -> None:
-    chart.add_x_scale(days[0], days[-1] if len(days) > 1 else days[0] + timedelta(days=1))
-    chart.add_x_axis(ticks=list(days), tick_formatter=lambda value, index, count: value.strftime("%a %d"))
-
-
-def _worst(rows: Sequence[Mapping[str, Any]], key: str, worst_first: Any) -> tuple[list[Any], str]:
-    """At most MAX_SERIES (name, points) series, the worst first, and a title note when some are left out."""
-    series = [(r["endpoint"], [(date.fromisoformat(d["date"]), d[key]) for d in r["days"] if d[key] is not None])
-              for r in sorted(rows, key=worst_first)]  # fmt: skip
-    series = [(name, points) for name, points in series if points]
-    note = f" ({MAX_SERIES} worst of {len(series)})" if len(series) > MAX_SERIES else ""
-    return series[:MAX_SERIES], note
-
-
-def uptime_chart(rows: Sequence[Mapping[str, Any]], days: Sequence[date]) -> str | None:
-    """Uptime % per day, one line per endpoint, the lowest first (days without checks are left out)."""
-    series, note = _worst(rows, "uptime_pct", lambda r: r["uptime_pct"])
+def uptime_chart(rows: Sequence[Mapping[str, Any]], days: Sequence[date], styles: Mapping[str, Style]) -> str | None:
+    """Uptime % per day, one line per endpoint (days without checks are left out)."""
+    series = {r["endpoint"]: points for r in rows if (points := _day_points(r, "uptime_pct"))}
     if not series:
         return None
-    chart = leather.Chart(f"Uptime % per day{note}")
-    _day_axis(chart, days)
-    low = min(v for _, points in series for _, v in points)
-    chart.add_y_scale(min(99.0, float(low) // 1), 100)
-    for name, points in series:
-        chart.add_line(points, name=name)
-    return _svg(chart)
+    low = min(v for points in series.values() for _, v in points)
+    return time_chart("Uptime % per day", series, styles, days, low=min(99.0, float(low) // 1), high=100.0, unit=" %")
 
 
-def latency_chart(rows: Sequence[Mapping[str, Any]], days: Sequence[date]) -> str | None:
-    """p95 latency per day in ms, one line per endpoint, the slowest first."""
-    series, note = _worst(rows, "p95_ms", lambda r: -(r["latency_ms"]["p95"] or 0))
+def latency_chart(rows: Sequence[Mapping[str, Any]], days: Sequence[date], styles: Mapping[str, Style]) -> str | None:
+    """p95 latency per day in ms, one line per endpoint."""
+    series = {r["endpoint"]: points for r in rows if (points := _day_points(r, "p95_ms"))}
     if not series:
         return None
-    chart = leather.Chart(f"p95 latency per day (ms){note}")
-    _day_axis(chart, days)
-    chart.add_y_scale(0, max(v for _, points in series for _, v in points) * 1.1 or 1)
-    for name, points in series:
-        chart.add_line(points, name=name)
-    return _svg(chart)
+    high = max(v for points in series.values() for _, v in points)
+    return time_chart("p95 latency per day (ms)", series, styles, days, low=0.0, high=high * 1.1 or 1.0, unit=" ms")
 
 
 def size_chart(jobs: Sequence[Mapping[str, Any]], days: Sequence[date]) -> str | None:
     """Stored size of each backup over the week: a dot per backup, a colour per backup job."""
-    series = [(j["job_id"], [(_naive(s["at"]), s["stored_bytes"] / 1e6) for s in j["sizes"]])
-              for j in jobs]  # fmt: skip
-    series = sorted(((name, points) for name, points in series if len(points) >= 2), key=lambda s: -s[1][-1][1])
+    series = {j["job_id"]: [(_naive(s["at"]), s["stored_bytes"] / 1e6) for s in j["sizes"]] for j in jobs if j["sizes"]}
     if not series:
         return None
-    note = f" ({MAX_SERIES} largest of {len(series)})" if len(series) > MAX_SERIES else ""
-    series = series[:MAX_SERIES]
-    chart = leather.Chart(f"Backup size (MB){note}")
-    start = datetime.combine(days[0], datetime.min.time())
-    chart.add_x_scale(start, datetime.combine(days[-1], datetime.min.time()) + timedelta(days=1))
-    chart.add_x_axis(ticks=[start + timedelta(days=i) for i in range(len(days))],
-                     tick_formatter=lambda value, index, count: value.strftime("%a %d"))  # fmt: skip
-    chart.add_y_scale(0, max(v for _, points in series for _, v in points) * 1.1 or 1)
-    for name, points in series:
-        chart.add_dots(points, name=name)
-    return _svg(chart)
+    high = max(v for points in series.values() for _, v in points)
+    return time_chart("Backup size (MB)", series, colours(series), days, low=0.0, high=high * 1.1 or 1.0, unit=" MB",
+                      lines=False)  # fmt: skip
 
 
 def _naive(moment: str) -> datetime:
-    """leather's time scale compares against naive datetimes: UTC, without the offset."""
+    """Charts place points on naive UTC datetimes: the offset dropped after converting."""
     return datetime.fromisoformat(moment).astimezone(UTC).replace(tzinfo=None)
 
 
@@ -111,13 +70,15 @@ def _t(moment: str | None) -> str:
 
 def to_markdown(report: Mapping[str, Any]) -> str:
     """The whole report: what needs a human first, then each area, charts inline."""
-    sections = (_head, _uptime, _backups, _drills, _dependencies, _deploys, _platform, _sentry, _render)
+    sections = (_head, _uptime, _backups, _drills, _job_runs, _dependencies, _deploys, _platform, _sentry, _render)
     return "\n".join(line for section in sections for line in section(report)) + "\n"
 
 
 def _head(report: Mapping[str, Any]) -> list[str]:
     period = report["period"]
     out: list[str] = [f"# Weekly review: {_t(period['start'])} to {_t(period['end'])} UTC", ""]
+    if report.get("status_page"):
+        out += [f"Status page: {report['status_page']}", ""]
     need = report["needs_attention"]
     if need:
         out += [f"## Needs attention ({len(need)})", ""] + [f"- **{n['area']}**: {n['message']}" for n in need]
@@ -151,7 +112,8 @@ def _uptime(report: Mapping[str, Any]) -> list[str]:
                     f"\n- {row['endpoint']} down {_t(outage['start'])} to {_t(end) if outage['end'] else end} "
                     f"({_dur(outage['duration_s'])})"
                 )
-        for chart in (uptime_chart(report["uptime"], days), latency_chart(report["uptime"], days)):
+        styles = colours(r["endpoint"] for r in report["uptime"])  # one endpoint, one colour, in both charts
+        for chart in (uptime_chart(report["uptime"], days, styles), latency_chart(report["uptime"], days, styles)):
             if chart:
                 out += ["", chart]
     else:
@@ -183,6 +145,21 @@ def _drills(report: Mapping[str, Any]) -> list[str]:
     last = drills["last_passed"]
     out.append(f"\nLast passing drill: {_t(last['at'])} ({last['job_id']}, recovery {_dur(last['recovery_s'])})."
                if last else "\nNo restore drill has passed in the last 92 days.")  # fmt: skip
+    return out
+
+
+def _job_runs(report: Mapping[str, Any]) -> list[str]:
+    out = ["", "## Job runs", ""]
+    jobs = report["job_runs"]["jobs"]
+    if not jobs:
+        return [*out, "Every run of every job this week ended ok or warn."]
+    out += ["| job | kind | failed | errors | timed out | missed | interrupted | newest |",
+            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for job in jobs:
+        c, newest = job["counts"], job["latest"][0]
+        out.append(f"| {job['job_id']} | {job['kind']} | {c.get('fail', 0)} | {c.get('error', 0)} | "
+                   f"{c.get('timeout', 0)} | {c.get('missed', 0)} | {c.get('interrupted', 0)} | "
+                   f"{_t(newest['at'])} {newest['status']}: {newest['summary'].replace('|', '/')[:120]} |")  # fmt: skip
     return out
 
 

@@ -37,6 +37,7 @@ RENDER_PLANS: Mapping[str, tuple[float, int]] = {
     "pro_plus": (4, 8192), "pro_max": (4, 16384), "pro_ultra": (8, 32768),
 }  # fmt: skip
 _BAD = frozenset({"fail", "error", "timeout"})
+_TROUBLED = _BAD | {"missed", "interrupted"}
 #: The kinds of run the weekly review reads (rollbacks are recorded by `opskeeper rollback` and the deploy guard).
 _REVIEWED_KINDS = ("backup", "atlas_backup", "restore_drill", "dependencies", "rollback", "rollback_outcome")
 #: How far back the review looks for the newest drill and dependency report, which run monthly.
@@ -106,6 +107,8 @@ class WeeklyReviewOptions(JobOptions):
     api_timeout: Duration = timedelta(seconds=20)
     keep: Annotated[int, Field(ge=1)] = 12
     """How many reports the ledger keeps."""
+    status_page: str | None = None
+    """Where the status page is read (a URL), for the report's link; default: OPSKEEPER_STATUS_PAGE."""
 
 
 @dataclass
@@ -124,6 +127,8 @@ class Week:
     """Backup jobs the schedule has, so a week without any of their runs is noticed."""
     platform: list[dict[str, Any]] | None = None
     """What the schedule's platform_notices jobs have seen (None: the schedule has none)."""
+    troubled: list[Any] = field(default_factory=list)
+    """The week's runs of any job that failed, errored, timed out, were missed or interrupted."""
 
 
 def read_week(history: History, jobs: Mapping[str, Any], since: datetime, until: datetime) -> Week:
@@ -140,9 +145,10 @@ def read_week(history: History, jobs: Mapping[str, Any], since: datetime, until:
     runs = history.runs(since - _LOOKBACK, until, _REVIEWED_KINDS)
     notices = sorted(s.id for s in jobs.values() if s.kind == "platform_notices")
     platform = [entry for job_id in notices for entry in (history.get_state(job_id, PLATFORM_SEEN) or {}).values()]
+    troubled = [r for r in history.runs(since, until) if r.status.value in _TROUBLED]
     return Week(since, until, runs, uptime, deploys,
                 sorted(s.id for s in jobs.values() if s.kind in ("backup", "atlas_backup")),
-                platform if notices else None)  # fmt: skip
+                platform if notices else None, troubled)  # fmt: skip
 
 
 # --- the ledger's sections: pure ------------------------------------------------------
@@ -217,6 +223,22 @@ def drills_section(week: Week) -> dict[str, Any]:
         "last_passed": None if last is None else {"job_id": last.job_id, "at": last.started_at.isoformat(),
                                                   "recovery_s": last.details.get("recovery_s")},
     }  # fmt: skip
+
+
+def job_runs_section(week: Week) -> dict[str, Any]:
+    """Per job: the week's failed, errored, timed-out, missed and interrupted runs, the newest five with summaries."""
+    jobs: dict[str, list[Any]] = {}
+    for run in week.troubled:
+        jobs.setdefault(run.job_id, []).append(run)
+    rows = []
+    for job_id, runs in sorted(jobs.items()):
+        counts: dict[str, int] = {}
+        for run in runs:
+            counts[run.status.value] = counts.get(run.status.value, 0) + 1
+        rows.append({"job_id": job_id, "kind": runs[-1].kind, "counts": counts,
+                     "latest": [{"at": r.started_at.isoformat(), "status": r.status.value, "summary": r.summary}
+                                for r in runs[-5:][::-1]]})  # fmt: skip
+    return {"jobs": rows}
 
 
 def dependencies_section(week: Week) -> dict[str, Any]:
@@ -470,6 +492,8 @@ def build(options: WeeklyReviewOptions, history: History, jobs: Mapping[str, Any
         "dependencies": dependencies_section(week),
         "deploys": deploys_section(week),
         "platform": platform_section(week),
+        "job_runs": job_runs_section(week),
+        "status_page": options.status_page or os.environ.get("OPSKEEPER_STATUS_PAGE"),
         "sentry": None,
         "render": None,
     }
