@@ -21,7 +21,7 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 ## demo: a local app goes down and recovers while the daemon watches; then history and uptime
 demo: $(VENV)/.synced
-	@mkdir -p var && rm -rf var/demo.db* var/backups var/reports
+	@mkdir -p var && rm -rf var/demo.db* var/backups var/reports var/status
 	OPSKEEPER_LEDGER=var/demo.db $(VENV)/bin/python -m worker.demo
 
 ## test: lint, type-check and run the whole test suite

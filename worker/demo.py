@@ -94,6 +94,10 @@ def main() -> int:
         print("\n--- opskeeper report weekly --out var/reports/weekly.md ---", flush=True)
         cli.main(["report", "weekly", "--config", args.config, "--out", "var/reports/weekly.md"])
         _print_head("var/reports/weekly.md")
+        print("\n--- opskeeper status --html var/status/index.html ---", flush=True)
+        cli.main(["status", "--config", args.config])
+        cli.main(["status", "--config", args.config, "--html", "var/status/index.html"])
+        print(f"open {Path('var/status/index.html').resolve().as_uri()} in a browser, or run `opskeeper serve`")
     return code
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from worker import commands
 from worker.commands import CliError, Commands
@@ -104,31 +105,45 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _print_status(status: dict[str, object]) -> None:
-    """The terminal view: one table per part, each with a header row."""
-    jobs: list[dict[str, str | None]] = status["jobs"]  # type: ignore[assignment]
-    print(f"{'JOB':<22} {'KIND':<16} {'LAST':<8} {'WHEN':<20} {'LAST SUCCESS':<20} {'NEXT RUN':<20} SUMMARY")
-    for job in jobs:
+def _when(moment: object) -> str:
+    return str(moment)[:16].replace("T", " ") if moment else "-"
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    """The terminal view: one table per part, each with its header row; times in UTC."""
+    print(f"{'JOB':<22} {'KIND':<16} {'LAST':<8} {'WHEN':<16} {'LAST SUCCESS':<16} {'NEXT RUN':<16} SUMMARY")
+    for job in status["jobs"]:
         print(f"{job['id']:<22} {job['kind']:<16} {(job['last_status'] or '-').upper():<8} "
-              f"{(job['last_run_at'] or '-')[:19]:<20} {(job['last_success_at'] or '-')[:19]:<20} "
-              f"{(job['next_run'] or '-')[:19]:<20} {(job['summary'] or '')[:80]}")  # fmt: skip
-    endpoints: list[dict[str, object]] = status["endpoints"]  # type: ignore[assignment]
-    if endpoints:
-        print(f"\n{'ENDPOINT':<40} {'STATE':<9} {'UP 24H':>9} {'UP 30D':>9}")
-        for row in endpoints:
+              f"{_when(job['last_run_at']):<16} {_when(job['last_success_at']):<16} {_when(job['next_run']):<16} "
+              f"{(job['summary'] or '')[:80]}")  # fmt: skip
+    if status["endpoints"]:
+        print(f"\n{'ENDPOINT':<40} {'STATE':<9} {'UP 24H':>9} {'UP 30D':>9}  LAST CHECK")
+        for row in status["endpoints"]:
             up24, up30 = row["uptime_24h"], row["uptime_30d"]
-            print(
-                f"{row['job_id']}/{row['endpoint']:<{39 - len(str(row['job_id']))}} {row['state']!s:<9} "
-                f"{'-' if up24 is None else f'{up24:.3f}%':>9} {'-' if up30 is None else f'{up30:.3f}%':>9}"
-            )
-    for title, key in (("BACKUPS", "backups"), ("DEPLOYS", "deploys"), ("DEPENDENCIES", "dependencies")):
-        rows: list[dict[str, object]] = status[key]  # type: ignore[assignment]
-        if rows:
-            print(f"\n{title}")
-            for row in rows:
-                shown = {k: v for k, v in row.items()
-                         if k not in ("job_id", "sizes", "recoveries") and v not in (None, [], {})}  # fmt: skip
-                print("  " + ", ".join(f"{k}: {v}" for k, v in shown.items()))
+            name = f"{row['job_id']}/{row['endpoint']}"
+            print(f"{name:<40} {row['state']:<9} {'-' if up24 is None else f'{up24:.3f}%':>9} "
+                  f"{'-' if up30 is None else f'{up30:.3f}%':>9}  {_when(row['last_check_at'])}")  # fmt: skip
+    if status["backups"]:
+        print(f"\n{'BACKUP JOB':<22} {'NEWEST':<16} {'SIZE':>10} {'DOCUMENTS':>10}  LAST VERIFIED")
+        for row in status["backups"]:
+            newest, verified = row["newest"] or {}, row["newest_verified"] or {}
+            size = f"{newest['stored_bytes'] / 1e6:.1f} MB" if newest.get("stored_bytes") is not None else "-"
+            proof = (f"{_when(verified['at'])} by {verified['drill']} ({verified['recovery_s']:.1f} s)"
+                     if verified.get("at") else "never")  # fmt: skip
+            print(f"{row['job_id']:<22} {_when(newest.get('at')):<16} {size:>10} {newest.get('documents') or '-':>10}"
+                  f"  {proof}")  # fmt: skip
+    if status["deploys"]:
+        print(f"\n{'SERVICE':<22} {'NEWEST DEPLOY':<24} LAST GOOD")
+        for row in status["deploys"]:
+            newest = f"{row['newest']['commit']} ({row['newest']['status']})" if row["newest"] else "-"
+            good = row["last_good"] and f"{row['last_good']['commit']} at {_when(row['last_good']['good_at'])}"
+            print(f"{row['service']:<22} {newest:<24} {good or 'none'}")
+    if status["dependencies"]:
+        print(f"\n{'PROJECT':<22} {'ADVISORIES':<24} {'NODE.JS':<14} MAJORS BEHIND")
+        for row in status["dependencies"]:
+            advisories = ", ".join(f"{n} {s}" for s, n in sorted(row["advisories"].items())) or "none"
+            node = f"{row['node_line'] or '?'} {row['node'] or ''}".strip()
+            print(f"{row['project']:<22} {advisories:<24} {node:<14} {', '.join(row['majors']) or 'none'}")
 
 
 def _weekly(args: argparse.Namespace, settings: Settings) -> int:
