@@ -336,3 +336,12 @@ def test_check_days_aggregate_per_endpoint_and_utc_day(ledger: Ledger) -> None:
         DayOfChecks("h", "api", "2026-11-27", 1, 0, 0, 20.0, 20.0),
         DayOfChecks("h", "web", "2026-11-27", 1, 1, 0, None, None),
     ]
+
+
+def test_runs_filtered_by_status(ledger: Ledger) -> None:
+    """A review asks only for the troubled runs: ok ones are never read."""
+    ledger.record(finished("health", T0, "fine"))
+    ledger.record(replace(finished("health", T0 + timedelta(minutes=1), "down"), status=Status.FAIL))
+    ledger.record(replace(finished("backup", T0 + timedelta(minutes=2), "late"), status=Status.MISSED))
+    found = ledger.runs(T0, T0 + timedelta(hours=1), statuses=["fail", "missed"])
+    assert [r.summary for r in found] == ["down", "late"]

@@ -110,7 +110,8 @@ class CheckLog(Protocol):
 class History(Protocol):
     """What a review may read of the ledger: every job's runs, state and checks."""
 
-    def runs(self, since: datetime, until: datetime, kinds: Sequence[str] = ()) -> list[Any]: ...
+    def runs(self, since: datetime, until: datetime, kinds: Sequence[str] = (),
+             statuses: Sequence[str] = ()) -> list[Any]: ...  # fmt: skip
 
     def get_state(self, job_id: str, key: str, default: Any = None) -> Any: ...
 

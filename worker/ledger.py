@@ -113,10 +113,11 @@ class Ledger(Protocol):
     def get(self, run_id: str) -> RunRecord | None:
         """One run by id."""
 
-    def runs(self, since: datetime, until: datetime, kinds: Sequence[str] = ()) -> list[RunRecord]:
-        """Runs that started in [since, until), of these kinds (all when empty), oldest first.
+    def runs(self, since: datetime, until: datetime, kinds: Sequence[str] = (),
+             statuses: Sequence[str] = ()) -> list[RunRecord]:  # fmt: skip
+        """Runs that started in [since, until), of these kinds and statuses (all when empty), oldest first.
 
-        A review names its kinds: a health job's run every minute is 132,000 runs in 92 days.
+        A review names its kinds or statuses: a health job's run every minute is 132,000 runs in 92 days.
         """
 
     def interrupt_orphans(self, now: datetime, alive: timedelta) -> int:
@@ -422,11 +423,13 @@ class SqliteLedger:
             row = self._db.execute(f"SELECT {_COLUMNS} FROM runs WHERE run_id=?", (run_id,)).fetchone()
         return None if row is None else self._row(row)
 
-    def runs(self, since: datetime, until: datetime, kinds: Sequence[str] = ()) -> list[RunRecord]:
+    def runs(self, since: datetime, until: datetime, kinds: Sequence[str] = (),
+             statuses: Sequence[str] = ()) -> list[RunRecord]:  # fmt: skip
         where, args = "started_at >= ? AND started_at < ?", [_iso(to_ms(since)), _iso(to_ms(until))]
-        if kinds:
-            where += f" AND kind IN ({','.join('?' * len(kinds))})"
-            args += list(kinds)
+        for column, values in (("kind", kinds), ("status", statuses)):
+            if values:
+                where += f" AND {column} IN ({','.join('?' * len(values))})"
+                args += list(values)
         with self._guard():
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM runs WHERE {where} ORDER BY started_at, rowid", args
@@ -622,10 +625,13 @@ class MongoLedger:
         doc = self._runs.find_one({"_id": run_id})
         return None if doc is None else self._record(doc)
 
-    def runs(self, since: datetime, until: datetime, kinds: Sequence[str] = ()) -> list[RunRecord]:
+    def runs(self, since: datetime, until: datetime, kinds: Sequence[str] = (),
+             statuses: Sequence[str] = ()) -> list[RunRecord]:  # fmt: skip
         query: dict[str, Any] = {"started_at": {"$gte": to_ms(since), "$lt": to_ms(until)}}
         if kinds:
             query["kind"] = {"$in": list(kinds)}
+        if statuses:
+            query["status"] = {"$in": list(statuses)}
         return [self._record(doc) for doc in self._runs.find(query).sort([("started_at", 1), ("_id", 1)])]
 
     def interrupt_orphans(self, now: datetime, alive: timedelta) -> int:

@@ -145,7 +145,7 @@ def read_week(history: History, jobs: Mapping[str, Any], since: datetime, until:
     runs = history.runs(since - _LOOKBACK, until, _REVIEWED_KINDS)
     notices = sorted(s.id for s in jobs.values() if s.kind == "platform_notices")
     platform = [entry for job_id in notices for entry in (history.get_state(job_id, PLATFORM_SEEN) or {}).values()]
-    troubled = [r for r in history.runs(since, until) if r.status.value in _TROUBLED]
+    troubled = history.runs(since, until, statuses=sorted(_TROUBLED))
     return Week(since, until, runs, uptime, deploys,
                 sorted(s.id for s in jobs.values() if s.kind in ("backup", "atlas_backup")),
                 platform if notices else None, troubled)  # fmt: skip
