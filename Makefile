@@ -37,7 +37,7 @@ typecheck: $(VENV)/.synced
 pytest: $(VENV)/.synced
 	$(VENV)/bin/pytest
 
-## bench: idle daemon, health probe, backup, restore, dependency, review, fail-over and Sentry volume figures (about 40 minutes)
+## bench: idle daemon, health probe, backup, restore, dependency, review, status page, fail-over and Sentry volume figures (about 40 minutes)
 bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/idle.py
 	$(VENV)/bin/python bench/probe.py
@@ -46,6 +46,7 @@ bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/restore.py
 	$(VENV)/bin/python bench/deps.py
 	$(VENV)/bin/python bench/review.py
+	$(VENV)/bin/python bench/status.py
 	$(VENV)/bin/python bench/failover.py
 	$(VENV)/bin/python bench/sentry_volume.py
 	$(VENV)/bin/python bench/rollback.py

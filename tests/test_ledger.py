@@ -345,3 +345,39 @@ def test_runs_filtered_by_status(ledger: Ledger) -> None:
     ledger.record(replace(finished("backup", T0 + timedelta(minutes=2), "late"), status=Status.MISSED))
     found = ledger.runs(T0, T0 + timedelta(hours=1), statuses=["fail", "missed"])
     assert [r.summary for r in found] == ["down", "late"]
+
+
+def test_day_figures_outlive_the_pruned_checks(ledger: Ledger) -> None:
+    """Checks go after 31 days, but each day's figures stay for the status page's 90-day bars."""
+    from worker.job import CheckRecord
+    from worker.ledger import JobChecks
+
+    def check(at: datetime, verdict: str) -> CheckRecord:
+        return CheckRecord(job_id="h", endpoint="api", at=at, verdict=verdict, state="UP", status_code=200,
+                           latency_ms=50.0, reason="")  # fmt: skip
+
+    log = JobChecks(ledger, "h")
+    old = T0 - timedelta(days=60)
+    log.record([check(old, "ok"), check(old + timedelta(minutes=1), "fail")])
+    log.record([check(T0, "ok")])
+    assert [c.at for c in ledger.checks(old - timedelta(days=1), "h")] == [to_ms(T0)]
+    days = {d.day: (d.checks, d.failures) for d in ledger.check_days(old - timedelta(days=1))}
+    assert days == {old.date().isoformat(): (2, 1), T0.date().isoformat(): (1, 0)}
+
+
+def test_an_older_sqlite_ledger_gets_its_day_figures_on_open(tmp_path: Path) -> None:
+    """A ledger written before the per-day table folds the checks it holds when it is next opened."""
+    import sqlite3
+
+    from worker.job import CheckRecord
+
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    ledger.record_checks([CheckRecord(job_id="h", endpoint="api", at=T0, verdict="fail", state="DOWN",
+                                      status_code=None, latency_ms=None, reason="refused")])  # fmt: skip
+    ledger.close()
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        db.execute("DROP TABLE check_days")
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    [day] = ledger.check_days(T0 - timedelta(days=1))
+    assert (day.day, day.checks, day.failures, day.latency_avg_ms) == (T0.date().isoformat(), 1, 1, None)
+    ledger.close()

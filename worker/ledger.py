@@ -191,6 +191,25 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: The longest window `opskeeper uptime` reports; older checks are pruned.
 CHECKS_KEPT = timedelta(days=31)
+#: How long each endpoint's per-day figures (the status page's 90-day bars) are kept: a year and a bit.
+DAYS_KEPT = timedelta(days=400)
+
+
+def fold_days(checks: list[CheckRecord]) -> dict[tuple[str, str, str], list[Any]]:
+    """(job, endpoint, UTC day) -> [checks, failures, degraded, latency sum, latency count, latency max]. Pure."""
+    days: dict[tuple[str, str, str], list[Any]] = {}
+    for c in checks:
+        row = days.setdefault((c.job_id, c.endpoint, c.at.astimezone(UTC).date().isoformat()), [0, 0, 0, 0.0, 0, None])
+        row[0] += 1
+        if c.verdict == "fail":
+            row[1] += 1
+            continue
+        row[2] += c.verdict == "degraded"
+        if c.latency_ms is not None:
+            row[3] += c.latency_ms
+            row[4] += 1
+            row[5] = c.latency_ms if row[5] is None else max(row[5], c.latency_ms)
+    return days
 
 
 class JobChecks:
@@ -297,6 +316,18 @@ CREATE TABLE IF NOT EXISTS checks (
 CREATE INDEX IF NOT EXISTS checks_by_job ON checks (job_id, at);
 CREATE INDEX IF NOT EXISTS checks_by_endpoint ON checks (job_id, endpoint, at);
 CREATE INDEX IF NOT EXISTS checks_by_time ON checks (at);
+CREATE TABLE IF NOT EXISTS check_days (
+    job_id TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    day TEXT NOT NULL,
+    checks INTEGER NOT NULL,
+    failures INTEGER NOT NULL,
+    degraded INTEGER NOT NULL,
+    latency_sum REAL NOT NULL,
+    latency_n INTEGER NOT NULL,
+    latency_max REAL,
+    PRIMARY KEY (job_id, endpoint, day)
+);
 CREATE TABLE IF NOT EXISTS lease (
     name TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
@@ -316,6 +347,17 @@ CREATE TABLE IF NOT EXISTS job_state (
 );
 """
 _CHECK_COLUMNS = "job_id, endpoint, at, verdict, state, status_code, latency_ms, reason"
+# A day's figures grow with each batch of checks: the page reads ~90 rows per endpoint, never the checks.
+_FOLD_DAY = """
+INSERT INTO check_days (job_id, endpoint, day, checks, failures, degraded, latency_sum, latency_n, latency_max)
+VALUES (?,?,?,?,?,?,?,?,?)
+ON CONFLICT (job_id, endpoint, day) DO UPDATE SET
+    checks = checks + excluded.checks, failures = failures + excluded.failures,
+    degraded = degraded + excluded.degraded, latency_sum = latency_sum + excluded.latency_sum,
+    latency_n = latency_n + excluded.latency_n,
+    latency_max = CASE WHEN latency_max IS NULL OR excluded.latency_max > latency_max
+                       THEN coalesce(excluded.latency_max, latency_max) ELSE latency_max END
+"""
 _COLUMNS = (
     "run_id, job_id, kind, status, scheduled_at, started_at, finished_at, summary, details, host, version,"
     " instance, token, check_in"
@@ -365,6 +407,15 @@ class SqliteLedger:
                 with contextlib.suppress(sqlite3.OperationalError):
                     self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
         self._db.execute("CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, instance)")
+        # A ledger from before the per-day figures: fold the checks it still holds, once.
+        if self._db.execute("SELECT 1 FROM check_days LIMIT 1").fetchone() is None:
+            self._db.execute(
+                "INSERT OR IGNORE INTO check_days SELECT job_id, endpoint, substr(at, 1, 10), COUNT(*),"
+                " SUM(verdict = 'fail'), SUM(verdict = 'degraded'),"
+                " coalesce(SUM(CASE WHEN verdict != 'fail' THEN latency_ms END), 0),"
+                " COUNT(CASE WHEN verdict != 'fail' THEN latency_ms END),"
+                " MAX(CASE WHEN verdict != 'fail' THEN latency_ms END) FROM checks GROUP BY 1, 2, 3"
+            )
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
@@ -498,8 +549,10 @@ class SqliteLedger:
     def record_checks(self, checks: list[CheckRecord]) -> None:
         rows = [(c.job_id, c.endpoint, _iso(c.at), c.verdict, c.state, c.status_code, c.latency_ms, c.reason)
                 for c in checks]  # fmt: skip
+        days = [(*key, *row) for key, row in fold_days(checks).items()]
         with self._guard():
             self._db.executemany(f"INSERT INTO checks ({_CHECK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows)
+            self._db.executemany(_FOLD_DAY, days)
 
     def endpoints(self, since: datetime) -> list[tuple[str, str]]:
         with self._guard():
@@ -534,19 +587,18 @@ class SqliteLedger:
         return None if row is None else self._row(row)
 
     def check_days(self, since: datetime) -> list[DayOfChecks]:
-        # Times are stored as UTC ISO text, so the first ten characters are the UTC day.
         with self._guard():
             rows = self._db.execute(
-                "SELECT job_id, endpoint, substr(at, 1, 10) AS day, COUNT(*), SUM(verdict = 'fail'),"
-                " SUM(verdict = 'degraded'), AVG(CASE WHEN verdict != 'fail' THEN latency_ms END),"
-                " MAX(CASE WHEN verdict != 'fail' THEN latency_ms END)"
-                " FROM checks WHERE at >= ? GROUP BY job_id, endpoint, day ORDER BY job_id, endpoint, day",
-                (_iso(since),),
+                "SELECT job_id, endpoint, day, checks, failures, degraded, latency_sum, latency_n, latency_max"
+                " FROM check_days WHERE day >= ? ORDER BY job_id, endpoint, day",
+                (since.astimezone(UTC).date().isoformat(),),
             ).fetchall()
-        return [DayOfChecks(r[0], r[1], r[2], r[3], r[4] or 0, r[5] or 0, r[6], r[7]) for r in rows]
+        return [DayOfChecks(r[0], r[1], r[2], r[3], r[4], r[5], r[6] / r[7] if r[7] else None, r[8]) for r in rows]
 
     def prune_checks(self, job_id: str, before: datetime) -> int:
+        oldest_day = (before + CHECKS_KEPT - DAYS_KEPT).astimezone(UTC).date().isoformat()
         with self._guard():
+            self._db.execute("DELETE FROM check_days WHERE job_id=? AND day < ?", (job_id, oldest_day))
             return self._db.execute("DELETE FROM checks WHERE job_id=? AND at < ?", (job_id, _iso(before))).rowcount
 
     def close(self) -> None:
@@ -587,6 +639,7 @@ class MongoLedger:
         self._instances = db["instances"]
         self._state = db["job_state"]
         self._checks = db["checks"]
+        self._days = db["check_days"]
         self._checks.create_index([("job_id", ASCENDING), ("at", ASCENDING)])
         self._checks.create_index([("job_id", ASCENDING), ("endpoint", ASCENDING), ("at", ASCENDING)])
         self._checks.create_index([("at", ASCENDING)])
@@ -691,7 +744,19 @@ class MongoLedger:
         )
 
     def record_checks(self, checks: list[CheckRecord]) -> None:
+        from pymongo import UpdateOne
+
         self._checks.insert_many([{**c.__dict__, "at": to_ms(c.at)} for c in checks], ordered=False)
+        folds = []
+        for (job_id, endpoint, day), (n, failures, degraded, total, counted, high) in fold_days(checks).items():
+            update: dict[str, Any] = {"$inc": {"checks": n, "failures": failures, "degraded": degraded,
+                                               "latency_sum": total, "latency_n": counted},
+                                      "$setOnInsert": {"job_id": job_id, "endpoint": endpoint, "day": day}}  # fmt: skip
+            if high is not None:
+                update["$max"] = {"latency_max": high}
+            folds.append(UpdateOne({"_id": f"{job_id}\x00{endpoint}\x00{day}"}, update, upsert=True))
+        if folds:
+            self._days.bulk_write(folds, ordered=False)
 
     def endpoints(self, since: datetime) -> list[tuple[str, str]]:
         pipeline: list[dict[str, Any]] = [{"$match": {"at": {"$gte": to_ms(since)}}},
@@ -713,26 +778,15 @@ class MongoLedger:
         return None if doc is None else self._record(doc)
 
     def check_days(self, since: datetime) -> list[DayOfChecks]:
-        # Folded here from a projected cursor: memory stays one day-row per endpoint whatever the checks' count.
-        days: dict[tuple[str, str, str], list[Any]] = {}
-        fields = {"_id": 0, "job_id": 1, "endpoint": 1, "at": 1, "verdict": 1, "latency_ms": 1}
-        for doc in self._checks.find({"at": {"$gte": to_ms(since)}}, fields):
-            key = (doc["job_id"], doc["endpoint"], doc["at"].astimezone(UTC).date().isoformat())
-            row = days.setdefault(key, [0, 0, 0, 0.0, 0, None])
-            row[0] += 1
-            if doc["verdict"] == "fail":
-                row[1] += 1
-                continue
-            row[2] += doc["verdict"] == "degraded"
-            latency = doc.get("latency_ms")
-            if latency is not None:
-                row[3] += latency
-                row[4] += 1
-                row[5] = latency if row[5] is None else max(row[5], latency)
-        return [DayOfChecks(j, e, d, r[0], r[1], r[2], r[3] / r[4] if r[4] else None, r[5])
-                for (j, e, d), r in sorted(days.items())]  # fmt: skip
+        cursor = self._days.find({"day": {"$gte": since.astimezone(UTC).date().isoformat()}})
+        rows = sorted(cursor, key=lambda d: (d["job_id"], d["endpoint"], d["day"]))
+        return [DayOfChecks(d["job_id"], d["endpoint"], d["day"], d["checks"], d["failures"], d["degraded"],
+                            d["latency_sum"] / d["latency_n"] if d["latency_n"] else None, d.get("latency_max"))
+                for d in rows]  # fmt: skip
 
     def prune_checks(self, job_id: str, before: datetime) -> int:
+        oldest_day = (before + CHECKS_KEPT - DAYS_KEPT).astimezone(UTC).date().isoformat()
+        self._days.delete_many({"job_id": job_id, "day": {"$lt": oldest_day}})
         return int(self._checks.delete_many({"job_id": job_id, "at": {"$lt": to_ms(before)}}).deleted_count)
 
     def close(self) -> None:
