@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from jobs.deploys.history import DeployRecord, ServiceHistory, state_key
 from tests.conftest import ROOT, opskeeper, write
 from worker.job import CheckRecord, Status
 from worker.ledger import RunRecord, SqliteLedger
@@ -35,6 +36,14 @@ jobs:
     kind: restore_drill
     schedule: "0 5 1 * *"
     options: {backup_job: nightly}
+  - id: render
+    kind: deploys
+    schedule: every 5m
+    options: {services: [{name: api, service_id: srv-api1}]}
+  - id: deps
+    kind: dependencies
+    schedule: "0 6 * * mon"
+    options: {projects: [{name: server, path: server}]}
 """
 
 
@@ -64,6 +73,16 @@ def fill(ledger: SqliteLedger, days: int) -> None:
     ledger.record(run("drill", "restore_drill", NOW - timedelta(days=3), Status.OK, "restored",
                       key="nightly/3.archive.gz", recovery_s=42.5))  # fmt: skip
     ledger.record(run("api-health", "health", NOW - timedelta(minutes=1), Status.FAIL, "backend DOWN"))
+    history = ServiceHistory([
+        DeployRecord("dep-3", "live", "c3" * 20, "fix", "new_commit", (NOW - timedelta(hours=1)).isoformat()),
+        DeployRecord("dep-2", "deactivated", "c2" * 20, "ok", "new_commit", (NOW - timedelta(days=1)).isoformat(),
+                     good=True, good_at=(NOW - timedelta(days=1) + timedelta(minutes=10)).isoformat()),
+    ])  # fmt: skip
+    ledger.set_state("render", state_key("api"), history.dump())
+    ledger.record(run("deps", "dependencies", NOW - timedelta(days=1), Status.FAIL, "1 high", projects=[{
+        "name": "server", "advisories": [{"severity": "high"}, {"severity": "low"}, {"severity": "high"}],
+        "direct": [{"name": "express", "update": "major"}, {"name": "cors", "update": "patch"}],
+        "node": {"status": "eol", "line": 18}}], gaps=[{"source": "advisories (registry)"}]))  # fmt: skip
 
 
 @pytest.fixture
@@ -102,6 +121,14 @@ def test_status_json_has_exact_figures(filled: tuple[Path, dict[str, str]]) -> N
     assert backup["newest_verified"] == {"at": (NOW - timedelta(days=3)).isoformat(), "key": "nightly/3.archive.gz",
                                          "recovery_s": 42.5, "drill": "drill"}  # fmt: skip
     assert [s["stored_bytes"] for s in backup["sizes"]] == [1_000_000 - 10_000 * d for d in range(7, 0, -1)]
+    assert status["deploys"] == [{"job_id": "render", "service": "api",
+                                  "newest": {"id": "dep-3", "commit": "c3c3c3c", "status": "live"},
+                                  "last_good": {"id": "dep-2", "commit": "c2c2c2c",
+                                                "good_at": (NOW - timedelta(days=1, minutes=-10)).isoformat()}}]  # fmt: skip
+    assert status["dependencies"] == [{"job_id": "deps", "project": "server",
+                                       "checked_at": (NOW - timedelta(days=1)).isoformat(), "status": "fail",
+                                       "advisories": {"high": 2, "low": 1}, "majors": ["express"], "node": "eol",
+                                       "node_line": 18, "gaps": ["advisories (registry)"]}]  # fmt: skip
 
 
 def test_status_on_a_terminal_has_header_rows(filled: tuple[Path, dict[str, str]]) -> None:
