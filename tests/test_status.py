@@ -121,10 +121,10 @@ def test_status_json_has_exact_figures(filled: tuple[Path, dict[str, str]]) -> N
     assert backup["newest_verified"] == {"at": (NOW - timedelta(days=3)).isoformat(), "key": "nightly/3.archive.gz",
                                          "recovery_s": 42.5, "drill": "drill"}  # fmt: skip
     assert [s["stored_bytes"] for s in backup["sizes"]] == [1_000_000 - 10_000 * d for d in range(7, 0, -1)]
+    good_at = (NOW - timedelta(days=1, minutes=-10)).isoformat()
     assert status["deploys"] == [{"job_id": "render", "service": "api",
                                   "newest": {"id": "dep-3", "commit": "c3c3c3c", "status": "live"},
-                                  "last_good": {"id": "dep-2", "commit": "c2c2c2c",
-                                                "good_at": (NOW - timedelta(days=1, minutes=-10)).isoformat()}}]  # fmt: skip
+                                  "last_good": {"id": "dep-2", "commit": "c2c2c2c", "good_at": good_at}}]  # fmt: skip
     assert status["dependencies"] == [{"job_id": "deps", "project": "server",
                                        "checked_at": (NOW - timedelta(days=1)).isoformat(), "status": "fail",
                                        "advisories": {"high": 2, "low": 1}, "majors": ["express"], "node": "eol",
