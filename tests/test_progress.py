@@ -44,12 +44,16 @@ jobs:
     options:
       databases: ["{databases}"]
       storage: {tmp_path / "b"}
+  - id: drill
+    kind: restore_drill
+    schedule: "@monthly"
+    options: {{backup_job: nightly}}
 """)  # fmt: skip
 
 
 def test_backup_and_verify_on_a_terminal_end_at_100_percent(tmp_path: Path, env: dict[str, str], mongo_uri: str,
                                                              source: tuple[str, dict[str, int]]) -> None:  # fmt: skip
-    """run-now of a backup, `backups verify` and `backups restore` under a pty: every bar ends at 100 %."""
+    """A backup, `backups verify`, `restore` and a restore drill under a pty: every bar ends at 100 %."""
     prefix, counts = source
     config = backup_config(tmp_path, f"{prefix}_shop")
     code, out = on_a_terminal("run-now", "nightly", "--config", str(config), env={**env, "MONGODB_URI": mongo_uri})
@@ -72,6 +76,10 @@ def test_backup_and_verify_on_a_terminal_end_at_100_percent(tmp_path: Path, env:
     assert code == 0, out
     text = ANSI.sub("", out)
     assert re.findall(r"restore: documents.*?(\d+)%", text)[-1] == "100"
+    code, out = on_a_terminal("run-now", "drill", "--config", str(config), env={**env, "MONGODB_URI": mongo_uri})
+    assert code == 0, out
+    text = ANSI.sub("", out)
+    assert re.findall(r"drill: documents.*?(\d+)%", text)[-1] == "100"
 
 
 def test_without_a_terminal_progress_is_plain_lines(tmp_path: Path, env: dict[str, str], mongo_uri: str,
