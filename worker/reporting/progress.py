@@ -14,18 +14,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 @dataclass
@@ -69,6 +61,17 @@ class ProgressReport:
         self._ids: dict[str, TaskID] = {}
         self._live: Progress | None = None
         if self.terminal:
+            # Imported here: the daemon, which never watches a terminal, does not carry rich.
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
             columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
                                   MofNCompleteColumn(), TimeRemainingColumn()]  # fmt: skip
             self._live = Progress(*columns, console=Console(file=self.stream), transient=False)
