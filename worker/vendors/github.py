@@ -1,14 +1,23 @@
-"""GitHub's REST API: repositories, trees, raw contents and the commits of a path. One client for every job."""
+"""GitHub's REST API: repositories, trees, raw contents, commit statuses, and changes opened as pull requests.
+
+One client for every job. Changes are written through the Git Data API (reference §13), so
+no git binary is needed: blobs, a tree on the base commit's tree, a commit, then the branch
+created or moved to it. opskeeper writes only to branches of its own (`opskeeper/...`),
+never to a base branch.
+"""
 
 from __future__ import annotations
 
+import base64
 import os
 from datetime import timedelta
 from typing import Any
 
-from worker.http import DEFAULT_TIMEOUT, Api
+from worker.http import DEFAULT_TIMEOUT, Api, HttpError
 
 GITHUB_API = "https://api.github.com"
+#: The only branches opskeeper writes to.
+OWN_BRANCHES = "opskeeper/"
 _RAW = {"Accept": "application/vnd.github.raw+json"}
 
 
@@ -60,3 +69,68 @@ class GitHub:
         if target_url:
             body["target_url"] = target_url
         self.api.request("POST", f"/repos/{self.repo}/statuses/{sha}", json=body)
+
+    # --- changes as pull requests -------------------------------------------------------
+
+    def head(self, branch: str) -> tuple[str, str] | None:
+        """(commit sha, tree sha) at the tip of `branch`; None when there is no such branch."""
+        response = self.api.get(f"/repos/{self.repo}/git/ref/heads/{branch}", allow=(404,))
+        if response.status_code == 404:
+            return None
+        sha = str(self.api.parse(response)["object"]["sha"])
+        commit = self.api.get_json(f"/repos/{self.repo}/git/commits/{sha}")
+        return sha, str(commit["tree"]["sha"])
+
+    def commit_files(self, branch: str, base: str, files: dict[str, bytes], message: str) -> str:
+        """Commit `files` (path -> content) on top of `base`'s tip as `branch`, created or force-moved there.
+
+        The branch is rebuilt from the base every time (one commit ahead of it), so a refresh
+        never piles commits up. Returns the new commit's sha.
+        """
+        if not branch.startswith(OWN_BRANCHES) or branch == base:
+            raise ValueError(f"branch {branch!r}: opskeeper writes only to branches under {OWN_BRANCHES!r}, "
+                             f"never to {base!r}")  # fmt: skip
+        tip = self.head(base)
+        if tip is None:
+            raise HttpError("GitHub API", "GET", f"/repos/{self.repo}/git/ref/heads/{base}", "no such base branch")
+        parent, tree = tip
+        entries = []
+        for path, data in sorted(files.items()):
+            content = {"content": base64.b64encode(data).decode(), "encoding": "base64"}
+            blob = self.api.request("POST", f"/repos/{self.repo}/git/blobs", json=content)
+            entries.append({"path": path, "mode": "100644", "type": "blob", "sha": self.api.parse(blob)["sha"]})
+        made = self.api.parse(self.api.request("POST", f"/repos/{self.repo}/git/trees",
+                                               json={"base_tree": tree, "tree": entries}))  # fmt: skip
+        commit = self.api.parse(self.api.request("POST", f"/repos/{self.repo}/git/commits",
+                                                 json={"message": message, "tree": made["sha"],
+                                                       "parents": [parent]}))  # fmt: skip
+        sha = str(commit["sha"])
+        if self.head(branch) is None:
+            ref = {"ref": f"refs/heads/{branch}", "sha": sha}
+            self.api.request("POST", f"/repos/{self.repo}/git/refs", json=ref)
+        else:
+            self.api.request("PATCH", f"/repos/{self.repo}/git/refs/heads/{branch}", json={"sha": sha, "force": True})
+        return sha
+
+    def open_pull(self, branch: str) -> dict[str, Any] | None:
+        """The open pull request from `branch`, if there is one."""
+        owner = self.repo.split("/", 1)[0]
+        pulls = self.api.get_json(f"/repos/{self.repo}/pulls", params={"head": f"{owner}:{branch}", "state": "open"})
+        return dict(pulls[0]) if pulls else None
+
+    def propose(self, branch: str, base: str, title: str, body: str) -> tuple[dict[str, Any], bool]:
+        """Open a pull request from `branch` into `base`, or refresh the open one; (the pull, whether it is new)."""
+        found = self.open_pull(branch)
+        if found is not None:
+            updated = self.api.request("PATCH", f"/repos/{self.repo}/pulls/{found['number']}",
+                                       json={"title": title, "body": body})  # fmt: skip
+            return dict(self.api.parse(updated)), False
+        made = self.api.request("POST", f"/repos/{self.repo}/pulls",
+                                json={"title": title, "head": branch, "base": base, "body": body})  # fmt: skip
+        return dict(self.api.parse(made)), True
+
+    def close_pull(self, number: int, comment: str | None = None) -> None:
+        """Close a pull request (with a comment saying why, when given)."""
+        if comment:
+            self.api.request("POST", f"/repos/{self.repo}/issues/{number}/comments", json={"body": comment})
+        self.api.request("PATCH", f"/repos/{self.repo}/pulls/{number}", json={"state": "closed"})
