@@ -1,0 +1,94 @@
+"""What an update would change, computed by the project's own package manager in a scratch copy.
+
+The package manager (pnpm or npm, whichever wrote the lockfile) runs in lockfile-only mode
+with scripts off and `--no-save`, against the configured registry, in a temporary copy of
+the project's package.json and lockfile. The plan is the difference between the lockfile
+before and after, read with opskeeper's own lockfile readers. The project itself is never
+touched, and the child sees only PATH, a scratch HOME and cache, and the registry: no token,
+no other variable of the worker's environment.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jobs.dependencies.job import update_kind
+from jobs.dependencies.lockfiles import Lockfile, LockfileError, read_lockfile
+
+#: The lockfile each manager writes, and its lockfile-only update command.
+MANAGERS = {
+    "pnpm": ("pnpm-lock.yaml", ["update", "--lockfile-only", "--ignore-scripts", "--no-save"]),
+    "npm": ("package-lock.json", ["update", "--package-lock-only", "--ignore-scripts", "--no-save", "--no-audit",
+                                  "--no-fund"]),
+}  # fmt: skip
+
+
+class PlanError(Exception):
+    """The update could not be computed; the message names the project, the tool and what went wrong."""
+
+
+@dataclass
+class ProjectPlan:
+    """The updates for one project, and the lockfile that carries them."""
+
+    name: str
+    manager: str
+    lockfile: str
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    new_lockfile: bytes = b""
+
+    def public(self) -> dict[str, Any]:
+        return {"name": self.name, "manager": self.manager, "lockfile": self.lockfile, "updates": self.updates}
+
+
+def diff(before: Lockfile, after: Lockfile, importer: str = ".") -> list[dict[str, Any]]:
+    """Each direct dependency whose locked version changed: name, from, to, kind. Pure."""
+    old = {d.name: d for d in before.importers.get(importer, []) if d.source == "registry"}
+    new = {d.name: d for d in after.importers.get(importer, []) if d.source == "registry"}
+    return [{"name": name, "from": old[name].locked, "to": new[name].locked,
+             "kind": update_kind(old[name].locked, new[name].locked), "group": new[name].group}
+            for name in sorted(set(old) & set(new)) if old[name].locked != new[name].locked]  # fmt: skip
+
+
+def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), timeout: float = 600) -> ProjectPlan:
+    """Run the project's package manager on a scratch copy of `folder`; the project is left as it was."""
+    manager = next((m for m, (lockfile, _) in MANAGERS.items() if (folder / lockfile).is_file()), None)
+    if manager is None:
+        raise PlanError(f"{name}: {folder} has no pnpm-lock.yaml or package-lock.json (updates need one of them)")
+    lockfile, command = MANAGERS[manager]
+    tool = shutil.which(manager)
+    if tool is None:
+        raise PlanError(f"{name}: {manager} is not on PATH: the dependency_updates kind runs the project's own "
+                        f"package manager (install {manager}, e.g. `npm install -g {manager}`)")  # fmt: skip
+    try:
+        before = read_lockfile(folder / lockfile)
+    except LockfileError as exc:
+        raise PlanError(f"{name}: {exc}") from None
+    with tempfile.TemporaryDirectory(prefix="opskeeper-updates-") as scratch:
+        work = Path(scratch) / "project"
+        work.mkdir()
+        for file in ("package.json", lockfile, "pnpm-workspace.yaml"):
+            if (folder / file).is_file():
+                shutil.copy2(folder / file, work / file)
+        names = [d.name for d in before.importers.get(".", []) if d.source == "registry" and d.name not in ignore]
+        env = {"PATH": f"{Path(tool).parent}:/usr/bin:/bin", "HOME": scratch, "npm_config_cache": f"{scratch}/cache",
+               "npm_config_registry": registry, "npm_config_store_dir": f"{scratch}/store",
+               "npm_config_manage_package_manager_versions": "false", "CI": "1"}  # fmt: skip
+        args = [tool, *command, f"--registry={registry}", *(names if ignore else [])]
+        try:
+            # The tool is the one on PATH and the arguments are opskeeper's own; no shell is involved.
+            done = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=timeout,  # noqa: S603
+                                  check=False)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise PlanError(f"{name}: {manager} update did not finish within {timeout:g} s") from None
+        if done.returncode != 0:
+            last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
+            raise PlanError(f"{name}: {manager} update exited {done.returncode}: {' / '.join(last)[:400]}")
+        after = read_lockfile(work / lockfile)
+        return ProjectPlan(name, manager, lockfile, diff(before, after), (work / lockfile).read_bytes())

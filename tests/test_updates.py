@@ -1,0 +1,105 @@
+"""Updates computed by the real pnpm and npm, in lockfile-only mode, against recorded registry documents."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+import pytest
+
+from jobs.updates.planner import PlanError, plan
+from tests.conftest import ROOT, SHARED
+
+RECORDED = ROOT / "tests" / "fixtures" / "registry-full"
+TOOLS = ROOT / "var" / "tools" / "node_modules" / ".bin"
+
+
+class ReplayRegistry:
+    """Serves the recorded documents; anything not recorded is a 404, as an unknown package is."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                name = unquote(self.path.lstrip("/").split("?", 1)[0])
+                registry.asked.append(name)
+                path = RECORDED / f"{quote(name, safe='')}.json.gz"
+                body = gzip.decompress(path.read_bytes()) if path.is_file() else b'{"error": "Not found"}'
+                self.send_response(200 if path.is_file() else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            # pnpm opens dozens of connections at once: the default backlog of 5 drops some, and the
+            # client's SYN retries turn one request into 15 s.
+            request_queue_size = 128
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+
+
+@pytest.fixture
+def registry() -> Iterator[ReplayRegistry]:
+    server = ReplayRegistry()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+@pytest.fixture
+def with_pnpm(monkeypatch: pytest.MonkeyPatch) -> None:
+    if TOOLS.is_dir():
+        monkeypatch.setenv("PATH", f"{TOOLS}{os.pathsep}{os.environ['PATH']}")
+    if shutil.which("pnpm") is None:
+        pytest.skip("pnpm is not installed (npm install --prefix var/tools pnpm)")
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_dry_run_plans_in_range_updates_only_and_leaves_the_project_as_it_was(
+    tmp_path: Path, registry: ReplayRegistry, with_pnpm: None
+) -> None:
+    """Real pnpm on the MERN server: express 4.21.2 moves within 4.x (never 5), and no project file changes."""
+    project = shutil.copytree(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    before = digest(project)
+    result = plan("server", project, registry.url)
+    updates = {u["name"]: u for u in result.updates}
+    assert updates["express"]["from"] == "4.21.2"
+    assert updates["express"]["to"].startswith("4.")
+    assert all(u["kind"] != "major" for u in result.updates)
+    assert digest(project) == before
+    assert b"express@" + updates["express"]["to"].encode() in result.new_lockfile
+
+
+def test_ignored_packages_stay_where_they_are(tmp_path: Path, registry: ReplayRegistry, with_pnpm: None) -> None:
+    """`ignore: [mongoose]`: mongoose keeps its locked version while the others move."""
+    project = shutil.copytree(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    result = plan("server", project, registry.url, ignore=["mongoose"])
+    names = {u["name"] for u in result.updates}
+    assert "mongoose" not in names
+    assert "express" in names
+
+
+def test_a_missing_package_manager_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without pnpm on PATH the error names pnpm and how to get it."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    project = shutil.copytree(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    with pytest.raises(PlanError, match=r"server: pnpm is not on PATH"):
+        plan("server", project, "http://127.0.0.1:9/")
