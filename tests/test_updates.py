@@ -103,3 +103,48 @@ def test_a_missing_package_manager_is_named(tmp_path: Path, monkeypatch: pytest.
     project = shutil.copytree(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
     with pytest.raises(PlanError, match=r"server: pnpm is not on PATH"):
         plan("server", project, "http://127.0.0.1:9/")
+
+
+def test_dependency_updates_job_dry_run_through_run_now(tmp_path: Path, env: dict[str, str], registry: ReplayRegistry,
+                                                        with_pnpm: None) -> None:  # fmt: skip
+    """`run-now` of a dry run: WARN with the plan in the details, nothing changed in the project."""
+    import json
+
+    from tests.conftest import opskeeper, write
+
+    project = shutil.copytree(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    before = digest(project)
+    config = write(tmp_path / "jobs.yaml", f"""\
+jobs:
+  - id: monthly-updates
+    kind: dependency_updates
+    schedule: "0 7 1 * *"
+    options:
+      registry: "{registry.url}"
+      projects: [{{name: server, path: "{project}"}}]
+""")  # fmt: skip
+    result = opskeeper("run-now", "monthly-updates", "--config", str(config), "--json",
+                       env={**env, "PATH": os.environ["PATH"]})  # fmt: skip
+    out = json.loads(result.stdout)
+    assert out["status"] == "warn", result.stderr
+    [server] = out["details"]["projects"]
+    express = next(u for u in server["updates"] if u["name"] == "express")
+    assert (express["from"], express["to"][:2]) == ("4.21.2", "4.")
+    assert out["summary"].startswith(f"server: {len(server['updates'])} update(s) (")
+    assert digest(project) == before
+
+
+def test_pull_request_mode_is_refused_until_it_exists(tmp_path: Path, env: dict[str, str]) -> None:
+    """A schedule asking for pull requests is told they are not built yet, instead of silently planning."""
+    from tests.conftest import opskeeper, write
+
+    config = write(tmp_path / "jobs.yaml", """\
+jobs:
+  - id: monthly-updates
+    kind: dependency_updates
+    schedule: "0 7 1 * *"
+    options: {mode: pull_request, projects: [{name: server, path: server}]}
+""")  # fmt: skip
+    result = opskeeper("validate", "--config", str(config), env=env)
+    assert result.code == 78
+    assert "mode pull_request is not available yet" in result.stdout + result.stderr

@@ -16,6 +16,7 @@ from jobs.platform.job import PlatformNoticesJob, PlatformNoticesOptions
 from jobs.review.docs import DocsReviewJob, DocsReviewOptions
 from jobs.review.security import SecurityReviewJob, SecurityReviewOptions
 from jobs.review.weekly import WeeklyReviewJob, WeeklyReviewOptions
+from jobs.updates.job import DependencyUpdatesJob, DependencyUpdatesOptions
 from worker.job import Job, JobOptions
 
 KINDS: Mapping[str, tuple[type[JobOptions], Callable[[Any], Job]]] = {
@@ -30,12 +31,13 @@ KINDS: Mapping[str, tuple[type[JobOptions], Callable[[Any], Job]]] = {
     "docs_review": (DocsReviewOptions, DocsReviewJob),
     "security_review": (SecurityReviewOptions, SecurityReviewJob),
     "platform_notices": (PlatformNoticesOptions, PlatformNoticesJob),
+    "dependency_updates": (DependencyUpdatesOptions, DependencyUpdatesJob),
 }
 
 #: Kinds whose run a deploy interrupted is run again by the next leader at once: repeating them
 #: changes nothing but the time (a backup, a drill, a check, a review). A command may not be.
 SAFE_TO_REPEAT = frozenset({"backup", "restore_drill", "dependencies", "weekly_review", "docs_review",
-                            "security_review", "platform_notices"})  # fmt: skip
+                            "security_review", "platform_notices", "dependency_updates"})  # fmt: skip
 
 #: The options model of each kind, which is all the schedule validator needs.
 OPTIONS: Mapping[str, type[JobOptions]] = {name: model for name, (model, _) in KINDS.items()}
