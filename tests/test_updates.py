@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 import pytest
@@ -134,8 +135,8 @@ jobs:
     assert digest(project) == before
 
 
-def test_pull_request_mode_is_refused_until_it_exists(tmp_path: Path, env: dict[str, str]) -> None:
-    """A schedule asking for pull requests is told they are not built yet, instead of silently planning."""
+def test_pull_request_mode_needs_projects_on_github(tmp_path: Path, env: dict[str, str]) -> None:
+    """A local project cannot become a pull request: validation says which project and what it needs."""
     from tests.conftest import opskeeper, write
 
     config = write(tmp_path / "jobs.yaml", """\
@@ -147,4 +148,75 @@ jobs:
 """)  # fmt: skip
     result = opskeeper("validate", "--config", str(config), env=env)
     assert result.code == 78
-    assert "mode pull_request is not available yet" in result.stdout + result.stderr
+    assert "project(s) server need github: {repo, ref, path}" in result.stderr
+
+
+@pytest.fixture
+def github() -> Iterator[Any]:
+    from tests.fixtures.github_standin import GitHubStandIn
+
+    server = GitHubStandIn()
+    files = {f"server/{p.name}": p.read_bytes() for p in (SHARED / "fixtures" / "pnpm" / "mern-v9" / "server").iterdir()
+             if p.is_file()}  # fmt: skip
+    server.repo("acme/shop").seed("main", {**files, "README.md": b"# shop\n"})
+    yield server
+    server.close()
+
+
+def pull_request_run(tmp_path: Path, env: dict[str, str], registry: ReplayRegistry, github: Any) -> dict[str, Any]:
+    import json
+
+    from tests.conftest import opskeeper, write
+
+    config = write(tmp_path / "jobs.yaml", f"""\
+jobs:
+  - id: monthly-updates
+    kind: dependency_updates
+    schedule: "0 7 1 * *"
+    options:
+      mode: pull_request
+      registry: "{registry.url}"
+      projects: [{{name: server, github: {{repo: acme/shop, ref: main, path: server, api_url: "{github.url}"}}}}]
+""")  # fmt: skip
+    result = opskeeper("run-now", "monthly-updates", "--config", str(config), "--json",
+                       env={**env, "PATH": os.environ["PATH"], "GITHUB_TOKEN": "ghp_TestToken00000000000000000000"})  # fmt: skip
+    assert "ghp_TestToken" not in result.stdout + result.stderr
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out
+
+
+def test_pull_request_run_writes_the_lockfile_to_its_branch_and_opens_one_pull_request(
+    tmp_path: Path, env: dict[str, str], registry: ReplayRegistry, github: Any, with_pnpm: None
+) -> None:
+    """The real pnpm's lockfile lands on opskeeper/updates/server, one commit on main; one PR, refreshed next run."""
+    repo = github.repo("acme/shop")
+    main_before = repo.refs["main"]
+    first = pull_request_run(tmp_path, env, registry, github)
+    assert first["status"] == "warn", first
+    branch = repo.refs["opskeeper/updates/server"]
+    assert repo.commits[branch]["parents"] == [main_before]
+    assert repo.refs["main"] == main_before  # the base branch is never written
+    changed = {p for p, d in repo.files(branch).items() if repo.files(main_before).get(p) != d}
+    assert changed == {"server/pnpm-lock.yaml"}
+    assert b"express@4.2" in repo.files(branch)["server/pnpm-lock.yaml"]
+    second = pull_request_run(tmp_path, env, registry, github)
+    assert second["status"] == "warn"
+    [pull] = repo.pulls  # refreshed, not duplicated
+    assert (pull["state"], pull["head"]["ref"], pull["base"]["ref"]) == ("open", "opskeeper/updates/server", "main")
+    assert "| express | 4.21.2 | 4." in pull["body"]
+    assert all(a == "Bearer ghp_TestToken00000000000000000000" for a in github.auth)
+
+
+def test_nothing_left_to_update_closes_the_open_pull_request(
+    tmp_path: Path, env: dict[str, str], registry: ReplayRegistry, github: Any, with_pnpm: None
+) -> None:
+    """Once main holds the updated lockfile, the next run finds nothing and closes the pull request, saying why."""
+    repo = github.repo("acme/shop")
+    pull_request_run(tmp_path, env, registry, github)
+    updated = repo.files(repo.refs["opskeeper/updates/server"])
+    repo.refs["main"] = repo.seed("(merged)", updated, "merge the updates")
+    out = pull_request_run(tmp_path, env, registry, github)
+    assert out["status"] == "ok", out
+    [pull] = repo.pulls
+    assert pull["state"] == "closed"
+    assert pull["comments"] == ["Nothing is left to update: opskeeper closed this."]
