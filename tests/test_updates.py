@@ -178,8 +178,9 @@ jobs:
       registry: "{registry.url}"
       projects: [{{name: server, github: {{repo: acme/shop, ref: main, path: server, api_url: "{github.url}"}}}}]
 """)  # fmt: skip
+    token = "ghp_TestToken00000000000000000000"
     result = opskeeper("run-now", "monthly-updates", "--config", str(config), "--json",
-                       env={**env, "PATH": os.environ["PATH"], "GITHUB_TOKEN": "ghp_TestToken00000000000000000000"})  # fmt: skip
+                       env={**env, "PATH": os.environ["PATH"], "GITHUB_TOKEN": token})  # fmt: skip
     assert "ghp_TestToken" not in result.stdout + result.stderr
     out: dict[str, Any] = json.loads(result.stdout)
     return out
