@@ -221,3 +221,17 @@ def test_nothing_left_to_update_closes_the_open_pull_request(
     [pull] = repo.pulls
     assert pull["state"] == "closed"
     assert pull["comments"] == ["Nothing is left to update: opskeeper closed this."]
+
+
+def test_npm_project_is_planned_with_the_real_npm(tmp_path: Path, registry: ReplayRegistry) -> None:
+    """Real npm on an npm-locked server: express 4.21.2 moves within 4.x, package.json is not rewritten."""
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not on PATH")
+    project = shutil.copytree(ROOT / "tests" / "fixtures" / "projects" / "mern-server-npm", tmp_path / "server")
+    before = digest(project)
+    result = plan("server", project, registry.url)
+    assert result.manager == "npm"
+    express = next(u for u in result.updates if u["name"] == "express")
+    assert (express["from"], express["to"][:2], express["kind"]) == ("4.21.2", "4.", "minor")
+    assert all(u["kind"] != "major" for u in result.updates)
+    assert digest(project) == before
