@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import threading
@@ -19,6 +20,9 @@ from jobs.updates.planner import PlanError, plan
 from tests.conftest import ROOT, SHARED
 
 RECORDED = ROOT / "tests" / "fixtures" / "registry-full"
+ADVISORIES = ROOT / "tests" / "fixtures" / "advisories"
+BULK = {name: advisories for f in ("multer-bulk.json", "on-headers-bulk.json")
+        for name, advisories in json.loads((ADVISORIES / f).read_text()).items()}  # fmt: skip
 TOOLS = ROOT / "var" / "tools" / "node_modules" / ".bin"
 
 
@@ -27,6 +31,7 @@ class ReplayRegistry:
 
     def __init__(self) -> None:
         self.asked: list[str] = []
+        self.posted: list[dict[str, Any]] = []
         registry = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -36,6 +41,17 @@ class ReplayRegistry:
                 path = RECORDED / f"{quote(name, safe='')}.json.gz"
                 body = gzip.decompress(path.read_bytes()) if path.is_file() else b'{"error": "Not found"}'
                 self.send_response(200 if path.is_file() else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                # The bulk advisory endpoint, answering from the recorded answers for what was asked.
+                asked = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                registry.posted.append(asked)
+                body = json.dumps({n: a for n, a in BULK.items() if n in asked}).encode()
+                self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -202,8 +218,8 @@ def test_pull_request_run_writes_the_lockfile_to_its_branch_and_opens_one_pull_r
     assert b"express@4.2" in repo.files(branch)["server/pnpm-lock.yaml"]
     second = pull_request_run(tmp_path, env, registry, github)
     assert second["status"] == "warn"
-    [pull] = repo.pulls  # refreshed, not duplicated
-    assert (pull["state"], pull["head"]["ref"], pull["base"]["ref"]) == ("open", "opskeeper/updates/server", "main")
+    [pull] = [p for p in repo.pulls if p["head"]["ref"] == "opskeeper/updates/server"]  # refreshed, not duplicated
+    assert (pull["state"], pull["base"]["ref"]) == ("open", "main")
     assert "| express | 4.21.2 | 4." in pull["body"]
     assert all(a == "Bearer ghp_TestToken00000000000000000000" for a in github.auth)
 
@@ -217,8 +233,8 @@ def test_nothing_left_to_update_closes_the_open_pull_request(
     updated = repo.files(repo.refs["opskeeper/updates/server"])
     repo.refs["main"] = repo.seed("(merged)", updated, "merge the updates")
     out = pull_request_run(tmp_path, env, registry, github)
-    assert out["status"] == "ok", out
-    [pull] = repo.pulls
+    assert out["details"]["projects"][0]["updates"] == [], out
+    [pull] = [p for p in repo.pulls if p["head"]["ref"] == "opskeeper/updates/server"]
     assert pull["state"] == "closed"
     assert pull["comments"] == ["Nothing is left to update: opskeeper closed this."]
 
@@ -235,3 +251,70 @@ def test_npm_project_is_planned_with_the_real_npm(tmp_path: Path, registry: Repl
     assert (express["from"], express["to"][:2], express["kind"]) == ("4.21.2", "4.", "minor")
     assert all(u["kind"] != "major" for u in result.updates)
     assert digest(project) == before
+
+
+def test_dry_run_names_the_in_range_fix_for_a_transitive_advisory(tmp_path: Path, env: dict[str, str],
+                                                                 registry: ReplayRegistry, with_pnpm: None) -> None:  # fmt: skip
+    """on-headers 1.0.2 (GHSA-76c9-3jph-rj3q, <1.1.0) comes through morgan 1.10.0: updating morgan in range fixes it."""
+    from jobs.updates.security import findings, fix
+
+    project = shutil.copytree(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    result = plan("server", project, registry.url)
+    assert result.before is not None
+    found, gaps = findings(result.before, registry.url)
+    assert gaps == []
+    [finding] = [f for f in found if f.package == "on-headers"]
+    assert (finding.version, finding.via) == ("1.0.2", [["morgan", "on-headers"]])
+    fixed, reason = fix("server", project, registry.url, finding)
+    assert reason == ""
+    assert fixed is not None
+    morgan = next(u for u in fixed.updates if u["name"] == "morgan")
+    assert (morgan["from"], morgan["to"][:2]) == ("1.10.0", "1.")
+    assert {u["name"] for u in fixed.updates} == {"morgan"}  # only what pulls the package in moves
+    assert fixed.after is not None
+    assert {v for n, v in fixed.after.registry_packages if n == "on-headers"} == {"1.1.0"}
+
+
+def test_no_in_range_fix_opens_nothing_and_says_why(tmp_path: Path, env: dict[str, str],
+                                                    registry: ReplayRegistry) -> None:  # fmt: skip
+    """multer 1.4.5-lts.2 needs 2.x for its advisories: `^1.4.5-lts.2` cannot reach it, and the run says so."""
+    from tests.conftest import opskeeper, write
+
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not on PATH")
+    project = shutil.copytree(ROOT / "tests" / "fixtures" / "projects" / "multer-lts", tmp_path / "uploads")
+    config = write(tmp_path / "jobs.yaml", f"""\
+jobs:
+  - id: monthly-updates
+    kind: dependency_updates
+    schedule: "0 7 1 * *"
+    options:
+      registry: "{registry.url}"
+      projects: [{{name: uploads, path: "{project}"}}]
+""")  # fmt: skip
+    result = opskeeper("run-now", "monthly-updates", "--config", str(config), "--json",
+                       env={**env, "PATH": os.environ["PATH"]})  # fmt: skip
+    out = json.loads(result.stdout)
+    [uploads] = out["details"]["projects"]
+    multer = [s for s in uploads["security"] if s["package"] == "multer"]
+    assert {s["id"] for s in multer} == {"1104917", "1104916"}
+    assert all("fix" not in s for s in multer)
+    assert all(s["reason"].startswith("no update within the ranges removes multer@1.4.5-lts.2") for s in multer)
+    assert "no update within the ranges removes multer@1.4.5-lts.2" in out["summary"]
+
+
+def test_security_fix_opens_its_own_pull_request_titled_with_the_advisory(
+    tmp_path: Path, env: dict[str, str], registry: ReplayRegistry, github: Any, with_pnpm: None
+) -> None:
+    """pull_request mode: the on-headers fix is a pull request of its own beside the monthly one."""
+    repo = github.repo("acme/shop")
+    out = pull_request_run(tmp_path, env, registry, github)
+    titles = sorted(p["title"] for p in repo.pulls)
+    assert titles == ["Fix GHSA-76c9-3jph-rj3q (low) in on-headers@1.0.2",
+                      f"Update server dependencies ({len(out['details']['projects'][0]['updates'])} in range)"]  # fmt: skip
+    branch = repo.refs["opskeeper/security/server/1106212"]
+    assert b"on-headers@1.1.0" in repo.files(branch)["server/pnpm-lock.yaml"]
+    security = next(p for p in repo.pulls if p["title"].startswith("Fix "))
+    assert "https://github.com/advisories/GHSA-76c9-3jph-rj3q" in security["body"]
+    pull_request_run(tmp_path, env, registry, github)
+    assert len(repo.pulls) == 2  # refreshed on the next run, not duplicated

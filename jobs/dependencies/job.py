@@ -549,6 +549,12 @@ async def _advisories(options: DependenciesOptions, registry: Registry, installe
     return merge_advisories(answers) if answers else None
 
 
+async def advisory_answers(options: DependenciesOptions, registry: Registry, installed: dict[str, set[str]],
+                           gaps: list[dict[str, str]]) -> dict[str, list[dict[str, Any]]] | None:  # fmt: skip
+    """The advisory sources' merged answer for these package versions (None when no source answered)."""
+    return await _advisories(options, registry, installed, gaps)
+
+
 async def _ask(source: str, options: DependenciesOptions, registry: Registry,
                installed: dict[str, set[str]]) -> Mapping[str, list[dict[str, Any]]]:  # fmt: skip
     if source == "registry":

@@ -9,13 +9,16 @@ is left to update, the open one is closed with a comment. The base branch is nev
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import model_validator
 
 from jobs.dependencies.job import Project, fetch_github
+from jobs.dependencies.lockfiles import Lockfile
+from jobs.updates import security as patches
 from jobs.updates.planner import PlanError, ProjectPlan, plan
 from worker.http import HttpError
 from worker.job import JobContext, JobOptions, Notice, Outcome, Status
@@ -32,6 +35,15 @@ class DependencyUpdatesOptions(JobOptions):
     """What `pnpm update` does without `--latest`: the newest versions the ranges allow."""
     ignore: tuple[str, ...] = ()
     registry: str = NPM_REGISTRY
+    security: Literal["immediate", "off"] = "immediate"
+    """Open a dedicated pull request (or plan, in a dry run) for each advisory an in-range update fixes."""
+    advisories: tuple[Literal["registry", "osv"], ...] = ("registry",)
+    osv_url: str | None = None
+    after: tuple[str, ...] = ()
+    """Dependencies jobs whose turn to FAIL (an advisory found) runs this job at once, off its schedule."""
+
+    def follows(self) -> frozenset[str]:
+        return frozenset(self.after)
 
     @model_validator(mode="after")
     def _from_github(self) -> DependencyUpdatesOptions:
@@ -75,6 +87,7 @@ class DependencyUpdatesJob:
     def run(self, ctx: JobContext) -> Outcome:
         plans: list[ProjectPlan] = []
         problems: list[str] = []
+        security: dict[str, list[dict[str, Any]]] = {}
         with tempfile.TemporaryDirectory(prefix="opskeeper-updates-src-") as scratch:
             for project in self.options.projects:
                 try:
@@ -93,9 +106,14 @@ class DependencyUpdatesJob:
                         self._propose(ctx, project, found)
                     except (HttpError, ValueError) as exc:
                         problems.append(f"{project.name}: pull request: {exc}")
-        details = {"mode": self.options.mode, "projects": [p.public() for p in plans], "problems": problems}
-        status = Status.FAIL if problems else Status.WARN if any(p.updates for p in plans) else Status.OK
-        return Outcome(status, _summary(plans, problems)[:500], details)
+                if self.options.security == "immediate" and found.before is not None:
+                    security[project.name] = self._security(ctx, project, folder, found.before, problems)
+        projects = [{**p.public(), "security": security.get(p.name, [])} for p in plans]
+        details = {"mode": self.options.mode, "projects": projects, "problems": problems}
+        pending = [s for items in security.values() for s in items]
+        status = Status.FAIL if problems else Status.WARN if any(p.updates for p in plans) or pending else Status.OK
+        notes = [f"{s['package']}@{s['version']} {s['id']}: {s['reason']}" for s in pending if s.get("reason")]
+        return Outcome(status, _summary(plans, problems + notes)[:500], details)
 
     def _propose(self, ctx: JobContext, project: Project, found: ProjectPlan) -> None:
         """Open or refresh the project's pull request, or close it when nothing is left to update."""
@@ -123,3 +141,59 @@ class DependencyUpdatesJob:
         ctx.notify(Notice("info", f"{project.name}: {action} pull request #{pull['number']} with "
                                   f"{len(found.updates)} update(s): {pull.get('html_url', '')}",
                           ("dependency_updates", project.name, action)))  # fmt: skip
+
+    def _security(self, ctx: JobContext, project: Project, folder: Path, lock: Lockfile,
+                  problems: list[str]) -> list[dict[str, Any]]:  # fmt: skip
+        """Each advisory on the project: its in-range fix (a dedicated pull request in that mode) or why none."""
+        found, gaps = patches.findings(lock, self.options.registry, self.options.advisories, self.options.osv_url)
+        problems += [f"{project.name}: advisories not checked: {g['source']}: {g['error']}" for g in gaps
+                     if g["effect"] != "advisories were checked with OSV instead"]  # fmt: skip
+        out: list[dict[str, Any]] = []
+        for finding in found:
+            advisory = finding.advisory
+            entry: dict[str, Any] = {"id": finding.key, "severity": advisory.get("severity"), "title": advisory.get(
+                "title"), "url": advisory.get("url"), "package": finding.package, "version": finding.version,
+                "via": finding.via[:3]}  # fmt: skip
+            fixed, reason = patches.fix(project.name, folder, self.options.registry, finding)
+            if fixed is None:
+                entry["reason"] = reason
+                ctx.log("updates.no_fix", project=project.name, advisory=finding.key, reason=reason)
+            else:
+                entry["fix"] = fixed.updates
+                if self.options.mode == "pull_request" and project.github is not None:
+                    try:
+                        entry["pull_request"] = self._security_pull(ctx, project, fixed, finding)
+                    except (HttpError, ValueError) as exc:
+                        problems.append(f"{project.name}: security pull request for {finding.key}: {exc}")
+            out.append(entry)
+        return out
+
+    def _security_pull(self, ctx: JobContext, project: Project, fixed: ProjectPlan, finding: patches.Finding) -> int:
+        """One pull request per advisory, on its own branch, titled with the advisory."""
+        source = project.github
+        if source is None:
+            return 0
+        advisory = finding.advisory
+        slug = re.sub(r"[^A-Za-z0-9._-]", "-", finding.key)
+        branch = f"opskeeper/security/{project.name}/{slug}"
+        title = (f"Fix {advisory.get('url', '').rsplit('/', 1)[-1] or finding.key} ({advisory.get('severity')}) in "
+                 f"{finding.package}@{finding.version}")  # fmt: skip
+        rows = "\n".join(f"| {u['name']} | {u['from']} | {u['to']} | {u['kind']} |" for u in fixed.updates)
+        body = (f"**{advisory.get('severity')}**: [{advisory.get('title')}]({advisory.get('url')}), on "
+                f"{finding.package}@{finding.version} (vulnerable: `{advisory.get('vulnerable_versions')}`), through "
+                f"{', '.join(' > '.join(c) for c in finding.via[:3]) or finding.package}.\n\nThe smallest in-range "
+                f"update that removes it, computed by `{fixed.manager} update` (lockfile-only, scripts off):\n\n"
+                f"| package | from | to | kind |\n|---|---|---|---|\n{rows}\n")  # fmt: skip
+        path = "/".join(p for p in (source.path.strip("/"), fixed.lockfile) if p)
+        with GitHub(source.repo, api_url=source.api_url) as github:
+            sha = github.commit_files(branch, source.ref, {path: fixed.new_lockfile}, title)
+            pull, new = github.propose(branch, source.ref, title, body)
+        action = "opened" if new else "refreshed"
+        ctx.record("pull_request", Status.OK, f"{project.name}: {action} #{pull['number']} for {finding.key}",
+                   {"project": project.name, "number": pull["number"], "advisory": finding.key, "action": action,
+                    "commit": sha, "url": pull.get("html_url")})  # fmt: skip
+        if new:
+            ctx.notify(Notice("warning", f"{project.name}: {title}: pull request #{pull['number']} "
+                                         f"{pull.get('html_url', '')}",
+                              ("dependency_updates", project.name, finding.key)))  # fmt: skip
+        return int(pull["number"])

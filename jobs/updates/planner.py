@@ -42,6 +42,8 @@ class ProjectPlan:
     lockfile: str
     updates: list[dict[str, Any]] = field(default_factory=list)
     new_lockfile: bytes = b""
+    before: Lockfile | None = field(default=None, repr=False)
+    after: Lockfile | None = field(default=None, repr=False)
 
     def public(self) -> dict[str, Any]:
         return {"name": self.name, "manager": self.manager, "lockfile": self.lockfile, "updates": self.updates}
@@ -56,8 +58,13 @@ def diff(before: Lockfile, after: Lockfile, importer: str = ".") -> list[dict[st
             for name in sorted(set(old) & set(new)) if old[name].locked != new[name].locked]  # fmt: skip
 
 
-def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), timeout: float = 600) -> ProjectPlan:
-    """Run the project's package manager on a scratch copy of `folder`; the project is left as it was."""
+def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), only: Sequence[str] = (),
+         timeout: float = 600) -> ProjectPlan:  # fmt: skip
+    """Run the project's package manager on a scratch copy of `folder`; the project is left as it was.
+
+    `only` names the packages to update (a vulnerable one and the direct dependencies that pin
+    it); otherwise every direct dependency but the `ignore`d ones.
+    """
     manager = next((m for m, (lockfile, _) in MANAGERS.items() if (folder / lockfile).is_file()), None)
     if manager is None:
         raise PlanError(f"{name}: {folder} has no pnpm-lock.yaml or package-lock.json (updates need one of them)")
@@ -76,11 +83,15 @@ def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), 
         for file in ("package.json", lockfile, "pnpm-workspace.yaml"):
             if (folder / file).is_file():
                 shutil.copy2(folder / file, work / file)
-        names = [d.name for d in before.importers.get(".", []) if d.source == "registry" and d.name not in ignore]
+        names = (
+            [n for n in only if n not in ignore]
+            if only
+            else [d.name for d in before.importers.get(".", []) if d.source == "registry" and d.name not in ignore]
+        )
         env = {"PATH": f"{Path(tool).parent}:/usr/bin:/bin", "HOME": scratch, "npm_config_cache": f"{scratch}/cache",
                "npm_config_registry": registry, "npm_config_store_dir": f"{scratch}/store",
                "npm_config_manage_package_manager_versions": "false", "CI": "1"}  # fmt: skip
-        args = [tool, *command, f"--registry={registry}", *(names if ignore else [])]
+        args = [tool, *command, f"--registry={registry}", *(names if ignore or only else [])]
         try:
             # The tool is the one on PATH and the arguments are opskeeper's own; no shell is involved.
             done = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=timeout,  # noqa: S603
@@ -91,4 +102,4 @@ def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), 
             last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
             raise PlanError(f"{name}: {manager} update exited {done.returncode}: {' / '.join(last)[:400]}")
         after = read_lockfile(work / lockfile)
-        return ProjectPlan(name, manager, lockfile, diff(before, after), (work / lockfile).read_bytes())
+        return ProjectPlan(name, manager, lockfile, diff(before, after), (work / lockfile).read_bytes(), before, after)
