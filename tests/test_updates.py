@@ -253,8 +253,8 @@ def test_npm_project_is_planned_with_the_real_npm(tmp_path: Path, registry: Repl
     assert digest(project) == before
 
 
-def test_dry_run_names_the_in_range_fix_for_a_transitive_advisory(tmp_path: Path, env: dict[str, str],
-                                                                 registry: ReplayRegistry, with_pnpm: None) -> None:  # fmt: skip
+def test_dry_run_names_the_in_range_fix_for_a_transitive_advisory(tmp_path: Path, registry: ReplayRegistry,
+                                                                 with_pnpm: None) -> None:  # fmt: skip
     """on-headers 1.0.2 (GHSA-76c9-3jph-rj3q, <1.1.0) comes through morgan 1.10.0: updating morgan in range fixes it."""
     from jobs.updates.security import findings, fix
 
@@ -310,8 +310,8 @@ def test_security_fix_opens_its_own_pull_request_titled_with_the_advisory(
     repo = github.repo("acme/shop")
     out = pull_request_run(tmp_path, env, registry, github)
     titles = sorted(p["title"] for p in repo.pulls)
-    assert titles == ["Fix GHSA-76c9-3jph-rj3q (low) in on-headers@1.0.2",
-                      f"Update server dependencies ({len(out['details']['projects'][0]['updates'])} in range)"]  # fmt: skip
+    count = len(out["details"]["projects"][0]["updates"])
+    assert titles == ["Fix GHSA-76c9-3jph-rj3q (low) in on-headers@1.0.2", f"Update server dependencies ({count} in range)"]
     branch = repo.refs["opskeeper/security/server/1106212"]
     assert b"on-headers@1.1.0" in repo.files(branch)["server/pnpm-lock.yaml"]
     security = next(p for p in repo.pulls if p["title"].startswith("Fix "))
