@@ -311,7 +311,8 @@ def test_security_fix_opens_its_own_pull_request_titled_with_the_advisory(
     out = pull_request_run(tmp_path, env, registry, github)
     titles = sorted(p["title"] for p in repo.pulls)
     count = len(out["details"]["projects"][0]["updates"])
-    assert titles == ["Fix GHSA-76c9-3jph-rj3q (low) in on-headers@1.0.2", f"Update server dependencies ({count} in range)"]
+    assert titles == ["Fix GHSA-76c9-3jph-rj3q (low) in on-headers@1.0.2",
+                      f"Update server dependencies ({count} in range)"]  # fmt: skip
     branch = repo.refs["opskeeper/security/server/1106212"]
     assert b"on-headers@1.1.0" in repo.files(branch)["server/pnpm-lock.yaml"]
     security = next(p for p in repo.pulls if p["title"].startswith("Fix "))
