@@ -174,7 +174,8 @@ def github() -> Iterator[Any]:
     server = GitHubStandIn()
     files = {f"server/{p.name}": p.read_bytes() for p in (SHARED / "fixtures" / "pnpm" / "mern-v9" / "server").iterdir()
              if p.is_file()}  # fmt: skip
-    server.repo("acme/shop").seed("main", {**files, "README.md": b"# shop\n"})
+    # An old runtime, so the pull request can say which updates need a newer Node.js.
+    server.repo("acme/shop").seed("main", {**files, "server/.nvmrc": b"14.21.3\n", "README.md": b"# shop\n"})
     yield server
     server.close()
 
@@ -221,6 +222,14 @@ def test_pull_request_run_writes_the_lockfile_to_its_branch_and_opens_one_pull_r
     [pull] = [p for p in repo.pulls if p["head"]["ref"] == "opskeeper/updates/server"]  # refreshed, not duplicated
     assert (pull["state"], pull["base"]["ref"]) == ("open", "main")
     assert "| express | 4.21.2 | 4." in pull["body"]
+    body = pull["body"]
+    assert "### Majors held back (outside the ranges)" in body
+    assert "| express | 4." in body.split("### Majors held back")[1]
+    assert (
+        "GHSA-76c9-3jph-rj3q" in body.split("### Advisories this fixes")[1]
+    )  # morgan's update brings on-headers 1.1.0
+    needs = body.split("### Needs a newer Node.js than the app runs (14.21.3 (.nvmrc))")[1]
+    assert "- mongoose 8." in needs
     assert all(a == "Bearer ghp_TestToken00000000000000000000" for a in github.auth)
 
 

@@ -9,6 +9,7 @@ is left to update, the open one is closed with a comment. The base branch is nev
 
 from __future__ import annotations
 
+import asyncio
 import re
 import tempfile
 from pathlib import Path
@@ -16,14 +17,15 @@ from typing import Any, Literal
 
 from pydantic import model_validator
 
-from jobs.dependencies.job import Project, fetch_github
-from jobs.dependencies.lockfiles import Lockfile
+from jobs.dependencies import semver
+from jobs.dependencies.job import Project, fetch_github, update_kind
+from jobs.dependencies.node import declared_runtime
 from jobs.updates import security as patches
 from jobs.updates.planner import PlanError, ProjectPlan, plan
 from worker.http import HttpError
 from worker.job import JobContext, JobOptions, Notice, Outcome, Status
 from worker.vendors.github import GitHub
-from worker.vendors.npm import NPM_REGISTRY
+from worker.vendors.npm import NPM_REGISTRY, Registry
 
 
 class DependencyUpdatesOptions(JobOptions):
@@ -60,13 +62,50 @@ def branch_of(project: str) -> str:
     return f"opskeeper/updates/{project}"
 
 
-def pull_body(plan: ProjectPlan) -> str:
-    """The pull request's text: a table of the updates and how they were computed."""
+def pull_body(plan: ProjectPlan, context: dict[str, Any] | None = None) -> str:
+    """The pull request's text: the updates, the advisories they fix, the majors held back, engines to mind."""
+    context = context or {}
     rows = "\n".join(f"| {u['name']} | {u['from']} | {u['to']} | {u['kind']} | {u['group']} |" for u in plan.updates)
-    return (f"In-range updates computed by `{plan.manager} update` in lockfile-only mode (scripts off), as the "
-            f"plan's monthly update does by hand.\n\n| package | from | to | kind | group |\n|---|---|---|---|---|\n"
-            f"{rows}\n\nOnly `{plan.lockfile}` changes. opskeeper refreshes this pull request on its next run and "
-            "closes it when nothing is left to update.")  # fmt: skip
+    out = [f"In-range updates computed by `{plan.manager} update` in lockfile-only mode (scripts off), as the "
+           "plan's monthly update does by hand.", "", "| package | from | to | kind | group |",
+           "|---|---|---|---|---|", rows]  # fmt: skip
+    if context.get("fixes"):
+        out += ["", "### Advisories this fixes", "", "| advisory | severity | package |", "|---|---|---|"]
+        out += [f"| [{a['title']}]({a['url']}) | {a['severity']} | {a['package']}@{a['version']} |"
+                for a in context["fixes"]]  # fmt: skip
+    if context.get("held_back"):
+        out += ["", "### Majors held back (outside the ranges)", "", "| package | locked | latest |", "|---|---|---|"]
+        out += [f"| {h['name']} | {h['locked']} | {h['latest']} |" for h in context["held_back"]]
+    if context.get("engines"):
+        out += ["", f"### Needs a newer Node.js than the app runs ({context.get('runtime')})", ""]
+        out += [f"- {e['name']} {e['to']} needs Node.js `{e['node']}`" for e in context["engines"]]
+    out += ["", f"Only `{plan.lockfile}` changes. opskeeper refreshes this pull request on its next run and closes it "
+            "when nothing is left to update."]  # fmt: skip
+    return "\n".join(out)
+
+
+def context_of(found: ProjectPlan, folder: Path, findings: list[patches.Finding],
+               latest: dict[str, str | None]) -> dict[str, Any]:  # fmt: skip
+    """What the pull request says besides the updates. Pure: the advisories and latest versions are passed in."""
+    after = found.after
+    fixes = [{"id": f.key, "title": f.advisory.get("title"), "url": f.advisory.get("url"),
+              "severity": f.advisory.get("severity"), "package": f.package, "version": f.version}
+             for f in findings if after is not None and not any(
+                 n == f.package and patches.affects(f.advisory, v) for n, v in after.registry_packages)]  # fmt: skip
+    locked = {d.name: d.locked for d in (after.importers.get(".", []) if after else []) if d.source == "registry"}
+    held = [{"name": n, "locked": v, "latest": latest[n]} for n, v in sorted(locked.items())
+            if latest.get(n) and update_kind(v, latest[n]) == "major"]  # fmt: skip
+    declared = declared_runtime(folder)
+    runtime = None if declared is None else (".".join(map(str, declared.exact)) if declared.exact
+                                             else f"{declared.line}.9999.0")  # fmt: skip
+    engines = []
+    if runtime is not None and after is not None:
+        for u in found.updates:
+            node = after.engines.get((u["name"], u["to"]))
+            if node and semver.valid_range(node) and not semver.satisfies(runtime, node):
+                engines.append({"name": u["name"], "to": u["to"], "node": node})
+    return {"fixes": fixes, "held_back": held, "engines": engines,
+            "runtime": declared and f"{declared.spec} ({declared.source})"}  # fmt: skip
 
 
 def _summary(plans: list[ProjectPlan], problems: list[str]) -> str:
@@ -88,6 +127,7 @@ class DependencyUpdatesJob:
         plans: list[ProjectPlan] = []
         problems: list[str] = []
         security: dict[str, list[dict[str, Any]]] = {}
+        contexts: dict[str, dict[str, Any]] = {}
         with tempfile.TemporaryDirectory(prefix="opskeeper-updates-src-") as scratch:
             for project in self.options.projects:
                 try:
@@ -101,21 +141,42 @@ class DependencyUpdatesJob:
                     continue
                 plans.append(found)
                 ctx.log("updates.planned", project=project.name, manager=found.manager, updates=len(found.updates))
+                advisories, gaps = patches.findings(found.before, self.options.registry, self.options.advisories,
+                                                    self.options.osv_url) if found.before else ([], [])  # fmt: skip
+                problems += [f"{project.name}: advisories not checked: {g['source']}: {g['error']}" for g in gaps
+                             if g["effect"] != "advisories were checked with OSV instead"]  # fmt: skip
+                context = context_of(found, folder, advisories, self._latest(found))
+                contexts[project.name] = context
                 if self.options.mode == "pull_request" and project.github is not None:
                     try:
-                        self._propose(ctx, project, found)
+                        self._propose(ctx, project, found, context)
                     except (HttpError, ValueError) as exc:
                         problems.append(f"{project.name}: pull request: {exc}")
-                if self.options.security == "immediate" and found.before is not None:
-                    security[project.name] = self._security(ctx, project, folder, found.before, problems)
-        projects = [{**p.public(), "security": security.get(p.name, [])} for p in plans]
+                if self.options.security == "immediate":
+                    security[project.name] = self._security(ctx, project, folder, advisories, problems)
+        projects = [{**p.public(), "security": security.get(p.name, []), **contexts.get(p.name, {})} for p in plans]
         details = {"mode": self.options.mode, "projects": projects, "problems": problems}
         pending = [s for items in security.values() for s in items]
         status = Status.FAIL if problems else Status.WARN if any(p.updates for p in plans) or pending else Status.OK
         notes = [f"{s['package']}@{s['version']} {s['id']}: {s['reason']}" for s in pending if s.get("reason")]
         return Outcome(status, _summary(plans, problems + notes)[:500], details)
 
-    def _propose(self, ctx: JobContext, project: Project, found: ProjectPlan) -> None:
+    def _latest(self, found: ProjectPlan) -> dict[str, str | None]:
+        """The registry's `latest` of each direct dependency (for the majors held back); empty if it cannot say."""
+        names = {d.package[0]: d.name for d in (found.after.importers.get(".", []) if found.after else [])
+                 if d.source == "registry"}  # fmt: skip
+
+        async def ask() -> dict[str, Any]:
+            client = Registry(self.options.registry, None, {}, 8)
+            try:
+                return await client.packages(names)
+            finally:
+                await client.close()
+
+        docs = asyncio.run(ask())
+        return {names[real]: ((doc or {}).get("dist-tags") or {}).get("latest") for real, doc in docs.items()}
+
+    def _propose(self, ctx: JobContext, project: Project, found: ProjectPlan, context: dict[str, Any]) -> None:
         """Open or refresh the project's pull request, or close it when nothing is left to update."""
         source = project.github
         if source is None:  # the options' validator requires github in this mode
@@ -133,7 +194,7 @@ class DependencyUpdatesJob:
             path = "/".join(p for p in (source.path.strip("/"), found.lockfile) if p)
             title = f"Update {project.name} dependencies ({len(found.updates)} in range)"
             sha = github.commit_files(branch, source.ref, {path: found.new_lockfile}, title)
-            pull, new = github.propose(branch, source.ref, title, pull_body(found))
+            pull, new = github.propose(branch, source.ref, title, pull_body(found, context))
         action = "opened" if new else "refreshed"
         ctx.record("pull_request", Status.OK, f"{project.name}: {action} #{pull['number']}",
                    {"project": project.name, "number": pull["number"], "url": pull.get("html_url"), "action": action,
@@ -142,12 +203,9 @@ class DependencyUpdatesJob:
                                   f"{len(found.updates)} update(s): {pull.get('html_url', '')}",
                           ("dependency_updates", project.name, action)))  # fmt: skip
 
-    def _security(self, ctx: JobContext, project: Project, folder: Path, lock: Lockfile,
+    def _security(self, ctx: JobContext, project: Project, folder: Path, found: list[patches.Finding],
                   problems: list[str]) -> list[dict[str, Any]]:  # fmt: skip
         """Each advisory on the project: its in-range fix (a dedicated pull request in that mode) or why none."""
-        found, gaps = patches.findings(lock, self.options.registry, self.options.advisories, self.options.osv_url)
-        problems += [f"{project.name}: advisories not checked: {g['source']}: {g['error']}" for g in gaps
-                     if g["effect"] != "advisories were checked with OSV instead"]  # fmt: skip
         out: list[dict[str, Any]] = []
         for finding in found:
             advisory = finding.advisory

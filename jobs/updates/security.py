@@ -35,7 +35,7 @@ class Finding:
         return str(self.advisory.get("id"))
 
 
-def _affects(advisory: dict[str, Any], version: str) -> bool:
+def affects(advisory: dict[str, Any], version: str) -> bool:
     return semver.satisfies(version, str(advisory.get("vulnerable_versions", "*")), include_prerelease=True)
 
 
@@ -57,13 +57,13 @@ def findings(lock: Lockfile, registry: str, sources: tuple[str, ...] = ("registr
             await client.close()
 
     answers = asyncio.run(ask()) or {}
-    targets = {(n, v) for n, v in lock.registry_packages if any(_affects(a, v) for a in answers.get(n, []))}
+    targets = {(n, v) for n, v in lock.registry_packages if any(affects(a, v) for a in answers.get(n, []))}
     tracer = Tracer(lock, targets)
     found = []
     for name, version in sorted(targets):
         via = [[d.name, *chain[1:]] for d in lock.importers.get(".", []) if d.source == "registry"
                for target, chain in tracer.reached(d.package).items() if target == (name, version)]  # fmt: skip
-        found += [Finding(name, version, a, via) for a in answers.get(name, []) if _affects(a, version)]
+        found += [Finding(name, version, a, via) for a in answers.get(name, []) if affects(a, version)]
     return found, gaps
 
 
@@ -76,7 +76,7 @@ def fix(name: str, folder: Path, registry: str, finding: Finding) -> tuple[Proje
         return None, str(exc)
     assert attempt.after is not None  # noqa: S101 - plan() always reads the new lockfile
     left = sorted(v for n, v in attempt.after.registry_packages
-                  if n == finding.package and _affects(finding.advisory, v))  # fmt: skip
+                  if n == finding.package and affects(finding.advisory, v))  # fmt: skip
     if left:
         through = f" through {', '.join(parents)}" if parents else ""
         return None, (f"no update within the ranges removes {finding.package}@{', '.join(left)} "

@@ -65,6 +65,8 @@ class Lockfile:
     """Packages resolved from git, a URL or the disk: in `packages`, never looked up by name."""
     edges: dict[Package, set[Package]] = field(default_factory=dict)
     overrides: set[str] = field(default_factory=set)
+    engines: dict[Package, str] = field(default_factory=dict)
+    """engines.node of the packages that state one (pnpm and npm lockfiles record it)."""
     """Names whose version the lockfile's `overrides` set, whatever a package.json asks for."""
     _chains: dict[Package, list[list[str]]] = field(default_factory=dict, repr=False)
 

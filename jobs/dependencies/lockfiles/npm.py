@@ -47,6 +47,9 @@ def _flat(lock: Lockfile, packages: dict[str, Any]) -> None:
         if loc and "node_modules/" in loc and not info.get("link"):
             here = (_name(loc, info), str(info.get("version", "")))
             lock.packages.add(here)
+            engines = info.get("engines")
+            if isinstance(engines, dict) and engines.get("node"):
+                lock.engines[here] = str(engines["node"])
             if not _registry_like(info, here[0]):
                 lock.foreign.add(here)
             deps = {**info.get("dependencies", {}), **info.get("optionalDependencies", {})}

@@ -48,6 +48,9 @@ def read(path: Path, text: str) -> Lockfile:
     for key, info in (doc.get("packages") or {}).items():
         package = _key(str(key), major)
         lock.packages.add(package)
+        engines = (info or {}).get("engines")
+        if isinstance(engines, dict) and engines.get("node"):
+            lock.engines[package] = str(engines["node"])
         if not is_version(package[1]) or ((info or {}).get("resolution") or {}).get("type") in ("git", "directory"):
             lock.foreign.add(package)
         if major < 9:
