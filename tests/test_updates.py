@@ -328,3 +328,32 @@ def test_security_fix_opens_its_own_pull_request_titled_with_the_advisory(
     assert "https://github.com/advisories/GHSA-76c9-3jph-rj3q" in security["body"]
     pull_request_run(tmp_path, env, registry, github)
     assert len(repo.pulls) == 2  # refreshed on the next run, not duplicated
+
+
+def test_patch_mode_holds_back_minor_steps(tmp_path: Path, env: dict[str, str], registry: ReplayRegistry,
+                                           with_pnpm: None) -> None:  # fmt: skip
+    """`update: patch`: only patch steps are planned; express's minor step (4.21 → 4.22) is held back and named."""
+    import json
+
+    from tests.conftest import opskeeper, write
+
+    project = shutil.copytree(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    config = write(tmp_path / "jobs.yaml", f"""\
+jobs:
+  - id: monthly-updates
+    kind: dependency_updates
+    schedule: "0 7 1 * *"
+    options:
+      update: patch
+      security: "off"
+      registry: "{registry.url}"
+      projects: [{{name: server, path: "{project}"}}]
+""")  # fmt: skip
+    result = opskeeper("run-now", "monthly-updates", "--config", str(config), "--json",
+                       env={**env, "PATH": os.environ["PATH"]})  # fmt: skip
+    assert result.stdout.startswith("{"), result.stderr
+    out = json.loads(result.stdout)
+    [server] = out["details"]["projects"]
+    assert server["updates"]
+    assert all(u["kind"] == "patch" for u in server["updates"])
+    assert "express" in {u["name"] for u in server["held"]}

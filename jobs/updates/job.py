@@ -33,8 +33,9 @@ class DependencyUpdatesOptions(JobOptions):
 
     projects: tuple[Project, ...]
     mode: Literal["dry_run", "pull_request"] = "dry_run"
-    update: Literal["in_range"] = "in_range"
-    """What `pnpm update` does without `--latest`: the newest versions the ranges allow."""
+    update: Literal["in_range", "minor", "patch"] = "in_range"
+    """in_range: what `pnpm update` does without `--latest`. minor and patch hold back any direct dependency
+    whose in-range update is a bigger step (its others still move)."""
     ignore: tuple[str, ...] = ()
     registry: str = NPM_REGISTRY
     security: Literal["immediate", "off"] = "immediate"
@@ -135,7 +136,7 @@ class DependencyUpdatesJob:
                         folder = fetch_github(project.github, Path(scratch) / project.name)
                     else:
                         folder = Path.cwd() / str(project.path)
-                    found = plan(project.name, folder, self.options.registry, ignore=self.options.ignore)
+                    found = self._plan(project.name, folder)
                 except (PlanError, HttpError) as exc:
                     problems.append(str(exc))
                     continue
@@ -160,6 +161,19 @@ class DependencyUpdatesJob:
         status = Status.FAIL if problems else Status.WARN if any(p.updates for p in plans) or pending else Status.OK
         notes = [f"{s['package']}@{s['version']} {s['id']}: {s['reason']}" for s in pending if s.get("reason")]
         return Outcome(status, _summary(plans, problems + notes)[:500], details)
+
+    def _plan(self, name: str, folder: Path) -> ProjectPlan:
+        """The in-range plan, narrowed to `update`'s step: too-big steps are held back and the rest re-planned."""
+        too_big = {"in_range": (), "minor": ("major",), "patch": ("major", "minor")}[self.options.update]
+        ignore = list(self.options.ignore)
+        found = plan(name, folder, self.options.registry, ignore=ignore)
+        held = [u for u in found.updates if u["kind"] in too_big]
+        while held:  # a re-plan moves fewer packages, so this ends
+            ignore += [u["name"] for u in held]
+            found = plan(name, folder, self.options.registry, ignore=ignore)
+            found.held = [*found.held, *held]
+            held = [u for u in found.updates if u["kind"] in too_big]
+        return found
 
     def _latest(self, found: ProjectPlan) -> dict[str, str | None]:
         """The registry's `latest` of each direct dependency (for the majors held back); empty if it cannot say."""

@@ -42,11 +42,14 @@ class ProjectPlan:
     lockfile: str
     updates: list[dict[str, Any]] = field(default_factory=list)
     new_lockfile: bytes = b""
+    held: list[dict[str, Any]] = field(default_factory=list)
+    """Updates left out because they are a bigger step than the job's `update` allows."""
     before: Lockfile | None = field(default=None, repr=False)
     after: Lockfile | None = field(default=None, repr=False)
 
     def public(self) -> dict[str, Any]:
-        return {"name": self.name, "manager": self.manager, "lockfile": self.lockfile, "updates": self.updates}
+        return {"name": self.name, "manager": self.manager, "lockfile": self.lockfile, "updates": self.updates,
+                "held": self.held}  # fmt: skip
 
 
 def diff(before: Lockfile, after: Lockfile, importer: str = ".") -> list[dict[str, Any]]:
@@ -102,4 +105,6 @@ def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), 
             last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
             raise PlanError(f"{name}: {manager} update exited {done.returncode}: {' / '.join(last)[:400]}")
         after = read_lockfile(work / lockfile)
-        return ProjectPlan(name, manager, lockfile, diff(before, after), (work / lockfile).read_bytes(), before, after)
+        return ProjectPlan(
+            name, manager, lockfile, diff(before, after), (work / lockfile).read_bytes(), before=before, after=after
+        )
