@@ -327,3 +327,33 @@ def test_reviews_read_the_real_dependencies_report(tmp_path: Path, quiet_worker:
     assert project["majors_behind"] == ["dotenv", "express", "mongoose"]
     assert "shop-server: Node.js 18.20.4 (.nvmrc) is end-of-life" in [n["message"] for n in report["needs_attention"]]
     ledger.close()
+
+
+@pytest.mark.parametrize(("scopes", "found"), [("repo, admin:org, delete_repo", "admin:org, delete_repo"),
+                                               ("repo", None), (None, None)])  # fmt: skip
+def test_the_update_tokens_scopes_are_listed(tmp_path: Path, quiet_worker: Path, monkeypatch: pytest.MonkeyPatch,
+                                             scopes: str | None, found: str | None) -> None:  # fmt: skip
+    """The token dependency_updates writes with: its scopes as GitHub reports them, and a finding for any extra."""
+    from tests.fixtures.github_standin import GitHubStandIn
+    from worker import registry
+    from worker.schedule import load_config
+
+    github = GitHubStandIn()
+    github.repo("acme/shop").seed("main", {"README.md": b"# shop\n"})
+    github.scopes = scopes
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_TestToken00000000000000000000")
+    try:
+        config = load_config(write(tmp_path / "jobs.yaml", f"""jobs:
+  - id: updates
+    kind: dependency_updates
+    schedule: "0 7 1 * *"
+    options:
+      mode: pull_request
+      projects: [{{name: server, github: {{repo: acme/shop, ref: main, path: server, api_url: "{github.url}"}}}}]
+"""), registry.OPTIONS)  # fmt: skip
+        outcome = run({}, jobs={j.id: j for j in config.jobs})
+    finally:
+        github.close()
+    assert outcome.details["checked"]["github_token_scopes"] == (scopes or "not reported (a fine-grained token)")
+    titles = [f["title"] for f in outcome.details["findings"] if f["check"] == "github.token_scopes"]
+    assert titles == ([f"GITHUB_TOKEN has scopes pull requests do not need: {found}"] if found else [])

@@ -343,6 +343,7 @@ class SecurityReviewJob:
         if opts.atlas is not None:
             attempt("atlas", lambda: self._atlas(findings))
         attempt("worker", lambda: self._worker(findings))
+        attempt("github", lambda: self._github(ctx, findings, checked))
         if ctx.history is not None:
             findings += dependency_findings(ctx.history.runs(now - _LOOKBACK, now, ("dependencies",)))
         findings.sort(key=lambda f: (_ORDER[f.severity], f.check))
@@ -415,6 +416,27 @@ class SecurityReviewJob:
             users = api.get(f"{group}/databaseUsers", "2023-01-01")
             cluster = api.get(f"{group}/clusters/{target.cluster}", "2024-08-05")
         findings += atlas_findings(access, users, cluster, target.cluster)
+
+    def _github(self, ctx: JobContext, findings: list[Finding], checked: dict[str, Any]) -> None:
+        """The token dependency_updates writes with: the scopes GitHub reports for it (classic tokens say)."""
+        sources = [p.github for spec in ctx.jobs.values() if spec.kind == "dependency_updates"
+                   for p in spec.options.projects if p.github is not None]  # fmt: skip
+        if not sources or not os.environ.get("GITHUB_TOKEN"):
+            return
+        from worker.vendors.github import GitHub
+
+        with GitHub(sources[0].repo, api_url=sources[0].api_url) as github:
+            response = github.api.get(f"/repos/{sources[0].repo}")
+        scopes = response.headers.get("x-oauth-scopes")
+        checked["github_token_scopes"] = scopes if scopes is not None else "not reported (a fine-grained token)"
+        extra = sorted({s.strip() for s in (scopes or "").split(",") if s.strip()} - {"repo", "public_repo"})
+        if extra:
+            findings.append(Finding(
+                "github.token_scopes", "medium",
+                f"GITHUB_TOKEN has scopes pull requests do not need: {', '.join(extra)}",
+                f"GitHub reports the token's scopes as {scopes!r}",
+                "use a fine-grained token on the app's repository with Contents and Pull requests: read and write",
+            ))  # fmt: skip
 
     def _worker(self, findings: list[Finding]) -> None:
         if not os.environ.get("SENTRY_DSN", "").strip():
