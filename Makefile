@@ -45,6 +45,7 @@ bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/backup.py
 	$(VENV)/bin/python bench/restore.py
 	$(VENV)/bin/python bench/deps.py
+	$(VENV)/bin/python bench/updates.py
 	$(VENV)/bin/python bench/review.py
 	$(VENV)/bin/python bench/status.py
 	$(VENV)/bin/python bench/failover.py
