@@ -260,7 +260,11 @@ def test_everything_down_is_an_error_and_still_prints_the_document(
                        env=env, timeout=120)  # fmt: skip
     assert result.code == 3
     last = result.stderr.strip().splitlines()[-1]
-    wanted = rf"opskeeper: nothing could be checked: npm registry: (GET|POST) {re.escape(registry.url)}/\S+: HTTP 503.*"
+    # One line, every source in a fixed order: the registry's documents, its advisories, OSV, Node.js data.
+    wanted = (rf"opskeeper: nothing could be checked: 10 of 10 package documents could not be fetched \(.*\): "
+              rf"npm registry: GET {re.escape(registry.url)}/\S+: HTTP 503 after 4 attempts; npm registry: POST "
+              rf"{re.escape(registry.url)}/-/npm/v1/security/advisories/bulk: HTTP 503 after 4 attempts; OSV: .*; "
+              rf"Node.js release data: GET {re.escape(registry.url)}/node/\S+: HTTP 503 after 4 attempts")  # fmt: skip
     assert re.fullmatch(wanted, last), result.stderr
     assert "Traceback" not in result.stderr
     assert "never retrieved" not in result.stderr

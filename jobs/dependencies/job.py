@@ -502,6 +502,9 @@ async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping
     asked = direct_names | affected
     registry_answered = bool(asked) and len(registry.failures) < len(asked)
     nothing = bool(targets) and not registry_answered and answered is None and runtime is None
+    # The sources are asked concurrently: name their gaps in one fixed order, whichever failed first.
+    order = ["github", "registry", "advisories (registry)", "advisories (osv)", "Node.js release data"]
+    gaps.sort(key=lambda g: order.index(g["source"]) if g["source"] in order else len(order))
     return Checked(reports, gaps, nothing_checked=nothing or (not targets and bool(gaps)))
 
 
