@@ -120,6 +120,12 @@ class LocalRegistry:
                     return self._send(200, json.dumps({"results": results}).encode(), {})
                 registry.posts += 1
                 registry.posted.append(asked)
+                # As strict as the registry: an object of package name -> list of version strings.
+                if not isinstance(asked, dict) or not all(
+                    _NPM_NAME.match(n) and isinstance(v, list) and all(isinstance(x, str) for x in v)
+                    for n, v in asked.items()
+                ):
+                    return self._send(400, b'{"error": "Invalid package name or versions"}', {})
                 if registry.down:
                     return self._send(503, b"{}", {})
                 if registry.bulk_status != 200:

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import tempfile
-from collections import deque
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -23,7 +22,7 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from jobs.dependencies import semver
-from jobs.dependencies.lockfiles import Lockfile, LockfileError, Package
+from jobs.dependencies.lockfiles import LockfileError, Package, Tracer
 from jobs.dependencies.node import Declared, Release, assess_declared, codenames, declared_runtime, engines, parse_index
 from jobs.dependencies.project import Located, Lockfiles, disagreements, drift, locate
 from worker.http import HttpError
@@ -243,36 +242,6 @@ def fixed_in(vulnerable: str, current: str, versions: list[str]) -> str | None:
 def _affects(advisory: Mapping[str, Any], version: str) -> bool:
     """npm audit's test: satisfies(version, vulnerable_versions, {includePrerelease, loose}) (reference §12)."""
     return semver.satisfies(version, str(advisory.get("vulnerable_versions", "*")), include_prerelease=True)
-
-
-class Tracer:
-    """Chains from direct dependencies to vulnerable packages, one graph walk per distinct direct package."""
-
-    def __init__(self, lock: Lockfile, targets: set[Package]) -> None:
-        self.lock, self.targets = lock, targets
-        self._from: dict[Package, dict[Package, list[str]]] = {}
-
-    def reached(self, start: Package) -> dict[Package, list[str]]:
-        """target -> the shortest chain of names from `start` to it."""
-        if start not in self._from:
-            found: dict[Package, list[str]] = {}
-            parent: dict[Package, Package | None] = {start: None}
-            queue = deque([start])
-            while queue:
-                here = queue.popleft()
-                if here in self.targets:
-                    chain: list[str] = []
-                    step: Package | None = here
-                    while step is not None:
-                        chain.append(step[0])
-                        step = parent[step]
-                    found[here] = chain[::-1]
-                for nxt in self.lock.edges.get(here, ()):
-                    if nxt not in parent:
-                        parent[nxt] = here
-                        queue.append(nxt)
-            self._from[start] = found
-        return self._from[start]
 
 
 def _node_for(located: Located, runtime: Mapping[str, Any] | None) -> dict[str, Any] | None:

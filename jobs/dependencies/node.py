@@ -14,6 +14,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from jobs.dependencies import semver
+from jobs.dependencies.lockfiles.model import LockfileError, read_manifest
+
 
 @dataclass(frozen=True)
 class Release:
@@ -86,14 +89,13 @@ def _runtime_files(folder: Path) -> list[tuple[str, str]]:
 
 def engines(folder: Path) -> str | None:
     """package.json's `engines.node` (a UTF-8 byte-order mark tolerated), or None."""
-    package = folder / "package.json"
-    if not package.is_file():
+    if not (folder / "package.json").is_file():
         return None
     try:
-        doc = json.loads(package.read_text(encoding="utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        doc = read_manifest(folder / "package.json")
+    except LockfileError:  # the project check names an unreadable package.json; here it just declares nothing
         return None
-    node = ((doc.get("engines") or {}) if isinstance(doc, dict) else {}).get("node")
+    node = (doc.get("engines") or {}).get("node") if isinstance(doc.get("engines"), dict) else None
     return str(node) if node else None
 
 
@@ -127,8 +129,6 @@ def satisfying_lines(spec: str, schedule: Mapping[str, Any], releases: list[Rele
     A line counts if any of its known releases, its first (x.0.0) or a far later one
     (x.999999.0, for a line newer than the index) satisfies the range, with npm's semver.
     """
-    from jobs.dependencies import semver
-
     lines = sorted((int(key[1:]) for key in schedule if re.fullmatch(r"v\d+", key)), reverse=True)
     by_line: dict[int, list[str]] = {}
     for release in releases:

@@ -184,10 +184,6 @@ def _comparator(text: str) -> Comparator:
     return Comparator(operator, semver)
 
 
-def _sub(pattern: re.Pattern[str], text: str, fn: Callable[[re.Match[str]], str], count: int = 1) -> str:
-    return pattern.sub(fn, text, count=count)
-
-
 def _tilde(comp: str, z: str) -> str:
     def repl(m: re.Match[str]) -> str:
         major, minor, patch, pre = m[1], m[2], m[3], m[4]
@@ -201,7 +197,7 @@ def _tilde(comp: str, z: str) -> str:
             return f">={major}.{minor}.{patch}-{pre} <{major}.{int(minor) + 1}.0-0"
         return f">={major}.{minor}.{patch} <{major}.{int(minor) + 1}.0-0"
 
-    return _sub(TILDE, comp, repl)
+    return TILDE.sub(repl, comp, count=1)
 
 
 def _caret(comp: str, z: str) -> str:
@@ -222,7 +218,7 @@ def _caret(comp: str, z: str) -> str:
             return f"{low} <{major}.{int(minor) + 1}.0-0"
         return f"{low} <{int(major) + 1}.0.0-0"
 
-    return _sub(CARET, comp, repl)
+    return CARET.sub(repl, comp, count=1)
 
 
 def _xrange(comp: str, include_prerelease: bool) -> str:
@@ -263,7 +259,7 @@ def _xrange(comp: str, include_prerelease: bool) -> str:
             return f">={major}.{minor}.0{pr} <{major}.{int(minor) + 1}.0-0"
         return m[0]
 
-    return _sub(XRANGE, comp, repl)
+    return XRANGE.sub(repl, comp, count=1)
 
 
 def _hyphen(include_prerelease: bool) -> Callable[[re.Match[str]], str]:

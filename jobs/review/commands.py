@@ -106,7 +106,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _when(moment: object) -> str:
-    return str(moment)[:16].replace("T", " ") if moment else "-"
+    from jobs.review.page import short_time
+
+    return short_time(moment, "-")
 
 
 def _print_status(status: dict[str, Any]) -> None:

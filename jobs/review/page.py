@@ -127,9 +127,13 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def short_time(moment: object, missing: str = "–") -> str:
+    """`2026-12-01T15:21:09.960000+00:00` -> `2026-12-01 15:21`: UTC, stated once where the times are shown."""
+    return str(moment)[:16].replace("T", " ") if moment else missing
+
+
 def _when(moment: str | None, missing: str = "–") -> str:
-    """`2026-12-01T15:21:09.960000+00:00` -> `2026-12-01 15:21` (the page states UTC once, at the top)."""
-    return escape(moment[:16].replace("T", " ")) if moment else missing
+    return escape(short_time(moment, missing))
 
 
 def _mb(size: float | None) -> str:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobs.deploys.history import ServiceHistory, state_key
+from worker.job import CheckRecord
 from worker.ledger import DayOfChecks, Ledger
 from worker.schedule import ScheduleConfig
 from worker.timespec import upcoming
@@ -61,17 +62,18 @@ def _jobs(config: ScheduleConfig, ledger: Ledger, now: datetime) -> list[dict[st
 
 
 def _endpoints(ledger: Ledger, days: list[DayOfChecks], now: datetime) -> list[dict[str, Any]]:
-    recent = ledger.checks(now - timedelta(hours=24))
-    newest = {(c.job_id, c.endpoint): c for c in recent}  # oldest first: the last one wins
+    recent: dict[tuple[str, str], list[CheckRecord]] = {}
+    for check in ledger.checks(now - timedelta(hours=24)):  # oldest first
+        recent.setdefault((check.job_id, check.endpoint), []).append(check)
     by_endpoint: dict[tuple[str, str], list[DayOfChecks]] = {}
     for day in days:
         by_endpoint.setdefault((day.job_id, day.endpoint), []).append(day)
     month = (now - timedelta(days=30)).date().isoformat()
     rows = []
-    for key in sorted(set(by_endpoint) | set(newest)):
-        last = newest.get(key)
+    for key in sorted(set(by_endpoint) | set(recent)):
+        mine = recent.get(key, [])
+        last = mine[-1] if mine else None
         day_rows = by_endpoint.get(key, [])
-        mine = [c for c in recent if (c.job_id, c.endpoint) == key]
         failed = sum(1 for c in mine if c.verdict == "fail")
         rows.append({
             "job_id": key[0], "endpoint": key[1], "state": last.state if last else "UNKNOWN",

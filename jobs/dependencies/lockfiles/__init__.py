@@ -22,13 +22,14 @@ from jobs.dependencies.lockfiles.model import (
     Lockfile,
     LockfileError,
     Package,
+    Tracer,
     declared,
     read_manifest,
     spec_source,
 )  # fmt: skip
 
-__all__ = ["GROUPS", "LOCKFILE_NAMES", "UNSUPPORTED", "Direct", "Lockfile", "LockfileError", "Package", "declared",
-           "read_lockfile", "read_manifest", "spec_source"]  # fmt: skip
+__all__ = ["GROUPS", "LOCKFILE_NAMES", "UNSUPPORTED", "Direct", "Lockfile", "LockfileError", "Package", "Tracer",
+           "declared", "read_lockfile", "read_manifest", "spec_source"]  # fmt: skip
 
 
 def read_lockfile(path: Path) -> Lockfile:

@@ -68,7 +68,6 @@ class Lockfile:
     engines: dict[Package, str] = field(default_factory=dict)
     """engines.node of the packages that state one (pnpm and npm lockfiles record it)."""
     """Names whose version the lockfile's `overrides` set, whatever a package.json asks for."""
-    _chains: dict[Package, list[list[str]]] = field(default_factory=dict, repr=False)
 
     @property
     def registry_packages(self) -> set[Package]:
@@ -76,31 +75,46 @@ class Lockfile:
 
     def via(self, target: Package, importer: str | None = None) -> list[list[str]]:
         """For each direct dependency (of `importer`, or of any) that leads to `target`, the shortest chain of names."""
-        chains = []
-        seen: set[str] = set()
-        folders = [importer] if importer is not None else list(self.importers)
-        for folder in folders:
+        tracer, chains, seen = Tracer(self, {target}), [], set()
+        for folder in [importer] if importer is not None else list(self.importers):
             for direct in self.importers.get(folder, []):
                 if direct.name in seen or direct.source != "registry":
                     continue
-                chain = self._path(direct.package, target)
+                chain = tracer.reached(direct.package).get(target)
                 if chain is not None:
                     seen.add(direct.name)
-                    chains.append([direct.name, *[name for name, _ in chain[1:]]])
+                    chains.append([direct.name, *chain[1:]])
         return chains
 
-    def _path(self, start: Package, target: Package) -> list[Package] | None:
-        queue: deque[list[Package]] = deque([[start]])
-        seen = {start}
-        while queue:
-            path = queue.popleft()
-            if path[-1] == target:
-                return path
-            for nxt in self.edges.get(path[-1], ()):
-                if nxt not in seen:
-                    seen.add(nxt)
-                    queue.append([*path, nxt])
-        return None
+
+class Tracer:
+    """Chains from direct dependencies to vulnerable packages, one graph walk per distinct direct package."""
+
+    def __init__(self, lock: Lockfile, targets: set[Package]) -> None:
+        self.lock, self.targets = lock, targets
+        self._from: dict[Package, dict[Package, list[str]]] = {}
+
+    def reached(self, start: Package) -> dict[Package, list[str]]:
+        """target -> the shortest chain of names from `start` to it."""
+        if start not in self._from:
+            found: dict[Package, list[str]] = {}
+            parent: dict[Package, Package | None] = {start: None}
+            queue = deque([start])
+            while queue:
+                here = queue.popleft()
+                if here in self.targets:
+                    chain: list[str] = []
+                    step: Package | None = here
+                    while step is not None:
+                        chain.append(step[0])
+                        step = parent[step]
+                    found[here] = chain[::-1]
+                for nxt in self.lock.edges.get(here, ()):
+                    if nxt not in parent:
+                        parent[nxt] = here
+                        queue.append(nxt)
+            self._from[start] = found
+        return self._from[start]
 
 
 _GIT = re.compile(r"^(git\+|git://|github:|gitlab:|bitbucket:|gist:)|^[A-Za-z0-9][\w.-]*/[\w.-]+(#.*)?$")
