@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.dependencies import semver
-from jobs.dependencies.job import DependenciesOptions, Tracer, advisory_answers
+from jobs.dependencies.job import DependenciesOptions, advisory_answers
+from jobs.dependencies.lockfiles import Tracer
 from jobs.dependencies.lockfiles import Lockfile
 from jobs.updates.planner import PlanError, ProjectPlan, plan
 from worker.vendors.npm import Registry
