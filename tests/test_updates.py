@@ -167,6 +167,27 @@ jobs:
     assert "project(s) server need github: {repo, ref, path}" in result.stderr
 
 
+def test_validate_warns_when_no_package_manager_is_on_path(tmp_path: Path, env: dict[str, str]) -> None:
+    """`validate` on a machine without npm or pnpm still passes, and names the missing tools and the image flag."""
+    from tests.conftest import opskeeper, write
+
+    config = write(tmp_path / "jobs.yaml", """\
+jobs:
+  - id: monthly-updates
+    kind: dependency_updates
+    schedule: "0 7 1 * *"
+    options: {projects: [{name: server, path: server}]}
+""")  # fmt: skip
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    result = opskeeper("validate", "--config", str(config), env={**env, "PATH": str(bare)})
+    assert result.code == 0, result.stderr
+    assert "WARNING: job 'monthly-updates' (dependency_updates): neither pnpm nor npm is on PATH" in result.stderr
+    assert "OPSKEEPER_WITH_NODE=true" in result.stderr
+    with_npm = opskeeper("validate", "--config", str(config), env={**env, "PATH": os.environ["PATH"]})
+    assert with_npm.code == 0 and "WARNING" not in with_npm.stderr
+
+
 @pytest.fixture
 def github() -> Iterator[Any]:
     from tests.fixtures.github_standin import GitHubStandIn

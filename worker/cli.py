@@ -23,6 +23,7 @@ from jobs.review import commands as review_commands
 from worker import children, commands
 from worker.commands import EXIT_CONFIG, CliError, Commands, Parser, add_config_option
 from worker.http import HttpConfigError
+from worker.job import JobOptions
 from worker.leadership import Presence, instance_id
 from worker.ledger import describe_place, lost_on_deploy
 from worker.reporting.log import configure, get_logger
@@ -94,6 +95,11 @@ def parser() -> argparse.ArgumentParser:
 def _validate(args: argparse.Namespace, settings: Settings) -> int:
     config = commands.schedule(args, settings)
     print(f"OK: {len(config.jobs)} jobs")
+    # A missing tool is a warning, not a failed deploy: which tool a project needs is only known when its
+    # lockfile is read, at run time.
+    for job in config.jobs:
+        for line in job.options.missing() if job.enabled and isinstance(job.options, JobOptions) else []:
+            print(f"WARNING: job {job.id!r} ({job.kind}): {line}", file=sys.stderr)
     return 0
 
 

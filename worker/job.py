@@ -134,6 +134,11 @@ class JobOptions(BaseModel):
         (a deploys job that rolls back follows its health jobs, so it acts on the DOWN within a second)."""
         return frozenset()
 
+    def missing(self) -> list[str]:
+        """What this machine lacks for the job to run (a tool not on PATH), each as one sentence; `validate`
+        prints them, so a deploy without the tool says so before the first run fails."""
+        return []
+
 
 class StateStore(Protocol):
     """Per-job memory that survives runs and restarts (key -> JSON value)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,7 @@ from jobs.dependencies import semver
 from jobs.dependencies.job import Project, fetch_github, update_kind
 from jobs.dependencies.node import declared_runtime
 from jobs.updates import security as patches
-from jobs.updates.planner import PlanError, ProjectPlan, plan
+from jobs.updates.planner import MANAGERS, PlanError, ProjectPlan, plan
 from worker.http import HttpError
 from worker.job import JobContext, JobOptions, Notice, Outcome, Status
 from worker.vendors.github import GitHub
@@ -47,6 +48,12 @@ class DependencyUpdatesOptions(JobOptions):
 
     def follows(self) -> frozenset[str]:
         return frozenset(self.after)
+
+    def missing(self) -> list[str]:
+        if any(shutil.which(tool) for tool in MANAGERS):
+            return []
+        return [f"neither {' nor '.join(MANAGERS)} is on PATH, and this kind runs the project's own package manager "
+                "(in the Docker image: build it with OPSKEEPER_WITH_NODE=true)"]  # fmt: skip
 
     @model_validator(mode="after")
     def _from_github(self) -> DependencyUpdatesOptions:
