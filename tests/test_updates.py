@@ -27,10 +27,15 @@ TOOLS = ROOT / "var" / "tools" / "node_modules" / ".bin"
 
 
 class ReplayRegistry:
-    """Serves the recorded documents; anything not recorded is a 404, as an unknown package is."""
+    """Serves the recorded documents; anything not recorded is a 404, as an unknown package is.
 
-    def __init__(self) -> None:
+    `hidden` leaves versions out (with their times, and `latest` moved to the newest one left), as the
+    registry answered before they were published.
+    """
+
+    def __init__(self, hidden: dict[str, set[str]] | None = None) -> None:
         self.asked: list[str] = []
+        hide = hidden or {}
         self.posted: list[dict[str, Any]] = []
         registry = self
 
@@ -40,6 +45,8 @@ class ReplayRegistry:
                 registry.asked.append(name)
                 path = RECORDED / f"{quote(name, safe='')}.json.gz"
                 body = gzip.decompress(path.read_bytes()) if path.is_file() else b'{"error": "Not found"}'
+                if path.is_file() and name in hide:
+                    body = json.dumps(before_release(json.loads(body), hide[name])).encode()
                 self.send_response(200 if path.is_file() else 404)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -68,6 +75,16 @@ class ReplayRegistry:
         self.server = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+
+
+def before_release(document: dict[str, Any], versions: set[str]) -> dict[str, Any]:
+    """The document as it was before `versions` were published."""
+    from jobs.dependencies import semver
+
+    kept = {v: info for v, info in document["versions"].items() if v not in versions}
+    times = {v: t for v, t in (document.get("time") or {}).items() if v not in versions}
+    newest = max(kept, key=lambda v: semver.parse(v).key)  # type: ignore[union-attr]
+    return {**document, "versions": kept, "time": times, "dist-tags": {**document["dist-tags"], "latest": newest}}
 
 
 @pytest.fixture
@@ -185,7 +202,8 @@ jobs:
     assert "WARNING: job 'monthly-updates' (dependency_updates): neither pnpm nor npm is on PATH" in result.stderr
     assert "OPSKEEPER_WITH_NODE=true" in result.stderr
     with_npm = opskeeper("validate", "--config", str(config), env={**env, "PATH": os.environ["PATH"]})
-    assert with_npm.code == 0 and "WARNING" not in with_npm.stderr
+    assert with_npm.code == 0
+    assert "WARNING" not in with_npm.stderr
 
 
 @pytest.fixture
@@ -378,3 +396,95 @@ jobs:
     assert server["updates"]
     assert all(u["kind"] == "patch" for u in server["updates"])
     assert "express" in {u["name"] for u in server["held"]}
+
+
+MORGAN_LATER = {"morgan": {"1.10.1", "1.11.0", "1.12.0", "1.12.1"}}
+"""morgan's releases after on-headers 1.1.0 fixed GHSA-76c9-3jph-rj3q: hidden, no parent's release takes the fix."""
+
+
+@pytest.fixture
+def before_morgan_fix() -> Iterator[ReplayRegistry]:
+    server = ReplayRegistry(hidden=MORGAN_LATER)
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def test_a_transitive_fix_no_parent_takes_yet_becomes_a_pnpm_override_pull_request(
+    tmp_path: Path, env: dict[str, str], before_morgan_fix: ReplayRegistry, github: Any, with_pnpm: None
+) -> None:
+    """No morgan release takes on-headers 1.1.0 yet: the security PR adds an override in pnpm-workspace.yaml."""
+    import yaml
+
+    repo = github.repo("acme/shop")
+    out = pull_request_run(tmp_path, env, before_morgan_fix, github)
+    [entry] = [s for s in out["details"]["projects"][0]["security"] if s["package"] == "on-headers"]
+    assert entry["fix"] == [{"name": "on-headers", "from": "1.0.2", "to": "1.1.0", "kind": "minor",
+                             "group": "override"}], entry  # fmt: skip
+    branch = repo.refs["opskeeper/security/server/1106212"]
+    files, base = repo.files(branch), repo.files(repo.refs["main"])
+    assert {p for p, d in files.items() if base.get(p) != d} == {"server/pnpm-workspace.yaml", "server/pnpm-lock.yaml"}
+    assert yaml.safe_load(files["server/pnpm-workspace.yaml"]) == {"overrides": {"on-headers@1.0.2": "^1.1.0"}}
+    lock = yaml.safe_load(files["server/pnpm-lock.yaml"])
+    assert lock["overrides"] == {"on-headers@1.0.2": "^1.1.0"}  # pnpm itself applied it
+    assert "morgan@1.10.0" in lock["packages"]  # the parent did not move
+    assert "on-headers@1.1.0" in lock["packages"]
+    assert "on-headers@1.0.2" not in lock["packages"]
+    security = next(p for p in repo.pulls if p["title"].startswith("Fix "))
+    assert "adds an override for the vulnerable version in `pnpm-workspace.yaml`" in security["body"]
+    assert "Remove it once morgan releases a version that takes the fix" in security["body"]
+
+
+def test_a_transitive_fix_becomes_an_npm_override_in_package_json(
+    tmp_path: Path, before_morgan_fix: ReplayRegistry
+) -> None:
+    """npm project, no morgan release with the fix: package.json gains `overrides`, its formatting kept."""
+    from jobs.updates.security import findings, fix
+
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not on PATH")
+    project = shutil.copytree(ROOT / "tests" / "fixtures" / "projects" / "mern-server-npm", tmp_path / "server")
+    before = digest(project)
+    result = plan("server", project, before_morgan_fix.url)
+    assert result.before is not None
+    [finding] = [f for f in findings(result.before, before_morgan_fix.url)[0] if f.package == "on-headers"]
+    fixed, reason = fix("server", project, before_morgan_fix.url, finding)
+    assert fixed is not None, reason
+    assert set(fixed.files) == {"package.json", "package-lock.json"}
+    original = (project / "package.json").read_text()
+    edited = fixed.files["package.json"].decode()
+    assert json.loads(edited) == {**json.loads(original), "overrides": {"on-headers@1.0.2": "^1.1.0"}}
+    assert edited.splitlines()[1].startswith('  "')
+    assert edited.endswith("\n")
+    assert fixed.after is not None
+    assert {v for n, v in fixed.after.registry_packages if n == "on-headers"} == {"1.1.0"}
+    assert {v for n, v in fixed.after.registry_packages if n == "morgan"} == {"1.10.0"}
+    assert digest(project) == before  # the project itself is untouched
+
+
+def test_overrides_are_added_by_line_and_refused_where_they_cannot_be() -> None:
+    """pnpm-workspace.yaml keeps every other line; a flow-style block or an existing entry is refused by name."""
+    from jobs.updates.planner import PlanError
+    from jobs.updates.security import with_overrides
+
+    text = "packages:\n  - client\n# pinned for a reason\noverrides:\n    lodash: ^4.17.21\ncatalog:\n  react: ^19\n"
+    out = with_overrides(text, {"on-headers@1.0.2": "^1.1.0"})
+    assert out == text.replace("overrides:\n", 'overrides:\n    "on-headers@1.0.2": "^1.1.0"\n')
+    added = with_overrides("packages: [a]", {"x@1.0.0": "^1.0.1"})
+    assert added == 'packages: [a]\noverrides:\n  "x@1.0.0": "^1.0.1"\n'
+    with pytest.raises(PlanError, match=r"not a block opskeeper can add to by line; add x@1.0.0: \^1.0.1"):
+        with_overrides("overrides: {lodash: ^4}\n", {"x@1.0.0": "^1.0.1"})
+    with pytest.raises(PlanError, match=r"already overrides x@1.0.0"):
+        with_overrides("overrides:\n  x@1.0.0: 2.0.0\n", {"x@1.0.0": "^1.0.1"})
+
+
+def test_the_override_target_is_the_first_fixed_release_in_the_same_major() -> None:
+    """on-headers-like history: 1.0.3 is deprecated, 2.0.0 is newer, so 1.1.0 is the target; a prerelease never is."""
+    from jobs.updates.security import first_fixed
+
+    document = {"versions": {"1.0.2": {}, "1.0.3": {"deprecated": "broken"}, "1.1.0-rc.1": {}, "1.1.0": {},
+                             "1.2.0": {}, "2.0.0": {}}}  # fmt: skip
+    advisory = {"vulnerable_versions": "<1.1.0"}
+    assert first_fixed(document, advisory, ["1.0.2"]) == "1.1.0"
+    assert first_fixed(document, {"vulnerable_versions": "<2.0.0"}, ["1.0.2"]) == "2.0.0"
+    assert first_fixed(document, {"vulnerable_versions": "*"}, ["1.0.2"]) is None

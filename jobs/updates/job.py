@@ -70,6 +70,11 @@ def branch_of(project: str) -> str:
     return f"opskeeper/updates/{project}"
 
 
+def in_repo(folder: str, files: dict[str, bytes]) -> dict[str, bytes]:
+    """The plan's files by their paths in the repository (the project's folder in front)."""
+    return {"/".join(p for p in (folder.strip("/"), name) if p): data for name, data in files.items()}
+
+
 def pull_body(plan: ProjectPlan, context: dict[str, Any] | None = None) -> str:
     """The pull request's text: the updates, the advisories they fix, the majors held back, engines to mind."""
     context = context or {}
@@ -212,9 +217,8 @@ class DependencyUpdatesJob:
                     ctx.record("pull_request", Status.OK, f"{project.name}: closed #{number}",
                                {"project": project.name, "number": number, "action": "closed"})  # fmt: skip
                 return
-            path = "/".join(p for p in (source.path.strip("/"), found.lockfile) if p)
             title = f"Update {project.name} dependencies ({len(found.updates)} in range)"
-            sha = github.commit_files(branch, source.ref, {path: found.new_lockfile}, title)
+            sha = github.commit_files(branch, source.ref, in_repo(source.path, found.files), title)
             pull, new = github.propose(branch, source.ref, title, pull_body(found, context))
         action = "opened" if new else "refreshed"
         ctx.record("pull_request", Status.OK, f"{project.name}: {action} #{pull['number']}",
@@ -263,9 +267,14 @@ class DependencyUpdatesJob:
                 f"{', '.join(' > '.join(c) for c in finding.via[:3]) or finding.package}.\n\nThe smallest in-range "
                 f"update that removes it, computed by `{fixed.manager} update` (lockfile-only, scripts off):\n\n"
                 f"| package | from | to | kind |\n|---|---|---|---|\n{rows}\n")  # fmt: skip
-        path = "/".join(p for p in (source.path.strip("/"), fixed.lockfile) if p)
+        if fixed.edited:
+            # The override path: say why a manifest changes, and when the override can go.
+            body += (f"\nNo in-range release of what pulls {finding.package} in takes the fix yet, so this adds an "
+                     f"override for the vulnerable version in `{'`, `'.join(sorted(fixed.edited))}`. Remove it once "
+                     f"{', '.join(sorted({c[0] for c in finding.via if c})) or 'its parent'} releases a version that "
+                     "takes the fix.\n")  # fmt: skip
         with GitHub(source.repo, api_url=source.api_url) as github:
-            sha = github.commit_files(branch, source.ref, {path: fixed.new_lockfile}, title)
+            sha = github.commit_files(branch, source.ref, in_repo(source.path, fixed.files), title)
             pull, new = github.propose(branch, source.ref, title, body)
         action = "opened" if new else "refreshed"
         ctx.record("pull_request", Status.OK, f"{project.name}: {action} #{pull['number']} for {finding.key}",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,17 @@ MANAGERS = {
     "npm": ("package-lock.json", ["update", "--package-lock-only", "--ignore-scripts", "--no-save", "--no-audit",
                                   "--no-fund"]),
 }  # fmt: skip
+#: The lockfile-only install that applies an edited manifest (an override added), moving nothing else.
+INSTALL = {
+    "pnpm": ["install", "--lockfile-only", "--ignore-scripts"],
+    "npm": ["install", "--package-lock-only", "--ignore-scripts", "--no-audit", "--no-fund"],
+}
+#: The files of a project the package manager reads (and an edit may change).
+PROJECT_FILES = ("package.json", "pnpm-workspace.yaml")
+
+Edit = Callable[[Path, str], list[str]]
+"""Changes the scratch copy before the package manager runs (given the folder and the manager); returns the
+names of the files it changed, which the plan then carries. Raises PlanError when it cannot."""
 
 
 class PlanError(Exception):
@@ -46,6 +57,13 @@ class ProjectPlan:
     """Updates left out because they are a bigger step than the job's `update` allows."""
     before: Lockfile | None = field(default=None, repr=False)
     after: Lockfile | None = field(default=None, repr=False)
+    edited: dict[str, bytes] = field(default_factory=dict)
+    """Files besides the lockfile that the plan changes (package.json or pnpm-workspace.yaml with an override)."""
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        """Every file the change writes, by its name in the project folder."""
+        return {**self.edited, self.lockfile: self.new_lockfile}
 
     def public(self) -> dict[str, Any]:
         return {"name": self.name, "manager": self.manager, "lockfile": self.lockfile, "updates": self.updates,
@@ -62,11 +80,13 @@ def diff(before: Lockfile, after: Lockfile, importer: str = ".") -> list[dict[st
 
 
 def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), only: Sequence[str] = (),
-         timeout: float = 600) -> ProjectPlan:  # fmt: skip
+         edit: Edit | None = None, timeout: float = 600) -> ProjectPlan:  # fmt: skip
     """Run the project's package manager on a scratch copy of `folder`; the project is left as it was.
 
     `only` names the packages to update (a vulnerable one and the direct dependencies that pin
-    it); otherwise every direct dependency but the `ignore`d ones.
+    it); otherwise every direct dependency but the `ignore`d ones. With `edit`, the copy is edited
+    first and the manager installs (lockfile-only) instead of updating, so only what the edit asks
+    for moves.
     """
     manager = next((m for m, (lockfile, _) in MANAGERS.items() if (folder / lockfile).is_file()), None)
     if manager is None:
@@ -83,9 +103,10 @@ def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), 
     with tempfile.TemporaryDirectory(prefix="opskeeper-updates-") as scratch:
         work = Path(scratch) / "project"
         work.mkdir()
-        for file in ("package.json", lockfile, "pnpm-workspace.yaml"):
+        for file in (*PROJECT_FILES, lockfile):
             if (folder / file).is_file():
                 shutil.copy2(folder / file, work / file)
+        edited = edit(work, manager) if edit is not None else []
         names = (
             [n for n in only if n not in ignore]
             if only
@@ -94,17 +115,19 @@ def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), 
         env = {"PATH": f"{Path(tool).parent}:/usr/bin:/bin", "HOME": scratch, "npm_config_cache": f"{scratch}/cache",
                "npm_config_registry": registry, "npm_config_store_dir": f"{scratch}/store",
                "npm_config_manage_package_manager_versions": "false", "CI": "1"}  # fmt: skip
-        args = [tool, *command, f"--registry={registry}", *(names if ignore or only else [])]
+        if edit is not None:
+            args = [tool, *INSTALL[manager], f"--registry={registry}"]
+        else:
+            args = [tool, *command, f"--registry={registry}", *(names if ignore or only else [])]
         try:
             # The tool is the one on PATH and the arguments are opskeeper's own; no shell is involved.
             done = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=timeout,  # noqa: S603
                                   check=False)  # fmt: skip
         except subprocess.TimeoutExpired:
-            raise PlanError(f"{name}: {manager} update did not finish within {timeout:g} s") from None
+            raise PlanError(f"{name}: {manager} {args[1]} did not finish within {timeout:g} s") from None
         if done.returncode != 0:
             last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
-            raise PlanError(f"{name}: {manager} update exited {done.returncode}: {' / '.join(last)[:400]}")
+            raise PlanError(f"{name}: {manager} {args[1]} exited {done.returncode}: {' / '.join(last)[:400]}")
         after = read_lockfile(work / lockfile)
-        return ProjectPlan(
-            name, manager, lockfile, diff(before, after), (work / lockfile).read_bytes(), before=before, after=after
-        )
+        return ProjectPlan(name, manager, lockfile, diff(before, after), (work / lockfile).read_bytes(), before=before,
+                           after=after, edited={f: (work / f).read_bytes() for f in edited})  # fmt: skip

@@ -5,20 +5,32 @@ The advisories come from the dependencies check's sources (the registry's bulk e
 when it fails). A fix updates the vulnerable package and the direct dependencies that pull
 it in: a transitive package is often pinned by its parent (morgan 1.10.0 pins on-headers
 ~1.0.2, and only morgan 1.10.1 takes 1.1.0), so updating it alone would change nothing.
+
+When no parent's in-range release takes the fix yet (the hours or weeks between the fixed
+package and its parents' releases), a transitive package gets an override instead: npm's
+`overrides` in package.json, pnpm's `overrides` in pnpm-workspace.yaml (where pnpm 10 and later
+read it; package.json's `pnpm.overrides` when the project already keeps them there). The key
+names the vulnerable installed version exactly (`on-headers@1.0.2`), so nothing else moves; the
+value is a caret on the first release outside the advisory's range, in the same major where
+there is one. The package manager then installs lockfile-only, and the fix counts only if no
+vulnerable version is left.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from jobs.dependencies import semver
-from jobs.dependencies.job import DependenciesOptions, advisory_answers
-from jobs.dependencies.lockfiles import Tracer
-from jobs.dependencies.lockfiles import Lockfile
-from jobs.updates.planner import PlanError, ProjectPlan, plan
+from jobs.dependencies.job import DependenciesOptions, advisory_answers, update_kind
+from jobs.dependencies.lockfiles import Lockfile, Tracer
+from jobs.updates.planner import Edit, PlanError, ProjectPlan, plan
 from worker.vendors.npm import Registry
 
 
@@ -68,18 +80,124 @@ def findings(lock: Lockfile, registry: str, sources: tuple[str, ...] = ("registr
     return found, gaps
 
 
-def fix(name: str, folder: Path, registry: str, finding: Finding) -> tuple[ProjectPlan | None, str]:
-    """The in-range update that removes every vulnerable version of the package, or None and why not."""
+def vulnerable_left(attempt: ProjectPlan, finding: Finding) -> list[str]:
+    assert attempt.after is not None  # noqa: S101 - plan() always reads the new lockfile
+    return sorted(v for n, v in attempt.after.registry_packages
+                  if n == finding.package and affects(finding.advisory, v))  # fmt: skip
+
+
+def fix(name: str, folder: Path, registry: str, finding: Finding, *,
+        overrides: bool = True) -> tuple[ProjectPlan | None, str]:  # fmt: skip
+    """The in-range update that removes every vulnerable version of the package (else, for a transitive
+    package, an override that does), or None and why not."""
     parents = sorted({chain[0] for chain in finding.via if chain})
     try:
         attempt = plan(name, folder, registry, only=[finding.package, *parents])
     except PlanError as exc:
         return None, str(exc)
-    assert attempt.after is not None  # noqa: S101 - plan() always reads the new lockfile
-    left = sorted(v for n, v in attempt.after.registry_packages
-                  if n == finding.package and affects(finding.advisory, v))  # fmt: skip
-    if left:
-        through = f" through {', '.join(parents)}" if parents else ""
-        return None, (f"no update within the ranges removes {finding.package}@{', '.join(left)} "
-                      f"({finding.advisory.get('vulnerable_versions')}){through}")  # fmt: skip
-    return attempt, ""
+    left = vulnerable_left(attempt, finding)
+    if not left:
+        return attempt, ""
+    through = f" through {', '.join(parents)}" if parents else ""
+    reason = (f"no update within the ranges removes {finding.package}@{', '.join(left)} "
+              f"({finding.advisory.get('vulnerable_versions')}){through}")  # fmt: skip
+    direct = attempt.before is not None and any(
+        d.name == finding.package for d in attempt.before.importers.get(".", []))  # fmt: skip
+    if direct or not overrides:
+        return None, reason + ("; it is a direct dependency, so its range in package.json must change" if direct
+                               else "")  # fmt: skip
+    target = asyncio.run(_first_fixed(registry, finding, left))
+    if target is None:
+        return None, f"{reason}, and no release of {finding.package} is outside the advisory's range"
+    value = f"^{target}"
+    try:
+        overridden = plan(name, folder, registry, edit=add_overrides({f"{finding.package}@{v}": value for v in left}))
+    except PlanError as exc:
+        return None, f"{reason}; an override to {value} failed: {exc}"
+    still = vulnerable_left(overridden, finding)
+    if still:
+        return None, f"{reason}; an override to {value} still leaves {finding.package}@{', '.join(still)}"
+    assert overridden.after is not None  # noqa: S101 - plan() always reads the new lockfile
+    moved = sorted({v for n, v in overridden.after.registry_packages if n == finding.package} - set(left))
+    if moved:  # the transitive move itself: a direct-dependency diff does not show it
+        overridden.updates += [{"name": finding.package, "from": old, "to": moved[0],
+                                "kind": update_kind(old, moved[0]), "group": "override"} for old in left]  # fmt: skip
+    return overridden, ""
+
+
+async def _first_fixed(registry: str, finding: Finding, left: list[str]) -> str | None:
+    client = Registry(registry, None, {}, 2)
+    try:
+        docs = await client.packages([finding.package])
+    finally:
+        await client.close()
+    return first_fixed(docs.get(finding.package), finding.advisory, left)
+
+
+def first_fixed(document: dict[str, Any] | None, advisory: dict[str, Any], installed: list[str]) -> str | None:
+    """The first release after the installed versions that the advisory does not cover, not deprecated, in
+    their major if there is one there (a caret on it then stays compatible with what the parent asked for). Pure."""
+    versions = (document or {}).get("versions") or {}
+    lowest = min((semver.parse(v) for v in installed), key=lambda v: v.key if v else (0,), default=None)
+    releases = sorted((parsed for v, info in versions.items() if not (info or {}).get("deprecated")
+                       for parsed in [semver.parse(v)] if parsed is not None and not parsed.prerelease
+                       and (lowest is None or lowest < parsed) and not affects(advisory, parsed.version)),
+                      key=lambda v: v.key)  # fmt: skip
+    if not releases:
+        return None
+    same = [v for v in releases if lowest is not None and v.major == lowest.major]
+    return (same or releases)[0].version
+
+
+def add_overrides(entries: dict[str, str]) -> Edit:
+    """An edit that adds override entries where the project's package manager reads them."""
+
+    def edit(folder: Path, manager: str) -> list[str]:
+        manifest = folder / "package.json"
+        text = manifest.read_text(encoding="utf-8-sig")
+        data = json.loads(text)
+        if manager == "npm" or "overrides" in (data.get("pnpm") or {}):
+            table = data.setdefault("overrides", {}) if manager == "npm" else data["pnpm"]["overrides"]
+            clash = sorted(set(entries) & set(table))
+            if clash:
+                raise PlanError(f"package.json already overrides {', '.join(clash)}")
+            table.update(entries)
+            indent = re.match(r"\{\s*\n([ \t]+)", text)
+            manifest.write_text(json.dumps(data, indent=indent.group(1) if indent else 2, ensure_ascii=False)
+                                + ("\n" if text.endswith("\n") else ""), encoding="utf-8")  # fmt: skip
+            return ["package.json"]
+        workspace = folder / "pnpm-workspace.yaml"
+        workspace.write_text(with_overrides(workspace.read_text(encoding="utf-8") if workspace.is_file() else "",
+                                            entries), encoding="utf-8")  # fmt: skip
+        return ["pnpm-workspace.yaml"]
+
+    return edit
+
+
+def with_overrides(text: str, entries: dict[str, str]) -> str:
+    """pnpm-workspace.yaml's text with the entries added to its block-style `overrides:` (made if absent), every
+    other line as it was. Pure; raises PlanError where it cannot add them by line (flow style, a clash)."""
+    current = yaml.safe_load(text) if text.strip() else {}
+    if not isinstance(current, dict):
+        raise PlanError("pnpm-workspace.yaml is not a mapping")
+    existing = current.get("overrides") or {}
+    clash = sorted(set(entries) & set(existing))
+    if clash:
+        raise PlanError(f"pnpm-workspace.yaml already overrides {', '.join(clash)}")
+    lines = text.splitlines(keepends=True)
+    at = next((i for i, line in enumerate(lines) if re.match(r"overrides:\s*(#.*)?$", line)), None)
+    if "overrides" in current and at is None:
+        wanted = ", ".join(f"{k}: {v}" for k, v in entries.items())
+        raise PlanError(f"pnpm-workspace.yaml's overrides are not a block opskeeper can add to by line; add {wanted}")
+    if at is None:
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        lines += ["overrides:\n"]
+        at = len(lines) - 1
+    indent = re.match(r"([ \t]+)\S", lines[at + 1]) if at + 1 < len(lines) else None
+    pad = indent.group(1) if indent else "  "
+    lines[at + 1 : at + 1] = [f"{pad}{json.dumps(k)}: {json.dumps(v)}\n" for k, v in entries.items()]
+    out = "".join(lines)
+    if (yaml.safe_load(out) or {}).get("overrides", {}) != {**existing, **entries}:
+        raise PlanError("pnpm-workspace.yaml: the overrides added by line do not read back as added")
+    return out
