@@ -488,3 +488,71 @@ def test_the_override_target_is_the_first_fixed_release_in_the_same_major() -> N
     assert first_fixed(document, advisory, ["1.0.2"]) == "1.1.0"
     assert first_fixed(document, {"vulnerable_versions": "<2.0.0"}, ["1.0.2"]) == "2.0.0"
     assert first_fixed(document, {"vulnerable_versions": "*"}, ["1.0.2"]) is None
+
+
+def test_group_all_makes_one_pull_request_for_client_and_server(
+    tmp_path: Path, env: dict[str, str], registry: ReplayRegistry, with_pnpm: None
+) -> None:
+    """`group: all`: both lockfiles in one commit on opskeeper/updates/all, one PR with a section per project."""
+    from tests.conftest import opskeeper, write
+    from tests.fixtures.github_standin import GitHubStandIn
+
+    github = GitHubStandIn()
+    mern = SHARED / "fixtures" / "pnpm" / "mern-v9"
+    files = {f"{side}/{p.name}": p.read_bytes() for side in ("client", "server") for p in (mern / side).iterdir()
+             if p.is_file()}  # fmt: skip
+    repo = github.repo("acme/shop")
+    repo.seed("main", files)
+    projects = ", ".join(f'{{name: {side}, github: {{repo: acme/shop, ref: main, path: {side}, api_url: "{github.url}"}}}}'
+                         for side in ("client", "server"))  # fmt: skip
+    config = write(tmp_path / "jobs.yaml", f"""\
+jobs:
+  - id: monthly-updates
+    kind: dependency_updates
+    schedule: "0 7 1 * *"
+    options:
+      mode: pull_request
+      group: all
+      security: "off"
+      registry: "{registry.url}"
+      projects: [{projects}]
+""")  # fmt: skip
+    try:
+        result = opskeeper("run-now", "monthly-updates", "--config", str(config), "--json", timeout=300,
+                           env={**env, "PATH": os.environ["PATH"], "GITHUB_TOKEN": "ghp_x"})  # fmt: skip
+        out = json.loads(result.stdout)
+        assert out["status"] == "warn", out
+        assert set(repo.refs) == {"main", "opskeeper/updates/all"}
+        branch = repo.refs["opskeeper/updates/all"]
+        base = repo.files(repo.refs["main"])
+        changed = {p for p, d in repo.files(branch).items() if base.get(p) != d}
+        assert changed == {"client/pnpm-lock.yaml", "server/pnpm-lock.yaml"}
+        [pull] = repo.pulls
+        count = sum(len(p["updates"]) for p in out["details"]["projects"])
+        assert pull["title"] == f"Update dependencies of client, server ({count} in range)"
+        assert "## client\n" in pull["body"]
+        assert "## server\n" in pull["body"]
+        assert "| express | 4.21.2 | 4." in pull["body"].split("## server")[1]
+    finally:
+        github.close()
+
+
+def test_group_all_needs_one_repository(tmp_path: Path, env: dict[str, str]) -> None:
+    """`group: all` over two repositories is refused at validation, naming both and the way out."""
+    from tests.conftest import opskeeper, write
+
+    config = write(tmp_path / "jobs.yaml", """\
+jobs:
+  - id: monthly-updates
+    kind: dependency_updates
+    schedule: "0 7 1 * *"
+    options:
+      mode: pull_request
+      group: all
+      projects:
+        - {name: client, github: {repo: acme/web, ref: main}}
+        - {name: server, github: {repo: acme/api, ref: main}}
+""")  # fmt: skip
+    result = opskeeper("validate", "--config", str(config), env=env)
+    assert result.code == 78
+    assert "these are on acme/api@main, acme/web@main (use group: project)" in result.stderr

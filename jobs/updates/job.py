@@ -38,6 +38,9 @@ class DependencyUpdatesOptions(JobOptions):
     """in_range: what `pnpm update` does without `--latest`. minor and patch hold back any direct dependency
     whose in-range update is a bigger step (its others still move)."""
     ignore: tuple[str, ...] = ()
+    group: Literal["project", "all"] = "project"
+    """project: one pull request per project (branch opskeeper/updates/<project>). all: one pull request for
+    every project (branch opskeeper/updates/all); they must then live in one repository and branch."""
     registry: str = NPM_REGISTRY
     security: Literal["immediate", "off"] = "immediate"
     """Open a dedicated pull request (or plan, in a dry run) for each advisory an in-range update fixes."""
@@ -62,12 +65,19 @@ class DependencyUpdatesOptions(JobOptions):
             if local:
                 raise ValueError(f"mode pull_request opens pull requests on GitHub: project(s) {', '.join(local)} "
                                  "need github: {repo, ref, path} instead of path")  # fmt: skip
+        bases = sorted({f"{p.github.repo}@{p.github.ref}" for p in self.projects if p.github is not None})
+        if self.mode == "pull_request" and self.group == "all" and len(bases) > 1:
+            raise ValueError(f"group: all makes one pull request, so every project must be on one repository and "
+                             f"branch; these are on {', '.join(bases)} (use group: project)")  # fmt: skip
         return self
 
 
 def branch_of(project: str) -> str:
-    """The one branch opskeeper writes for a project's updates."""
+    """The one branch opskeeper writes for a project's updates (`all` for the grouped pull request)."""
     return f"opskeeper/updates/{project}"
+
+
+GROUPED = "all"
 
 
 def in_repo(folder: str, files: dict[str, bytes]) -> dict[str, bytes]:
@@ -141,6 +151,7 @@ class DependencyUpdatesJob:
         problems: list[str] = []
         security: dict[str, list[dict[str, Any]]] = {}
         contexts: dict[str, dict[str, Any]] = {}
+        proposals: list[tuple[Project, ProjectPlan, dict[str, Any]]] = []
         with tempfile.TemporaryDirectory(prefix="opskeeper-updates-src-") as scratch:
             for project in self.options.projects:
                 try:
@@ -161,12 +172,19 @@ class DependencyUpdatesJob:
                 context = context_of(found, folder, advisories, self._latest(found))
                 contexts[project.name] = context
                 if self.options.mode == "pull_request" and project.github is not None:
-                    try:
-                        self._propose(ctx, project, found, context)
-                    except (HttpError, ValueError) as exc:
-                        problems.append(f"{project.name}: pull request: {exc}")
+                    proposals.append((project, found, context))
+                    if self.options.group == "project":
+                        self._proposal(ctx, branch_of(project.name), proposals[-1:], problems)
                 if self.options.security == "immediate":
                     security[project.name] = self._security(ctx, project, folder, advisories, problems)
+        if self.options.mode == "pull_request" and self.options.group == "all":
+            planned = {p.name for p, _, _ in proposals}
+            missing = [p.name for p in self.options.projects if p.name not in planned]
+            if missing:  # refreshing without them would drop their updates from the open pull request
+                problems.append(f"the grouped pull request is left as it was: {', '.join(missing)} could not be "
+                                "planned")  # fmt: skip
+            else:
+                self._proposal(ctx, branch_of(GROUPED), proposals, problems)
         projects = [{**p.public(), "security": security.get(p.name, []), **contexts.get(p.name, {})} for p in plans]
         details = {"mode": self.options.mode, "projects": projects, "problems": problems}
         pending = [s for items in security.values() for s in items]
@@ -202,31 +220,52 @@ class DependencyUpdatesJob:
         docs = asyncio.run(ask())
         return {names[real]: ((doc or {}).get("dist-tags") or {}).get("latest") for real, doc in docs.items()}
 
-    def _propose(self, ctx: JobContext, project: Project, found: ProjectPlan, context: dict[str, Any]) -> None:
-        """Open or refresh the project's pull request, or close it when nothing is left to update."""
-        source = project.github
+    def _proposal(self, ctx: JobContext, branch: str, items: list[tuple[Project, ProjectPlan, dict[str, Any]]],
+                  problems: list[str]) -> None:  # fmt: skip
+        names = ", ".join(p.name for p, _, _ in items)
+        try:
+            self._propose(ctx, branch, items)
+        except (HttpError, ValueError) as exc:
+            problems.append(f"{names}: pull request: {exc}")
+
+    def _propose(self, ctx: JobContext, branch: str, items: list[tuple[Project, ProjectPlan, dict[str, Any]]]) -> None:
+        """Open or refresh the pull request of `branch` with these projects' updates, or close it when none is left."""
+        source = items[0][0].github
         if source is None:  # the options' validator requires github in this mode
             return
-        branch = branch_of(project.name)
+        names = ", ".join(p.name for p, _, _ in items)
+        count = sum(len(found.updates) for _, found, _ in items)
+        key = names if len(items) == 1 else GROUPED
         with GitHub(source.repo, api_url=source.api_url) as github:
-            if not found.updates:
+            if not count:
                 open_pull = github.open_pull(branch)
                 if open_pull is not None:
                     github.close_pull(int(open_pull["number"]), "Nothing is left to update: opskeeper closed this.")
                     number = open_pull["number"]
-                    ctx.record("pull_request", Status.OK, f"{project.name}: closed #{number}",
-                               {"project": project.name, "number": number, "action": "closed"})  # fmt: skip
+                    ctx.record("pull_request", Status.OK, f"{names}: closed #{number}",
+                               {"project": key, "projects": [p.name for p, _, _ in items], "number": number,
+                                "action": "closed"})  # fmt: skip
                 return
-            title = f"Update {project.name} dependencies ({len(found.updates)} in range)"
-            sha = github.commit_files(branch, source.ref, in_repo(source.path, found.files), title)
-            pull, new = github.propose(branch, source.ref, title, pull_body(found, context))
+            files: dict[str, bytes] = {}
+            for project, found, _ in items:
+                if found.updates and project.github is not None:
+                    files |= in_repo(project.github.path, found.files)
+            if len(items) == 1:
+                title = f"Update {names} dependencies ({count} in range)"
+                body = pull_body(items[0][1], items[0][2])
+            else:
+                title = f"Update dependencies of {names} ({count} in range)"
+                body = "\n\n".join(f"## {project.name}\n\n" + (pull_body(found, context) if found.updates
+                                    else "Nothing to update.") for project, found, context in items)  # fmt: skip
+            sha = github.commit_files(branch, source.ref, files, title)
+            pull, new = github.propose(branch, source.ref, title, body)
         action = "opened" if new else "refreshed"
-        ctx.record("pull_request", Status.OK, f"{project.name}: {action} #{pull['number']}",
-                   {"project": project.name, "number": pull["number"], "url": pull.get("html_url"), "action": action,
-                    "commit": sha, "updates": len(found.updates)})  # fmt: skip
-        ctx.notify(Notice("info", f"{project.name}: {action} pull request #{pull['number']} with "
-                                  f"{len(found.updates)} update(s): {pull.get('html_url', '')}",
-                          ("dependency_updates", project.name, action)))  # fmt: skip
+        ctx.record("pull_request", Status.OK, f"{names}: {action} #{pull['number']}",
+                   {"project": key, "projects": [p.name for p, _, _ in items], "number": pull["number"],
+                    "url": pull.get("html_url"), "action": action, "commit": sha, "updates": count})  # fmt: skip
+        ctx.notify(Notice("info", f"{names}: {action} pull request #{pull['number']} with "
+                                  f"{count} update(s): {pull.get('html_url', '')}",
+                          ("dependency_updates", key, action)))  # fmt: skip
 
     def _security(self, ctx: JobContext, project: Project, folder: Path, found: list[patches.Finding],
                   problems: list[str]) -> list[dict[str, Any]]:  # fmt: skip
