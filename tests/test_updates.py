@@ -503,8 +503,8 @@ def test_group_all_makes_one_pull_request_for_client_and_server(
              if p.is_file()}  # fmt: skip
     repo = github.repo("acme/shop")
     repo.seed("main", files)
-    projects = ", ".join(f'{{name: {side}, github: {{repo: acme/shop, ref: main, path: {side}, api_url: "{github.url}"}}}}'
-                         for side in ("client", "server"))  # fmt: skip
+    source = f'repo: acme/shop, ref: main, api_url: "{github.url}"'
+    projects = ", ".join(f"{{name: {side}, github: {{{source}, path: {side}}}}}" for side in ("client", "server"))
     config = write(tmp_path / "jobs.yaml", f"""\
 jobs:
   - id: monthly-updates
