@@ -20,17 +20,22 @@ from typing import Any
 
 from jobs.dependencies.job import update_kind
 from jobs.dependencies.lockfiles import Lockfile, LockfileError, read_lockfile
+from worker.vendors.npm import NPM_REGISTRY
 
+YARN_FLAGS = ["--ignore-scripts", "--ignore-engines", "--ignore-platform", "--non-interactive", "--no-progress"]
 #: The lockfile each manager writes, and its lockfile-only update command.
 MANAGERS = {
     "pnpm": ("pnpm-lock.yaml", ["update", "--lockfile-only", "--ignore-scripts", "--no-save"]),
     "npm": ("package-lock.json", ["update", "--package-lock-only", "--ignore-scripts", "--no-save", "--no-audit",
                                   "--no-fund"]),
+    # Yarn classic has no lockfile-only mode: it fetches and links into the scratch copy's node_modules.
+    "yarn": ("yarn.lock", ["upgrade", *YARN_FLAGS]),
 }  # fmt: skip
 #: The lockfile-only install that applies an edited manifest (an override added), moving nothing else.
 INSTALL = {
     "pnpm": ["install", "--lockfile-only", "--ignore-scripts"],
     "npm": ["install", "--package-lock-only", "--ignore-scripts", "--no-audit", "--no-fund"],
+    "yarn": ["install", *YARN_FLAGS],
 }
 #: The files of a project the package manager reads (and an edit may change).
 PROJECT_FILES = ("package.json", "pnpm-workspace.yaml")
@@ -90,7 +95,7 @@ def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), 
     """
     manager = next((m for m, (lockfile, _) in MANAGERS.items() if (folder / lockfile).is_file()), None)
     if manager is None:
-        raise PlanError(f"{name}: {folder} has no pnpm-lock.yaml or package-lock.json (updates need one of them)")
+        raise PlanError(f"{name}: {folder} has no pnpm-lock.yaml, package-lock.json or yarn.lock (updates need one)")
     lockfile, command = MANAGERS[manager]
     tool = shutil.which(manager)
     if tool is None:
@@ -100,6 +105,9 @@ def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), 
         before = read_lockfile(folder / lockfile)
     except LockfileError as exc:
         raise PlanError(f"{name}: {exc}") from None
+    if manager == "yarn" and before.version != "1":
+        raise PlanError(f"{name}: {folder / lockfile} is a Yarn {before.version} lockfile; dependency_updates "
+                        "runs Yarn classic (1.x) only so far")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="opskeeper-updates-") as scratch:
         work = Path(scratch) / "project"
         work.mkdir()
@@ -114,11 +122,15 @@ def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), 
         )
         env = {"PATH": f"{Path(tool).parent}:/usr/bin:/bin", "HOME": scratch, "npm_config_cache": f"{scratch}/cache",
                "npm_config_registry": registry, "npm_config_store_dir": f"{scratch}/store",
-               "npm_config_manage_package_manager_versions": "false", "CI": "1"}  # fmt: skip
+               "YARN_CACHE_FOLDER": f"{scratch}/cache", "npm_config_manage_package_manager_versions": "false",
+               "CI": "1"}  # fmt: skip
+        # Yarn's default registry (registry.yarnpkg.com) serves npm's: naming npm's would rewrite every `resolved`.
+        default = manager == "yarn" and registry.rstrip("/") == NPM_REGISTRY.rstrip("/")
+        where = [] if default else [f"--registry={registry}"]
         if edit is not None:
-            args = [tool, *INSTALL[manager], f"--registry={registry}"]
+            args = [tool, *INSTALL[manager], *where]
         else:
-            args = [tool, *command, f"--registry={registry}", *(names if ignore or only else [])]
+            args = [tool, *command, *where, *(names if ignore or only else [])]
         try:
             # The tool is the one on PATH and the arguments are opskeeper's own; no shell is involved.
             done = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=timeout,  # noqa: S603

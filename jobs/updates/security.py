@@ -8,12 +8,13 @@ it in: a transitive package is often pinned by its parent (morgan 1.10.0 pins on
 
 When no parent's in-range release takes the fix yet (the hours or weeks between the fixed
 package and its parents' releases), a transitive package gets an override instead: npm's
-`overrides` in package.json, pnpm's `overrides` in pnpm-workspace.yaml (where pnpm 10 and later
-read it; package.json's `pnpm.overrides` when the project already keeps them there). The key
-names the vulnerable installed version exactly (`on-headers@1.0.2`), so nothing else moves; the
-value is a caret on the first release outside the advisory's range, in the same major where
-there is one. The package manager then installs lockfile-only, and the fix counts only if no
-vulnerable version is left.
+`overrides` in package.json, Yarn's `resolutions` there, pnpm's `overrides` in
+pnpm-workspace.yaml (where pnpm 10 and later read it; package.json's `pnpm.overrides` when the
+project already keeps them there). The key names the vulnerable installed version exactly
+(`on-headers@1.0.2`; for Yarn, the path it is reached by), so nothing else moves; the value
+is a caret on the first release outside the advisory's range, in the same major where there
+is one. The package manager then installs (lockfile-only where it can), and the fix counts
+only if no vulnerable version is left.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def fix(name: str, folder: Path, registry: str, finding: Finding, *,
         return None, f"{reason}, and no release of {finding.package} is outside the advisory's range"
     value = f"^{target}"
     try:
-        overridden = plan(name, folder, registry, edit=add_overrides({f"{finding.package}@{v}": value for v in left}))
+        overridden = plan(name, folder, registry, edit=add_overrides(finding.package, left, finding.via, value))
     except PlanError as exc:
         return None, f"{reason}; an override to {value} failed: {exc}"
     still = vulnerable_left(overridden, finding)
@@ -149,18 +150,28 @@ def first_fixed(document: dict[str, Any] | None, advisory: dict[str, Any], insta
     return (same or releases)[0].version
 
 
-def add_overrides(entries: dict[str, str]) -> Edit:
-    """An edit that adds override entries where the project's package manager reads them."""
+def add_overrides(package: str, versions: list[str], chains: list[list[str]], value: str) -> Edit:
+    """An edit that overrides the package's vulnerable versions where the project's package manager reads it.
+
+    npm and pnpm take a key naming the exact version (`on-headers@1.0.2`). Yarn classic's
+    `resolutions` cannot name a version, so its keys are the paths the package is reached by
+    (`morgan/on-headers`): the same package elsewhere in the tree is left alone.
+    """
+    exact = {f"{package}@{v}": value for v in versions}
 
     def edit(folder: Path, manager: str) -> list[str]:
         manifest = folder / "package.json"
         text = manifest.read_text(encoding="utf-8-sig")
         data = json.loads(text)
-        if manager == "npm" or "overrides" in (data.get("pnpm") or {}):
-            table = data.setdefault("overrides", {}) if manager == "npm" else data["pnpm"]["overrides"]
+        entries = exact
+        if manager == "yarn":
+            entries = {"/".join(chain): value for chain in chains if len(chain) > 1}
+        if manager in ("npm", "yarn") or "overrides" in (data.get("pnpm") or {}):
+            field = {"npm": "overrides", "yarn": "resolutions"}.get(manager)
+            table = data.setdefault(field, {}) if field else data["pnpm"]["overrides"]
             clash = sorted(set(entries) & set(table))
             if clash:
-                raise PlanError(f"package.json already overrides {', '.join(clash)}")
+                raise PlanError(f"package.json's {field or 'pnpm.overrides'} already has {', '.join(clash)}")
             table.update(entries)
             indent = re.match(r"\{\s*\n([ \t]+)", text)
             manifest.write_text(json.dumps(data, indent=indent.group(1) if indent else 2, ensure_ascii=False)
@@ -168,7 +179,7 @@ def add_overrides(entries: dict[str, str]) -> Edit:
             return ["package.json"]
         workspace = folder / "pnpm-workspace.yaml"
         workspace.write_text(with_overrides(workspace.read_text(encoding="utf-8") if workspace.is_file() else "",
-                                            entries), encoding="utf-8")  # fmt: skip
+                                            exact), encoding="utf-8")  # fmt: skip
         return ["pnpm-workspace.yaml"]
 
     return edit
