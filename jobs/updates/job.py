@@ -282,6 +282,7 @@ class DependencyUpdatesJob:
                 ctx.log("updates.no_fix", project=project.name, advisory=finding.key, reason=reason)
             else:
                 entry["fix"] = fixed.updates
+                entry["files"] = sorted(fixed.files)  # the lockfile, and the manifest an override goes in
                 if self.options.mode == "pull_request" and project.github is not None:
                     try:
                         entry["pull_request"] = self._security_pull(ctx, project, fixed, finding)
