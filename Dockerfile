@@ -23,7 +23,9 @@ RUN npm install --global --no-audit --no-fund "pnpm@${PNPM_VERSION}" \
 # Without Node.js: an empty /opt/node, so the final stage's COPY is the same either way.
 FROM python:3.12-slim AS node-false
 RUN mkdir -p /opt/node/bin
-# BuildKit (which Render uses) builds only the stage picked here.
+# BuildKit (which Render uses) builds only the stage picked here. It names a stage above, not an image,
+# so there is no tag to pin.
+# hadolint ignore=DL3006
 FROM node-${OPSKEEPER_WITH_NODE} AS node
 
 FROM python:3.12-slim AS build
@@ -43,6 +45,8 @@ RUN uv sync --frozen --no-dev --no-editable
 FROM python:3.12-slim
 COPY --from=node /opt/node /opt/node
 # The official node binary links libatomic, which the slim Python image lacks; only when node is there.
+# Not pinned: the version is whatever the base image's Debian release ships, and a pin breaks when it moves.
+# hadolint ignore=DL3008
 RUN if [ -x /opt/node/bin/node ]; then \
       apt-get update && apt-get install -y --no-install-recommends libatomic1 && rm -rf /var/lib/apt/lists/*; \
     fi \

@@ -198,7 +198,7 @@ jobs:
 
 
 def test_validate_warns_when_no_package_manager_is_on_path(tmp_path: Path, env: dict[str, str]) -> None:
-    """`validate` on a machine without npm or pnpm still passes, and names the missing tools and the image flag."""
+    """`validate` without pnpm, npm or yarn on PATH still passes, and names the missing tools and the image flag."""
     from tests.conftest import opskeeper, write
 
     config = write(tmp_path / "jobs.yaml", """\
@@ -212,7 +212,7 @@ jobs:
     bare.mkdir()
     result = opskeeper("validate", "--config", str(config), env={**env, "PATH": str(bare)})
     assert result.code == 0, result.stderr
-    assert "WARNING: job 'monthly-updates' (dependency_updates): neither pnpm nor npm is on PATH" in result.stderr
+    assert "WARNING: job 'monthly-updates' (dependency_updates): none of pnpm, npm, yarn is on PATH" in result.stderr
     assert "OPSKEEPER_WITH_NODE=true" in result.stderr
     with_npm = opskeeper("validate", "--config", str(config), env={**env, "PATH": os.environ["PATH"]})
     assert with_npm.code == 0

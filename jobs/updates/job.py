@@ -55,7 +55,7 @@ class DependencyUpdatesOptions(JobOptions):
     def missing(self) -> list[str]:
         if any(shutil.which(tool) for tool in MANAGERS):
             return []
-        return [f"neither {' nor '.join(MANAGERS)} is on PATH, and this kind runs the project's own package manager "
+        return [f"none of {', '.join(MANAGERS)} is on PATH, and this kind runs the project's own package manager "
                 "(in the Docker image: build it with OPSKEEPER_WITH_NODE=true)"]  # fmt: skip
 
     @model_validator(mode="after")
