@@ -163,6 +163,16 @@ def test_a_command_sees_a_minimal_environment_and_its_own_env(monkeypatch: pytes
     assert "AWS_SECRET_ACCESS_KEY=aws-secret-value" in everything.details["stdout_tail"]
 
 
+def test_the_operators_ca_reaches_node_children_too() -> None:
+    """SSL_CERT_FILE is also given as NODE_EXTRA_CA_CERTS (Node.js reads only that); one set by hand wins."""
+    from worker.children import child_env
+
+    assert child_env(environ={"SSL_CERT_FILE": "/etc/corp.pem"})["NODE_EXTRA_CA_CERTS"] == "/etc/corp.pem"
+    mine = child_env(environ={"SSL_CERT_FILE": "/etc/corp.pem", "NODE_EXTRA_CA_CERTS": "/etc/node-extra.pem"})
+    assert mine["NODE_EXTRA_CA_CERTS"] == "/etc/node-extra.pem"
+    assert "NODE_EXTRA_CA_CERTS" not in child_env(environ={"PATH": "/usr/bin"})
+
+
 def test_run_now_timeout_leaves_no_process_behind(tmp_path: Path) -> None:
     """run-now of a command past its timeout exits with no process of its tree left running."""
     import psutil

@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote
 import pytest
 
 from jobs.updates.planner import PlanError, plan
-from tests.conftest import ROOT, SHARED
+from tests.conftest import ROOT, SHARED, Proxy, serve_tls
 
 RECORDED = ROOT / "tests" / "fixtures" / "registry-full"
 ADVISORIES = ROOT / "tests" / "fixtures" / "advisories"
@@ -34,7 +34,8 @@ class ReplayRegistry:
     registry answered before they were published.
     """
 
-    def __init__(self, hidden: dict[str, set[str]] | None = None, tarballs: bool = False) -> None:
+    def __init__(self, hidden: dict[str, set[str]] | None = None, tarballs: bool = False,
+                 ssl_context: Any = None) -> None:  # fmt: skip
         self.asked: list[str] = []
         self.fetched: list[str] = []
         hide = hidden or {}
@@ -86,8 +87,12 @@ class ReplayRegistry:
             request_queue_size = 128
 
         self.server = Server(("127.0.0.1", 0), Handler)
+        host = "127.0.0.1"
+        if ssl_context is not None:
+            serve_tls(self.server, ssl_context)
+            host = "localhost"  # the name its certificate is for
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.url = f"{'https' if ssl_context else 'http'}://{host}:{self.server.server_address[1]}/"
 
 
 def before_release(document: dict[str, Any], versions: set[str]) -> dict[str, Any]:
@@ -648,3 +653,41 @@ def test_a_yarn_berry_lockfile_is_named_not_guessed_at(tmp_path: Path, with_yarn
     with pytest.raises(PlanError, match=r"web: .*yarn.lock is a Yarn berry 8 lockfile; dependency_updates runs Yarn "
                                         r"classic \(1.x\) only so far"):  # fmt: skip
         plan("web", project, "http://127.0.0.1:9/")
+
+
+@pytest.mark.parametrize("manager", ["pnpm", "npm", "yarn"])
+def test_the_package_manager_goes_through_the_proxy_and_trusts_the_operators_ca(
+    manager: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proxy: Proxy, with_pnpm: None
+) -> None:
+    """Behind a proxy with a private CA (HTTPS_PROXY, SSL_CERT_FILE), the real pnpm, npm and yarn tunnel through
+    the proxy and trust that CA, as opskeeper's own requests do; without the CA the plan fails, naming the tool."""
+    import ssl
+
+    import trustme
+
+    if shutil.which(manager) is None:
+        pytest.skip(f"{manager} is not on PATH")
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost").configure_cert(context)
+    bundle = tmp_path / "corp-ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    registry = ReplayRegistry(ssl_context=context, tarballs=manager == "yarn")
+    fixture = {"pnpm": SHARED / "fixtures" / "pnpm" / "mern-v9" / "server",
+               "npm": ROOT / "tests" / "fixtures" / "projects" / "mern-server-npm",
+               "yarn": ROOT / "tests" / "fixtures" / "projects" / "yarn-api"}[manager]  # fmt: skip
+    project = shutil.copytree(fixture, tmp_path / "server")
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+    # npm would retry an untrusted certificate for a minute; the job's pass_env hands the operator's setting on.
+    monkeypatch.setenv("npm_config_fetch_retries", "0")
+    try:
+        with pytest.raises(PlanError, match=rf"server: {manager} (update|upgrade) exited"):
+            plan("server", project, registry.url, pass_env=["npm_config_fetch_retries"])  # the CA is not trusted yet
+        monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+        result = plan("server", project, registry.url, pass_env=["npm_config_fetch_retries"])
+    finally:
+        registry.server.shutdown()
+        registry.server.server_close()
+    assert result.manager == manager
+    assert "express" in {u["name"] for u in result.updates}
+    assert f"CONNECT localhost:{registry.server.server_address[1]}" in proxy.seen

@@ -5,7 +5,8 @@ Every program opskeeper starts goes through `spawn()`:
 - **Environment**: not the daemon's (which holds the DSN, AWS keys, the MongoDB URI) but
   `PATH`, `HOME`, `LANG`, `LC_ALL`, `LC_CTYPE`, `TZ` and `TMPDIR`; proxy and CA settings
   (`HTTPS_PROXY`, `NO_PROXY`, `SSL_CERT_FILE`, `NODE_EXTRA_CA_CERTS`, …) when they carry no
-  password; then what the job names itself. `inherit=True` passes everything (an explicit
+  password, with SSL_CERT_FILE also as NODE_EXTRA_CA_CERTS (which Node.js reads) unless that is
+  set; then what the job names itself. `inherit=True` passes everything (an explicit
   opt-in in the schedule file).
 - **Process group**: each child leads its own, so a timeout's kill reaches its children too.
 - **Death with the parent**: on Linux the kernel sends SIGKILL to the child when the thread
@@ -51,6 +52,9 @@ def child_env(
         value = environ.get(name)
         if value and not _has_password(value):
             env[name] = value
+    if "SSL_CERT_FILE" in env and "NODE_EXTRA_CA_CERTS" not in env:
+        # Node.js (npm, pnpm, yarn, a command job's script) does not read SSL_CERT_FILE: the same bundle, for it.
+        env["NODE_EXTRA_CA_CERTS"] = env["SSL_CERT_FILE"]
     env.setdefault("PATH", os.defpath)
     return {**env, **extra}
 

@@ -42,6 +42,9 @@ class DependencyUpdatesOptions(JobOptions):
     """project: one pull request per project (branch opskeeper/updates/<project>). all: one pull request for
     every project (branch opskeeper/updates/all); they must then live in one repository and branch."""
     registry: str = NPM_REGISTRY
+    pass_env: tuple[str, ...] = ()
+    """Variables of the worker's environment the package manager also gets (a proxy URL with a password,
+    which is otherwise never passed on; an npm_config_* setting)."""
     security: Literal["immediate", "off"] = "immediate"
     """Open a dedicated pull request (or plan, in a dry run) for each advisory an in-range update fixes."""
     advisories: tuple[Literal["registry", "osv"], ...] = ("registry",)
@@ -196,11 +199,11 @@ class DependencyUpdatesJob:
         """The in-range plan, narrowed to `update`'s step: too-big steps are held back and the rest re-planned."""
         too_big = {"in_range": (), "minor": ("major",), "patch": ("major", "minor")}[self.options.update]
         ignore = list(self.options.ignore)
-        found = plan(name, folder, self.options.registry, ignore=ignore)
+        found = plan(name, folder, self.options.registry, ignore=ignore, pass_env=self.options.pass_env)
         held = [u for u in found.updates if u["kind"] in too_big]
         while held:  # a re-plan moves fewer packages, so this ends
             ignore += [u["name"] for u in held]
-            found = plan(name, folder, self.options.registry, ignore=ignore)
+            found = plan(name, folder, self.options.registry, ignore=ignore, pass_env=self.options.pass_env)
             found.held = [*found.held, *held]
             held = [u for u in found.updates if u["kind"] in too_big]
         return found
@@ -276,7 +279,8 @@ class DependencyUpdatesJob:
             entry: dict[str, Any] = {"id": finding.key, "severity": advisory.get("severity"), "title": advisory.get(
                 "title"), "url": advisory.get("url"), "package": finding.package, "version": finding.version,
                 "via": finding.via[:3]}  # fmt: skip
-            fixed, reason = patches.fix(project.name, folder, self.options.registry, finding)
+            fixed, reason = patches.fix(project.name, folder, self.options.registry, finding,
+                                        pass_env=self.options.pass_env)  # fmt: skip
             if fixed is None:
                 entry["reason"] = reason
                 ctx.log("updates.no_fix", project=project.name, advisory=finding.key, reason=reason)

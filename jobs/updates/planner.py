@@ -4,12 +4,15 @@ The package manager (pnpm or npm, whichever wrote the lockfile) runs in lockfile
 with scripts off and `--no-save`, against the configured registry, in a temporary copy of
 the project's package.json and lockfile. The plan is the difference between the lockfile
 before and after, read with opskeeper's own lockfile readers. The project itself is never
-touched, and the child sees only PATH, a scratch HOME and cache, and the registry: no token,
-no other variable of the worker's environment.
+touched. The child is started as every child is (worker.children): its own process group,
+killed with the worker, and an environment of PATH, a scratch HOME and cache, the registry,
+and the proxy and CA settings opskeeper itself honours; no token, and nothing else of the
+worker's environment unless the job's `pass_env` names it.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -20,6 +23,7 @@ from typing import Any
 
 from jobs.dependencies.job import update_kind
 from jobs.dependencies.lockfiles import Lockfile, LockfileError, read_lockfile
+from worker import children
 from worker.vendors.npm import NPM_REGISTRY
 
 YARN_FLAGS = ["--ignore-scripts", "--ignore-engines", "--ignore-platform", "--non-interactive", "--no-progress"]
@@ -85,7 +89,7 @@ def diff(before: Lockfile, after: Lockfile, importer: str = ".") -> list[dict[st
 
 
 def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), only: Sequence[str] = (),
-         edit: Edit | None = None, timeout: float = 600) -> ProjectPlan:  # fmt: skip
+         edit: Edit | None = None, pass_env: Sequence[str] = (), timeout: float = 600) -> ProjectPlan:  # fmt: skip
     """Run the project's package manager on a scratch copy of `folder`; the project is left as it was.
 
     `only` names the packages to update (a vulnerable one and the direct dependencies that pin
@@ -120,10 +124,18 @@ def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), 
             if only
             else [d.name for d in before.importers.get(".", []) if d.source == "registry" and d.name not in ignore]
         )
-        env = {"PATH": f"{Path(tool).parent}:/usr/bin:/bin", "HOME": scratch, "npm_config_cache": f"{scratch}/cache",
-               "npm_config_registry": registry, "npm_config_store_dir": f"{scratch}/store",
-               "YARN_CACHE_FOLDER": f"{scratch}/cache", "npm_config_manage_package_manager_versions": "false",
-               "CI": "1"}  # fmt: skip
+        # The children module's environment: proxies and CAs as opskeeper itself honours them, no secrets,
+        # `pass_env` for what the operator names (a proxy with a password); then the scratch places.
+        env = children.child_env({
+            "PATH": f"{Path(tool).parent}{os.pathsep}{os.environ.get('PATH', os.defpath)}", "HOME": scratch,
+            "npm_config_cache": f"{scratch}/cache", "npm_config_registry": registry,
+            "npm_config_store_dir": f"{scratch}/store", "YARN_CACHE_FOLDER": f"{scratch}/cache",
+            "npm_config_manage_package_manager_versions": "false", "CI": "1",
+        }, passed=pass_env)  # fmt: skip
+        if "SSL_CERT_FILE" in env:
+            # npm takes its CAs from `cafile`, not NODE_EXTRA_CA_CERTS (seen with npm 11); both replace the list,
+            # as SSL_CERT_FILE does for opskeeper itself. pnpm and yarn read the same setting.
+            env.setdefault("npm_config_cafile", env["SSL_CERT_FILE"])
         # Yarn's default registry (registry.yarnpkg.com) serves npm's: naming npm's would rewrite every `resolved`.
         default = manager == "yarn" and registry.rstrip("/") == NPM_REGISTRY.rstrip("/")
         where = [] if default else [f"--registry={registry}"]
@@ -131,15 +143,20 @@ def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), 
             args = [tool, *INSTALL[manager], *where]
         else:
             args = [tool, *command, *where, *(names if ignore or only else [])]
+        proc = children.spawn(args, env, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)  # fmt: skip
         try:
-            # The tool is the one on PATH and the arguments are opskeeper's own; no shell is involved.
-            done = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=timeout,  # noqa: S603
-                                  check=False)  # fmt: skip
+            out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            children.kill_group(proc)  # its own children (pnpm's workers, yarn's fetches) too
+            proc.communicate()
             raise PlanError(f"{name}: {manager} {args[1]} did not finish within {timeout:g} s") from None
-        if done.returncode != 0:
-            last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
-            raise PlanError(f"{name}: {manager} {args[1]} exited {done.returncode}: {' / '.join(last)[:400]}")
+        finally:
+            children.reap(proc)
+        if proc.returncode != 0:
+            text = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()
+            last = text.splitlines()[-3:]
+            raise PlanError(f"{name}: {manager} {args[1]} exited {proc.returncode}: {' / '.join(last)[:400]}")
         after = read_lockfile(work / lockfile)
         return ProjectPlan(name, manager, lockfile, diff(before, after), (work / lockfile).read_bytes(), before=before,
                            after=after, edited={f: (work / f).read_bytes() for f in edited})  # fmt: skip

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,13 +88,13 @@ def vulnerable_left(attempt: ProjectPlan, finding: Finding) -> list[str]:
                   if n == finding.package and affects(finding.advisory, v))  # fmt: skip
 
 
-def fix(name: str, folder: Path, registry: str, finding: Finding, *,
-        overrides: bool = True) -> tuple[ProjectPlan | None, str]:  # fmt: skip
+def fix(name: str, folder: Path, registry: str, finding: Finding, *, overrides: bool = True,
+        pass_env: Sequence[str] = ()) -> tuple[ProjectPlan | None, str]:  # fmt: skip
     """The in-range update that removes every vulnerable version of the package (else, for a transitive
     package, an override that does), or None and why not."""
     parents = sorted({chain[0] for chain in finding.via if chain})
     try:
-        attempt = plan(name, folder, registry, only=[finding.package, *parents])
+        attempt = plan(name, folder, registry, only=[finding.package, *parents], pass_env=pass_env)
     except PlanError as exc:
         return None, str(exc)
     left = vulnerable_left(attempt, finding)
@@ -112,7 +113,8 @@ def fix(name: str, folder: Path, registry: str, finding: Finding, *,
         return None, f"{reason}, and no release of {finding.package} is outside the advisory's range"
     value = f"^{target}"
     try:
-        overridden = plan(name, folder, registry, edit=add_overrides(finding.package, left, finding.via, value))
+        overridden = plan(name, folder, registry, edit=add_overrides(finding.package, left, finding.via, value),
+                          pass_env=pass_env)  # fmt: skip
     except PlanError as exc:
         return None, f"{reason}; an override to {value} failed: {exc}"
     still = vulnerable_left(overridden, finding)
