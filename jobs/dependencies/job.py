@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from jobs.dependencies import semver
-from jobs.dependencies.lockfiles import LockfileError, Package, Tracer
+from jobs.dependencies.lockfiles import Direct, LockfileError, Package, Tracer
 from jobs.dependencies.node import Declared, Release, assess_declared, codenames, declared_runtime, engines, parse_index
 from jobs.dependencies.project import Located, Lockfiles, disagreements, drift, locate
 from worker.http import HttpError
@@ -239,9 +239,20 @@ def fixed_in(vulnerable: str, current: str, versions: list[str]) -> str | None:
     return next((v for _, v in later if not semver.satisfies(v, vulnerable, include_prerelease=True)), None)
 
 
-def _affects(advisory: Mapping[str, Any], version: str) -> bool:
+def affects(advisory: Mapping[str, Any], version: str) -> bool:
     """npm audit's test: satisfies(version, vulnerable_versions, {includePrerelease, loose}) (reference §12)."""
     return semver.satisfies(version, str(advisory.get("vulnerable_versions", "*")), include_prerelease=True)
+
+
+def chains_to(directs: Iterable[Direct], tracer: Tracer) -> dict[Package, list[list[str]]]:
+    """Each of the tracer's targets the registry directs reach, with the chains reaching it (the direct's name
+    first, as package.json names it)."""
+    chains: dict[Package, list[list[str]]] = {}
+    for direct in directs:
+        if direct.source == "registry":
+            for target, chain in tracer.reached(direct.package).items():
+                chains.setdefault(target, []).append([direct.name, *chain[1:]])
+    return chains
 
 
 def _node_for(located: Located, runtime: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -308,17 +319,13 @@ def build_report(project_name: str, where: str, located: Located, *, metas: Mapp
     if tracer is None:
         return report
     # Which vulnerable packages this importer installs, and through which direct dependency.
-    chains: dict[Package, list[list[str]]] = {}
-    for direct in directs:
-        if direct.source == "registry":
-            for target, chain in tracer.reached(direct.package).items():
-                chains.setdefault(target, []).append([direct.name, *chain[1:]])
+    chains = chains_to(directs, tracer)
     if len(lock.importers) == 1:  # a project of its own installs every package of its lockfile
         for target in tracer.targets:
             chains.setdefault(target, [])
     for (package, version), via in sorted(chains.items()):
         for advisory in advisories.get(package, []):
-            if not _affects(advisory, version):
+            if not affects(advisory, version):
                 continue
             known = list(((metas.get(package) or {}).get("versions") or {}).keys())
             report.advisories.append({
@@ -438,7 +445,7 @@ async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping
         answered = await advisory_task
         advisories = answered or {}
         affected = {name for name, advs in advisories.items()
-                    if any(_affects(a, v) for a in advs for v in installed.get(name, ()))}  # fmt: skip
+                    if any(affects(a, v) for a in advs for v in installed.get(name, ()))}  # fmt: skip
         metas.update(await registry.packages(affected - set(metas)))  # for `fixed_in`
         runtime = await node_task
     except BaseException:
@@ -457,7 +464,7 @@ async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping
     tracers: dict[int, Tracer] = {}
     for key, lock in locks.items():
         vulnerable = {(n, v) for n, v in lock.registry_packages if n in affected
-                      and any(_affects(a, v) for a in advisories.get(n, []))}  # fmt: skip
+                      and any(affects(a, v) for a in advisories.get(n, []))}  # fmt: skip
         tracers[key] = Tracer(lock, vulnerable)
     for target in targets:
         located = target.located

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from jobs.dependencies import semver
-from jobs.dependencies.job import Project, fetch_github, update_kind
+from jobs.dependencies.job import Project, affects, fetch_github, update_kind
 from jobs.dependencies.node import declared_runtime
 from jobs.updates import security as patches
 from jobs.updates.planner import MANAGERS, PlanError, ProjectPlan, plan
@@ -117,7 +117,7 @@ def context_of(found: ProjectPlan, folder: Path, findings: list[patches.Finding]
     fixes = [{"id": f.key, "title": f.advisory.get("title"), "url": f.advisory.get("url"),
               "severity": f.advisory.get("severity"), "package": f.package, "version": f.version}
              for f in findings if after is not None and not any(
-                 n == f.package and patches.affects(f.advisory, v) for n, v in after.registry_packages)]  # fmt: skip
+                 n == f.package and affects(f.advisory, v) for n, v in after.registry_packages)]  # fmt: skip
     locked = {d.name: d.locked for d in (after.importers.get(".", []) if after else []) if d.source == "registry"}
     held = [{"name": n, "locked": v, "latest": latest[n]} for n, v in sorted(locked.items())
             if latest.get(n) and update_kind(v, latest[n]) == "major"]  # fmt: skip

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from jobs.dependencies import semver
-from jobs.dependencies.job import DependenciesOptions, advisory_answers, update_kind
+from jobs.dependencies.job import DependenciesOptions, advisory_answers, affects, chains_to, fixed_in, update_kind
 from jobs.dependencies.lockfiles import Lockfile, Tracer
 from jobs.updates.planner import Edit, PlanError, ProjectPlan, plan
 from worker.vendors.npm import Registry
@@ -48,10 +48,6 @@ class Finding:
     @property
     def key(self) -> str:
         return str(self.advisory.get("id"))
-
-
-def affects(advisory: dict[str, Any], version: str) -> bool:
-    return semver.satisfies(version, str(advisory.get("vulnerable_versions", "*")), include_prerelease=True)
 
 
 def findings(lock: Lockfile, registry: str, sources: tuple[str, ...] = ("registry",),
@@ -73,11 +69,10 @@ def findings(lock: Lockfile, registry: str, sources: tuple[str, ...] = ("registr
 
     answers = asyncio.run(ask()) or {}
     targets = {(n, v) for n, v in lock.registry_packages if any(affects(a, v) for a in answers.get(n, []))}
-    tracer = Tracer(lock, targets)
+    chains = chains_to(lock.importers.get(".", []), Tracer(lock, targets))
     found = []
     for name, version in sorted(targets):
-        via = [[d.name, *chain[1:]] for d in lock.importers.get(".", []) if d.source == "registry"
-               for target, chain in tracer.reached(d.package).items() if target == (name, version)]  # fmt: skip
+        via = chains.get((name, version), [])
         found += [Finding(name, version, a, via) for a in answers.get(name, []) if affects(a, version)]
     return found, gaps
 
@@ -140,16 +135,12 @@ async def _first_fixed(registry: str, finding: Finding, left: list[str]) -> str 
 def first_fixed(document: dict[str, Any] | None, advisory: dict[str, Any], installed: list[str]) -> str | None:
     """The first release after the installed versions that the advisory does not cover, not deprecated, in
     their major if there is one there (a caret on it then stays compatible with what the parent asked for). Pure."""
-    versions = (document or {}).get("versions") or {}
-    lowest = min((semver.parse(v) for v in installed), key=lambda v: v.key if v else (0,), default=None)
-    releases = sorted((parsed for v, info in versions.items() if not (info or {}).get("deprecated")
-                       for parsed in [semver.parse(v)] if parsed is not None and not parsed.prerelease
-                       and (lowest is None or lowest < parsed) and not affects(advisory, parsed.version)),
-                      key=lambda v: v.key)  # fmt: skip
-    if not releases:
-        return None
-    same = [v for v in releases if lowest is not None and v.major == lowest.major]
-    return (same or releases)[0].version
+    versions = [v for v, info in ((document or {}).get("versions") or {}).items() if not (info or {}).get("deprecated")]
+    lowest = min(installed, key=lambda v: parsed.key if (parsed := semver.parse(v)) else (0,))
+    major = semver.parse(lowest)
+    same = [v for v in versions if major and (p := semver.parse(v)) and p.major == major.major]
+    vulnerable = str(advisory.get("vulnerable_versions", "*"))
+    return fixed_in(vulnerable, lowest, same) or fixed_in(vulnerable, lowest, versions)
 
 
 def add_overrides(package: str, versions: list[str], chains: list[list[str]], value: str) -> Edit:
