@@ -367,6 +367,9 @@ jobs:
     assert all("fix" not in s for s in multer)
     assert all(s["reason"].startswith("no update within the ranges removes multer@1.4.5-lts.2") for s in multer)
     assert "no update within the ranges removes multer@1.4.5-lts.2" in out["summary"]
+    # npm asks for multer once a run: the plan, then one fix run shared by both advisories; opskeeper once more
+    # for the latest versions. A run per advisory would make it four.
+    assert registry.asked.count("multer") == 3, registry.asked.count("multer")
 
 
 def test_security_fix_opens_its_own_pull_request_titled_with_the_advisory(

@@ -274,13 +274,14 @@ class DependencyUpdatesJob:
                   problems: list[str]) -> list[dict[str, Any]]:  # fmt: skip
         """Each advisory on the project: its in-range fix (a dedicated pull request in that mode) or why none."""
         out: list[dict[str, Any]] = []
+        attempts: patches.Attempts = {}
         for finding in found:
             advisory = finding.advisory
             entry: dict[str, Any] = {"id": finding.key, "severity": advisory.get("severity"), "title": advisory.get(
                 "title"), "url": advisory.get("url"), "package": finding.package, "version": finding.version,
                 "via": finding.via[:3]}  # fmt: skip
             fixed, reason = patches.fix(project.name, folder, self.options.registry, finding,
-                                        pass_env=self.options.pass_env)  # fmt: skip
+                                        pass_env=self.options.pass_env, attempts=attempts)  # fmt: skip
             if fixed is None:
                 entry["reason"] = reason
                 ctx.log("updates.no_fix", project=project.name, advisory=finding.key, reason=reason)

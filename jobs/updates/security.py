@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +83,33 @@ def vulnerable_left(attempt: ProjectPlan, finding: Finding) -> list[str]:
                   if n == finding.package and affects(finding.advisory, v))  # fmt: skip
 
 
+Attempts = dict[tuple[Any, ...], "ProjectPlan | PlanError"]
+"""The package manager's runs of one project's fixes, by what they asked: advisories on one version (multer's
+two) need the same run, which is made once."""
+
+
+def _attempt(attempts: Attempts, key: tuple[Any, ...], run: Callable[[], ProjectPlan]) -> ProjectPlan:
+    if key not in attempts:
+        try:
+            attempts[key] = run()
+        except PlanError as exc:
+            attempts[key] = exc
+    found = attempts[key]
+    if isinstance(found, PlanError):
+        raise found
+    return found
+
+
 def fix(name: str, folder: Path, registry: str, finding: Finding, *, overrides: bool = True,
-        pass_env: Sequence[str] = ()) -> tuple[ProjectPlan | None, str]:  # fmt: skip
+        pass_env: Sequence[str] = (), attempts: Attempts | None = None) -> tuple[ProjectPlan | None, str]:  # fmt: skip
     """The in-range update that removes every vulnerable version of the package (else, for a transitive
-    package, an override that does), or None and why not."""
+    package, an override that does), or None and why not. `attempts` shares the runs between a project's fixes."""
+    attempts = {} if attempts is None else attempts
     parents = sorted({chain[0] for chain in finding.via if chain})
+    only = (finding.package, *parents)
     try:
-        attempt = plan(name, folder, registry, only=[finding.package, *parents], pass_env=pass_env)
+        attempt = _attempt(attempts, ("update", only),
+                           lambda: plan(name, folder, registry, only=only, pass_env=pass_env))  # fmt: skip
     except PlanError as exc:
         return None, str(exc)
     left = vulnerable_left(attempt, finding)
@@ -107,9 +127,10 @@ def fix(name: str, folder: Path, registry: str, finding: Finding, *, overrides: 
     if target is None:
         return None, f"{reason}, and no release of {finding.package} is outside the advisory's range"
     value = f"^{target}"
+    edit = add_overrides(finding.package, left, finding.via, value)
     try:
-        overridden = plan(name, folder, registry, edit=add_overrides(finding.package, left, finding.via, value),
-                          pass_env=pass_env)  # fmt: skip
+        overridden = _attempt(attempts, ("override", finding.package, tuple(left), value),
+                              lambda: plan(name, folder, registry, edit=edit, pass_env=pass_env))  # fmt: skip
     except PlanError as exc:
         return None, f"{reason}; an override to {value} failed: {exc}"
     still = vulnerable_left(overridden, finding)
@@ -117,10 +138,10 @@ def fix(name: str, folder: Path, registry: str, finding: Finding, *, overrides: 
         return None, f"{reason}; an override to {value} still leaves {finding.package}@{', '.join(still)}"
     assert overridden.after is not None  # noqa: S101 - plan() always reads the new lockfile
     moved = sorted({v for n, v in overridden.after.registry_packages if n == finding.package} - set(left))
-    if moved:  # the transitive move itself: a direct-dependency diff does not show it
-        overridden.updates += [{"name": finding.package, "from": old, "to": moved[0],
-                                "kind": update_kind(old, moved[0]), "group": "override"} for old in left]  # fmt: skip
-    return overridden, ""
+    # The transitive move itself, which a direct-dependency diff does not show (a copy: the run is shared).
+    return replace(overridden, updates=[*overridden.updates, *(
+        {"name": finding.package, "from": old, "to": moved[0], "kind": update_kind(old, moved[0]),
+         "group": "override"} for old in left if moved)]), ""  # fmt: skip
 
 
 async def _first_fixed(registry: str, finding: Finding, left: list[str]) -> str | None:
