@@ -19,61 +19,23 @@ Usage: python bench/updates.py [--delay 0.05] [--node 26] [--pnpm 12]
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from jobs.updates.planner import plan  # noqa: E402
+from tests.fixtures.registry_standin import ReplayRegistry  # noqa: E402
 
-RECORDED = ROOT / "tests" / "fixtures" / "registry-full"
 SHARED = ROOT.parent / "shared" / "fixtures"
-
-
-def serve(delay: float) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            time.sleep(delay)
-            path = RECORDED / f"{quote(unquote(self.path.lstrip('/').split('?', 1)[0]), safe='')}.json.gz"
-            body = gzip.decompress(path.read_bytes()) if path.is_file() else b"{}"
-            self.send_response(200 if path.is_file() else 404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_POST(self) -> None:
-            time.sleep(delay)
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    class Server(ThreadingHTTPServer):
-        request_queue_size = 128
-        daemon_threads = True
-
-    server = Server(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 def installed_kb(package: str) -> int | None:
@@ -140,8 +102,8 @@ def main() -> None:
             json.dumps({"bench": "updates", "skipped": "pnpm is not installed (npm install --prefix var/tools pnpm)"})
         )
         return
-    server = serve(args.delay)
-    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    server = ReplayRegistry(delay=args.delay)  # the tests' stand-in, as strict as the registry
+    url = server.url
     figures: dict[str, Any] = {"bench": "updates", "delay_ms": args.delay * 1000}
     plan_both(url, figures)
     tree = node_tree(args.node, args.pnpm)
@@ -152,7 +114,7 @@ def main() -> None:
         plan_both(url, figures, "_image_tools")
     finally:
         os.environ["PATH"] = path
-    server.shutdown()
+    server.close()
     libatomic = installed_kb("libatomic1") or 0
     parts = {"node": du_mb(tree / "bin" / "node"), "npm": du_mb(tree / "lib" / "npm"),
              "pnpm": du_mb(tree / "lib" / "pnpm"), "libatomic1": round(libatomic / 1024, 2)}  # fmt: skip

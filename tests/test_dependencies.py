@@ -19,6 +19,7 @@ import pytest
 from jobs.dependencies import semver
 from jobs.dependencies.job import DependenciesOptions, Ignore, Report, notices, update_kind, verdict
 from tests.conftest import ROOT, SHARED, Reply, opskeeper, send_reply
+from tests.fixtures.registry_standin import NPM_NAME, bulk_refusal
 from worker.job import Status
 
 RECORDED = ROOT / "tests" / "fixtures" / "registry"
@@ -31,7 +32,6 @@ ADVISORIES = ROOT / "tests" / "fixtures" / "advisories"
 OSV_RECORDS = {p.stem: json.loads(p.read_text()) for p in (ADVISORIES / "osv").glob("*.json")}
 # npm's package-name rule (validate-npm-package-name, old names allowed upper case): anything else the registry
 # refuses with 400, as it did for `git+ssh://git`.
-_NPM_NAME = re.compile(r"^(?:@[A-Za-z0-9~-][A-Za-z0-9._~-]*/)?[A-Za-z0-9~-][A-Za-z0-9._~-]*$")
 
 
 def osv_affects(record: dict[str, Any], name: str, version: str) -> bool:
@@ -92,7 +92,7 @@ class LocalRegistry:
                 registry.asked.append(name)
                 if registry.down:
                     return self._send(503, b"{}", {})
-                if not _NPM_NAME.match(name):
+                if not NPM_NAME.match(name):
                     return self._send(400, b'{"error": "Invalid package name"}', {})
                 path = RECORDED / f"{quote(name, safe='')}.json"
                 if not path.is_file():
@@ -120,12 +120,9 @@ class LocalRegistry:
                     return self._send(200, json.dumps({"results": results}).encode(), {})
                 registry.posts += 1
                 registry.posted.append(asked)
-                # As strict as the registry: an object of package name -> list of version strings.
-                if not isinstance(asked, dict) or not all(
-                    _NPM_NAME.match(n) and isinstance(v, list) and all(isinstance(x, str) for x in v)
-                    for n, v in asked.items()
-                ):
-                    return self._send(400, b'{"error": "Invalid package name or versions"}', {})
+                refused = bulk_refusal(asked)  # as strict as the registry
+                if refused:
+                    return self._send(400, json.dumps({"error": refused}).encode(), {})
                 if registry.down:
                     return self._send(503, b"{}", {})
                 if registry.bulk_status != 200:

@@ -2,115 +2,27 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
 import shutil
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
 
 import pytest
 
 from jobs.updates.planner import PlanError, plan
-from tests.conftest import ROOT, SHARED, Proxy, serve_tls
+from tests.conftest import ROOT, SHARED, Proxy
+from tests.fixtures.registry_standin import ReplayRegistry
 
-RECORDED = ROOT / "tests" / "fixtures" / "registry-full"
-ADVISORIES = ROOT / "tests" / "fixtures" / "advisories"
-BULK = {name: advisories for f in ("multer-bulk.json", "on-headers-bulk.json")
-        for name, advisories in json.loads((ADVISORIES / f).read_text()).items()}  # fmt: skip
-TARBALLS = ROOT / "tests" / "fixtures" / "registry-tarballs"
 TOOLS = ROOT / "var" / "tools" / "node_modules" / ".bin"
-
-
-class ReplayRegistry:
-    """Serves the recorded documents; anything not recorded is a 404, as an unknown package is.
-
-    `hidden` leaves versions out (with their times, and `latest` moved to the newest one left), as the
-    registry answered before they were published.
-    """
-
-    def __init__(self, hidden: dict[str, set[str]] | None = None, tarballs: bool = False,
-                 ssl_context: Any = None) -> None:  # fmt: skip
-        self.asked: list[str] = []
-        self.fetched: list[str] = []
-        hide = hidden or {}
-        self.posted: list[dict[str, Any]] = []
-        registry = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                name = unquote(self.path.lstrip("/").split("?", 1)[0])
-                if tarballs and "/-/" in name:  # a package tarball, as recorded (yarn fetches every one)
-                    registry.fetched.append(name)
-                    path = TARBALLS / quote(name, safe="")
-                    body = path.read_bytes() if path.is_file() else b'{"error": "Not found"}'
-                    self.send_response(200 if path.is_file() else 404)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                    return
-                registry.asked.append(name)
-                path = RECORDED / f"{quote(name, safe='')}.json.gz"
-                body = gzip.decompress(path.read_bytes()) if path.is_file() else b'{"error": "Not found"}'
-                if path.is_file() and name in hide:
-                    body = json.dumps(before_release(json.loads(body), hide[name])).encode()
-                if path.is_file() and tarballs:  # the tarballs are here, as a registry mirror's documents say
-                    body = body.replace(b"https://registry.npmjs.org/", registry.url.encode())
-                self.send_response(200 if path.is_file() else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self) -> None:
-                # The bulk advisory endpoint, answering from the recorded answers for what was asked.
-                asked = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                registry.posted.append(asked)
-                body = json.dumps({n: a for n, a in BULK.items() if n in asked}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            # pnpm opens dozens of connections at once: the default backlog of 5 drops some, and the
-            # client's SYN retries turn one request into 15 s.
-            request_queue_size = 128
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        host = "127.0.0.1"
-        if ssl_context is not None:
-            serve_tls(self.server, ssl_context)
-            host = "localhost"  # the name its certificate is for
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"{'https' if ssl_context else 'http'}://{host}:{self.server.server_address[1]}/"
-
-
-def before_release(document: dict[str, Any], versions: set[str]) -> dict[str, Any]:
-    """The document as it was before `versions` were published."""
-    from jobs.dependencies import semver
-
-    kept = {v: info for v, info in document["versions"].items() if v not in versions}
-    times = {v: t for v, t in (document.get("time") or {}).items() if v not in versions}
-    newest = max(kept, key=lambda v: semver.parse(v).key)  # type: ignore[union-attr]
-    return {**document, "versions": kept, "time": times, "dist-tags": {**document["dist-tags"], "latest": newest}}
 
 
 @pytest.fixture
 def registry() -> Iterator[ReplayRegistry]:
-    server = ReplayRegistry()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+    with ReplayRegistry() as server:
+        yield server
 
 
 @pytest.fixture
@@ -425,10 +337,8 @@ MORGAN_LATER = {"morgan": {"1.10.1", "1.11.0", "1.12.0", "1.12.1"}}
 
 @pytest.fixture
 def before_morgan_fix() -> Iterator[ReplayRegistry]:
-    server = ReplayRegistry(hidden=MORGAN_LATER)
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+    with ReplayRegistry(hidden=MORGAN_LATER) as server:
+        yield server
 
 
 def test_a_transitive_fix_no_parent_takes_yet_becomes_a_pnpm_override_pull_request(
@@ -589,10 +499,8 @@ def with_yarn(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def mirror() -> Iterator[ReplayRegistry]:
-    server = ReplayRegistry(tarballs=True)
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+    with ReplayRegistry(tarballs=True) as server:
+        yield server
 
 
 def test_yarn_classic_project_is_planned_with_the_real_yarn(tmp_path: Path, mirror: ReplayRegistry,
@@ -628,12 +536,8 @@ def test_yarn_transitive_fix_through_the_parent_and_else_through_resolutions(
     assert fixed is not None, reason
     assert {u["name"] for u in fixed.updates} == {"morgan"}
     assert fixed.edited == {}
-    hidden = ReplayRegistry(hidden=MORGAN_LATER, tarballs=True)
-    try:
+    with ReplayRegistry(hidden=MORGAN_LATER, tarballs=True) as hidden:
         overridden, reason = fix("api", project, hidden.url, finding)
-    finally:
-        hidden.server.shutdown()
-        hidden.server.server_close()
     assert overridden is not None, reason
     manifest = json.loads(overridden.files["package.json"])
     assert manifest["resolutions"] == {"morgan/on-headers": "^1.1.0"}
@@ -683,14 +587,11 @@ def test_the_package_manager_goes_through_the_proxy_and_trusts_the_operators_ca(
     monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
     # npm would retry an untrusted certificate for a minute; the job's pass_env hands the operator's setting on.
     monkeypatch.setenv("npm_config_fetch_retries", "0")
-    try:
+    with registry:
         with pytest.raises(PlanError, match=rf"server: {manager} (update|upgrade) exited"):
             plan("server", project, registry.url, pass_env=["npm_config_fetch_retries"])  # the CA is not trusted yet
         monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
         result = plan("server", project, registry.url, pass_env=["npm_config_fetch_retries"])
-    finally:
-        registry.server.shutdown()
-        registry.server.server_close()
     assert result.manager == manager
     assert "express" in {u["name"] for u in result.updates}
     assert f"CONNECT localhost:{registry.server.server_address[1]}" in proxy.seen
