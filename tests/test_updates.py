@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from jobs.updates.planner import PlanError, plan
-from tests.conftest import ROOT, SHARED, Proxy
+from tests.conftest import ROOT, SHARED, Proxy, opskeeper, write
 from tests.fixtures.registry_standin import ReplayRegistry
 
 TOOLS = ROOT / "var" / "tools" / "node_modules" / ".bin"
@@ -25,12 +25,39 @@ def registry() -> Iterator[ReplayRegistry]:
         yield server
 
 
-@pytest.fixture
-def with_pnpm(monkeypatch: pytest.MonkeyPatch) -> None:
+def on_path(monkeypatch: pytest.MonkeyPatch, tool: str, package: str) -> None:
+    """The package managers .ci/run installs under var/tools first on PATH; skip when `tool` is not there."""
     if TOOLS.is_dir():
         monkeypatch.setenv("PATH", f"{TOOLS}{os.pathsep}{os.environ['PATH']}")
-    if shutil.which("pnpm") is None:
-        pytest.skip("pnpm is not installed (npm install --prefix var/tools pnpm)")
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed (npm install --prefix var/tools {package})")
+
+
+@pytest.fixture
+def with_pnpm(monkeypatch: pytest.MonkeyPatch) -> None:
+    on_path(monkeypatch, "pnpm", "pnpm@12")
+
+
+@pytest.fixture
+def with_yarn(monkeypatch: pytest.MonkeyPatch) -> None:
+    on_path(monkeypatch, "yarn", "yarn@1")
+
+
+def updates_job(tmp_path: Path, **options: Any) -> Path:
+    """A schedule of one dependency_updates job, `monthly-updates`, with these options (as JSON, which YAML reads)."""
+    return write(tmp_path / "jobs.yaml", "jobs:\n  - id: monthly-updates\n    kind: dependency_updates\n"
+                 f'    schedule: "0 7 1 * *"\n    options: {json.dumps(options)}\n')  # fmt: skip
+
+
+def run_now(config: Path, env: dict[str, str], **secrets: str) -> dict[str, Any]:
+    """`run-now monthly-updates --json` with the package managers on PATH and `secrets` in the environment; the
+    outcome it prints, having checked that none of the secrets is in anything it printed."""
+    result = opskeeper("run-now", "monthly-updates", "--config", str(config), "--json", timeout=300,
+                       env={**env, "PATH": os.environ["PATH"], **secrets})  # fmt: skip
+    assert all(value not in result.stdout + result.stderr for value in secrets.values())
+    assert result.stdout.startswith("{"), result.stderr
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -72,25 +99,11 @@ def test_a_missing_package_manager_is_named(tmp_path: Path, monkeypatch: pytest.
 def test_dependency_updates_job_dry_run_through_run_now(tmp_path: Path, env: dict[str, str], registry: ReplayRegistry,
                                                         with_pnpm: None) -> None:  # fmt: skip
     """`run-now` of a dry run: WARN with the plan in the details, nothing changed in the project."""
-    import json
-
-    from tests.conftest import opskeeper, write
-
     project = shutil.copytree(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
     before = digest(project)
-    config = write(tmp_path / "jobs.yaml", f"""\
-jobs:
-  - id: monthly-updates
-    kind: dependency_updates
-    schedule: "0 7 1 * *"
-    options:
-      registry: "{registry.url}"
-      projects: [{{name: server, path: "{project}"}}]
-""")  # fmt: skip
-    result = opskeeper("run-now", "monthly-updates", "--config", str(config), "--json",
-                       env={**env, "PATH": os.environ["PATH"]})  # fmt: skip
-    out = json.loads(result.stdout)
-    assert out["status"] == "warn", result.stderr
+    out = run_now(updates_job(tmp_path, registry=registry.url, projects=[{"name": "server", "path": str(project)}]),
+                  env)  # fmt: skip
+    assert out["status"] == "warn", out
     [server] = out["details"]["projects"]
     express = next(u for u in server["updates"] if u["name"] == "express")
     assert (express["from"], express["to"][:2]) == ("4.21.2", "4.")
@@ -100,15 +113,7 @@ jobs:
 
 def test_pull_request_mode_needs_projects_on_github(tmp_path: Path, env: dict[str, str]) -> None:
     """A local project cannot become a pull request: validation says which project and what it needs."""
-    from tests.conftest import opskeeper, write
-
-    config = write(tmp_path / "jobs.yaml", """\
-jobs:
-  - id: monthly-updates
-    kind: dependency_updates
-    schedule: "0 7 1 * *"
-    options: {mode: pull_request, projects: [{name: server, path: server}]}
-""")  # fmt: skip
+    config = updates_job(tmp_path, mode="pull_request", projects=[{"name": "server", "path": "server"}])
     result = opskeeper("validate", "--config", str(config), env=env)
     assert result.code == 78
     assert "project(s) server need github: {repo, ref, path}" in result.stderr
@@ -116,15 +121,7 @@ jobs:
 
 def test_validate_warns_when_no_package_manager_is_on_path(tmp_path: Path, env: dict[str, str]) -> None:
     """`validate` without pnpm, npm or yarn on PATH still passes, and names the missing tools and the image flag."""
-    from tests.conftest import opskeeper, write
-
-    config = write(tmp_path / "jobs.yaml", """\
-jobs:
-  - id: monthly-updates
-    kind: dependency_updates
-    schedule: "0 7 1 * *"
-    options: {projects: [{name: server, path: server}]}
-""")  # fmt: skip
+    config = updates_job(tmp_path, projects=[{"name": "server", "path": "server"}])
     bare = tmp_path / "bin"
     bare.mkdir()
     result = opskeeper("validate", "--config", str(config), env={**env, "PATH": str(bare)})
@@ -150,26 +147,10 @@ def github() -> Iterator[Any]:
 
 
 def pull_request_run(tmp_path: Path, env: dict[str, str], registry: ReplayRegistry, github: Any) -> dict[str, Any]:
-    import json
-
-    from tests.conftest import opskeeper, write
-
-    config = write(tmp_path / "jobs.yaml", f"""\
-jobs:
-  - id: monthly-updates
-    kind: dependency_updates
-    schedule: "0 7 1 * *"
-    options:
-      mode: pull_request
-      registry: "{registry.url}"
-      projects: [{{name: server, github: {{repo: acme/shop, ref: main, path: server, api_url: "{github.url}"}}}}]
-""")  # fmt: skip
-    token = "ghp_TestToken00000000000000000000"
-    result = opskeeper("run-now", "monthly-updates", "--config", str(config), "--json",
-                       env={**env, "PATH": os.environ["PATH"], "GITHUB_TOKEN": token})  # fmt: skip
-    assert "ghp_TestToken" not in result.stdout + result.stderr
-    out: dict[str, Any] = json.loads(result.stdout)
-    return out
+    source = {"repo": "acme/shop", "ref": "main", "path": "server", "api_url": github.url}
+    config = updates_job(tmp_path, mode="pull_request", registry=registry.url,
+                         projects=[{"name": "server", "github": source}])  # fmt: skip
+    return run_now(config, env, GITHUB_TOKEN="ghp_TestToken00000000000000000000")
 
 
 def test_pull_request_run_writes_the_lockfile_to_its_branch_and_opens_one_pull_request(
@@ -256,23 +237,11 @@ def test_dry_run_names_the_in_range_fix_for_a_transitive_advisory(tmp_path: Path
 def test_no_in_range_fix_opens_nothing_and_says_why(tmp_path: Path, env: dict[str, str],
                                                     registry: ReplayRegistry) -> None:  # fmt: skip
     """multer 1.4.5-lts.2 needs 2.x for its advisories: `^1.4.5-lts.2` cannot reach it, and the run says so."""
-    from tests.conftest import opskeeper, write
-
     if shutil.which("npm") is None:
         pytest.skip("npm is not on PATH")
     project = shutil.copytree(ROOT / "tests" / "fixtures" / "projects" / "multer-lts", tmp_path / "uploads")
-    config = write(tmp_path / "jobs.yaml", f"""\
-jobs:
-  - id: monthly-updates
-    kind: dependency_updates
-    schedule: "0 7 1 * *"
-    options:
-      registry: "{registry.url}"
-      projects: [{{name: uploads, path: "{project}"}}]
-""")  # fmt: skip
-    result = opskeeper("run-now", "monthly-updates", "--config", str(config), "--json",
-                       env={**env, "PATH": os.environ["PATH"]})  # fmt: skip
-    out = json.loads(result.stdout)
+    out = run_now(updates_job(tmp_path, registry=registry.url, projects=[{"name": "uploads", "path": str(project)}]),
+                  env)  # fmt: skip
     [uploads] = out["details"]["projects"]
     multer = [s for s in uploads["security"] if s["package"] == "multer"]
     assert {s["id"] for s in multer} == {"1104917", "1104916"}
@@ -305,26 +274,9 @@ def test_security_fix_opens_its_own_pull_request_titled_with_the_advisory(
 def test_patch_mode_holds_back_minor_steps(tmp_path: Path, env: dict[str, str], registry: ReplayRegistry,
                                            with_pnpm: None) -> None:  # fmt: skip
     """`update: patch`: only patch steps are planned; express's minor step (4.21 → 4.22) is held back and named."""
-    import json
-
-    from tests.conftest import opskeeper, write
-
     project = shutil.copytree(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
-    config = write(tmp_path / "jobs.yaml", f"""\
-jobs:
-  - id: monthly-updates
-    kind: dependency_updates
-    schedule: "0 7 1 * *"
-    options:
-      update: patch
-      security: "off"
-      registry: "{registry.url}"
-      projects: [{{name: server, path: "{project}"}}]
-""")  # fmt: skip
-    result = opskeeper("run-now", "monthly-updates", "--config", str(config), "--json",
-                       env={**env, "PATH": os.environ["PATH"]})  # fmt: skip
-    assert result.stdout.startswith("{"), result.stderr
-    out = json.loads(result.stdout)
+    out = run_now(updates_job(tmp_path, update="patch", security="off", registry=registry.url,
+                              projects=[{"name": "server", "path": str(project)}]), env)  # fmt: skip
     [server] = out["details"]["projects"]
     assert server["updates"]
     assert all(u["kind"] == "patch" for u in server["updates"])
@@ -425,7 +377,6 @@ def test_group_all_makes_one_pull_request_for_client_and_server(
     tmp_path: Path, env: dict[str, str], registry: ReplayRegistry, with_pnpm: None
 ) -> None:
     """`group: all`: both lockfiles in one commit on opskeeper/updates/all, one PR with a section per project."""
-    from tests.conftest import opskeeper, write
     from tests.fixtures.github_standin import GitHubStandIn
 
     github = GitHubStandIn()
@@ -434,24 +385,12 @@ def test_group_all_makes_one_pull_request_for_client_and_server(
              if p.is_file()}  # fmt: skip
     repo = github.repo("acme/shop")
     repo.seed("main", files)
-    source = f'repo: acme/shop, ref: main, api_url: "{github.url}"'
-    projects = ", ".join(f"{{name: {side}, github: {{{source}, path: {side}}}}}" for side in ("client", "server"))
-    config = write(tmp_path / "jobs.yaml", f"""\
-jobs:
-  - id: monthly-updates
-    kind: dependency_updates
-    schedule: "0 7 1 * *"
-    options:
-      mode: pull_request
-      group: all
-      security: "off"
-      registry: "{registry.url}"
-      projects: [{projects}]
-""")  # fmt: skip
+    projects = [{"name": side, "github": {"repo": "acme/shop", "ref": "main", "path": side, "api_url": github.url}}
+                for side in ("client", "server")]  # fmt: skip
+    config = updates_job(tmp_path, mode="pull_request", group="all", security="off", registry=registry.url,
+                         projects=projects)  # fmt: skip
     try:
-        result = opskeeper("run-now", "monthly-updates", "--config", str(config), "--json", timeout=300,
-                           env={**env, "PATH": os.environ["PATH"], "GITHUB_TOKEN": "ghp_x"})  # fmt: skip
-        out = json.loads(result.stdout)
+        out = run_now(config, env, GITHUB_TOKEN="ghp_TestToken00000000000000000001")
         assert out["status"] == "warn", out
         assert set(repo.refs) == {"main", "opskeeper/updates/all"}
         branch = repo.refs["opskeeper/updates/all"]
@@ -470,31 +409,12 @@ jobs:
 
 def test_group_all_needs_one_repository(tmp_path: Path, env: dict[str, str]) -> None:
     """`group: all` over two repositories is refused at validation, naming both and the way out."""
-    from tests.conftest import opskeeper, write
-
-    config = write(tmp_path / "jobs.yaml", """\
-jobs:
-  - id: monthly-updates
-    kind: dependency_updates
-    schedule: "0 7 1 * *"
-    options:
-      mode: pull_request
-      group: all
-      projects:
-        - {name: client, github: {repo: acme/web, ref: main}}
-        - {name: server, github: {repo: acme/api, ref: main}}
-""")  # fmt: skip
+    config = updates_job(tmp_path, mode="pull_request", group="all",
+                         projects=[{"name": "client", "github": {"repo": "acme/web", "ref": "main"}},
+                                   {"name": "server", "github": {"repo": "acme/api", "ref": "main"}}])  # fmt: skip
     result = opskeeper("validate", "--config", str(config), env=env)
     assert result.code == 78
     assert "these are on acme/api@main, acme/web@main (use group: project)" in result.stderr
-
-
-@pytest.fixture
-def with_yarn(monkeypatch: pytest.MonkeyPatch) -> None:
-    if TOOLS.is_dir():
-        monkeypatch.setenv("PATH", f"{TOOLS}{os.pathsep}{os.environ['PATH']}")
-    if shutil.which("yarn") is None:
-        pytest.skip("yarn is not installed (npm install --prefix var/tools yarn@1)")
 
 
 @pytest.fixture
