@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -42,12 +42,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from jobs.dependencies.job import DependenciesOptions, Project, check_projects  # noqa: E402
+from tests.fixtures.registry_standin import LoopbackServer, bulk_refusal  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "fixtures"
 RECORDED = ROOT / "tests" / "fixtures" / "registry"
 
 
-def serve(delay: float) -> ThreadingHTTPServer:
+def serve(delay: float) -> LoopbackServer:
     bulk = json.loads((SHARED / "npm-audit" / "audit-omit" / "bulk.json").read_text())
 
     class Handler(BaseHTTPRequestHandler):
@@ -69,6 +70,8 @@ def serve(delay: float) -> ThreadingHTTPServer:
         def do_POST(self) -> None:
             time.sleep(delay)
             asked = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if bulk_refusal(asked):  # as strict as the registry
+                return self._send(400, json.dumps({"error": bulk_refusal(asked)}).encode(), "")
             return self._send(200, json.dumps({k: v for k, v in bulk.items() if k in asked}).encode(), "")
 
         def _send(self, status: int, body: bytes, etag: str) -> None:
@@ -82,18 +85,14 @@ def serve(delay: float) -> ThreadingHTTPServer:
         def log_message(self, *args: Any) -> None:
             pass
 
-    ThreadingHTTPServer.request_queue_size = 128  # 16 connections at once overflow the default backlog of 5
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return LoopbackServer(Handler)
 
 
 MIRROR = ROOT / "var" / "bench-registry"
 UPSTREAM = "https://registry.npmjs.org"
 
 
-def serve_mirror(delay: float) -> ThreadingHTTPServer:
+def serve_mirror(delay: float) -> LoopbackServer:
     """A registry stand-in serving real documents, each fetched from the npm registry once and kept on disk."""
     import httpx
 
@@ -127,6 +126,8 @@ def serve_mirror(delay: float) -> ThreadingHTTPServer:
         def do_POST(self) -> None:
             time.sleep(delay)
             asked = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if bulk_refusal(asked):  # as strict as the registry
+                return self._send(400, json.dumps({"error": bulk_refusal(asked)}).encode())
             return self._send(200, json.dumps({k: v for k, v in bulk.items() if k in asked}).encode())
 
         def _send(self, status: int, body: bytes, kind: str = "application/json", etag: str = "") -> None:
@@ -141,11 +142,7 @@ def serve_mirror(delay: float) -> ThreadingHTTPServer:
         def log_message(self, *args: Any) -> None:
             pass
 
-    ThreadingHTTPServer.request_queue_size = 128
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return LoopbackServer(Handler)
 
 
 def measured(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, str]:
