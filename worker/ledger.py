@@ -501,23 +501,28 @@ class SqliteLedger:
             self._db.execute("INSERT INTO instances (instance, seen_at) VALUES (?, ?) ON CONFLICT (instance)"
                              " DO UPDATE SET seen_at=excluded.seen_at", (instance, _iso(to_ms(now))))  # fmt: skip
 
-    def acquire_lease(self, owner: str, ttl: timedelta, now: datetime) -> int | None:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One step for every process on this file (IMMEDIATE: the write lock from the start), under the guard."""
         with self._guard():
-            # IMMEDIATE: the read and the write are one step for every process on this file.
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                token = next_token(self._lease(), owner, now)
-                if token is not None:
-                    self._db.execute(
-                        "INSERT INTO lease (name, owner, token, expires_at) VALUES (?,?,?,?) ON CONFLICT (name)"
-                        " DO UPDATE SET owner=excluded.owner, token=excluded.token, expires_at=excluded.expires_at",
-                        (LEASE, owner, token, _iso(to_ms(now + ttl))),
-                    )  # fmt: skip
+                yield
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            return token
+
+    def acquire_lease(self, owner: str, ttl: timedelta, now: datetime) -> int | None:
+        with self._transaction():  # the read and the write
+            token = next_token(self._lease(), owner, now)
+            if token is not None:
+                self._db.execute(
+                    "INSERT INTO lease (name, owner, token, expires_at) VALUES (?,?,?,?) ON CONFLICT (name)"
+                    " DO UPDATE SET owner=excluded.owner, token=excluded.token, expires_at=excluded.expires_at",
+                    (LEASE, owner, token, _iso(to_ms(now + ttl))),
+                )  # fmt: skip
+        return token
 
     def release_lease(self, owner: str, token: int) -> None:
         with self._guard():
@@ -550,7 +555,7 @@ class SqliteLedger:
         rows = [(c.job_id, c.endpoint, _iso(c.at), c.verdict, c.state, c.status_code, c.latency_ms, c.reason)
                 for c in checks]  # fmt: skip
         days = [(*key, *row) for key, row in fold_days(checks).items()]
-        with self._guard():
+        with self._transaction():  # the checks and their days' figures together, or neither
             self._db.executemany(f"INSERT INTO checks ({_CHECK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows)
             self._db.executemany(_FOLD_DAY, days)
 
