@@ -439,7 +439,7 @@ async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping
     registry = Registry(options.registry, token or options.registry_token, cache.setdefault("registry", {}),
                         options.concurrency)  # fmt: skip
     node_task = asyncio.create_task(_node_data(options, cache, gaps, today))
-    advisory_task = asyncio.create_task(_advisories(options, registry, installed, gaps))
+    advisory_task = asyncio.create_task(advisory_answers(options, registry, installed, gaps))
     try:
         metas: dict[str, Any] = await registry.packages(direct_names)
         answered = await advisory_task
@@ -504,8 +504,8 @@ def _drift(located: Located, lockfiles: Lockfiles) -> list[str]:
     return found
 
 
-async def _advisories(options: DependenciesOptions, registry: Registry, installed: dict[str, set[str]],
-                      gaps: list[dict[str, str]]) -> dict[str, list[dict[str, Any]]] | None:  # fmt: skip
+async def advisory_answers(options: DependenciesOptions, registry: Registry, installed: dict[str, set[str]],
+                           gaps: list[dict[str, str]]) -> dict[str, list[dict[str, Any]]] | None:  # fmt: skip
     """Every configured source's answer, merged; OSV when they all failed; None when no source answered."""
     if not installed:
         return {}
@@ -526,12 +526,6 @@ async def _advisories(options: DependenciesOptions, registry: Registry, installe
         except HttpError as exc:
             gaps.append(_gap("advisories (osv)", str(exc), "the fallback could not be asked either"))
     return merge_advisories(answers) if answers else None
-
-
-async def advisory_answers(options: DependenciesOptions, registry: Registry, installed: dict[str, set[str]],
-                           gaps: list[dict[str, str]]) -> dict[str, list[dict[str, Any]]] | None:  # fmt: skip
-    """The advisory sources' merged answer for these package versions (None when no source answered)."""
-    return await _advisories(options, registry, installed, gaps)
 
 
 async def _ask(source: str, options: DependenciesOptions, registry: Registry,
