@@ -35,6 +35,10 @@ def test_commit_files_builds_one_commit_on_the_base_and_moves_the_branch(github:
     with GitHub("acme/shop", api_url=github.url, token="t") as client:
         sha = client.commit_files("opskeeper/updates/server", "main", {"server/pnpm-lock.yaml": b"new\n"}, "update")
         again = client.commit_files("opskeeper/updates/server", "main", {"server/pnpm-lock.yaml": b"newer\n"}, "again")
+        commits = len(repo.commits)
+        same = client.commit_files("opskeeper/updates/server", "main", {"server/pnpm-lock.yaml": b"newer\n"}, "again")
+    assert same == again  # the same change on the same base: the branch is left as it is
+    assert len(repo.commits) == commits  # no new commit at all
     assert repo.refs["opskeeper/updates/server"] == again != sha
     assert repo.commits[again]["parents"] == [repo.refs["main"]]  # rebuilt on the base: never commits piled up
     assert repo.files(again) == {"server/package.json": b'{"name": "server"}\n', "server/pnpm-lock.yaml": b"newer\n",

@@ -169,6 +169,7 @@ def test_pull_request_run_writes_the_lockfile_to_its_branch_and_opens_one_pull_r
     assert b"express@4.2" in repo.files(branch)["server/pnpm-lock.yaml"]
     second = pull_request_run(tmp_path, env, registry, github)
     assert second["status"] == "warn"
+    assert repo.refs["opskeeper/updates/server"] == branch  # the same lockfile again: no new commit to re-run CI on
     [pull] = [p for p in repo.pulls if p["head"]["ref"] == "opskeeper/updates/server"]  # refreshed, not duplicated
     assert (pull["state"], pull["base"]["ref"]) == ("open", "main")
     assert "| express | 4.21.2 | 4." in pull["body"]

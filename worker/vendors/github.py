@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import os
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from worker.http import DEFAULT_TIMEOUT, Api, HttpError
 
@@ -19,6 +19,14 @@ GITHUB_API = "https://api.github.com"
 #: The only branches opskeeper writes to.
 OWN_BRANCHES = "opskeeper/"
 _RAW = {"Accept": "application/vnd.github.raw+json"}
+
+
+class Tip(NamedTuple):
+    """A branch's newest commit: its sha, its tree's, and its parents'."""
+
+    sha: str
+    tree: str
+    parents: tuple[str, ...]
 
 
 class GitHub:
@@ -72,20 +80,22 @@ class GitHub:
 
     # --- changes as pull requests -------------------------------------------------------
 
-    def head(self, branch: str) -> tuple[str, str] | None:
-        """(commit sha, tree sha) at the tip of `branch`; None when there is no such branch."""
+    def head(self, branch: str) -> Tip | None:
+        """The commit at the tip of `branch`; None when there is no such branch."""
         response = self.api.get(f"/repos/{self.repo}/git/ref/heads/{branch}", allow=(404,))
         if response.status_code == 404:
             return None
         sha = str(self.api.parse(response)["object"]["sha"])
         commit = self.api.get_json(f"/repos/{self.repo}/git/commits/{sha}")
-        return sha, str(commit["tree"]["sha"])
+        return Tip(sha, str(commit["tree"]["sha"]), tuple(str(p["sha"]) for p in commit.get("parents", [])))
 
     def commit_files(self, branch: str, base: str, files: dict[str, bytes], message: str) -> str:
         """Commit `files` (path -> content) on top of `base`'s tip as `branch`, created or force-moved there.
 
         The branch is rebuilt from the base every time (one commit ahead of it), so a refresh
-        never piles commits up. Returns the new commit's sha.
+        never piles commits up. A branch that already holds exactly this on the base's tip is left
+        as it is: a new commit would re-run the pull request's checks for nothing. Returns the
+        branch's commit.
         """
         if not branch.startswith(OWN_BRANCHES) or branch == base:
             raise ValueError(f"branch {branch!r}: opskeeper writes only to branches under {OWN_BRANCHES!r}, "
@@ -93,7 +103,7 @@ class GitHub:
         tip = self.head(base)
         if tip is None:
             raise HttpError("GitHub API", "GET", f"/repos/{self.repo}/git/ref/heads/{base}", "no such base branch")
-        parent, tree = tip
+        parent, tree = tip.sha, tip.tree
         entries = []
         for path, data in sorted(files.items()):
             content = {"content": base64.b64encode(data).decode(), "encoding": "base64"}
@@ -101,11 +111,14 @@ class GitHub:
             entries.append({"path": path, "mode": "100644", "type": "blob", "sha": self.api.parse(blob)["sha"]})
         made = self.api.parse(self.api.request("POST", f"/repos/{self.repo}/git/trees",
                                                json={"base_tree": tree, "tree": entries}))  # fmt: skip
+        current = self.head(branch)
+        if current is not None and current.tree == made["sha"] and current.parents == (parent,):
+            return current.sha
         commit = self.api.parse(self.api.request("POST", f"/repos/{self.repo}/git/commits",
                                                  json={"message": message, "tree": made["sha"],
                                                        "parents": [parent]}))  # fmt: skip
         sha = str(commit["sha"])
-        if self.head(branch) is None:
+        if current is None:
             ref = {"ref": f"refs/heads/{branch}", "sha": sha}
             self.api.request("POST", f"/repos/{self.repo}/git/refs", json=ref)
         else:
