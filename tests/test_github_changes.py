@@ -76,3 +76,18 @@ def test_a_pull_request_with_no_commits_is_refused_as_github_does(github: GitHub
     repo.refs["opskeeper/updates/empty"] = repo.refs["main"]
     with GitHub("acme/shop", api_url=github.url, token="t") as client, pytest.raises(HttpError, match="422"):
         client.propose("opskeeper/updates/empty", "main", "t", "b")
+
+
+def test_a_body_over_githubs_limit_is_cut_at_a_line_and_says_so(github: GitHubStandIn) -> None:
+    """A 3,000-row update table (a big workspace, group: all) is over GitHub's 65,536 characters: the pull request
+    still opens, its body cut at a whole line with a note, where the stand-in refuses the whole body as GitHub does."""
+    rows = "\n".join(f"| package-{i:04d} | 1.0.0 | 1.0.1 | patch | dependencies |" for i in range(3000))
+    with GitHub("acme/shop", api_url=github.url, token="t") as client:
+        client.commit_files("opskeeper/updates/all", "main", {"server/pnpm-lock.yaml": b"new\n"}, "update")
+        pull, new = client.propose("opskeeper/updates/all", "main", "Update dependencies", "| package |\n" + rows)
+    assert new
+    body = pull["body"]
+    assert len(body) <= 65536
+    assert body.splitlines()[-1].startswith("… ")
+    assert body.splitlines()[-1].endswith("more lines left out: GitHub takes 65536 characters.")
+    assert all(line.endswith("|") for line in body.splitlines()[:-2])  # whole rows only

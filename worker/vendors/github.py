@@ -18,6 +18,25 @@ from worker.http import DEFAULT_TIMEOUT, Api, HttpError
 GITHUB_API = "https://api.github.com"
 #: The only branches opskeeper writes to.
 OWN_BRANCHES = "opskeeper/"
+#: GitHub refuses a pull request or comment body longer than this (422 "body is too long").
+BODY_LIMIT = 65536
+
+
+def fit(body: str, limit: int = BODY_LIMIT) -> str:
+    """`body` cut at a line to GitHub's limit, saying how much was left out. Pure."""
+    if len(body) <= limit:
+        return body
+    lines = body.splitlines()
+    kept: list[str] = []
+    size = 0
+    for line in lines:
+        if size + len(line) + 1 > limit - 100:  # room for the note
+            break
+        kept.append(line)
+        size += len(line) + 1
+    return "\n".join([*kept, "", f"… {len(lines) - len(kept)} more lines left out: GitHub takes {limit} characters."])
+
+
 _RAW = {"Accept": "application/vnd.github.raw+json"}
 
 
@@ -136,14 +155,14 @@ class GitHub:
         found = self.open_pull(branch)
         if found is not None:
             updated = self.api.request("PATCH", f"/repos/{self.repo}/pulls/{found['number']}",
-                                       json={"title": title, "body": body})  # fmt: skip
+                                       json={"title": title, "body": fit(body)})  # fmt: skip
             return dict(self.api.parse(updated)), False
         made = self.api.request("POST", f"/repos/{self.repo}/pulls",
-                                json={"title": title, "head": branch, "base": base, "body": body})  # fmt: skip
+                                json={"title": title, "head": branch, "base": base, "body": fit(body)})  # fmt: skip
         return dict(self.api.parse(made)), True
 
     def close_pull(self, number: int, comment: str | None = None) -> None:
         """Close a pull request (with a comment saying why, when given)."""
         if comment:
-            self.api.request("POST", f"/repos/{self.repo}/issues/{number}/comments", json={"body": comment})
+            self.api.request("POST", f"/repos/{self.repo}/issues/{number}/comments", json={"body": fit(comment)})
         self.api.request("PATCH", f"/repos/{self.repo}/pulls/{number}", json={"state": "closed"})
