@@ -88,6 +88,24 @@ def test_ignored_packages_stay_where_they_are(tmp_path: Path, registry: ReplayRe
     assert "express" in names
 
 
+def test_a_workspace_is_planned_with_its_members_and_never_loses_one(
+    tmp_path: Path, registry: ReplayRegistry, with_pnpm: None
+) -> None:
+    """A pnpm workspace (client and server as members): both members' updates are planned, named by member, and the
+    new lockfile keeps every importer; a member the package manager would drop makes the plan fail, not a PR."""
+    project = shutil.copytree(ROOT / "tests" / "fixtures" / "projects" / "mern-workspace", tmp_path / "shop")
+    result = plan("shop", project, registry.url)
+    assert result.before is not None
+    assert result.after is not None
+    assert set(result.after.importers) == set(result.before.importers) == {".", "client", "server"}
+    members = {(u["importer"], u["name"]) for u in result.updates}
+    assert ("server", "express") in members
+    assert "client" in {importer for importer, _ in members}
+    (project / "server" / "package.json").unlink()  # the lockfile still lists server
+    with pytest.raises(PlanError, match=r"shop: pnpm update wrote a lockfile without server"):
+        plan("shop", project, registry.url)
+
+
 def test_a_missing_package_manager_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without pnpm on PATH the error names pnpm and how to get it."""
     monkeypatch.setenv("PATH", "/nonexistent")

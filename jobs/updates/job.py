@@ -88,10 +88,15 @@ def in_repo(folder: str, files: dict[str, bytes]) -> dict[str, bytes]:
     return {"/".join(p for p in (folder.strip("/"), name) if p): data for name, data in files.items()}
 
 
+def _label(update: dict[str, Any]) -> str:
+    """A package as the table names it: with the workspace member it is in, when not the root."""
+    return f"{update['name']} ({update['importer']})" if "importer" in update else str(update["name"])
+
+
 def pull_body(plan: ProjectPlan, context: dict[str, Any] | None = None) -> str:
     """The pull request's text: the updates, the advisories they fix, the majors held back, engines to mind."""
     context = context or {}
-    rows = "\n".join(f"| {u['name']} | {u['from']} | {u['to']} | {u['kind']} | {u['group']} |" for u in plan.updates)
+    rows = "\n".join(f"| {_label(u)} | {u['from']} | {u['to']} | {u['kind']} | {u['group']} |" for u in plan.updates)
     out = [f"In-range updates computed by `{plan.manager} update` in lockfile-only mode (scripts off), as the "
            "plan's monthly update does by hand.", "", "| package | from | to | kind | group |",
            "|---|---|---|---|---|", rows]  # fmt: skip
@@ -118,7 +123,7 @@ def context_of(found: ProjectPlan, folder: Path, findings: list[patches.Finding]
               "severity": f.advisory.get("severity"), "package": f.package, "version": f.version}
              for f in findings if after is not None and not any(
                  n == f.package and affects(f.advisory, v) for n, v in after.registry_packages)]  # fmt: skip
-    locked = {d.name: d.locked for d in (after.importers.get(".", []) if after else []) if d.source == "registry"}
+    locked = {d.name: d.locked for d in (after.directs() if after else []) if d.source == "registry"}
     held = [{"name": n, "locked": v, "latest": latest[n]} for n, v in sorted(locked.items())
             if latest.get(n) and update_kind(v, latest[n]) == "major"]  # fmt: skip
     declared = declared_runtime(folder)
@@ -210,7 +215,7 @@ class DependencyUpdatesJob:
 
     def _latest(self, found: ProjectPlan) -> dict[str, str | None]:
         """The registry's `latest` of each direct dependency (for the majors held back); empty if it cannot say."""
-        names = {d.package[0]: d.name for d in (found.after.importers.get(".", []) if found.after else [])
+        names = {d.package[0]: d.name for d in (found.after.directs() if found.after else [])
                  if d.source == "registry"}  # fmt: skip
 
         async def ask() -> dict[str, Any]:

@@ -79,13 +79,48 @@ class ProjectPlan:
                 "held": self.held}  # fmt: skip
 
 
-def diff(before: Lockfile, after: Lockfile, importer: str = ".") -> list[dict[str, Any]]:
-    """Each direct dependency whose locked version changed: name, from, to, kind. Pure."""
-    old = {d.name: d for d in before.importers.get(importer, []) if d.source == "registry"}
-    new = {d.name: d for d in after.importers.get(importer, []) if d.source == "registry"}
-    return [{"name": name, "from": old[name].locked, "to": new[name].locked,
-             "kind": update_kind(old[name].locked, new[name].locked), "group": new[name].group}
-            for name in sorted(set(old) & set(new)) if old[name].locked != new[name].locked]  # fmt: skip
+def diff(before: Lockfile, after: Lockfile) -> list[dict[str, Any]]:
+    """Each direct dependency whose locked version changed: name, from, to, kind, group, and for a workspace
+    member its `importer` (its folder, as the lockfile names it). Pure."""
+    changes = []
+    for importer in sorted(before.importers):
+        old = {d.name: d for d in before.importers[importer] if d.source == "registry"}
+        new = {d.name: d for d in after.importers.get(importer, []) if d.source == "registry"}
+        changes += [{"name": name, "from": old[name].locked, "to": new[name].locked,
+                     "kind": update_kind(old[name].locked, new[name].locked), "group": new[name].group,
+                     **({"importer": importer} if importer != "." else {})}
+                    for name in sorted(set(old) & set(new)) if old[name].locked != new[name].locked]  # fmt: skip
+    return changes
+
+
+def _copy_project(folder: Path, work: Path, lockfile: str, before: Lockfile) -> None:
+    """The files the package manager reads into the scratch copy, a workspace's members' package.json too
+    (where the lockfile says they are, inside the project): without them it finds no members and writes a
+    lockfile without them."""
+    inside = folder.resolve()
+    members = [m for m in before.importers if m != "." and (folder / m / "package.json").is_file()
+               and (folder / m).resolve().is_relative_to(inside)]  # fmt: skip
+    for file in (*PROJECT_FILES, lockfile, *(f"{m}/package.json" for m in members)):
+        if (folder / file).is_file():
+            (work / file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(folder / file, work / file)
+
+
+def _run(what: str, args: list[str], env: dict[str, str], work: Path, timeout: float) -> None:
+    """Run the package manager as a child of opskeeper's (worker.children); PlanError naming `what` if it fails."""
+    proc = children.spawn(args, env, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        children.kill_group(proc)  # its own children (pnpm's workers, yarn's fetches) too
+        proc.communicate()
+        raise PlanError(f"{what} did not finish within {timeout:g} s") from None
+    finally:
+        children.reap(proc)
+    if proc.returncode != 0:
+        text = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()
+        raise PlanError(f"{what} exited {proc.returncode}: {' / '.join(text.splitlines()[-3:])[:400]}")
 
 
 def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), only: Sequence[str] = (),
@@ -115,14 +150,12 @@ def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), 
     with tempfile.TemporaryDirectory(prefix="opskeeper-updates-") as scratch:
         work = Path(scratch) / "project"
         work.mkdir()
-        for file in (*PROJECT_FILES, lockfile):
-            if (folder / file).is_file():
-                shutil.copy2(folder / file, work / file)
+        _copy_project(folder, work, lockfile, before)
         edited = edit(work, manager) if edit is not None else []
         names = (
             [n for n in only if n not in ignore]
             if only
-            else [d.name for d in before.importers.get(".", []) if d.source == "registry" and d.name not in ignore]
+            else sorted({d.name for d in before.directs() if d.source == "registry" and d.name not in ignore})
         )
         # The children module's environment: proxies and CAs as opskeeper itself honours them, no secrets,
         # `pass_env` for what the operator names (a proxy with a password); then the scratch places.
@@ -143,20 +176,11 @@ def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), 
             args = [tool, *INSTALL[manager], *where]
         else:
             args = [tool, *command, *where, *(names if ignore or only else [])]
-        proc = children.spawn(args, env, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)  # fmt: skip
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            children.kill_group(proc)  # its own children (pnpm's workers, yarn's fetches) too
-            proc.communicate()
-            raise PlanError(f"{name}: {manager} {args[1]} did not finish within {timeout:g} s") from None
-        finally:
-            children.reap(proc)
-        if proc.returncode != 0:
-            text = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()
-            last = text.splitlines()[-3:]
-            raise PlanError(f"{name}: {manager} {args[1]} exited {proc.returncode}: {' / '.join(last)[:400]}")
+        _run(f"{name}: {manager} {args[1]}", args, env, work, timeout)
         after = read_lockfile(work / lockfile)
+        lost = sorted(set(before.importers) - set(after.importers))
+        if lost:  # never propose a lockfile that forgot part of the project
+            raise PlanError(f"{name}: {manager} {args[1]} wrote a lockfile without {', '.join(lost)} (members "
+                            "of the workspace the old lockfile lists): not proposed")  # fmt: skip
         return ProjectPlan(name, manager, lockfile, diff(before, after), (work / lockfile).read_bytes(), before=before,
                            after=after, edited={f: (work / f).read_bytes() for f in edited})  # fmt: skip

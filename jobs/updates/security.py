@@ -69,7 +69,7 @@ def findings(lock: Lockfile, registry: str, sources: tuple[str, ...] = ("registr
 
     answers = asyncio.run(ask()) or {}
     targets = {(n, v) for n, v in lock.registry_packages if any(affects(a, v) for a in answers.get(n, []))}
-    chains = chains_to(lock.importers.get(".", []), Tracer(lock, targets))
+    chains = chains_to(lock.directs(), Tracer(lock, targets))
     found = []
     for name, version in sorted(targets):
         via = chains.get((name, version), [])
@@ -119,7 +119,7 @@ def fix(name: str, folder: Path, registry: str, finding: Finding, *, overrides: 
     reason = (f"no update within the ranges removes {finding.package}@{', '.join(left)} "
               f"({finding.advisory.get('vulnerable_versions')}){through}")  # fmt: skip
     direct = attempt.before is not None and any(
-        d.name == finding.package for d in attempt.before.importers.get(".", []))  # fmt: skip
+        d.name == finding.package for d in attempt.before.directs())  # fmt: skip
     if direct or not overrides:
         return None, reason + ("; it is a direct dependency, so its range in package.json must change" if direct
                                else "")  # fmt: skip

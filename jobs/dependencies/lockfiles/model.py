@@ -73,6 +73,10 @@ class Lockfile:
     def registry_packages(self) -> set[Package]:
         return self.packages - self.foreign
 
+    def directs(self) -> list[Direct]:
+        """Every importer's direct dependencies (a workspace's root and members), the root's first."""
+        return [d for folder in sorted(self.importers, key=lambda f: (f != ".", f)) for d in self.importers[folder]]
+
     def via(self, target: Package, importer: str | None = None) -> list[list[str]]:
         """For each direct dependency (of `importer`, or of any) that leads to `target`, the shortest chain of names."""
         tracer, chains, seen = Tracer(self, {target}), [], set()
