@@ -8,6 +8,7 @@ per `every`, and a failure to publish is a log line, never a failed run.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,12 +19,18 @@ from jobs.review.page import render
 from jobs.review.status import build_status
 from worker.ledger import Ledger
 from worker.schedule import ScheduleConfig
+from worker.storage.s3 import S3Storage
 
 HTML = "text/html; charset=utf-8"
 
 
-def write_page(target: str, html: str, *, public: bool = False, link_for: timedelta | None = None) -> str | None:
-    """Write the page to `target` (a path or `s3://bucket/key`); returns a presigned link when `link_for` asks."""
+def write_page(target: str, html: str, *, public: bool = False, link_for: timedelta | None = None,
+               storage: S3Storage | None = None) -> str | None:  # fmt: skip
+    """Write the page to `target` (a path or `s3://bucket/key`); returns a presigned link when `link_for` asks.
+
+    An S3 page goes through the backups' own S3Storage (retries; the checksum settings GCS and R2
+    need behind AWS_ENDPOINT_URL_S3); pass `storage` to reuse one client between writes.
+    """
     if not target.startswith("s3://"):
         path = Path(target.removeprefix("file://"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,20 +39,23 @@ def write_page(target: str, html: str, *, public: bool = False, link_for: timede
             f.write(html)
         Path(f.name).replace(path)
         return None
-    import boto3
+    bucket, key = page_key(target)
+    storage = storage or page_storage(bucket)
+    storage.put(key, html.encode(), ContentType=HTML, CacheControl="no-cache", **({"ACL": "public-read"} if public
+                                                                                     else {}))  # fmt: skip
+    return storage.link(key, link_for) if link_for is not None else None
 
+
+def page_key(target: str) -> tuple[str, str]:
+    """(bucket, key) of an `s3://` target; a folder gets index.html. Pure."""
     parts = urlsplit(target)
-    bucket, key = parts.netloc, parts.path.lstrip("/")
-    if not key or key.endswith("/"):
-        key += "index.html"
-    client = boto3.client("s3")
-    extra: dict[str, Any] = {"ACL": "public-read"} if public else {}
-    client.put_object(Bucket=bucket, Key=key, Body=html.encode(), ContentType=HTML, CacheControl="no-cache", **extra)
-    if link_for is None:
-        return None
-    link: str = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
-                                              ExpiresIn=int(link_for.total_seconds()))  # fmt: skip
-    return link
+    key = parts.path.lstrip("/")
+    return parts.netloc, key + "index.html" if not key or key.endswith("/") else key
+
+
+def page_storage(bucket: str) -> S3Storage:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    return S3Storage(f"s3://{bucket}/", endpoint_url=endpoint)
 
 
 class StatusPublisher:
@@ -55,6 +65,8 @@ class StatusPublisher:
                  link_for: timedelta | None = None) -> None:  # fmt: skip
         self.target, self.every, self.public, self.link_for = target, every, public, link_for
         self._last: datetime | None = None
+        # One S3 client for the daemon's life, not one a minute.
+        self._storage = page_storage(page_key(target)[0]) if target.startswith("s3://") else None
 
     def due(self, now: datetime) -> bool:
         return self._last is None or now - self._last >= self.every
@@ -63,4 +75,4 @@ class StatusPublisher:
         """Build and write the page now; returns the presigned link, if one was asked for."""
         self._last = now
         return write_page(self.target, render(masks(build_status(config, ledger, now))), public=self.public,
-                          link_for=self.link_for)  # fmt: skip
+                          link_for=self.link_for, storage=self._storage)  # fmt: skip

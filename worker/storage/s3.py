@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any, BinaryIO, cast
 from urllib.parse import urlsplit
 
@@ -151,8 +152,15 @@ class S3Storage:
     def upload(self, key: str, estimate: Callable[[], int | None] | None = None) -> S3Upload:
         return S3Upload(self.client, self.bucket, self.prefix + key, self.extra, estimate)
 
-    def put(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, **self.extra)
+    def put(self, key: str, data: bytes, **params: str) -> None:
+        """Write one object; `params` are put_object's own (ContentType, ACL, ...)."""
+        self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, **self.extra, **params)
+
+    def link(self, key: str, valid: timedelta) -> str:
+        """A presigned GET link to the object, valid this long."""
+        params = {"Bucket": self.bucket, "Key": self.prefix + key}
+        url: str = self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=int(valid.total_seconds()))
+        return url
 
     def open(self, key: str) -> BinaryIO:
         return cast(BinaryIO, self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"])
