@@ -231,6 +231,21 @@ def test_npm_project_is_planned_with_the_real_npm(tmp_path: Path, registry: Repl
     assert digest(project) == before
 
 
+def test_two_lockfiles_side_by_side_plan_with_the_one_package_manager_installs_from(
+    tmp_path: Path, registry: ReplayRegistry, with_pnpm: None
+) -> None:
+    """package-lock.json beside pnpm-lock.yaml: packageManager npm@11 makes the plan npm's, as the check reads it."""
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not on PATH")
+    project = shutil.copytree(ROOT / "tests" / "fixtures" / "projects" / "mern-server-npm", tmp_path / "server")
+    shutil.copy2(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server" / "pnpm-lock.yaml", project / "pnpm-lock.yaml")
+    assert plan("server", project, registry.url).manager == "pnpm"  # no word from the project: pnpm's comes first
+    manifest = json.loads((project / "package.json").read_text())
+    (project / "package.json").write_text(json.dumps({**manifest, "packageManager": "npm@11.19.1"}, indent=2))
+    result = plan("server", project, registry.url)
+    assert (result.manager, result.lockfile) == ("npm", "package-lock.json")
+
+
 def test_dry_run_names_the_in_range_fix_for_a_transitive_advisory(tmp_path: Path, registry: ReplayRegistry,
                                                                  with_pnpm: None) -> None:  # fmt: skip
     """on-headers 1.0.2 (GHSA-76c9-3jph-rj3q, <1.1.0) comes through morgan 1.10.0: updating morgan in range fixes it."""

@@ -72,7 +72,7 @@ def _repository_root(folder: Path) -> Path | None:
     return None
 
 
-def _primary(folder: Path, found: list[Path]) -> Path:
+def primary_lockfile(folder: Path, found: list[Path]) -> Path:
     """The lockfile the project installs from: package.json's `packageManager`, else what its Dockerfile runs."""
     manifest = folder / "package.json"
     if manifest.is_file():
@@ -101,7 +101,7 @@ def locate(folder: Path, lockfiles: Lockfiles) -> Located:
     repository = _repository_root(folder)
     found = _lockfiles_in(folder)
     if found:
-        primary = _primary(folder, found)
+        primary = primary_lockfile(folder, found)
         return Located(folder, lockfiles.get(primary), ".", repository or folder,
                        [p for p in found if p != primary])  # fmt: skip
     if not (folder / "package.json").is_file():
@@ -109,7 +109,7 @@ def locate(folder: Path, lockfiles: Lockfiles) -> Located:
     for above in folder.parents:
         candidates = _lockfiles_in(above)
         if candidates:
-            primary = _primary(above, candidates)
+            primary = primary_lockfile(above, candidates)
             lock = lockfiles.get(primary)
             key = folder.relative_to(above).as_posix()
             if key in lock.importers:

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.dependencies.job import update_kind
-from jobs.dependencies.lockfiles import Lockfile, LockfileError, read_lockfile
+from jobs.dependencies.lockfiles import LOCKFILE_NAMES, Lockfile, LockfileError, read_lockfile
+from jobs.dependencies.project import primary_lockfile
 from worker import children
 from worker.vendors.npm import NPM_REGISTRY
 
@@ -132,9 +133,12 @@ def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), 
     first and the manager installs (lockfile-only) instead of updating, so only what the edit asks
     for moves.
     """
-    manager = next((m for m, (lockfile, _) in MANAGERS.items() if (folder / lockfile).is_file()), None)
-    if manager is None:
+    by_file = {lockfile: manager for manager, (lockfile, _) in MANAGERS.items()}
+    found = [folder / n for n in LOCKFILE_NAMES if n in by_file and (folder / n).is_file()]
+    if not found:
         raise PlanError(f"{name}: {folder} has no pnpm-lock.yaml, package-lock.json or yarn.lock (updates need one)")
+    # Two lockfiles side by side: the one the project installs from, as the dependencies check picks it.
+    manager = by_file[primary_lockfile(folder, found).name]
     lockfile, command = MANAGERS[manager]
     tool = shutil.which(manager)
     if tool is None:
