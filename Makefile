@@ -8,8 +8,13 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# The package managers the tests run for real (pnpm, yarn 1.x), at the versions tests/tools pins.
+NODE_TOOLS := var/tools
+# pytest-xdist workers: the suite mostly waits on child processes and local servers, so more
+# workers than cores keep both cores busy (measured: see README, "Running the tests").
+PYTEST_WORKERS ?= 4
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest tools bench clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -24,8 +29,11 @@ demo: $(VENV)/.synced
 	@mkdir -p var && rm -rf var/demo.db* var/backups var/reports var/status
 	OPSKEEPER_LEDGER=var/demo.db $(VENV)/bin/python -m worker.demo
 
-## test: lint, type-check and run the whole test suite
-test: lint typecheck pytest
+## test: lint, type-check and run the whole test suite, with the package managers it runs; prints its wall time
+test:
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory lint typecheck pytest; code=$$?; \
+	echo "make test: $$(( $$(date +%s) - start )) s wall time"; exit $$code
 
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff check .
@@ -34,11 +42,22 @@ lint: $(VENV)/.synced
 typecheck: $(VENV)/.synced
 	$(VENV)/bin/mypy
 
-pytest: $(VENV)/.synced
-	$(VENV)/bin/pytest
+pytest: $(VENV)/.synced tools
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist worksteal
+
+## tools: pnpm and yarn 1.x from the npm registry into var/tools, as tests/tools/package-lock.json pins them
+tools: $(NODE_TOOLS)/.installed
+
+$(NODE_TOOLS)/.installed: tests/tools/package.json tests/tools/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  mkdir -p $(NODE_TOOLS) && cp tests/tools/package.json tests/tools/package-lock.json $(NODE_TOOLS)/ && \
+	  npm ci --prefix $(NODE_TOOLS) --ignore-scripts --no-audit --no-fund --loglevel=error && touch $@; \
+	else \
+	  echo "make tools: npm is not on PATH: the pnpm and yarn tests will be skipped (as root: apt-get install nodejs npm)"; \
+	fi
 
 ## bench: idle daemon, health probe, backup, restore, dependency, review, status page, fail-over and Sentry volume figures (about 40 minutes)
-bench: $(VENV)/.synced
+bench: $(VENV)/.synced tools
 	$(VENV)/bin/python bench/idle.py
 	$(VENV)/bin/python bench/probe.py
 	$(VENV)/bin/python bench/pipeline.py

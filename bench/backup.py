@@ -101,7 +101,8 @@ def child(mode: str, uri: str, db: str, target: str, endpoint: str | None) -> No
     """One measurement, in its own process; prints seconds, bytes and peak RSS."""
     from pymongo import MongoClient
 
-    from jobs.backup.job import BackupJob, BackupOptions
+    from jobs.backup.job import BackupJob
+    from jobs.backup.source import BackupOptions
     from worker.job import JobContext
     from worker.ledger import JobState, SqliteLedger
 

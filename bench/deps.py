@@ -1,19 +1,19 @@
 """Dependency check speed, printed as one JSON line.
 
-Checks shared/fixtures/pnpm/mern-v9 (client and server) against a local registry that
+Checks tests/fixtures/pnpm/mern-v9 (client and server) against a local registry that
 serves the recorded package documents (tests/fixtures/registry) and npm's recorded bulk
 advisory answer, adding 50 ms to every response. Reported: the cold wall time, the warm
 wall time with the ETag cache kept from the cold run, and the cold time at concurrency 1
 (the sequential baseline). Targets (issue 6): cold < 5 s; warm < 1 s.
 
-Then the scale figure (issue 16): every importer of shared/fixtures/pnpm/large-workspace-v9
+Then the scale figure (issue 16): every importer of tests/fixtures/pnpm/large-workspace-v9
 (102 of them), `opskeeper deps -r`, against `pnpm -r outdated` on the same workspace in the
 same run. Both ask one local registry stand-in adding the same delay per request; it serves
 real documents, fetched once from the npm registry into var/bench-registry/ (so both tools
 see the same answers, and later runs need no network). Each tool runs cold (opskeeper with
 a fresh ledger, pnpm with a fresh cache) in its own process, timed with its peak RSS
-(/usr/bin/time). pnpm is taken from PATH, else from var/tools (`npm install --prefix
-var/tools pnpm`); without it the ratio is left out, with the reason. Targets: ≤ 1.5x pnpm's
+(/usr/bin/time). pnpm is taken from PATH, else from var/tools (`make
+tools`); without it the ratio is left out, with the reason. Targets: ≤ 1.5x pnpm's
 time, ≤ 250 MB RSS.
 
 Usage: python bench/deps.py [--delay 0.05] [--skip-workspace]
@@ -44,12 +44,12 @@ sys.path.insert(0, str(ROOT))
 from jobs.dependencies.job import DependenciesOptions, Project, check_projects  # noqa: E402
 from tests.fixtures.registry_standin import LoopbackServer, bulk_refusal  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"
 RECORDED = ROOT / "tests" / "fixtures" / "registry"
 
 
 def serve(delay: float) -> LoopbackServer:
-    bulk = json.loads((SHARED / "npm-audit" / "audit-omit" / "bulk.json").read_text())
+    bulk = json.loads((FIXTURES / "npm-audit" / "audit-omit" / "bulk.json").read_text())
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -57,7 +57,7 @@ def serve(delay: float) -> LoopbackServer:
         def do_GET(self) -> None:
             time.sleep(delay)
             if self.path.startswith("/node/"):
-                return self._send(200, (SHARED / "nodejs" / self.path.rsplit("/", 1)[1]).read_bytes(), "")
+                return self._send(200, (FIXTURES / "nodejs" / self.path.rsplit("/", 1)[1]).read_bytes(), "")
             path = RECORDED / f"{quote(unquote(self.path.lstrip('/')), safe='')}.json"
             if not path.is_file():
                 return self._send(404, b"{}", "")
@@ -96,7 +96,7 @@ def serve_mirror(delay: float) -> LoopbackServer:
     """A registry stand-in serving real documents, each fetched from the npm registry once and kept on disk."""
     import httpx
 
-    bulk = json.loads((SHARED / "npm-audit" / "audit-omit" / "bulk.json").read_text())
+    bulk = json.loads((FIXTURES / "npm-audit" / "audit-omit" / "bulk.json").read_text())
     MIRROR.mkdir(parents=True, exist_ok=True)
     upstream = httpx.Client(base_url=UPSTREAM, timeout=60)
     lock = threading.Lock()
@@ -107,7 +107,7 @@ def serve_mirror(delay: float) -> LoopbackServer:
         def do_GET(self) -> None:
             time.sleep(delay)
             if self.path.startswith("/node/"):
-                return self._send(200, (SHARED / "nodejs" / self.path.rsplit("/", 1)[1]).read_bytes())
+                return self._send(200, (FIXTURES / "nodejs" / self.path.rsplit("/", 1)[1]).read_bytes())
             name = unquote(self.path.split("?", 1)[0].lstrip("/"))
             kept = MIRROR / f"{quote(name, safe='')}.json"
             if not kept.is_file():
@@ -170,7 +170,7 @@ def workspace(delay: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="opskeeper-bench-") as scratch:
         base = Path(scratch)
         tree = base / "query"
-        shutil.copytree(SHARED / "pnpm" / "large-workspace-v9", tree)
+        shutil.copytree(FIXTURES / "pnpm" / "large-workspace-v9", tree)
         env = {k: v for k, v in os.environ.items() if not k.lower().startswith(("npm_config", "https_proxy"))}
         ours = [sys.executable, "-m", "worker", "deps", "-r", str(tree), "--registry", url, "--node-index",
                 f"{url}/node/index.tab", "--node-schedule", f"{url}/node/schedule.json", "--json"]  # fmt: skip
@@ -210,7 +210,7 @@ def workspace(delay: float) -> dict[str, Any]:
                         "ratio_vs_pnpm": round(wall / pwall, 2), "outdated_packages_pnpm": len(their_pairs),
                         "outdated_packages_agree": len(ours_pairs & their_pairs)}  # fmt: skip
         else:
-            figures["pnpm"] = "not on PATH nor in var/tools: npm install --prefix var/tools pnpm"
+            figures["pnpm"] = "not on PATH nor in var/tools: make tools"
     server.shutdown()
     return figures
 
@@ -228,7 +228,7 @@ def main() -> None:
     args = parser.parse_args()
     server = serve(args.delay)
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    projects = tuple(Project(name=p, path=str(SHARED / "pnpm" / "mern-v9" / p)) for p in ("client", "server"))
+    projects = tuple(Project(name=p, path=str(FIXTURES / "pnpm" / "mern-v9" / p)) for p in ("client", "server"))
 
     def options(concurrency: int) -> DependenciesOptions:
         return DependenciesOptions(projects=projects, registry=url, node_index=f"{url}/node/index.tab",

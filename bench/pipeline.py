@@ -97,7 +97,8 @@ def backup_side(raw: list[bytes], compression: str) -> tuple[float, bytes, dict[
     """Seconds for the job's per-collection path into a counting sink; the stored bytes; the manifest."""
     from jobs.backup import catalog
     from jobs.backup.archive import ArchiveWriter, Header, Prelude
-    from jobs.backup.job import BackupJob, BackupOptions, Namespace
+    from jobs.backup.job import BackupJob
+    from jobs.backup.source import BackupOptions, Namespace
     from worker.job import JobContext
 
     ns = Namespace("bench", "items", "collection", '{"indexes":[]}', {}, [])

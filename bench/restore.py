@@ -64,8 +64,8 @@ def child(mode: str, uri: str, archive: str, storage: str) -> None:
     from pymongo import MongoClient
 
     from jobs.backup.drill import DrillJob, DrillOptions
-    from jobs.backup.job import BackupOptions
     from jobs.backup.restore import restore
+    from jobs.backup.source import BackupOptions
     from worker.job import JobContext
     from worker.ledger import JobState, SqliteLedger
     from worker.schedule import JobSpec
@@ -197,7 +197,8 @@ def main() -> None:
         return
     from backup import load, start_secantus  # bench/backup.py: the same dataset and server
 
-    from jobs.backup.job import BackupJob, BackupOptions
+    from jobs.backup.job import BackupJob
+    from jobs.backup.source import BackupOptions
     from worker.job import JobContext
     from worker.ledger import JobState, SqliteLedger
 

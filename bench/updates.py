@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from jobs.updates.planner import plan  # noqa: E402
 from tests.fixtures.registry_standin import ReplayRegistry  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def installed_kb(package: str) -> int | None:
@@ -81,7 +81,7 @@ def node_tree(major: str, pnpm: str) -> Path:
 def plan_both(url: str, figures: dict[str, Any], suffix: str = "") -> None:
     with tempfile.TemporaryDirectory(prefix="opskeeper-bench-") as scratch:
         for name in ("server", "client"):
-            project = shutil.copytree(SHARED / "pnpm" / "mern-v9" / name, Path(scratch) / name)
+            project = shutil.copytree(FIXTURES / "pnpm" / "mern-v9" / name, Path(scratch) / name)
             started = time.perf_counter()
             planned = plan(name, project, url)
             figures[f"{name}{suffix}_s"] = round(time.perf_counter() - started, 2)
@@ -98,9 +98,7 @@ def main() -> None:
     if tools.is_dir():
         os.environ["PATH"] = f"{tools}{os.pathsep}{os.environ['PATH']}"
     if shutil.which("pnpm") is None:
-        print(
-            json.dumps({"bench": "updates", "skipped": "pnpm is not installed (npm install --prefix var/tools pnpm)"})
-        )
+        print(json.dumps({"bench": "updates", "skipped": "pnpm is not installed (make tools)"}))
         return
     server = ReplayRegistry(delay=args.delay)  # the tests' stand-in, as strict as the registry
     url = server.url

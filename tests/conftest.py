@@ -1,4 +1,4 @@
-"""Shared test helpers: the CLI as a real subprocess, a Sentry envelope receiver, SecantusDB."""
+"""Shared test helpers: the CLI in a process of its own, a Sentry envelope receiver, SecantusDB."""
 
 from __future__ import annotations
 
@@ -24,12 +24,15 @@ import pytest
 from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
 from pymongo import MongoClient
 
-from jobs.backup.job import BackupJob, BackupOptions
+from jobs.backup.job import BackupJob
+from jobs.backup.source import BackupOptions
+from tests.forkserver import ForkServer
 from worker.job import JobContext
 from worker.ledger import JobChecks, JobState, SqliteLedger
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+#: Files real tools wrote (mongodump archives, lockfiles, recorded answers); tests/fixtures/README.md says whence.
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 #: Proxy and CA variables a developer's or CI's machine may have: no test may inherit them.
@@ -65,18 +68,28 @@ class Result:
         return [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
 
 
+_FORKS: list[ForkServer] = []
+
+
 def opskeeper(*args: str, env: dict[str, str], timeout: float = 60) -> Result:
-    """Run `python -m worker ARGS` to completion."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    """Run `opskeeper ARGS` to completion in a process of its own, with exactly `env`.
+
+    The process is forked from one that has imported the CLI already (tests/forkserver.py);
+    with OPSKEEPER_TEST_SPAWN=1 it is a fresh `python -m worker`.
+    """
+    if os.environ.get("OPSKEEPER_TEST_SPAWN") == "1":
+        proc = subprocess.run([sys.executable, "-m", "worker", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=timeout, check=False)  # fmt: skip
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+    if not _FORKS:
+        _FORKS.append(ForkServer())
+    return Result(*_FORKS[0].run(list(args), env, ROOT, timeout))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The fork server goes with the session."""
+    while _FORKS:
+        _FORKS.pop().close()
 
 
 @pytest.fixture

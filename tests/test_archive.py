@@ -1,4 +1,4 @@
-"""The mongodump archive format against archives mongodump itself wrote (shared/fixtures/mongodump)."""
+"""The mongodump archive format against archives mongodump itself wrote (tests/fixtures/mongodump)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import zstandard
 
 from jobs.backup.archive import TERM, ArchiveReader, ArchiveWriter, End, Header, Prelude, Segment, _ns_header, crc64
 from jobs.backup.catalog import verify
-from tests.conftest import SHARED, peak_rss_mb
+from tests.conftest import FIXTURES, peak_rss_mb
 
-FIXTURES = SHARED / "fixtures" / "mongodump"
+ARCHIVES_DIR = FIXTURES / "mongodump"
 ARCHIVES = ["test.bar", "dump-w-oplog", "timeseries", "bad-index-metadata"]
 
 
 def read(name: str) -> bytes:
-    return (FIXTURES / f"{name}.archive").read_bytes()
+    return (ARCHIVES_DIR / f"{name}.archive").read_bytes()
 
 
 @pytest.mark.parametrize("name", ARCHIVES)
@@ -130,20 +130,22 @@ def test_not_an_archive() -> None:
 
 
 def test_fixture_files_are_where_the_readme_says() -> None:
-    """The shared fixtures exist (CI lays shared/ beside the checkout)."""
-    assert all(Path(FIXTURES / f"{n}.archive").is_file() for n in ARCHIVES)
+    """Every archive the tests read is in the repository and named, with its origin, in tests/fixtures/README.md."""
+    readme = (FIXTURES / "README.md").read_text()
+    assert all((ARCHIVES_DIR / f"{n}.archive").is_file() and f"`{n}.archive`" in readme for n in ARCHIVES)
 
 
+@pytest.mark.slow
 def test_verify_command_on_files_mongodump_wrote(env: dict[str, str]) -> None:
     """`backups verify PATH` checks an archive mongodump wrote (no manifest): exit 0, or 2 with the problem."""
     import json
 
     from tests.conftest import opskeeper
 
-    good = opskeeper("backups", "verify", str(FIXTURES / "dump-w-oplog.archive"), "--json", env=env)
+    good = opskeeper("backups", "verify", str(ARCHIVES_DIR / "dump-w-oplog.archive"), "--json", env=env)
     assert good.code == 0
     assert json.loads(good.stdout)["namespaces"][-1] == {"ns": "test.foo", "documents": 25, "crc_ok": True}
-    bad = opskeeper("backups", "verify", str(FIXTURES / "bad-index-metadata.archive"), env=env)
+    bad = opskeeper("backups", "verify", str(ARCHIVES_DIR / "bad-index-metadata.archive"), env=env)
     assert bad.code == 2
     assert "problem: test.ixtest: metadata is not valid JSON" in bad.stdout
 

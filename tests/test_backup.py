@@ -17,8 +17,8 @@ import pytest
 from pymongo import MongoClient
 
 from jobs.backup.catalog import list_backups, verify
-from jobs.backup.job import BackupOptions
 from jobs.backup.retention import BackupInfo, Retention, plan_retention
+from jobs.backup.source import BackupOptions
 from tests.conftest import AWS_ENV, Harness, opskeeper, write
 from worker.storage.s3 import S3Storage
 
@@ -53,6 +53,7 @@ def test_backup_to_disk_verifies_and_matches_the_source(
     assert not list((tmp_path / "backups").rglob("*.partial"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compression", ["zstd", "gzip", "none"])
 def test_backup_to_s3_and_cli_list_and_verify(
     compression: str, tmp_path: Path, mongo_uri: str, source: tuple[str, dict[str, int]], s3_endpoint: str,
@@ -136,6 +137,7 @@ def test_s3_going_away_mid_upload_leaves_nothing_and_the_next_run_cleans_up(
         server.stop()
 
 
+@pytest.mark.slow
 def test_unreachable_mongodb_is_a_clear_error_without_the_password(tmp_path: Path, env: dict[str, str]) -> None:
     """MongoDB down: run-now exits 3 naming the problem; the password is in no output."""
     config = write(tmp_path / "jobs.yaml", """\
@@ -251,6 +253,7 @@ def mongodump_on_path(tmp_path: Path) -> tuple[Path, Path]:
     return bin_dir, tmp_path / "mongodump-calls.jsonl"
 
 
+@pytest.mark.slow
 def test_mongodump_engine_runs_one_real_command_line_per_database_with_the_password_off_argv(
     tmp_path: Path, env: dict[str, str], mongo_uri: str, source: tuple[str, dict[str, int]],
     mongodump_on_path: tuple[Path, Path],

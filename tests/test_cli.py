@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.conftest import opskeeper, write
+import pytest
+
+from tests.conftest import ROOT, opskeeper, write
 
 SCHEDULE = """\
 timezone: Europe/Berlin
@@ -79,6 +83,7 @@ def test_bad_now_is_a_clear_error(tmp_path: Path, env: dict[str, str]) -> None:
     assert "--now 'next tuesday': not an ISO 8601 time" in result.stderr
 
 
+@pytest.mark.slow
 def test_run_now_exits_like_a_monitoring_plugin(tmp_path: Path, env: dict[str, str]) -> None:
     """run-now exits 0 ok, 1 warn, 2 fail, 3 error, and prints the outcome as JSON."""
     config = write(tmp_path / "jobs.yaml", SCHEDULE)
@@ -101,6 +106,7 @@ def test_run_now_unknown_job_lists_the_jobs(tmp_path: Path, env: dict[str, str])
     assert "sunday-backup, probe, paused, warns, fails, errors" in result.stderr
 
 
+@pytest.mark.slow
 def test_history_lists_recorded_runs_newest_first(tmp_path: Path, env: dict[str, str]) -> None:
     """history --json returns the runs run-now recorded, newest first, filterable and limited."""
     config = write(tmp_path / "jobs.yaml", SCHEDULE)
@@ -153,6 +159,7 @@ def test_python_dash_m_worker_is_the_opskeeper_command(env: dict[str, str]) -> N
     assert result.stdout.startswith("opskeeper ")
 
 
+@pytest.mark.slow
 def test_mongodb_ledger_end_to_end(tmp_path: Path, env: dict[str, str], mongo_uri: str) -> None:
     """With OPSKEEPER_LEDGER set to a MongoDB URL, run-now records there and history reads it back."""
     import uuid
@@ -196,6 +203,7 @@ def test_history_of_an_unknown_job_is_a_usage_error(tmp_path: Path, env: dict[st
     assert (quiet.code, quiet.stdout) == (0, "no runs of probe recorded yet\n")
 
 
+@pytest.mark.slow
 def test_no_color_and_force_color(tmp_path: Path, env: dict[str, str]) -> None:
     """Console logs are coloured on FORCE_COLOR even into a pipe, and never with NO_COLOR."""
     config = write(tmp_path / "jobs.yaml", SCHEDULE)
@@ -239,6 +247,7 @@ def test_a_bad_proxy_setting_is_one_line(tmp_path: Path, env: dict[str, str]) ->
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_lease_and_grace_rules_are_one_clear_line(env: dict[str, str]) -> None:
     """A renewal slower than half the lease, or a grace Render cannot give, is named (78); no setting leaks."""
     dsn = "https://0123456789abcdef@o1.ingest.sentry.io/42"
@@ -250,3 +259,30 @@ def test_lease_and_grace_rules_are_one_clear_line(env: dict[str, str]) -> None:
     long = opskeeper("history", env={**env, "OPSKEEPER_SHUTDOWN_GRACE": "5m"})
     assert long.code == 78
     assert "OPSKEEPER_SHUTDOWN_GRACE (300s) must be under 300s" in long.stderr
+
+
+def test_a_forked_command_is_what_python_m_worker_is(tmp_path: Path, env: dict[str, str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The tests' fork server (tests/forkserver.py) gives the output, exit code and environment of a fresh
+    `python -m worker`: the same words for a bad file, and a command job sees the caller's variables only."""
+    bad = write(tmp_path / "bad.yaml", "jobs:\n  - id: x\n    kind: command\n    schedule: every 0s\n")
+    probe = write(tmp_path / "probe.yaml", 'jobs:\n  - id: env\n    kind: command\n    schedule: "@daily"\n    options:'
+                  ' {shell: true, inherit_env: true, argv: ["echo home=$HOME probe=$FORK_PROBE"]}\n')  # fmt: skip
+    caller = {k: v for k, v in env.items() if k != "HOME"} | {"FORK_PROBE": "yes"}
+
+    def both(*args: str) -> list[tuple[int, str, str]]:
+        spawned = subprocess.run([sys.executable, "-m", "worker", *args], cwd=ROOT, env=caller, capture_output=True,
+                                 text=True, timeout=60, check=False)  # fmt: skip
+        monkeypatch.delenv("OPSKEEPER_TEST_SPAWN", raising=False)
+        forked = opskeeper(*args, env=caller)
+        return [(spawned.returncode, spawned.stdout, spawned.stderr), (forked.code, forked.stdout, forked.stderr)]
+
+    version, forked_version = both("--version")
+    assert version == forked_version
+    invalid, forked_invalid = both("validate", "--config", str(bad))
+    assert invalid == forked_invalid
+    assert invalid[0] == 78
+    runs = both("run-now", "env", "--config", str(probe), "--json")
+    assert [(code, json.loads(out)["details"]["stdout_tail"]) for code, out, _ in runs] == [
+        (0, "home= probe=yes\n")
+    ] * 2

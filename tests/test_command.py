@@ -173,6 +173,7 @@ def test_the_operators_ca_reaches_node_children_too() -> None:
     assert "NODE_EXTRA_CA_CERTS" not in child_env(environ={"PATH": "/usr/bin"})
 
 
+@pytest.mark.slow
 def test_run_now_timeout_leaves_no_process_behind(tmp_path: Path) -> None:
     """run-now of a command past its timeout exits with no process of its tree left running."""
     import psutil

@@ -400,6 +400,7 @@ def test_a_wrong_reference_is_reported_with_the_other_errors(tmp_path: Path) -> 
     assert problems[1].startswith("8:15: jobs[1] (nightly).schedule: '0 3 * * 8'")
 
 
+@pytest.mark.slow
 def test_validate_on_hostile_files_prints_problems_not_tracebacks(tmp_path: Path) -> None:
     """`opskeeper validate` on each hostile file exits 78 (config) naming the file; no traceback."""
     for text in (LAUGHS, "jobs: " + "[" * 5000 + "\n", "jobs:\n  - id: a\n    timeout: 99999999999d\n"):

@@ -6,6 +6,8 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import DaemonProcess, SentryReceiver, write
 from worker.job import Status
 from worker.ledger import SqliteLedger
@@ -43,6 +45,7 @@ def test_every_second_jobs_run_and_land_in_the_ledger(
     assert all(r.scheduled_at is not None and r.finished_at is not None for r in stored.values())
 
 
+@pytest.mark.slow
 def test_editing_the_file_reschedules_without_restart(
     tmp_path: Path, env: dict[str, str], daemon_factory: Start
 ) -> None:
@@ -63,6 +66,7 @@ def test_editing_the_file_reschedules_without_restart(
     assert daemon.terminate() == 0
 
 
+@pytest.mark.slow
 def test_changed_job_is_rescheduled_and_unchanged_job_is_left_alone(
     tmp_path: Path, env: dict[str, str], daemon_factory: Start
 ) -> None:
@@ -80,6 +84,7 @@ def test_changed_job_is_rescheduled_and_unchanged_job_is_left_alone(
     assert newest.details["stdout_tail"] == "two\n"
 
 
+@pytest.mark.slow
 def test_invalid_edit_keeps_the_running_schedule(
     tmp_path: Path, env: dict[str, str], daemon_factory: Start, sentry: SentryReceiver
 ) -> None:

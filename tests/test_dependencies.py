@@ -17,14 +17,16 @@ from urllib.parse import quote, unquote
 import pytest
 
 from jobs.dependencies import semver
-from jobs.dependencies.job import DependenciesOptions, Ignore, Report, notices, update_kind, verdict
-from tests.conftest import ROOT, SHARED, Reply, opskeeper, send_reply
+from jobs.dependencies.advisories import Ignore
+from jobs.dependencies.job import DependenciesOptions, Report, notices, verdict
+from jobs.dependencies.outdated import update_kind
+from tests.conftest import FIXTURES, ROOT, Reply, opskeeper, send_reply
 from tests.fixtures.registry_standin import NPM_NAME, bulk_refusal
 from worker.job import Status
 
 RECORDED = ROOT / "tests" / "fixtures" / "registry"
-NODEJS = SHARED / "fixtures" / "nodejs"
-BULK = json.loads((SHARED / "fixtures" / "npm-audit" / "audit-omit" / "bulk.json").read_text())
+NODEJS = FIXTURES / "nodejs"
+BULK = json.loads((FIXTURES / "npm-audit" / "audit-omit" / "bulk.json").read_text())
 BULK_TODAY = {**BULK, **json.loads((ROOT / "tests" / "fixtures" / "advisories" / "multer-bulk.json").read_text())}
 
 
@@ -67,6 +69,8 @@ class LocalRegistry:
         self.osv_queries: list[dict[str, Any]] = []
         self.github_auth: list[str] = []
         self.github_status = 200
+        #: name -> {"etag", "doc"}: documents this test serves besides the recorded ones (never written to disk).
+        self.documents: dict[str, dict[str, Any]] = {}
         registry = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -76,7 +80,7 @@ class LocalRegistry:
                     if registry.github_status != 200:
                         return self._send(registry.github_status, b'{"message": "Bad credentials"}', {})
                     name = self.path.split("?", 1)[0].split("/contents/", 1)[1]
-                    source = SHARED / "fixtures" / "pnpm" / "mern-v9" / unquote(name)
+                    source = FIXTURES / "pnpm" / "mern-v9" / unquote(name)
                     return self._send(200 if source.is_file() else 404,
                                       source.read_bytes() if source.is_file() else b"{}", {})  # fmt: skip
                 if self.path in ("/node/index.tab", "/node/schedule.json"):
@@ -95,9 +99,9 @@ class LocalRegistry:
                 if not NPM_NAME.match(name):
                     return self._send(400, b'{"error": "Invalid package name"}', {})
                 path = RECORDED / f"{quote(name, safe='')}.json"
-                if not path.is_file():
+                if name not in registry.documents and not path.is_file():
                     return self._send(404, b'{"error": "Not found"}', {})
-                record = json.loads(path.read_text())
+                record = registry.documents.get(name) or json.loads(path.read_text())
                 body = json.dumps(record["doc"]).encode()
                 # Not every recorded answer carried an ETag; a content hash is what a server would send.
                 etag = record["etag"] or f'"{hashlib.sha1(body).hexdigest()}"'  # noqa: S324 - not security
@@ -173,7 +177,7 @@ def test_every_vulnerable_package_in_npms_answer_is_reported_at_its_severity(
     tmp_path: Path, env: dict[str, str], registry: LocalRegistry
 ) -> None:
     """audit-omit: each advisory npm's own bulk answer names is reported, with npm's severity."""
-    project = copy_project(SHARED / "fixtures" / "npm-audit" / "audit-omit", tmp_path / "audit-omit")
+    project = copy_project(FIXTURES / "npm-audit" / "audit-omit", tmp_path / "audit-omit")
     code, out = deps(env, registry, project)
     [report] = out["projects"]
     found = {(a["package"], a["id"]): a["severity"] for a in report["advisories"]}
@@ -201,7 +205,7 @@ def test_vulnerable_transitive_package_is_traced_to_its_direct_dependency(
     tmp_path: Path, env: dict[str, str], registry: LocalRegistry
 ) -> None:
     """Every advisory says which direct dependency (nyc or tap) pulls the package in."""
-    project = copy_project(SHARED / "fixtures" / "npm-audit" / "audit-omit", tmp_path / "audit-omit")
+    project = copy_project(FIXTURES / "npm-audit" / "audit-omit", tmp_path / "audit-omit")
     _, out = deps(env, registry, project)
     advisories = out["projects"][0]["advisories"]
     assert advisories
@@ -216,7 +220,7 @@ def test_outdated_direct_dependencies_of_the_mern_server(
     tmp_path: Path, env: dict[str, str], registry: LocalRegistry
 ) -> None:
     """Locked, wanted (what `pnpm update` installs), latest and the kind of update, from the registry's data."""
-    project = copy_project(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    project = copy_project(FIXTURES / "pnpm" / "mern-v9" / "server", tmp_path / "server")
     _, out = deps(env, registry, project)
     [report] = out["projects"]
     express = next(d for d in report["direct"] if d["name"] == "express")
@@ -235,7 +239,7 @@ def test_etag_cache_makes_the_second_check_ask_only_for_changes(
     tmp_path: Path, env: dict[str, str], registry: LocalRegistry
 ) -> None:
     """The second run sends If-None-Match for every package and gets 304s back."""
-    project = copy_project(SHARED / "fixtures" / "pnpm" / "mern-v9" / "client", tmp_path / "client")
+    project = copy_project(FIXTURES / "pnpm" / "mern-v9" / "client", tmp_path / "client")
     deps(env, registry, project)
     first = registry.gets
     assert registry.not_modified == 0
@@ -246,7 +250,7 @@ def test_etag_cache_makes_the_second_check_ask_only_for_changes(
 
 def test_eol_runtime_fails(tmp_path: Path, env: dict[str, str], registry: LocalRegistry) -> None:
     """A project pinned to Node.js 20 (end of life 2026-04-30) fails, with the date."""
-    project = copy_project(SHARED / "fixtures" / "pnpm" / "workspace-v6" / "packages" / "server", tmp_path / "api")
+    project = copy_project(FIXTURES / "pnpm" / "workspace-v6" / "packages" / "server", tmp_path / "api")
     (project / ".nvmrc").write_text("20.11.0\n")
     code, out = deps(env, registry, project)
     node = out["projects"][0]["node"]
@@ -254,12 +258,13 @@ def test_eol_runtime_fails(tmp_path: Path, env: dict[str, str], registry: LocalR
     assert code == 2
 
 
+@pytest.mark.slow
 def test_everything_down_is_an_error_and_still_prints_the_document(
     tmp_path: Path, env: dict[str, str], registry: LocalRegistry
 ) -> None:
     """Registry, advisories and Node.js data all 503: exit 3, one line naming the registry, and --json a document."""
     registry.down = True
-    project = copy_project(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    project = copy_project(FIXTURES / "pnpm" / "mern-v9" / "server", tmp_path / "server")
     result = opskeeper("deps", str(project), *registry.args(), "--osv-url", "http://127.0.0.1:9/osv", "--json",
                        env=env, timeout=120)  # fmt: skip
     assert result.code == 3
@@ -278,11 +283,12 @@ def test_everything_down_is_an_error_and_still_prints_the_document(
                                                   "Node.js release data"}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_bulk_endpoint_405_leaves_the_rest_of_the_report(tmp_path: Path, env: dict[str, str],
                                                          registry: LocalRegistry) -> None:  # fmt: skip
     """The registry's bulk endpoint answering 405: the outdated list and the Node.js verdict stay, the gap is named."""
     registry.bulk_status = 405
-    project = copy_project(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    project = copy_project(FIXTURES / "pnpm" / "mern-v9" / "server", tmp_path / "server")
     (project / ".nvmrc").write_text("22\n")
     result = opskeeper("deps", str(project), *registry.args(), "--osv-url", "http://127.0.0.1:9/osv", "--json",
                        env=env, timeout=120)  # fmt: skip
@@ -337,11 +343,12 @@ def test_prerelease_lts_version_is_vulnerable_to_its_advisory(tmp_path: Path, en
     assert code == 2
 
 
+@pytest.mark.slow
 def test_node_release_data_unreachable_is_a_gap_and_the_last_copy_still_judges(
     tmp_path: Path, env: dict[str, str], registry: LocalRegistry
 ) -> None:
     """Node.js data down: the first check says the runtime was not checked; after one good fetch, EOL still fails."""
-    project = copy_project(SHARED / "fixtures" / "pnpm" / "workspace-v6" / "packages" / "server", tmp_path / "api")
+    project = copy_project(FIXTURES / "pnpm" / "workspace-v6" / "packages" / "server", tmp_path / "api")
     (project / ".nvmrc").write_text("20.11.0\n")
     registry.node_down = True
     _, out = deps(env, registry, project)
@@ -465,23 +472,13 @@ def test_broken_document_is_a_value_error(content: bytes) -> None:
             read_document(content, "x", stream_above=limit)
 
 
-def test_ignore_by_ghsa_id_covers_the_registrys_numbered_advisory() -> None:
-    """An ignore naming GHSA-44fp-w29j-9vj5 silences the registry's advisory 1104917, which links to it."""
-    advisory = {"package": "multer", "version": "1.4.5-lts.2", "id": 1104917, "severity": "high", "title": "DoS",
-                "url": "https://github.com/advisories/GHSA-44fp-w29j-9vj5", "fixed_in": "2.0.0", "via": [["multer"]],
-                "aliases": ["GHSA-44fp-w29j-9vj5"]}  # fmt: skip
-    ignore = Ignore(advisory="GHSA-44fp-w29j-9vj5", reason="uploads off")
-    assert ignore.covers(advisory, date(2026, 12, 1))
-    assert not Ignore(advisory="GHSA-4pg4-qvpc-4q3h", reason="other").covers(advisory, date(2026, 12, 1))
-
-
 def test_github_refusing_one_project_leaves_the_others(tmp_path: Path, env: dict[str, str],
                                                        registry: LocalRegistry) -> None:  # fmt: skip
     """GitHub answering 401 for one project: that project has a problem and a github gap, the local one is reported."""
     from tests.conftest import write
 
     registry.github_status = 401
-    local = copy_project(SHARED / "fixtures" / "pnpm" / "mern-v9" / "client", tmp_path / "client")
+    local = copy_project(FIXTURES / "pnpm" / "mern-v9" / "client", tmp_path / "client")
     config = write(tmp_path / "jobs.yaml", f"""\
 jobs:
   - id: deps

@@ -218,6 +218,7 @@ def test_pagination_records_every_deploy(
     assert listed[0]["good"] is True
 
 
+@pytest.mark.slow
 def test_live_and_healthy_deploy_becomes_good_and_is_a_release(
     tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer, sentry: SentryReceiver
 ) -> None:
@@ -552,6 +553,7 @@ def history_of(kind: str, env: dict[str, str]) -> list[dict[str, Any]]:
         ledger.close()
 
 
+@pytest.mark.slow
 def test_a_deploy_that_breaks_the_app_is_rolled_back_once_verified_and_not_again(
     tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer, sentry: SentryReceiver
 ) -> None:
@@ -604,6 +606,7 @@ def test_a_deploy_that_breaks_the_app_is_rolled_back_once_verified_and_not_again
     assert len(render.sent("PATCH")) == 1
 
 
+@pytest.mark.slow
 def test_a_healthy_new_deploy_is_never_rolled_back(
     tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer
 ) -> None:
@@ -615,6 +618,7 @@ def test_a_healthy_new_deploy_is_never_rolled_back(
     assert [m for m, *_ in render.requests] == ["GET"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("answer", [400, 404])
 def test_a_good_deploy_whose_build_is_gone_is_deployed_anew_by_commit(
     tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer, answer: int
@@ -633,6 +637,7 @@ def test_a_good_deploy_whose_build_is_gone_is_deployed_anew_by_commit(
     assert history_of("rollback", deploy_env)[0]["details"]["method"] == "deploy"
 
 
+@pytest.mark.slow
 def test_a_service_with_a_pre_deploy_command_calls_a_human_instead(
     tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer
 ) -> None:
@@ -672,6 +677,7 @@ def test_no_good_deploy_known_means_an_alert_only(
     assert render.sent("PATCH") == []
 
 
+@pytest.mark.slow
 def test_a_deploy_that_went_live_while_the_app_was_already_down_is_kept(
     tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer
 ) -> None:
@@ -691,6 +697,7 @@ def test_a_deploy_that_went_live_while_the_app_was_already_down_is_kept(
     assert render.sent("POST") == []
 
 
+@pytest.mark.slow
 def test_a_rollback_deploy_that_fails_needs_a_human(
     tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer
 ) -> None:
@@ -714,6 +721,7 @@ def github_statuses(request: Any) -> Reply:
     return Reply(201, {"id": 1, **body}) if valid else Reply(422, {"message": "Validation Failed"})
 
 
+@pytest.mark.slow
 def test_commit_statuses_mark_the_last_good_and_the_rolled_back_commit(
     tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer, vendor: Any
 ) -> None:
@@ -767,6 +775,7 @@ jobs:
     assert "service 'api': auto_rollback needs `health`" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_the_daemon_runs_the_guard_as_soon_as_the_health_job_goes_down(
     tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer, daemon_factory: Any
 ) -> None:
@@ -844,6 +853,7 @@ def test_a_rollback_not_healed_by_its_deadline_needs_a_human() -> None:
     assert verify(pending, history, healed, T0 + timedelta(minutes=17))[0] == "self-healed"  # type: ignore[index]
 
 
+@pytest.mark.slow
 def test_an_error_spike_in_sentry_rolls_back_a_deploy_whose_health_stays_up(
     tmp_path: Path, deploy_env: dict[str, str], render: RenderServer, app: AppServer, vendor: Any
 ) -> None:

@@ -309,6 +309,7 @@ def test_ongoing_outage_has_no_end() -> None:
 # --- through the CLI, across restarts, with Sentry -----------------------------------
 
 
+@pytest.mark.slow
 def test_outage_across_restarts_alerts_once_and_recovers_once(
     tmp_path: Path, env: dict[str, str], sentry: SentryReceiver, app: AppServer
 ) -> None:

@@ -266,6 +266,7 @@ def test_proxy_credentials_are_used_and_never_shown(private: VendorAPI, ca_file:
     assert "alice" not in message
 
 
+@pytest.mark.slow
 def test_dead_proxy_is_named_in_the_error(closed_port: int, vendor: VendorAPI, monkeypatch: pytest.MonkeyPatch) -> None:
     """A proxy nobody answers on: the error says which proxy, from which variable."""
     monkeypatch.setenv("http_proxy", f"127.0.0.1:{closed_port}")
@@ -486,7 +487,9 @@ jobs:
     assert f"POST http://{host}/api/{project}/envelope/" in proxy.seen
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is the reference; this machine has none")
+@pytest.mark.skipif(
+    shutil.which("curl") is None, reason="curl is the reference and is not installed: apt-get install curl (as root)"
+)
 @pytest.mark.parametrize(("host", "no_proxy"), [
     ("localhost", "localhost"), ("api.localhost", "localhost"), ("api.localhost", ".localhost"),
     ("localhost", ".localhost"), ("localhost", "api.localhost"), ("localhost", "LocalHost"),
@@ -512,7 +515,9 @@ def curl_uses_proxy(url: str, no_proxy: str) -> bool:
         recorder.close()
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is the reference; this machine has none")
+@pytest.mark.skipif(
+    shutil.which("curl") is None, reason="curl is the reference and is not installed: apt-get install curl (as root)"
+)
 def test_no_proxy_port_entries_follow_pip_not_curl(closed_port: int) -> None:
     """`host:port` in NO_PROXY bypasses the proxy for that port, as pip (urllib) does; curl ignores such entries."""
     import urllib.request

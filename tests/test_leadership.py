@@ -73,6 +73,7 @@ def started(daemon: DaemonProcess, key: str) -> Any:
     )[key]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("count", [2, 3])
 def test_several_daemons_run_each_slot_once(count: int, shared: str, tmp_path: Path, daemon_factory: Start) -> None:
     """2 or 3 daemons on one ledger: one leads, and every scheduled time of an `every 1s` job runs exactly once."""
@@ -103,6 +104,7 @@ LONG_AND_TICK = (
 )
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_leader(shared: str, tmp_path: Path, daemon_factory: Start) -> None:
     """After kill -9 of the leader a standby takes over within the lease's TTL, runs the next job, and closes
     the dead leader's running run as interrupted, leaving its own live run alone."""
@@ -139,6 +141,7 @@ jobs:
 """
 
 
+@pytest.mark.slow
 def test_sigterm_hands_over_and_the_successor_reruns_the_interrupted_run(
     shared: str, tmp_path: Path, daemon_factory: Start, sentry: SentryReceiver
 ) -> None:
@@ -202,6 +205,7 @@ def mongod(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     server.wait(20)
 
 
+@pytest.mark.slow
 def test_a_leader_cut_off_from_its_ledger_stops_starting_runs(
     mongod: tuple[subprocess.Popen[bytes], str], tmp_path: Path, daemon_factory: Start
 ) -> None:
@@ -253,6 +257,7 @@ def test_render_with_a_sqlite_ledger_on_the_wiped_disk_warns(ledger_kind: str, t
         assert start["ledger_at"].endswith("/render")
 
 
+@pytest.mark.slow
 def test_run_now_beside_a_leader_is_not_taken_for_an_orphan(shared: str, tmp_path: Path,
                                                             daemon_factory: Start) -> None:  # fmt: skip
     """A `run-now` longer than the lease's TTL, on the ledger a daemon leads, heartbeats and ends `ok`."""

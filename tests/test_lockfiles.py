@@ -1,4 +1,4 @@
-"""Lockfiles from real projects (shared/fixtures/pnpm and npm-audit), read the way pnpm and npm mean them."""
+"""Lockfiles from real projects (tests/fixtures/pnpm and npm-audit), read the way pnpm and npm mean them."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import yaml
 
 from jobs.dependencies import semver
 from jobs.dependencies.lockfiles import LockfileError, read_lockfile
-from tests.conftest import SHARED
+from tests.conftest import FIXTURES
 
-PNPM = SHARED / "fixtures" / "pnpm"
-NPM = SHARED / "fixtures" / "npm-audit"
+PNPM = FIXTURES / "pnpm"
+NPM = FIXTURES / "npm-audit"
 
 
 def importer_versions(path: Path) -> dict[str, dict[str, str]]:
@@ -101,9 +101,9 @@ importers:
       string-width-cjs:
         specifier: npm:string-width@^4.2.0
         version: string-width@4.2.3
-      shared:
+      common:
         specifier: workspace:*
-        version: link:../shared
+        version: link:../common
       react-dom:
         specifier: ^18.2.0
         version: 18.2.0(react@18.2.0)
@@ -111,8 +111,8 @@ packages:
   string-width@4.2.3: {}
   react-dom@18.2.0: {}
 """)
-    [alias, shared, dom] = read_lockfile(path).importers["."]
-    assert (shared.name, shared.source, shared.locked) == ("shared", "workspace", "link:../shared")
+    [alias, common, dom] = read_lockfile(path).importers["."]
+    assert (common.name, common.source, common.locked) == ("common", "workspace", "link:../common")
     assert (alias.name, alias.alias_of, alias.locked, alias.package) == (
         "string-width-cjs", "string-width", "4.2.3", ("string-width", "4.2.3")
     )  # fmt: skip
@@ -158,9 +158,6 @@ def test_unreadable_lockfile_names_path_and_reason(tmp_path: Path, name: str, te
     with pytest.raises(LockfileError, match=message) as info:
         read_lockfile(path)
     assert str(info.value).startswith(str(path))
-
-
-FIXTURES = SHARED / "fixtures"
 
 
 def manifest_directs(folder: Path) -> dict[str, str]:

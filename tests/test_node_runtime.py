@@ -1,4 +1,4 @@
-"""The Node.js runtime check against the real release data in shared/fixtures/nodejs."""
+"""The Node.js runtime check against the real release data in tests/fixtures/nodejs."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from jobs.dependencies.node import (
     parse_index,
     parse_spec,
 )
-from tests.conftest import SHARED
+from tests.conftest import FIXTURES
 
-NODEJS = SHARED / "fixtures" / "nodejs"
+NODEJS = FIXTURES / "nodejs"
 SCHEDULE = json.loads((NODEJS / "schedule.json").read_text())
 RELEASES = parse_index((NODEJS / "index.tab").read_text())
 
@@ -81,7 +81,7 @@ def test_declared_runtime_sources(tmp_path: Path) -> None:
 
 def test_workspace_fixture_declares_its_runtime() -> None:
     """The workspace-v6 fixture's .node-version is read."""
-    folder = SHARED / "fixtures" / "pnpm" / "workspace-v6"
+    folder = FIXTURES / "pnpm" / "workspace-v6"
     found = declared_runtime(folder)
     assert found is not None
     assert (found.source, found.spec) == (".node-version", (folder / ".node-version").read_text().strip())

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from jobs.platform.feeds import parse
 from jobs.platform.job import PlatformNoticesOptions, observe
 from tests.conftest import Reply, opskeeper, write
@@ -40,6 +42,7 @@ def run(config: Path, env: dict[str, str]) -> tuple[int, dict[str, Any], list[di
     return result.code, json.loads(result.stdout), notices
 
 
+@pytest.mark.slow
 def test_one_notice_per_incident_none_repeated_and_one_when_it_ends(
     tmp_path: Path, env: dict[str, str], vendor: Any
 ) -> None:

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import ROOT, opskeeper, write
 from worker.reporting.progress import ProgressReport
 
@@ -51,6 +53,7 @@ jobs:
 """)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_backup_and_verify_on_a_terminal_end_at_100_percent(tmp_path: Path, env: dict[str, str], mongo_uri: str,
                                                              source: tuple[str, dict[str, int]]) -> None:  # fmt: skip
     """A backup, `backups verify`, `restore` and a restore drill under a pty: every bar ends at 100 %."""

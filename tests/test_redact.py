@@ -107,6 +107,7 @@ def test_decoded_passwords_and_short_secrets_are_masked_but_not_words() -> None:
     assert literal.text("bad password Sup3r@Secret/pw+x") == "bad password ***"
 
 
+@pytest.mark.slow
 def test_query_string_secrets_reach_no_channel(tmp_path: Path, mongo_uri: str, sentry: Any) -> None:
     """Manifest, ledger, stdout, stderr and Sentry never carry a credential from a URI's query string."""
     from tests.conftest import clean_env, opskeeper, write

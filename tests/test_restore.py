@@ -22,15 +22,15 @@ from pymongo import MongoClient
 from jobs.backup.archive import ArchiveWriter, Header, Prelude, crc64, iter_documents
 from jobs.backup.catalog import list_backups
 from jobs.backup.drill import SCRATCH_PREFIX, DrillJob, DrillOptions, scratch_name
-from jobs.backup.job import BackupOptions
 from jobs.backup.restore import STAGING_PREFIX, RestoreError, check, ns_mapper, restore
-from tests.conftest import ROOT, SHARED, Harness, opskeeper, write
+from jobs.backup.source import BackupOptions
+from tests.conftest import FIXTURES, ROOT, Harness, opskeeper, write
 from worker.job import JobContext, Outcome
 from worker.ledger import JobState, SqliteLedger
 from worker.schedule import JobSpec
 from worker.timespec import parse_schedule
 
-FIXTURES = SHARED / "fixtures" / "mongodump"
+ARCHIVES_DIR = FIXTURES / "mongodump"
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def prefixed(prefix: str) -> Any:
 def test_oplog_archive_restores_with_the_right_counts(client: Any) -> None:
     """dump-w-oplog restores test.foo with 25 documents; the oplog is reported as skipped."""
     prefix = f"r{uuid.uuid4().hex[:6]}"
-    with (FIXTURES / "dump-w-oplog.archive").open("rb") as stream:
+    with (ARCHIVES_DIR / "dump-w-oplog.archive").open("rb") as stream:
         report = restore(stream, client, prefixed(prefix))
     counts = {n.source: (n.documents, n.skipped) for n in report.namespaces}
     assert counts["test.foo"] == (25, "")
@@ -64,7 +64,7 @@ def test_oplog_archive_restores_with_the_right_counts(client: Any) -> None:
 def test_old_archive_with_relaxed_metadata_restores(client: Any) -> None:
     """test.bar (mongodump 3.4, relaxed JSON, a decimal index version) restores with its document."""
     prefix = f"r{uuid.uuid4().hex[:6]}"
-    with (FIXTURES / "test.bar.archive").open("rb") as stream:
+    with (ARCHIVES_DIR / "test.bar.archive").open("rb") as stream:
         report = restore(stream, client, prefixed(prefix))
     assert {n.source: n.documents for n in report.namespaces}["test.bar"] == 1
     client.drop_database(f"{prefix}_test")
@@ -73,7 +73,7 @@ def test_old_archive_with_relaxed_metadata_restores(client: Any) -> None:
 def test_timeseries_archive_is_restored_or_reported_unsupported(client: Any) -> None:
     """A time-series collection restores where the target supports it, else is skipped with the reason."""
     prefix = f"r{uuid.uuid4().hex[:6]}"
-    with (FIXTURES / "timeseries.archive").open("rb") as stream:
+    with (ARCHIVES_DIR / "timeseries.archive").open("rb") as stream:
         report = restore(stream, client, prefixed(prefix))
     ts = next(n for n in report.namespaces if n.source == "timeseries_test.foo_ts")
     assert ts.documents == 10 or "not supported by the target" in ts.skipped
@@ -84,7 +84,7 @@ def test_timeseries_archive_is_restored_or_reported_unsupported(client: Any) -> 
 
 def test_malformed_metadata_is_a_clear_error(client: Any) -> None:
     """bad-index-metadata stops the restore with an error naming test.ixtest."""
-    with (FIXTURES / "bad-index-metadata.archive").open("rb") as stream, \
+    with (ARCHIVES_DIR / "bad-index-metadata.archive").open("rb") as stream, \
             pytest.raises(RestoreError, match=r"^test\.ixtest: metadata is not valid JSON"):  # fmt: skip
         restore(stream, client, prefixed(f"r{uuid.uuid4().hex[:6]}"))
 
@@ -92,7 +92,7 @@ def test_malformed_metadata_is_a_clear_error(client: Any) -> None:
 def test_truncated_archive_is_a_clear_error(client: Any) -> None:
     """A cut-short archive is a RestoreError naming the namespace and byte offset."""
     prefix = f"r{uuid.uuid4().hex[:6]}"
-    data = (FIXTURES / "dump-w-oplog.archive").read_bytes()[:1500]
+    data = (ARCHIVES_DIR / "dump-w-oplog.archive").read_bytes()[:1500]
     with pytest.raises(RestoreError, match=r"archive truncated.* in test\.foo at byte \d+"):
         restore(io.BytesIO(data), client, prefixed(prefix))
     client.drop_database(f"{prefix}_test")
@@ -255,6 +255,7 @@ def test_leftover_scratch_from_a_crash_is_removed_next_run(
     assert scratch(client) == []
 
 
+@pytest.mark.slow
 def test_target_down_is_an_error(backed_up: Any, tmp_path: Path) -> None:
     """With the target server unreachable, the drill raises (the runner records ERROR)."""
     from pymongo.errors import ServerSelectionTimeoutError
@@ -275,13 +276,14 @@ def restore_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
                           text=True, stdin=subprocess.DEVNULL, timeout=120, check=False)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_restore_refuses_a_database_with_data_and_changes_nothing(
     client: Any, mongo_uri: str, env: dict[str, str], tmp_path: Path
 ) -> None:
     """Restoring over a database that holds data without --drop refuses, and the data is untouched."""
     target = f"live{uuid.uuid4().hex[:5]}"
     client[target].foo.insert_one({"keep": "me"})
-    archive = str(FIXTURES / "dump-w-oplog.archive")
+    archive = str(ARCHIVES_DIR / "dump-w-oplog.archive")
     result = restore_cli(env, archive, "--to", mongo_uri, "--ns-from", "test.*", "--ns-to", f"{target}.*")
     assert result.returncode == 64
     assert f"refusing to restore: {target} already hold data" in result.stderr
@@ -301,7 +303,7 @@ def test_restore_with_drop_and_yes_replaces_and_is_recorded(client: Any, mongo_u
     """--drop --yes replaces the database with the archive's data and records the restore in history."""
     target = f"live{uuid.uuid4().hex[:5]}"
     client[target].foo.insert_one({"old": True})
-    archive = str(FIXTURES / "dump-w-oplog.archive")
+    archive = str(ARCHIVES_DIR / "dump-w-oplog.archive")
     result = restore_cli(env, archive, "--to", mongo_uri, "--ns-from", "test.*", "--ns-to", f"{target}.*",
                          "--drop", "--yes")  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -511,6 +513,7 @@ def test_a_drill_ignores_a_future_dated_backup_and_says_so(
     assert outcome.summary.endswith(f"but {key} is dated in the future (2100-01-01T00:00:00+00:00); not drilled")
 
 
+@pytest.mark.slow
 def test_restore_of_16_mib_documents_keeps_a_few_in_memory(client: Any, mongo_uri: str, tmp_path: Path) -> None:
     """Six 16 MiB documents in one segment restore in a fresh process peaking under 200 MB (a few in flight)."""
     import gzip

@@ -347,6 +347,7 @@ def test_job_keeps_the_report_and_alerts_once(tmp_path: Path, vendor: VendorAPI,
     ledger.close()
 
 
+@pytest.mark.slow
 def test_report_command_prints_json_and_writes_files(tmp_path: Path, env: dict[str, str]) -> None:
     """`opskeeper report weekly --json` has the documented keys; --out writes the file and says where."""
     ledger = SqliteLedger(Path(env["OPSKEEPER_LEDGER"]))

@@ -58,7 +58,10 @@ def npm_answers() -> dict[str, list[object]]:
     return answers
 
 
-needs_node = pytest.mark.skipif(npm_semver() is None, reason="node and npm (with its bundled semver) are not on PATH")
+needs_node = pytest.mark.skipif(
+    npm_semver() is None,
+    reason="node and npm (with its bundled semver) are not on PATH: apt-get install nodejs npm (as root)",
+)
 
 
 def test_the_table_is_large_enough() -> None:

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import SentryReceiver, free_port_closed, opskeeper, write
 
 CRON_JOB = """\
@@ -83,6 +85,7 @@ def test_failing_run_sends_error_checkin_and_exactly_one_event(
     assert re.fullmatch(r"export-check fail: shell script exited 2: export is \d+h old", event["message"])
 
 
+@pytest.mark.slow
 def test_repeats_of_a_problem_share_one_fingerprint(
     tmp_path: Path, env: dict[str, str], sentry: SentryReceiver
 ) -> None:
@@ -140,6 +143,7 @@ def test_unreachable_sentry_does_not_break_a_run(tmp_path: Path, env: dict[str, 
     assert '"status": "ok"' in history.stdout
 
 
+@pytest.mark.slow
 def test_hanging_sentry_does_not_hold_the_run(tmp_path: Path, env: dict[str, str], stuck_server: int) -> None:
     """A Sentry that accepts connections but never answers: the run finishes and the process exits."""
     config = write(tmp_path / "jobs.yaml", CRON_JOB)
@@ -178,6 +182,7 @@ def trace_of(item: dict[str, Any]) -> str:
     return str(item["contexts"]["trace"]["trace_id"])
 
 
+@pytest.mark.slow
 def test_each_run_is_its_own_trace_shared_by_its_checkins_and_event(
     tmp_path: Path, env: dict[str, str], sentry: SentryReceiver, daemon_factory: Any
 ) -> None:
@@ -237,6 +242,7 @@ jobs:
     assert event["message"] == "leaky fail: sh exited 1: deploying ***"
 
 
+@pytest.mark.slow
 def test_monitor_blocks_shape_the_checkins(tmp_path: Path, env: dict[str, str], sentry: SentryReceiver) -> None:
     """Defaults and job monitor blocks merge; upsert false sends no config; enabled false sends no check-in."""
     config = write(tmp_path / "jobs.yaml", """\
@@ -311,6 +317,7 @@ jobs:
     assert [t["transaction"] for t in sentry.wait_items("transaction", 1)] == ["traced"]
 
 
+@pytest.mark.slow
 def test_recovery_resolves_the_down_issue_through_the_web_api(
     tmp_path: Path, env: dict[str, str], sentry: SentryReceiver, vendor: Any, app: Any
 ) -> None:

@@ -169,7 +169,10 @@ class PageServer:
         self.httpd.server_close()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+@pytest.mark.slow
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed: apt-get install chromium (as root; .ci/run does)"
+)
 def test_status_page_in_headless_chromium(filled: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     """The 90-day page loads with no console errors and asks for nothing but itself; the outage day's cell is red."""
     config, env = filled
@@ -231,6 +234,7 @@ def test_status_page_to_s3_is_private_with_a_presigned_link(filled: tuple[Path, 
     assert AWS_ENV["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_daemon_regenerates_the_page_after_runs(tmp_path: Path, env: dict[str, str], daemon_factory: Any) -> None:
     """With OPSKEEPER_STATUS_PAGE the daemon writes the page after a run, and at most once a minute."""
     config = write(tmp_path / "jobs.yaml", """\

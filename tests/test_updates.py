@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from jobs.updates.planner import PlanError, plan
-from tests.conftest import ROOT, SHARED, Proxy, opskeeper, write
+from tests.conftest import FIXTURES, ROOT, Proxy, opskeeper, write
 from tests.fixtures.registry_standin import ReplayRegistry
 
 TOOLS = ROOT / "var" / "tools" / "node_modules" / ".bin"
@@ -25,22 +25,24 @@ def registry() -> Iterator[ReplayRegistry]:
         yield server
 
 
-def on_path(monkeypatch: pytest.MonkeyPatch, tool: str, package: str) -> None:
-    """The package managers .ci/run installs under var/tools first on PATH; skip when `tool` is not there."""
+def on_path(monkeypatch: pytest.MonkeyPatch, tool: str) -> None:
+    """The package managers `make tools` installs under var/tools first on PATH; skip, naming how to get `tool`,
+    when it is not there (make tools needs npm, which only root can install here)."""
     if TOOLS.is_dir():
         monkeypatch.setenv("PATH", f"{TOOLS}{os.pathsep}{os.environ['PATH']}")
     if shutil.which(tool) is None:
-        pytest.skip(f"{tool} is not installed (npm install --prefix var/tools {package})")
+        enable = "make tools" if shutil.which("npm") else "apt-get install nodejs npm (as root), then make tools"
+        pytest.skip(f"{tool} is not installed: {enable}")
 
 
 @pytest.fixture
 def with_pnpm(monkeypatch: pytest.MonkeyPatch) -> None:
-    on_path(monkeypatch, "pnpm", "pnpm@12")
+    on_path(monkeypatch, "pnpm")
 
 
 @pytest.fixture
 def with_yarn(monkeypatch: pytest.MonkeyPatch) -> None:
-    on_path(monkeypatch, "yarn", "yarn@1")
+    on_path(monkeypatch, "yarn")
 
 
 def updates_job(tmp_path: Path, **options: Any) -> Path:
@@ -68,7 +70,7 @@ def test_dry_run_plans_in_range_updates_only_and_leaves_the_project_as_it_was(
     tmp_path: Path, registry: ReplayRegistry, with_pnpm: None
 ) -> None:
     """Real pnpm on the MERN server: express 4.21.2 moves within 4.x (never 5), and no project file changes."""
-    project = shutil.copytree(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    project = shutil.copytree(FIXTURES / "pnpm" / "mern-v9" / "server", tmp_path / "server")
     before = digest(project)
     result = plan("server", project, registry.url)
     updates = {u["name"]: u for u in result.updates}
@@ -81,7 +83,7 @@ def test_dry_run_plans_in_range_updates_only_and_leaves_the_project_as_it_was(
 
 def test_ignored_packages_stay_where_they_are(tmp_path: Path, registry: ReplayRegistry, with_pnpm: None) -> None:
     """`ignore: [mongoose]`: mongoose keeps its locked version while the others move."""
-    project = shutil.copytree(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    project = shutil.copytree(FIXTURES / "pnpm" / "mern-v9" / "server", tmp_path / "server")
     result = plan("server", project, registry.url, ignore=["mongoose"])
     names = {u["name"] for u in result.updates}
     assert "mongoose" not in names
@@ -109,7 +111,7 @@ def test_a_workspace_is_planned_with_its_members_and_never_loses_one(
 def test_a_missing_package_manager_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without pnpm on PATH the error names pnpm and how to get it."""
     monkeypatch.setenv("PATH", "/nonexistent")
-    project = shutil.copytree(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    project = shutil.copytree(FIXTURES / "pnpm" / "mern-v9" / "server", tmp_path / "server")
     with pytest.raises(PlanError, match=r"server: pnpm is not on PATH"):
         plan("server", project, "http://127.0.0.1:9/")
 
@@ -117,7 +119,7 @@ def test_a_missing_package_manager_is_named(tmp_path: Path, monkeypatch: pytest.
 def test_dependency_updates_job_dry_run_through_run_now(tmp_path: Path, env: dict[str, str], registry: ReplayRegistry,
                                                         with_pnpm: None) -> None:  # fmt: skip
     """`run-now` of a dry run: WARN with the plan in the details, nothing changed in the project."""
-    project = shutil.copytree(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    project = shutil.copytree(FIXTURES / "pnpm" / "mern-v9" / "server", tmp_path / "server")
     before = digest(project)
     out = run_now(updates_job(tmp_path, registry=registry.url, projects=[{"name": "server", "path": str(project)}]),
                   env)  # fmt: skip
@@ -156,7 +158,7 @@ def github() -> Iterator[Any]:
     from tests.fixtures.github_standin import GitHubStandIn
 
     server = GitHubStandIn()
-    files = {f"server/{p.name}": p.read_bytes() for p in (SHARED / "fixtures" / "pnpm" / "mern-v9" / "server").iterdir()
+    files = {f"server/{p.name}": p.read_bytes() for p in (FIXTURES / "pnpm" / "mern-v9" / "server").iterdir()
              if p.is_file()}  # fmt: skip
     # An old runtime, so the pull request can say which updates need a newer Node.js.
     server.repo("acme/shop").seed("main", {**files, "server/.nvmrc": b"14.21.3\n", "README.md": b"# shop\n"})
@@ -171,6 +173,7 @@ def pull_request_run(tmp_path: Path, env: dict[str, str], registry: ReplayRegist
     return run_now(config, env, GITHUB_TOKEN="ghp_TestToken00000000000000000000")
 
 
+@pytest.mark.slow
 def test_pull_request_run_writes_the_lockfile_to_its_branch_and_opens_one_pull_request(
     tmp_path: Path, env: dict[str, str], registry: ReplayRegistry, github: Any, with_pnpm: None
 ) -> None:
@@ -202,6 +205,7 @@ def test_pull_request_run_writes_the_lockfile_to_its_branch_and_opens_one_pull_r
     assert all(a == "Bearer ghp_TestToken00000000000000000000" for a in github.auth)
 
 
+@pytest.mark.slow
 def test_nothing_left_to_update_closes_the_open_pull_request(
     tmp_path: Path, env: dict[str, str], registry: ReplayRegistry, github: Any, with_pnpm: None
 ) -> None:
@@ -217,10 +221,11 @@ def test_nothing_left_to_update_closes_the_open_pull_request(
     assert pull["comments"] == ["Nothing is left to update: opskeeper closed this."]
 
 
+@pytest.mark.slow
 def test_npm_project_is_planned_with_the_real_npm(tmp_path: Path, registry: ReplayRegistry) -> None:
     """Real npm on an npm-locked server: express 4.21.2 moves within 4.x, package.json is not rewritten."""
     if shutil.which("npm") is None:
-        pytest.skip("npm is not on PATH")
+        pytest.skip("npm is not on PATH: apt-get install nodejs npm (as root)")
     project = shutil.copytree(ROOT / "tests" / "fixtures" / "projects" / "mern-server-npm", tmp_path / "server")
     before = digest(project)
     result = plan("server", project, registry.url)
@@ -231,14 +236,15 @@ def test_npm_project_is_planned_with_the_real_npm(tmp_path: Path, registry: Repl
     assert digest(project) == before
 
 
+@pytest.mark.slow
 def test_two_lockfiles_side_by_side_plan_with_the_one_package_manager_installs_from(
     tmp_path: Path, registry: ReplayRegistry, with_pnpm: None
 ) -> None:
     """package-lock.json beside pnpm-lock.yaml: packageManager npm@11 makes the plan npm's, as the check reads it."""
     if shutil.which("npm") is None:
-        pytest.skip("npm is not on PATH")
+        pytest.skip("npm is not on PATH: apt-get install nodejs npm (as root)")
     project = shutil.copytree(ROOT / "tests" / "fixtures" / "projects" / "mern-server-npm", tmp_path / "server")
-    shutil.copy2(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server" / "pnpm-lock.yaml", project / "pnpm-lock.yaml")
+    shutil.copy2(FIXTURES / "pnpm" / "mern-v9" / "server" / "pnpm-lock.yaml", project / "pnpm-lock.yaml")
     assert plan("server", project, registry.url).manager == "pnpm"  # no word from the project: pnpm's comes first
     manifest = json.loads((project / "package.json").read_text())
     (project / "package.json").write_text(json.dumps({**manifest, "packageManager": "npm@11.19.1"}, indent=2))
@@ -251,7 +257,7 @@ def test_dry_run_names_the_in_range_fix_for_a_transitive_advisory(tmp_path: Path
     """on-headers 1.0.2 (GHSA-76c9-3jph-rj3q, <1.1.0) comes through morgan 1.10.0: updating morgan in range fixes it."""
     from jobs.updates.security import findings, fix
 
-    project = shutil.copytree(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    project = shutil.copytree(FIXTURES / "pnpm" / "mern-v9" / "server", tmp_path / "server")
     result = plan("server", project, registry.url)
     assert result.before is not None
     found, gaps = findings(result.before, registry.url)
@@ -268,11 +274,12 @@ def test_dry_run_names_the_in_range_fix_for_a_transitive_advisory(tmp_path: Path
     assert {v for n, v in fixed.after.registry_packages if n == "on-headers"} == {"1.1.0"}
 
 
+@pytest.mark.slow
 def test_no_in_range_fix_opens_nothing_and_says_why(tmp_path: Path, env: dict[str, str],
                                                     registry: ReplayRegistry) -> None:  # fmt: skip
     """multer 1.4.5-lts.2 needs 2.x for its advisories: `^1.4.5-lts.2` cannot reach it, and the run says so."""
     if shutil.which("npm") is None:
-        pytest.skip("npm is not on PATH")
+        pytest.skip("npm is not on PATH: apt-get install nodejs npm (as root)")
     project = shutil.copytree(ROOT / "tests" / "fixtures" / "projects" / "multer-lts", tmp_path / "uploads")
     out = run_now(updates_job(tmp_path, registry=registry.url, projects=[{"name": "uploads", "path": str(project)}]),
                   env)  # fmt: skip
@@ -287,6 +294,7 @@ def test_no_in_range_fix_opens_nothing_and_says_why(tmp_path: Path, env: dict[st
     assert registry.asked.count("multer") == 3, registry.asked.count("multer")
 
 
+@pytest.mark.slow
 def test_security_fix_opens_its_own_pull_request_titled_with_the_advisory(
     tmp_path: Path, env: dict[str, str], registry: ReplayRegistry, github: Any, with_pnpm: None
 ) -> None:
@@ -308,7 +316,7 @@ def test_security_fix_opens_its_own_pull_request_titled_with_the_advisory(
 def test_patch_mode_holds_back_minor_steps(tmp_path: Path, env: dict[str, str], registry: ReplayRegistry,
                                            with_pnpm: None) -> None:  # fmt: skip
     """`update: patch`: only patch steps are planned; express's minor step (4.21 → 4.22) is held back and named."""
-    project = shutil.copytree(SHARED / "fixtures" / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    project = shutil.copytree(FIXTURES / "pnpm" / "mern-v9" / "server", tmp_path / "server")
     out = run_now(updates_job(tmp_path, update="patch", security="off", registry=registry.url,
                               projects=[{"name": "server", "path": str(project)}]), env)  # fmt: skip
     [server] = out["details"]["projects"]
@@ -352,6 +360,7 @@ def test_a_transitive_fix_no_parent_takes_yet_becomes_a_pnpm_override_pull_reque
     assert "Remove it once morgan releases a version that takes the fix" in security["body"]
 
 
+@pytest.mark.slow
 def test_a_transitive_fix_becomes_an_npm_override_in_package_json(
     tmp_path: Path, before_morgan_fix: ReplayRegistry
 ) -> None:
@@ -359,7 +368,7 @@ def test_a_transitive_fix_becomes_an_npm_override_in_package_json(
     from jobs.updates.security import findings, fix
 
     if shutil.which("npm") is None:
-        pytest.skip("npm is not on PATH")
+        pytest.skip("npm is not on PATH: apt-get install nodejs npm (as root)")
     project = shutil.copytree(ROOT / "tests" / "fixtures" / "projects" / "mern-server-npm", tmp_path / "server")
     before = digest(project)
     result = plan("server", project, before_morgan_fix.url)
@@ -414,7 +423,7 @@ def test_group_all_makes_one_pull_request_for_client_and_server(
     from tests.fixtures.github_standin import GitHubStandIn
 
     github = GitHubStandIn()
-    mern = SHARED / "fixtures" / "pnpm" / "mern-v9"
+    mern = FIXTURES / "pnpm" / "mern-v9"
     files = {f"{side}/{p.name}": p.read_bytes() for side in ("client", "server") for p in (mern / side).iterdir()
              if p.is_file()}  # fmt: skip
     repo = github.repo("acme/shop")
@@ -475,6 +484,7 @@ def test_yarn_classic_project_is_planned_with_the_real_yarn(tmp_path: Path, mirr
     assert {f.rsplit("/-/", 1)[0] for f in mirror.fetched} >= {name for name, _ in result.after.registry_packages}
 
 
+@pytest.mark.slow
 def test_yarn_transitive_fix_through_the_parent_and_else_through_resolutions(
     tmp_path: Path, mirror: ReplayRegistry, with_yarn: None
 ) -> None:
@@ -516,6 +526,7 @@ def test_a_yarn_berry_lockfile_is_named_not_guessed_at(tmp_path: Path, with_yarn
         plan("web", project, "http://127.0.0.1:9/")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("manager", ["pnpm", "npm", "yarn"])
 def test_the_package_manager_goes_through_the_proxy_and_trusts_the_operators_ca(
     manager: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proxy: Proxy, with_pnpm: None
@@ -526,15 +537,14 @@ def test_the_package_manager_goes_through_the_proxy_and_trusts_the_operators_ca(
 
     import trustme
 
-    if shutil.which(manager) is None:
-        pytest.skip(f"{manager} is not on PATH")
+    on_path(monkeypatch, manager)
     ca = trustme.CA()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert("localhost").configure_cert(context)
     bundle = tmp_path / "corp-ca.pem"
     ca.cert_pem.write_to_path(str(bundle))
     registry = ReplayRegistry(ssl_context=context, tarballs=manager == "yarn")
-    fixture = {"pnpm": SHARED / "fixtures" / "pnpm" / "mern-v9" / "server",
+    fixture = {"pnpm": FIXTURES / "pnpm" / "mern-v9" / "server",
                "npm": ROOT / "tests" / "fixtures" / "projects" / "mern-server-npm",
                "yarn": ROOT / "tests" / "fixtures" / "projects" / "yarn-api"}[manager]  # fmt: skip
     project = shutil.copytree(fixture, tmp_path / "server")

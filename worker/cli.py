@@ -1,8 +1,9 @@
 """The `opskeeper` command: the core commands and the composition of every kind's own.
 
 The core keeps `run`, `validate`, `jobs`, `run-now` and `history`; each kind adds its commands
-through the `register` function of its `commands` module, listed in `COMMANDS`. Exit codes
-are in `worker.commands`.
+through the `register` function of its `commands` module, listed in `COMMANDS`, and what it adds
+to the daemon through `Commands.on_daemon`. This module imports nothing else of a kind. Exit
+codes are in `worker.commands`.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def parser() -> argparse.ArgumentParser:
     add_config_option(history)
     for register in COMMANDS:
         register(cli)
+    run.set_defaults(daemon_hooks=tuple(cli.daemon_hooks))
     return top
 
 
@@ -152,11 +154,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     ledger = commands.ledger(settings, masks)
     daemon = Daemon(config, ledger, sentry, masks, grace=settings.shutdown_grace, poll=settings.reload_poll,
                     lease_ttl=settings.lease_ttl, lease_renew=settings.lease_renew)  # fmt: skip
-    if settings.status_page:
-        from jobs.review.publish import StatusPublisher
-
-        daemon.publisher = StatusPublisher(settings.status_page, public=settings.status_page_public,
-                                           link_for=settings.status_page_link)  # fmt: skip
+    for hook in args.daemon_hooks:
+        hook(daemon, settings)
     daemon.install_signal_handlers()
     target = settings.ledger.get_secret_value()
     kind, where = describe_place(target, masks)

@@ -43,6 +43,8 @@ EXIT_USAGE = 64
 EXIT_CONFIG = 78
 
 Handler = Callable[[argparse.Namespace, Settings], int]
+DaemonHook = Callable[[Any, Settings], None]
+"""Called by `opskeeper run` with the daemon (a `worker.scheduler.Daemon`) before it starts serving."""
 
 
 class CliError(Exception):
@@ -62,10 +64,17 @@ class Parser(argparse.ArgumentParser):
 
 
 class Commands:
-    """The table of subcommands; each kind's `register(commands)` adds its own."""
+    """The table of subcommands; each kind's `register(commands)` adds its own, and its daemon hooks."""
 
-    def __init__(self, sub: Any) -> None:
+    def __init__(self, sub: Any, daemon_hooks: list[DaemonHook] | None = None) -> None:
         self._sub = sub
+        #: What each kind adds to the daemon (the review kind's status page publisher), in registration order.
+        self.daemon_hooks: list[DaemonHook] = [] if daemon_hooks is None else daemon_hooks
+
+    def on_daemon(self, hook: DaemonHook) -> None:
+        """Have `opskeeper run` call `hook(daemon, settings)` before serving: how a kind adds to the daemon
+        without the core importing its internals."""
+        self.daemon_hooks.append(hook)
 
     def add(self, name: str, help_text: str, handler: Handler, *, config: bool = True) -> argparse.ArgumentParser:
         """A subcommand calling `handler(args, settings)`; `config` adds --config."""
@@ -78,7 +87,8 @@ class Commands:
     def group(self, name: str, help_text: str) -> Commands:
         """A subcommand with actions of its own (`backups list`, `backups verify`, ...)."""
         parser = self._sub.add_parser(name, help=help_text, description=help_text)
-        return Commands(parser.add_subparsers(dest=f"{name}_action", required=True, metavar="ACTION"))
+        return Commands(parser.add_subparsers(dest=f"{name}_action", required=True, metavar="ACTION"),
+                        self.daemon_hooks)  # fmt: skip
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:

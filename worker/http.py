@@ -1,5 +1,9 @@
 """The HTTP layer: the only place opskeeper builds an httpx client.
 
+It is one piece on purpose, past 500 lines: every outbound call, from a health probe to a
+vendor's API, is made under the same proxy, CA, timeout and retry decisions, and a second
+module that builds a client would be a second set of them.
+
 Proxies, private CAs, timeouts, retries and the user agent are one decision for every
 vendor, so an operator behind a TLS-intercepting proxy sets them once, in the environment,
 as for curl, pip and npm:

@@ -7,10 +7,12 @@ from typing import Any
 
 from jobs.backup.atlas import AtlasBackupJob, AtlasBackupOptions
 from jobs.backup.drill import DrillJob, DrillOptions
-from jobs.backup.job import BackupJob, BackupOptions
+from jobs.backup.job import BackupJob
+from jobs.backup.source import BackupOptions
 from jobs.command import CommandJob, CommandOptions
 from jobs.dependencies.job import DependenciesJob, DependenciesOptions
-from jobs.deploys.job import DeploysJob, DeploysOptions
+from jobs.deploys.job import DeploysJob
+from jobs.deploys.options import DeploysOptions
 from jobs.health.job import HealthJob, HealthOptions
 from jobs.platform.job import PlatformNoticesJob, PlatformNoticesOptions
 from jobs.review.docs import DocsReviewJob, DocsReviewOptions

@@ -24,9 +24,9 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from jobs.backup.catalog import VERIFIED, base_of, scan
-from jobs.backup.job import BackupOptions
 from jobs.backup.restore import RestoreError, check, restore
 from jobs.backup.retention import is_future
+from jobs.backup.source import BackupOptions
 from worker.job import JobContext, JobOptions, Outcome, Status
 from worker.reporting.progress import archive_ticks
 from worker.schedule import Duration

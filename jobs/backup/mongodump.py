@@ -14,17 +14,15 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bson import json_util
 
 from jobs.backup.archive import ArchiveError, ArchiveReader, ArchiveWriter, Segment, crc64
 from jobs.backup.catalog import digest_batch
+from jobs.backup.source import BackupOptions, Namespace
 from worker import children
 from worker.job import JobContext
-
-if TYPE_CHECKING:
-    from jobs.backup.job import BackupOptions, Namespace
 
 MONGODUMP_DIR = "opskeeper-mongodump-"
 """Temp folders holding mongodump's config file are named after the owning process: <prefix><pid>-."""

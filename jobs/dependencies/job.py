@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -22,41 +21,25 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from jobs.dependencies import semver
+from jobs.dependencies.advisories import (
+    SEVERITIES,
+    Ignore,
+    Severity,
+    advisory_answers,
+    affects,
+    found_on,
+    source_gap,
+)
 from jobs.dependencies.lockfiles import Direct, LockfileError, Package, Tracer
 from jobs.dependencies.node import Declared, Release, assess_declared, codenames, declared_runtime, engines, parse_index
+from jobs.dependencies.outdated import Picks, update_kind
 from jobs.dependencies.project import Located, Lockfiles, disagreements, drift, locate
 from worker.http import HttpError
 from worker.job import JobContext, JobOptions, Notice, Outcome, Status
 from worker.vendors.github import GITHUB_API, GitHub
 from worker.vendors.nodejs import NODE_INDEX, NODE_SCHEDULE, release_data
 from worker.vendors.npm import NPM_REGISTRY, Registry, latest_node
-from worker.vendors.osv import OSV_API, Osv
-
-SEVERITIES = ("info", "low", "moderate", "high", "critical")
-Severity = Literal["info", "low", "moderate", "high", "critical"]
-
-
-class Ignore(JobOptions):
-    """An advisory (by id) or a package not to fail on, with a reason and an optional expiry."""
-
-    advisory: str | None = None
-    package: str | None = None
-    reason: str
-    until: date | None = None
-
-    @model_validator(mode="after")
-    def _one_target(self) -> Ignore:
-        if (self.advisory is None) == (self.package is None):
-            raise ValueError("an ignore entry names exactly one of advisory or package")
-        return self
-
-    def covers(self, advisory: Mapping[str, Any], today: date) -> bool:
-        """Whether this entry silences the advisory on `today` (an expired entry silences nothing)."""
-        if self.until is not None and today > self.until:
-            return False
-        if self.package is not None:
-            return bool(advisory["package"] == self.package)
-        return self.advisory in {str(advisory["id"]), *advisory.get("aliases", ())}
+from worker.vendors.osv import OSV_API
 
 
 class GitHubSource(JobOptions):
@@ -165,85 +148,6 @@ class Checked:
         return {"projects": [r.public() for r in self.reports], "gaps": self.gaps}
 
 
-def update_kind(locked: str, latest: str | None) -> str:
-    """patch, minor, major, or none: how far the locked version is behind `latest`.
-
-    Below 1.0.0 a caret range pins the minor (`^0.4.1` allows only 0.4.x) and for 0.0.x the
-    patch, so such a step is as breaking as a major one and is called major.
-    """
-    have, want = semver.parse(locked), semver.parse(latest) if latest else None
-    if have is None or want is None or want.compare(have) <= 0:
-        return "none"
-    if want.major != have.major:
-        return "major"
-    if have.major == 0 and (want.minor != have.minor or (have.minor == 0 and want.patch != have.patch)):
-        return "major"
-    return "minor" if want.minor != have.minor else "patch"
-
-
-def wanted(specifier: str, meta: Mapping[str, Any], newest: list[str] | None = None) -> str | None:
-    """What `npm update` / `pnpm update` would install for the specifier, as npm-pick-manifest picks it.
-
-    A dist-tag names its version; else the `latest` tag if the range allows it; else the
-    newest non-deprecated version in the range (prereleases only if the range names one),
-    else the newest deprecated one. `newest` is the document's versions newest first, when
-    the caller has them sorted already.
-    """
-    tags, versions = meta.get("dist-tags") or {}, meta.get("versions") or {}
-    spec = specifier.strip() or "*"
-    if spec in tags:
-        return str(tags[spec])
-    if not semver.valid_range(spec):
-        return None
-    latest = tags.get("latest")
-    if isinstance(latest, str) and latest in versions and semver.satisfies(latest, spec):
-        return latest
-    fallback = None
-    for version in newest if newest is not None else newest_first(versions):
-        if semver.satisfies(version, spec):
-            if not (versions.get(version) or {}).get("deprecated"):
-                return version
-            fallback = fallback or version
-    return fallback
-
-
-def newest_first(versions: Iterable[str]) -> list[str]:
-    """Versions npm can read, newest first by npm's ordering."""
-    parsed = [(p, v) for v in versions if (p := semver.parse(v)) is not None]
-    return [v for _, v in sorted(parsed, key=lambda pair: pair[0].key, reverse=True)]
-
-
-class Picks:
-    """`wanted` for each (package, range) once per run, from each document sorted once: a workspace repeats both."""
-
-    def __init__(self) -> None:
-        self._sorted: dict[str, list[str]] = {}
-        self._picked: dict[tuple[str, str], str | None] = {}
-
-    def wanted(self, name: str, specifier: str, meta: Mapping[str, Any]) -> str | None:
-        key = (name, specifier)
-        if key not in self._picked:
-            if name not in self._sorted:
-                self._sorted[name] = newest_first((meta.get("versions") or {}).keys())
-            self._picked[key] = wanted(specifier, meta, self._sorted[name])
-        return self._picked[key]
-
-
-def fixed_in(vulnerable: str, current: str, versions: list[str]) -> str | None:
-    """The first release after `current` outside the vulnerable range, when the registry knows one."""
-    now = semver.parse(current)
-    if now is None:
-        return None
-    later = sorted(((p, v) for v in versions if (p := semver.parse(v)) is not None and not p.prerelease
-                    and p.compare(now) > 0), key=lambda pair: pair[0].key)  # fmt: skip
-    return next((v for _, v in later if not semver.satisfies(v, vulnerable, include_prerelease=True)), None)
-
-
-def affects(advisory: Mapping[str, Any], version: str) -> bool:
-    """npm audit's test: satisfies(version, vulnerable_versions, {includePrerelease, loose}) (reference §12)."""
-    return semver.satisfies(version, str(advisory.get("vulnerable_versions", "*")), include_prerelease=True)
-
-
 def chains_to(directs: Iterable[Direct], tracer: Tracer) -> dict[Package, list[list[str]]]:
     """Each of the tracer's targets the registry directs reach, with the chains reaching it (the direct's name
     first, as package.json names it)."""
@@ -323,45 +227,8 @@ def build_report(project_name: str, where: str, located: Located, *, metas: Mapp
     if len(lock.importers) == 1:  # a project of its own installs every package of its lockfile
         for target in tracer.targets:
             chains.setdefault(target, [])
-    for (package, version), via in sorted(chains.items()):
-        for advisory in advisories.get(package, []):
-            if not affects(advisory, version):
-                continue
-            known = list(((metas.get(package) or {}).get("versions") or {}).keys())
-            report.advisories.append({
-                "package": package, "version": version, "id": advisory["id"],
-                "severity": advisory.get("severity", "info"), "title": advisory.get("title", ""),
-                "url": advisory.get("url", ""), "sources": advisory.get("sources", ["registry"]),
-                "aliases": sorted(_ghsa(advisory) - {str(advisory["id"])}),
-                "fixed_in": fixed_in(str(advisory.get("vulnerable_versions", "*")), version, known) if known else None,
-                "via": sorted(via, key=len)[:5],
-            })  # fmt: skip
+    report.advisories = found_on(chains, advisories, metas)
     return report
-
-
-def _ghsa(advisory: Mapping[str, Any]) -> set[str]:
-    """The GHSA (and other) ids an advisory is known by: its id, its aliases, the id in its URL."""
-    ids = {str(advisory.get("id"))} | set(advisory.get("aliases") or [])
-    match = re.search(r"(GHSA(?:-[23456789cfghjmpqrvwx]{4}){3})", str(advisory.get("url", "")))
-    if match:
-        ids.add(match[1])
-    return {i for i in ids if i.startswith(("GHSA-", "CVE-", "MAL-"))}
-
-
-def merge_advisories(answers: Mapping[str, Mapping[str, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
-    """One list per package from every source's answer, the same advisory (by GHSA id or alias) once. Pure."""
-    merged: dict[str, list[dict[str, Any]]] = {}
-    for source, answer in answers.items():
-        for package, advisories in answer.items():
-            have = merged.setdefault(package, [])
-            for advisory in advisories:
-                ids = _ghsa(advisory)
-                same = next((a for a in have if ids & _ghsa(a) or a["id"] == advisory["id"]), None)
-                if same is not None:
-                    same["sources"] = sorted({*same.get("sources", []), source})
-                    continue
-                have.append({**advisory, "sources": [source]})
-    return merged
 
 
 @dataclass
@@ -384,10 +251,6 @@ async def check_projects(options: DependenciesOptions, base: Path, cache: Mutabl
         return await _check(options, base, cache, today, token=token, scratch=Path(scratch), recursive=recursive)
 
 
-def _gap(source: str, error: str, effect: str) -> dict[str, str]:
-    return {"source": source, "error": error, "effect": effect}
-
-
 async def _targets(options: DependenciesOptions, base: Path, *, scratch: Path, recursive: bool, lockfiles: Lockfiles,
                    gaps: list[dict[str, str]]) -> tuple[list[_Target], list[Report]]:  # fmt: skip
     """The project folders to report on, each with its lockfile; a report with a problem for each that has none."""
@@ -399,7 +262,7 @@ async def _targets(options: DependenciesOptions, base: Path, *, scratch: Path, r
             try:
                 folder = await asyncio.to_thread(fetch_github, project.github, scratch / project.name)
             except HttpError as exc:
-                gaps.append(_gap("github", str(exc), f"{project.name} was not checked"))
+                gaps.append(source_gap("github", str(exc), f"{project.name} was not checked"))
                 reports.append(Report(project.name, where, problems=[f"could not be read from GitHub: {exc}"],
                                       order=len(reports) + len(targets)))  # fmt: skip
                 continue
@@ -457,9 +320,9 @@ async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping
         await registry.close()
     if registry.failures:
         names = sorted(registry.failures)
-        gaps.append(_gap("registry", f"{len(names)} of {len(direct_names | affected)} package documents could not be "
-                         f"fetched ({', '.join(names[:5])}{', …' if len(names) > 5 else ''}): "
-                         f"{registry.failures[names[0]]}", "no wanted/latest for those packages"))  # fmt: skip
+        gaps.append(source_gap("registry", f"{len(names)} of {len(direct_names | affected)} package documents could "
+                               f"not be fetched ({', '.join(names[:5])}{', …' if len(names) > 5 else ''}): "
+                               f"{registry.failures[names[0]]}", "no wanted/latest for those packages"))  # fmt: skip
     picks = Picks()
     tracers: dict[int, Tracer] = {}
     for key, lock in locks.items():
@@ -504,41 +367,6 @@ def _drift(located: Located, lockfiles: Lockfiles) -> list[str]:
     return found
 
 
-async def advisory_answers(options: DependenciesOptions, registry: Registry, installed: dict[str, set[str]],
-                           gaps: list[dict[str, str]]) -> dict[str, list[dict[str, Any]]] | None:  # fmt: skip
-    """Every configured source's answer, merged; OSV when they all failed; None when no source answered."""
-    if not installed:
-        return {}
-    answers: dict[str, Mapping[str, list[dict[str, Any]]]] = {}
-    failed: list[str] = []
-    for source in options.advisories:
-        try:
-            answers[source] = await _ask(source, options, registry, installed)
-        except HttpError as exc:
-            failed.append(source)
-            gaps.append(_gap(f"advisories ({source})", str(exc), "advisories not checked by this source"))
-    if not answers and options.advisory_fallback == "osv" and "osv" not in options.advisories:
-        try:
-            answers["osv"] = await _ask("osv", options, registry, installed)
-            for gap in gaps:
-                if gap["source"] in {f"advisories ({s})" for s in failed}:
-                    gap["effect"] = "advisories were checked with OSV instead"
-        except HttpError as exc:
-            gaps.append(_gap("advisories (osv)", str(exc), "the fallback could not be asked either"))
-    return merge_advisories(answers) if answers else None
-
-
-async def _ask(source: str, options: DependenciesOptions, registry: Registry,
-               installed: dict[str, set[str]]) -> Mapping[str, list[dict[str, Any]]]:  # fmt: skip
-    if source == "registry":
-        return await registry.advisories(installed)
-    osv = Osv(options.osv_url, concurrency=min(options.concurrency, 8))
-    try:
-        return await osv.advisories(installed)
-    finally:
-        await osv.close()
-
-
 async def _node_data(options: DependenciesOptions, cache: MutableMapping[str, Any], gaps: list[dict[str, str]],
                      today: date) -> dict[str, Any] | None:  # fmt: skip
     """The schedule and releases, fetched; else the last copy fetched (a gap either way); None if there is none."""
@@ -550,9 +378,9 @@ async def _node_data(options: DependenciesOptions, cache: MutableMapping[str, An
     except (HttpError, ValueError, KeyError) as exc:
         kept = cache.get("node")
         if not kept:
-            gaps.append(_gap("Node.js release data", str(exc), "the Node.js runtime was not checked"))
+            gaps.append(source_gap("Node.js release data", str(exc), "the Node.js runtime was not checked"))
             return None
-        gaps.append(_gap("Node.js release data", str(exc), f"judged with the copy fetched on {kept['fetched']}"))
+        gaps.append(source_gap("Node.js release data", str(exc), f"judged with the copy fetched on {kept['fetched']}"))
         schedule = kept["schedule"]
         releases = parse_index(json.dumps([{"version": v, "date": d, "lts": lts or False, "security": sec}
                                            for v, d, lts, sec in kept["releases"]]))  # fmt: skip

@@ -65,7 +65,7 @@ def _deploys(args: argparse.Namespace, settings: Settings) -> int:
 def _release_rollback(options: Any, service: str, target: Any, *, new_deploy: Any, live: Any, started: datetime,
                       masks: Any) -> None:  # fmt: skip
     """Mark the rollback in Sentry's releases when the deploys job writes them; a gap is said, not raised."""
-    from jobs.deploys.job import Releases
+    from jobs.deploys.marks import Releases
 
     releases = Releases.open(options, lambda event, **fields: None)
     try:
@@ -85,7 +85,7 @@ def _release_rollback(options: Any, service: str, target: Any, *, new_deploy: An
 
 def _status_rollback(api_url: str, service: Any, live: Any, target: Any, masks: Any) -> None:
     """A failure status on the commit rolled back from, when the service names its GitHub repo."""
-    from jobs.deploys.job import CommitStatuses
+    from jobs.deploys.marks import CommitStatuses
 
     statuses = CommitStatuses(api_url, lambda event, **fields: None)
     try:

@@ -10,15 +10,11 @@ itself (`jobs.deploys.guard`).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
-
-from jobs.deploys.guard import BEFORE, AutoRollback, Decision, Errors, Rollback, decide, roll_back, verify
+from jobs.deploys.guard import BEFORE, Decision, Errors, Rollback, decide, roll_back, verify
 from jobs.deploys.history import (
     FAILED,
     IN_PROGRESS,
@@ -29,91 +25,14 @@ from jobs.deploys.history import (
     rollback_target,
     state_key,
 )
-from worker.http import HttpError, RejectedError
-from worker.job import CheckRecord, JobContext, JobOptions, Notice, Outcome, Status
-from worker.schedule import Duration
+from jobs.deploys.marks import RELEASES_GAP, CommitStatuses, Releases
+from jobs.deploys.options import DeploysOptions, Service
+from worker.http import HttpError
+from worker.job import CheckRecord, JobContext, Notice, Outcome, Status
 from worker.timespec import format_duration
-from worker.vendors.github import GITHUB_API
-from worker.vendors.render import RENDER_API, RenderAPI, pre_deploy_command
+from worker.vendors.render import RenderAPI, pre_deploy_command
 
 __all__ = ["FAILED", "IN_PROGRESS", "DeployRecord", "RenderError", "ServiceHistory", "rollback_target", "state_key"]
-
-
-class Service(JobOptions):
-    """One Render service and the health job that proves it works."""
-
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,49}$")]
-    service_id: Annotated[str, Field(pattern=r"^srv-[A-Za-z0-9]+$")]
-    health: str | None = None
-    """Id of a `health` job whose endpoints must stay up while a deploy settles."""
-    auto_rollback: bool = False
-    """Roll back by itself when the app goes DOWN soon after a deploy (see the job's `auto_rollback`)."""
-    repo: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")] | None = None
-    """`owner/name` on GitHub: each deploy's commit gets an `opskeeper/last-good` status (GITHUB_TOKEN)."""
-
-    @model_validator(mode="after")
-    def _judged(self) -> Service:
-        if self.auto_rollback and self.health is None:
-            raise ValueError(f"service {self.name!r}: auto_rollback needs `health`, the health job that shows "
-                             "a deploy broke the app")  # fmt: skip
-        return self
-
-
-class SentryReleases(JobOptions):
-    """Write each good, failed or rolled-back deploy to Sentry's releases (token with project:releases)."""
-
-    project: str
-    """The Sentry project slug the releases belong to."""
-    repository: str | None = None
-    """The repository as Sentry knows it (e.g. `acme/app`): adds the commit as the release's ref."""
-    org: str | None = None
-    """Defaults to SENTRY_ORG."""
-    environment: str | None = None
-    """Defaults to SENTRY_ENVIRONMENT, then `production`."""
-    api_url: str | None = None
-    """Defaults to SENTRY_API_URL, then https://sentry.io."""
-
-
-class DeploysOptions(JobOptions):
-    """Which services to follow, and how long a live deploy must prove itself."""
-
-    services: Annotated[tuple[Service, ...], Field(min_length=1)]
-    settle: Duration = timedelta(minutes=10)
-    api_url: str = RENDER_API
-    api_key: str | None = None
-    """Defaults to the RENDER_API_KEY environment variable."""
-    page_size: Annotated[int, Field(ge=1, le=100)] = 100
-    max_pages: Annotated[int, Field(ge=1)] = 5
-    sentry_releases: SentryReleases | None = None
-    auto_rollback: AutoRollback = AutoRollback()
-    github_api_url: str = GITHUB_API
-
-    @model_validator(mode="after")
-    def _unique(self) -> DeploysOptions:
-        names = [s.name for s in self.services]
-        if len(set(names)) != len(names):
-            raise ValueError("service names must be unique")
-        if self.auto_rollback.error_ratio is not None and self.sentry_releases is None:
-            raise ValueError("auto_rollback.error_ratio needs sentry_releases (the releases whose errors it compares)")
-        return self
-
-    def follows(self) -> frozenset[str]:
-        """The health jobs of the services that roll back by themselves: a DOWN runs this job at once."""
-        return frozenset(s.health for s in self.services if s.auto_rollback and s.health)
-
-    def key(self) -> str:
-        """The API key, from the options or the environment; a clear error when there is none."""
-        key = self.api_key or os.environ.get("RENDER_API_KEY", "")
-        if not key:
-            raise RenderError("no Render API key: set RENDER_API_KEY (or options.api_key)")
-        return key
-
-    def service(self, name: str) -> Service:
-        """The service with this name; KeyError lists the names there are."""
-        for service in self.services:
-            if service.name == name:
-                return service
-        raise KeyError(f"no service {name!r}; services: {', '.join(s.name for s in self.services)}")
 
 
 # --- judging a service ------------------------------------------------------------------
@@ -401,125 +320,3 @@ class DeploysJob:
             ctx.log("sentry.errors_unreadable", error=str(exc))
             return None
         return Errors(new, previous, window)
-
-
-def _gap(call: Callable[[], object], refused: str, failed: str) -> str:
-    """'' when `call` worked, else why not: `refused` when the credentials were rejected, `failed` otherwise."""
-    try:
-        call()
-    except RejectedError as exc:
-        return f"{refused}: {exc}"
-    except HttpError as exc:
-        return f"{failed}: {exc}"
-    return ""
-
-
-class CommitStatuses:
-    """`opskeeper/last-good` on each deploy's commit: success once good, failure when it failed or was rolled back."""
-
-    CONTEXT = "opskeeper/last-good"
-
-    def __init__(self, api_url: str, log: Any) -> None:
-        self.api_url, self.log = api_url, log
-        self.gap = ""
-        self._clients: dict[str, Any] = {}
-
-    def from_notice(self, service: Service, notice: Notice) -> None:
-        """A deploy proven good or failed gets its status (the notices are sent once per deploy)."""
-        outcome = notice.fingerprint[-1]
-        history = notice.context.get("deploy") or {}
-        if outcome == "good":
-            deploy = DeployRecord(notice.context.get("deploy_id", ""), "live", commit=notice.context.get("release", ""))
-            self.post(service, deploy, "success", f"live on Render and healthy ({deploy.deploy_id})")
-        elif outcome == "failed" and history:
-            deploy = DeployRecord(history["deploy_id"], history["status"], commit=history.get("commit", ""))
-            self.post(service, deploy, "failure", f"Render deploy {deploy.deploy_id} {deploy.status}")
-
-    def post(self, service: Service, deploy: DeployRecord, state: str, description: str) -> None:
-        """Set the status; a missing token or scope becomes the run's `github_gap`, never an error."""
-        if not service.repo or not deploy.commit or self.gap:
-            return
-        token = os.environ.get("GITHUB_TOKEN", "")
-        if not token:
-            self.gap = "GITHUB_TOKEN is not set: no commit statuses"
-            self.log("github.status_gap", reason=self.gap)
-            return
-        from worker.vendors.github import GitHub
-
-        client = self._clients.get(service.repo)
-        if client is None:
-            client = self._clients[service.repo] = GitHub(service.repo, api_url=self.api_url, token=token,
-                                                          timeout=timedelta(seconds=15))  # fmt: skip
-        url = f"https://dashboard.render.com/web/{service.service_id}/deploys/{deploy.deploy_id}"
-        self.gap = _gap(lambda: client.set_status(deploy.commit, state, self.CONTEXT, description, url),
-                        "the token may not write commit statuses (it needs Commit statuses: write)",
-                        "could not set the commit status")  # fmt: skip
-        if self.gap:
-            self.log("github.status_gap", reason=self.gap)
-            return
-        self.log("github.status", repo=service.repo, commit=deploy.commit, state=state, context=self.CONTEXT)
-
-    def close(self) -> None:
-        for client in self._clients.values():
-            client.close()
-
-
-RELEASES_GAP = "sentry_releases_gap"
-"""State key: why the last attempt to write a Sentry release failed (None once one succeeds)."""
-
-
-class Releases:
-    """Sentry releases and deploy markers for the deploys this job judges; a missing scope is a gap, not an error."""
-
-    def __init__(self, options: SentryReleases | None, api: Any, environment: str, log: Any) -> None:
-        self.options, self.api, self.environment, self.log = options, api, environment, log
-        self.written = 0
-        self.gap = "" if api is not None or options is None else "SENTRY_AUTH_TOKEN or SENTRY_ORG is not set"
-
-    @classmethod
-    def open(cls, options: SentryReleases | None, log: Any) -> Releases:
-        """A writer for these options, with the token and organization from the environment."""
-        if options is None:
-            return cls(None, None, "", log)
-        token, org = os.environ.get("SENTRY_AUTH_TOKEN", ""), options.org or os.environ.get("SENTRY_ORG", "")
-        environment = options.environment or os.environ.get("SENTRY_ENVIRONMENT") or "production"
-        if not token or not org:
-            return cls(options, None, environment, log)
-        from worker.vendors.sentry_api import SentryAPI
-
-        url = options.api_url or os.environ.get("SENTRY_API_URL") or "https://sentry.io"
-        return cls(options, SentryAPI(url, org, token, (options.project,), timedelta(seconds=15)), environment, log)
-
-    def from_notice(self, service: str, notice: Notice) -> None:
-        """A good deploy becomes the release of its commit with a deploy marker; a failed or bad one is marked too."""
-        deploy = notice.context.get("deploy") or {}
-        commit = notice.context.get("release") or deploy.get("commit")
-        if commit:
-            self.record(service, commit, notice.context.get("deploy_id") or deploy.get("deploy_id", ""),
-                        notice.fingerprint[-1], started=deploy.get("created_at"),
-                        finished=deploy.get("finished_at"))  # fmt: skip
-
-    def record(self, service: str, commit: str, deploy_id: str, outcome: str, *, started: str | None,
-               finished: str | None) -> None:  # fmt: skip
-        """Create (or update) the release `commit` and add a deploy of it named after the service and outcome."""
-        if self.api is None or self.gap or self.options is None:
-            return
-        name = f"{service} {deploy_id}" + ("" if outcome == "good" else f" ({outcome})")
-        refs = [{"repository": self.options.repository, "commit": commit}] if self.options.repository else []
-        api, project = self.api, self.options.project
-
-        def write() -> None:
-            api.create_release(commit, [project], refs)
-            api.create_deploy(commit, self.environment, name=name, started=started, finished=finished)
-
-        self.gap = _gap(write, "the token may not write releases (it needs project:releases)",
-                        "could not write the release")  # fmt: skip
-        if self.gap:
-            self.log("sentry.releases_gap", reason=self.gap)
-            return
-        self.written += 1
-        self.log("sentry.release", service=service, release=commit, deploy=name, environment=self.environment)
-
-    def close(self) -> None:
-        if self.api is not None:
-            self.api.close()

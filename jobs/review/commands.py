@@ -15,7 +15,7 @@ from worker.settings import Settings
 
 
 def register(cli: Commands) -> None:
-    """Add `report weekly` and `status`."""
+    """Add `status`, `serve` and `report weekly`, and the daemon's status page publisher."""
     status = cli.add("status", "Every job, endpoint, backup, deploy and dependency report at a glance.", _status)
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument(
@@ -34,6 +34,16 @@ def register(cli: Commands) -> None:
     report.add_argument("--now", help="end the week at this ISO 8601 time instead of now")
     report.add_argument("--json", action="store_true", help="print (or write) the JSON report instead of Markdown")
     report.add_argument("--out", type=Path, metavar="FILE", help="write the report to FILE and print where it is")
+    cli.on_daemon(_publish_status)
+
+
+def _publish_status(daemon: Any, settings: Settings) -> None:
+    """The daemon regenerates the status page after runs when OPSKEEPER_STATUS_PAGE names a target."""
+    if settings.status_page:
+        from jobs.review.publish import StatusPublisher
+
+        daemon.publisher = StatusPublisher(settings.status_page, public=settings.status_page_public,
+                                           link_for=settings.status_page_link)  # fmt: skip
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:

@@ -19,8 +19,10 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from jobs.dependencies import semver
-from jobs.dependencies.job import Project, affects, fetch_github, update_kind
+from jobs.dependencies.advisories import affects
+from jobs.dependencies.job import Project, fetch_github
 from jobs.dependencies.node import declared_runtime
+from jobs.dependencies.outdated import update_kind
 from jobs.updates import security as patches
 from jobs.updates.planner import MANAGERS, PlanError, ProjectPlan, plan
 from worker.http import HttpError

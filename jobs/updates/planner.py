@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs.dependencies.job import update_kind
 from jobs.dependencies.lockfiles import LOCKFILE_NAMES, Lockfile, LockfileError, read_lockfile
+from jobs.dependencies.outdated import update_kind
 from jobs.dependencies.project import primary_lockfile
 from worker import children
 from worker.vendors.npm import NPM_REGISTRY

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from worker.storage import StoredObject
+from worker.storage.model import StoredObject
 
 
 class LocalUpload:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import boto3
 from botocore.config import Config
 
-from worker.storage import StoredObject
+from worker.storage.model import StoredObject
 
 MIB = 1024 * 1024
 MIN_PART = 8 * MIB
