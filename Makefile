@@ -49,12 +49,14 @@ pytest: $(VENV)/.synced tools
 # `npm install` from the lockfile, not `npm ci`: npm 11 leaves pnpm's optional per-platform
 # binaries of other platforms out of the lockfile and then `npm ci` refuses it ("Missing:
 # @pnpm/exe.android-arm64"). Both pins are exact and the lockfile's integrity is checked.
+# Install scripts run: pnpm's puts its native binary in place of a shebang-less placeholder
+# that only a shell can run (the tests exec pnpm as opskeeper does, with no shell).
 tools: $(NODE_TOOLS)/.installed
 
 $(NODE_TOOLS)/.installed: tests/tools/package.json tests/tools/package-lock.json
 	@if command -v npm >/dev/null; then \
 	  mkdir -p $(NODE_TOOLS) && cp tests/tools/package.json tests/tools/package-lock.json $(NODE_TOOLS)/ && \
-	  npm install --prefix $(NODE_TOOLS) --ignore-scripts --no-audit --no-fund --loglevel=error && touch $@; \
+	  npm install --prefix $(NODE_TOOLS) --no-audit --no-fund --loglevel=error && touch $@; \
 	else \
 	  echo "make tools: npm is not on PATH: the pnpm and yarn tests will be skipped (as root: apt-get install nodejs npm)"; \
 	fi
