@@ -8,6 +8,9 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# Compile the packages' bytecode once, at install: otherwise the first test run's parallel workers
+# each compile botocore, moto and pydantic again (a fresh clone's first `make test` took a minute longer).
+export UV_COMPILE_BYTECODE := 1
 # The package managers the tests run for real (pnpm, yarn 1.x), at the versions tests/tools pins.
 NODE_TOOLS := var/tools
 # pytest-xdist workers: the suite mostly waits on child processes and local servers, so more

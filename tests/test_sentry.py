@@ -232,12 +232,13 @@ jobs:
                        env={**env, "SENTRY_DSN": sentry.dsn, "REALM_SECRET": "production"})  # fmt: skip
     assert result.code == 2
     sentry.wait_items("event", 1)
-    # The payloads that carry a top-level environment: a client report (what the SDK dropped, which a loaded
-    # machine can make it send) has none, and a session keeps it under `attrs`.
+    # The payloads that carry a top-level environment: a client report (what the SDK dropped: on a loaded
+    # machine, a span, 'buffer_overflow') has none.
     items = [p for e in sentry.envelopes for h, p in e.items if h.get("type") in ("event", "transaction", "check_in")]
     assert items
     assert {item["environment"] for item in items} == {"production"}
-    for envelope in sentry.envelopes:
+    # A client report's envelope has no trace header: on a loaded machine the SDK sends one for a span it dropped.
+    for envelope in (e for e in sentry.envelopes if any(h.get("type") != "client_report" for h, _ in e.items)):
         assert envelope.header["trace"]["environment"] == "production"
         assert envelope.header["trace"]["public_key"] == "0123456789abcdef0123456789abcdef"
     [event] = sentry.items("event")
