@@ -26,7 +26,7 @@ from pymongo import MongoClient
 
 from jobs.backup.job import BackupJob
 from jobs.backup.source import BackupOptions
-from tests.forkserver import ForkServer
+from tests.forkserver import Forked, ForkServer
 from worker.job import JobContext
 from worker.ledger import JobChecks, JobState, SqliteLedger
 
@@ -77,13 +77,23 @@ def opskeeper(*args: str, env: dict[str, str], timeout: float = 60) -> Result:
     The process is forked from one that has imported the CLI already (tests/forkserver.py);
     with OPSKEEPER_TEST_SPAWN=1 it is a fresh `python -m worker`.
     """
-    if os.environ.get("OPSKEEPER_TEST_SPAWN") == "1":
+    if spawn_each():
         proc = subprocess.run([sys.executable, "-m", "worker", *args], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=timeout, check=False)  # fmt: skip
         return Result(proc.returncode, proc.stdout, proc.stderr)
+    return Result(*forks().run(list(args), env, ROOT, timeout))
+
+
+def forks() -> ForkServer:
+    """This test process's fork server, started at its first use."""
     if not _FORKS:
         _FORKS.append(ForkServer())
-    return Result(*_FORKS[0].run(list(args), env, ROOT, timeout))
+    return _FORKS[0]
+
+
+def spawn_each() -> bool:
+    """OPSKEEPER_TEST_SPAWN=1: every opskeeper process is a fresh `python -m worker`, not a fork."""
+    return os.environ.get("OPSKEEPER_TEST_SPAWN") == "1"
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -110,17 +120,16 @@ def write(path: Path, text: str) -> Path:
 
 
 class DaemonProcess:
-    """`opskeeper run` in a subprocess, its JSON log lines collected as they arrive."""
+    """`opskeeper run` in a process of its own (forked, as `opskeeper` is), its JSON log lines collected as they
+    arrive."""
 
     def __init__(self, config: Path, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run", "--config", str(config)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        args = ["run", "--config", str(config)]
+        self.proc: subprocess.Popen[str] | Forked = (
+            subprocess.Popen([sys.executable, "-m", "worker", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+            if spawn_each() else forks().start(args, env, ROOT)
+        )  # fmt: skip
         self.events: list[dict[str, Any]] = []
         self.stderr = ""
         self._cond = threading.Condition()

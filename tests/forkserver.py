@@ -8,10 +8,12 @@ writes its output to the caller's files and exits through the interpreter's own 
 (atexit, Sentry's flush, buffered stdout), exactly as `python -m worker` ends. Each call is
 still its own process with its own pid, environment and exit code.
 
-The request goes over a Unix socket; the server forks a handler per connection, which forks
-the command and reports its pid and then its exit status. `OPSKEEPER_TEST_SPAWN=1` runs every
-call as a fresh `python -m worker` instead; the daemons the tests start, and the console script
-test, always are.
+The request goes over a Unix socket with the caller's ends of two pipes (SCM_RIGHTS), which
+become the command's stdout and stderr; the server forks a handler per connection, which forks
+the command and reports its pid and then its exit status. `ForkServer.start` is a small Popen
+(pid, poll, wait, send_signal, kill, stdout and stderr as text), `ForkServer.run` a
+subprocess.run. `OPSKEEPER_TEST_SPAWN=1` makes the tests spawn a fresh `python -m worker`
+instead; the console script test and a few that need a terminal always do.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +60,15 @@ def _handle(conn: socket.socket) -> None:
     Nothing here catches: the command's SystemExit (or an uncaught error) rises through these
     frames to the top, so the command ends through the interpreter's own shutdown.
     """
+    _, fds, _, _ = socket.recv_fds(conn, 1, 2)
     with conn.makefile("rb") as incoming:
         request = json.loads(incoming.readline())
     pid = os.fork()
     if pid == 0:
         conn.close()
-        _command(request)
+        _command(request, fds)
+    for fd in fds:  # the command holds them now: the caller sees EOF when it (and its children) end
+        os.close(fd)
     conn.sendall(f"{pid}\n".encode())
     _, status = os.waitpid(pid, 0)
     conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
@@ -70,17 +76,17 @@ def _handle(conn: socket.socket) -> None:
     os._exit(0)
 
 
-def _command(request: dict[str, Any]) -> None:
+def _command(request: dict[str, Any], fds: list[int]) -> None:
     """In the command's process: become `python -m worker ARGS` with the caller's environment, then end as it does."""
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
     stdin = os.open(os.devnull, os.O_RDONLY)
     os.dup2(stdin, 0)
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        target = os.open(request[name], os.O_WRONLY | os.O_TRUNC)
-        os.dup2(target, fd)
-        os.close(target)
+    os.close(stdin)
+    for target, fd in zip((1, 2), fds, strict=True):
+        os.dup2(fd, target)
+        os.close(fd)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.argv = [str(ROOT / "worker" / "__main__.py"), *request["args"]]
@@ -95,8 +101,57 @@ def _command(request: dict[str, Any]) -> None:
     sys.exit(code)
 
 
+class Forked:
+    """A command the server forked, as much of subprocess.Popen as the tests use."""
+
+    def __init__(self, args: list[str], conn: socket.socket, stdout: int, stderr: int) -> None:
+        self.args, self._conn, self._buffer = args, conn, b""
+        self.stdout = open(stdout, encoding="utf-8")  # noqa: SIM115 - the caller reads it to EOF, then it is closed
+        self.stderr = open(stderr, encoding="utf-8")  # noqa: SIM115
+        self.pid = int(self._line(None) or "-1")
+        self.returncode: int | None = None
+
+    def _line(self, timeout: float | None) -> str | None:
+        """The server's next line; None if none came within `timeout` (0: do not wait)."""
+        self._conn.settimeout(timeout)
+        while b"\n" not in self._buffer:
+            try:
+                chunk = self._conn.recv(64)
+            except (TimeoutError, BlockingIOError):
+                return None
+            if not chunk:
+                raise RuntimeError("the opskeeper fork server went away")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            line = self._line(0)
+            if line is not None:
+                self.returncode = int(line)
+                self._conn.close()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            line = self._line(timeout)
+            if line is None:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            self.returncode = int(line)
+            self._conn.close()
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:  # as Popen: never signal a pid that may be someone else's by now
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 class ForkServer:
-    """The client: start the server once, then `run` as subprocess.run would (capture, timeout, exit code)."""
+    """The client: start the server once, then `start` (a Popen) or `run` (a subprocess.run) commands."""
 
     def __init__(self) -> None:
         self._dir = tempfile.mkdtemp(prefix="opskeeper-fork-")
@@ -107,25 +162,37 @@ class ForkServer:
         if self._proc.stdout.readline().strip() != b"ready":
             raise RuntimeError("the opskeeper fork server did not start")
 
+    def start(self, args: list[str], env: dict[str, str], cwd: Path) -> Forked:
+        """`opskeeper ARGS` running, its stdout and stderr as pipes to read."""
+        (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(self._path)
+            socket.send_fds(conn, [b"\0"], [out_w, err_w])
+            conn.sendall(json.dumps({"args": args, "env": env, "cwd": str(cwd)}).encode() + b"\n")
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        return Forked([sys.executable, "-m", "worker", *args], conn, out_r, err_r)
+
     def run(self, args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> tuple[int, str, str]:
         """Run `opskeeper ARGS` to completion: (exit code, stdout, stderr); TimeoutExpired after `timeout`, killed."""
-        with tempfile.TemporaryDirectory(dir=self._dir) as scratch:
-            out, err = Path(scratch) / "stdout", Path(scratch) / "stderr"
-            out.touch()
-            err.touch()
-            request = {"args": args, "env": env, "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-                conn.connect(self._path)
-                conn.sendall(json.dumps(request).encode() + b"\n")
-                conn.settimeout(timeout)
-                with conn.makefile("rb") as answers:
-                    pid = int(answers.readline())
-                    try:
-                        code = int(answers.readline())
-                    except TimeoutError:
-                        os.kill(pid, signal.SIGKILL)
-                        raise subprocess.TimeoutExpired([sys.executable, "-m", "worker", *args], timeout) from None
-            return code, out.read_text(), err.read_text()  # decoded as subprocess.run(text=True) does
+        proc = self.start(args, env, cwd)
+        texts: dict[str, str] = {}
+        readers = [threading.Thread(target=_drain(stream, name, texts), daemon=True)
+                   for name, stream in (("out", proc.stdout), ("err", proc.stderr))]  # fmt: skip
+        for reader in readers:
+            reader.start()
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise
+        finally:
+            for reader in readers:
+                reader.join(10)
+        return code, texts["out"], texts["err"]
 
     def close(self) -> None:
         self._proc.kill()
@@ -135,6 +202,16 @@ class ForkServer:
         for leftover in Path(self._dir).iterdir():
             leftover.unlink()
         Path(self._dir).rmdir()
+
+
+def _drain(stream: Any, name: str, into: dict[str, str]) -> Callable[[], None]:
+    """A reader that keeps all of `stream` under `name`, then closes it (as communicate() does)."""
+
+    def read() -> None:
+        with stream:
+            into[name] = stream.read()
+
+    return read
 
 
 if __name__ == "__main__":
