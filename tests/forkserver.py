@@ -4,7 +4,7 @@ Most of a test's `python -m worker ...` is the interpreter importing pydantic, p
 structlog and sentry_sdk (about 0.7 s of CPU a call, hundreds of calls a suite). A fork
 server pays that once: one process per test worker imports `worker.cli` and waits; for each
 call it forks a process that takes the call's argv, environment and working directory,
-writes its output to the caller's files and exits through the interpreter's own shutdown
+writes its output to the caller's pipes and exits through the interpreter's own shutdown
 (atexit, Sentry's flush, buffered stdout), exactly as `python -m worker` ends. Each call is
 still its own process with its own pid, environment and exit code.
 
