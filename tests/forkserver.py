@@ -13,7 +13,8 @@ become the command's stdout and stderr; the server forks a handler per connectio
 the command and reports its pid and then its exit status. `ForkServer.start` is a small Popen
 (pid, poll, wait, send_signal, kill, stdout and stderr as text), `ForkServer.run` a
 subprocess.run. `OPSKEEPER_TEST_SPAWN=1` makes the tests spawn a fresh `python -m worker`
-instead; the console script test and a few that need a terminal always do.
+instead; the console script test and the few that type at it (a terminal, stdin) or serve a
+page always do.
 """
 
 from __future__ import annotations
@@ -108,7 +109,10 @@ class Forked:
         self.args, self._conn, self._buffer = args, conn, b""
         self.stdout = open(stdout, encoding="utf-8")  # noqa: SIM115 - the caller reads it to EOF, then it is closed
         self.stderr = open(stderr, encoding="utf-8")  # noqa: SIM115
-        self.pid = int(self._line(None) or "-1")
+        pid = self._line(30)  # the handler forks at once; a silent server is a broken one, not a slow command
+        if pid is None:
+            raise RuntimeError("the opskeeper fork server did not start the command within 30 s")
+        self.pid = int(pid)
         self.returncode: int | None = None
 
     def _line(self, timeout: float | None) -> str | None:
@@ -192,6 +196,8 @@ class ForkServer:
         finally:
             for reader in readers:
                 reader.join(10)
+        if len(texts) < 2:  # subprocess.run would hang here for good: say why instead
+            raise RuntimeError(f"opskeeper {' '.join(args)} exited {code}, but a process it left holds its output open")
         return code, texts["out"], texts["err"]
 
     def close(self) -> None:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobs.dependencies.advisories import Ignore, affects, fixed_in, found_on, known_ids, merge_advisories
+from tests.conftest import FIXTURES
 from worker.vendors.osv import advisory_of
 
-FIXTURES = Path(__file__).parent / "fixtures" / "advisories"
-MULTER = json.loads((FIXTURES / "multer-bulk.json").read_text())["multer"]
-OSV = {p.stem: json.loads(p.read_text()) for p in (FIXTURES / "osv").glob("GHSA-*.json")}
+ADVISORIES = FIXTURES / "advisories"
+MULTER = json.loads((ADVISORIES / "multer-bulk.json").read_text())["multer"]
+OSV = {p.stem: json.loads(p.read_text()) for p in (ADVISORIES / "osv").glob("GHSA-*.json")}
 
 
 def osv(ghsa: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import ast
 import re
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.conftest import FIXTURES, ROOT
 
 LONGEST = 500
 
@@ -109,6 +109,6 @@ def test_nothing_reads_a_path_outside_the_repository() -> None:
 
 def test_every_fixture_folder_says_where_it_came_from() -> None:
     """Each folder of tests/fixtures is named in its README, which says what made its files."""
-    readme = (ROOT / "tests" / "fixtures" / "README.md").read_text()
-    folders = sorted(p.name for p in (ROOT / "tests" / "fixtures").iterdir() if p.is_dir() and p.name != "__pycache__")
+    readme = (FIXTURES / "README.md").read_text()
+    folders = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir() and p.name != "__pycache__")
     assert [name for name in folders if f"`{name}/" not in readme] == []

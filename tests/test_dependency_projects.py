@@ -119,7 +119,7 @@ def test_pnpm_alias_has_a_wanted_version(tmp_path: Path, env: dict[str, str], re
     repo = copy_project(FIXTURES / "pnpm" / "large-workspace-v9", tmp_path / "query")
     record = {"etag": None, "doc": {"name": "typescript", "dist-tags": {"latest": "5.9.3"},
                                     "versions": {v: {} for v in ("5.6.2", "5.6.3", "5.7.3", "5.9.3")}}}  # fmt: skip
-    assert not (ROOT_PROJECTS.parent / "registry" / "typescript.json").exists(), "typescript is this test's own"
+    assert not (FIXTURES / "registry" / "typescript.json").exists(), "typescript is this test's own"
     registry.documents["typescript"] = record
     _, out = deps(env, registry, repo)
     ts56 = next(d for d in out["projects"][0]["direct"] if d["name"] == "typescript56")

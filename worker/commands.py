@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from worker.job import Status
 from worker.ledger import Ledger, RunRecord, open_ledger
@@ -37,14 +37,17 @@ from worker.schedule import ConfigError, ScheduleConfig, load_config
 from worker.settings import Settings, secret_env_values
 from worker.version import version
 
+if TYPE_CHECKING:
+    from worker.scheduler import Daemon  # only named: the daemon's imports load when `run` starts it
+
 EXIT_BAD = 2
 EXIT_ERROR = 3
 EXIT_USAGE = 64
 EXIT_CONFIG = 78
 
 Handler = Callable[[argparse.Namespace, Settings], int]
-DaemonHook = Callable[[Any, Settings], None]
-"""Called by `opskeeper run` with the daemon (a `worker.scheduler.Daemon`) before it starts serving."""
+DaemonHook = Callable[["Daemon", Settings], None]
+"""Called by `opskeeper run` with the daemon before it starts serving."""
 
 
 class CliError(Exception):

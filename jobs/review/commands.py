@@ -7,11 +7,14 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker import commands
 from worker.commands import CliError, Commands
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.scheduler import Daemon
 
 
 def register(cli: Commands) -> None:
@@ -37,7 +40,7 @@ def register(cli: Commands) -> None:
     cli.on_daemon(_publish_status)
 
 
-def _publish_status(daemon: Any, settings: Settings) -> None:
+def _publish_status(daemon: Daemon, settings: Settings) -> None:
     """The daemon regenerates the status page after runs when OPSKEEPER_STATUS_PAGE names a target."""
     if settings.status_page:
         from jobs.review.publish import StatusPublisher
