@@ -588,3 +588,20 @@ def test_format_1_manifests_with_blake2b_digests_still_verify(
     with archive.open("rb") as stream:  # xxh3 figures under a /1 label: the digests no longer match
         report = verify(stream, {**entry.manifest, "format": "opskeeper-backup/1", "digest_algorithm": None})
     assert any(p.endswith("content digest differs from the manifest") for p in report.problems)
+
+
+def test_two_writers_of_one_key_at_once_both_commit_and_the_last_wins(tmp_path: Path) -> None:
+    """Local storage: uploads of the same key open side by side (two drills marking one backup verified) each
+    commit; the key holds the last one committed, and no partial file is left."""
+    from worker.storage.local import LocalStorage
+
+    storage = LocalStorage(str(tmp_path / "backups"))
+    first, second = storage.upload("nightly/x.verified.json"), storage.upload("nightly/x.verified.json")
+    first.write(b"first")
+    second.write(b"second")
+    second.commit()
+    first.commit()
+    with storage.open("nightly/x.verified.json") as stored:
+        assert stored.read() == b"first"
+    assert [o.key for o in storage.objects()] == ["nightly/x.verified.json"]
+    assert not list((tmp_path / "backups").rglob("*.partial"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +19,9 @@ class LocalUpload:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
-        self._partial = path.with_name(path.name + ".partial")
+        # Its own partial file: two writers of one key at once (two drills marking the same backup verified)
+        # must not rename each other's file away; the last to commit wins, as on S3.
+        self._partial = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
         self._file = self._partial.open("wb")
 
     def write(self, data: bytes) -> int:
