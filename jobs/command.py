@@ -46,6 +46,21 @@ class CommandOptions(JobOptions):
         return self
 
 
+def run_env(ctx: JobContext) -> dict[str, str]:
+    """What a program learns of its run: its job, run id, scheduled time, and the term that started it.
+
+    OPSKEEPER_FENCING_TOKEN grows with every new lease holder: a program that writes somewhere shared can
+    refuse a write carrying a smaller token than one it has seen, so a deposed leader's late run changes nothing.
+    """
+    env = {"OPSKEEPER_JOB_ID": ctx.job_id, "OPSKEEPER_RUN_ID": ctx.run_id,
+           "OPSKEEPER_SCHEDULED_AT": ctx.scheduled_at.isoformat()}  # fmt: skip
+    if ctx.token is not None:
+        env["OPSKEEPER_FENCING_TOKEN"] = str(ctx.token)
+    if ctx.instance:
+        env["OPSKEEPER_INSTANCE"] = ctx.instance
+    return env
+
+
 class CommandJob:
     """Run `argv` under the job's timeout; the tails of stdout and stderr go into details."""
 
@@ -58,7 +73,8 @@ class CommandJob:
         if opts.cwd is not None and not Path(opts.cwd).is_dir():
             return Outcome(Status.FAIL, f"working directory does not exist: {opts.cwd}", {"cwd": opts.cwd})
         started = time.monotonic()
-        proc = children.spawn(argv, children.child_env(opts.env, inherit=opts.inherit_env), cwd=opts.cwd,
+        proc = children.spawn(argv, children.child_env({**run_env(ctx), **opts.env}, inherit=opts.inherit_env),
+                              cwd=opts.cwd,
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
         tails = [_Tail(proc.stdout), _Tail(proc.stderr)]  # type: ignore[arg-type] # both are PIPE
         try:

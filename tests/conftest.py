@@ -123,12 +123,13 @@ class DaemonProcess:
     """`opskeeper run` in a process of its own (forked, as `opskeeper` is), its JSON log lines collected as they
     arrive."""
 
-    def __init__(self, config: Path, env: dict[str, str]) -> None:
+    def __init__(self, config: Path, env: dict[str, str], spawn: bool = False) -> None:
+        """`spawn`: a fresh `python -m worker`, never a fork (its environment must act at exec: LD_PRELOAD)."""
         args = ["run", "--config", str(config)]
         self.proc: subprocess.Popen[str] | Forked = (
             subprocess.Popen([sys.executable, "-m", "worker", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-            if spawn_each() else forks().start(args, env, ROOT)
+            if spawn_each() or spawn else forks().start(args, env, ROOT)
         )  # fmt: skip
         self.events: list[dict[str, Any]] = []
         self.stderr = ""
@@ -192,12 +193,12 @@ class DaemonProcess:
 
 
 @pytest.fixture
-def daemon_factory() -> Iterator[Callable[[Path, dict[str, str]], DaemonProcess]]:
-    """Start daemons; any still running at the end of the test are killed."""
+def daemon_factory() -> Iterator[Callable[..., DaemonProcess]]:
+    """Start daemons (`start(config, env, spawn=False)`); any still running at the end of the test are killed."""
     started: list[DaemonProcess] = []
 
-    def start(config: Path, env: dict[str, str]) -> DaemonProcess:
-        daemon = DaemonProcess(config, env)
+    def start(config: Path, env: dict[str, str], spawn: bool = False) -> DaemonProcess:
+        daemon = DaemonProcess(config, env, spawn)
         started.append(daemon)
         return daemon
 

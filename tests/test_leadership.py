@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import signal
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from worker.ledger import open_ledger
 from worker.runner import reruns
 from worker.schedule import JobSpec
 
-Start = Callable[[Path, dict[str, str]], DaemonProcess]
+Start = Callable[..., DaemonProcess]
 FAST_LEASE = {"OPSKEEPER_LEASE_TTL": "3s", "OPSKEEPER_LEASE_RENEW": "1s", "OPSKEEPER_SHUTDOWN_GRACE": "1s",
               "OPSKEEPER_LOG_FORMAT": "json"}  # fmt: skip
 
@@ -34,7 +36,7 @@ def shared(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def daemons_env(ledger: str, **extra: str) -> dict[str, str]:
-    return clean_env(OPSKEEPER_LEDGER=ledger, **FAST_LEASE, **extra)
+    return clean_env(OPSKEEPER_LEDGER=ledger, **{**FAST_LEASE, **extra})
 
 
 def acquired(daemon: DaemonProcess, timeout: float = 20) -> dict[str, Any]:
@@ -127,6 +129,13 @@ def test_kill_9_of_the_leader(shared: str, tmp_path: Path, daemon_factory: Start
     assert longs == {started(first, "instance"): Status.INTERRUPTED, started(second, "instance"): Status.RUNNING}
     assert started(second, "token") > started(first, "token")
     assert second.terminate() == 0
+    # Every slot of `tick` has a record: run by one leader or the other, or missed during the vacancy, saying so.
+    ticks = runs_of(shared, "tick")
+    slots = sorted(r.scheduled_at for r in ticks if r.scheduled_at is not None)
+    assert max((b - a).total_seconds() for a, b in itertools.pairwise(slots)) < 2
+    vacant = [r for r in ticks if r.status is Status.MISSED and "no instance ran it" in r.summary]
+    assert vacant, [(r.status, r.summary) for r in ticks]
+    assert {(r.instance, r.token) for r in vacant} == {(started(second, "instance"), started(second, "token"))}
 
 
 SLOW_ONCE = """\
@@ -158,7 +167,7 @@ def test_sigterm_hands_over_and_the_successor_reruns_the_interrupted_run(
     old.proc.send_signal(signal.SIGTERM)
     old.wait_for(lambda e: e["event"] == "lease.released")
     new.wait_for(lambda e: e["event"] == "lease.acquired", after=mark, timeout=2 + 2)
-    assert old.terminate() == 0
+    assert old.proc.wait(40) == 0  # one SIGTERM, as Render sends: a second one could land in its interpreter's exit
     _, rerun = new.wait_for(lambda e: e["event"] == "job.started" and "rerun_of" in e, after=mark, timeout=10)
     _, done = new.finished("nightly", after=mark, timeout=10)
     assert done["status"] == "ok"
@@ -275,3 +284,151 @@ def test_run_now_beside_a_leader_is_not_taken_for_an_orphan(shared: str, tmp_pat
     (run,) = runs_of(shared, "manual")
     assert run.status is Status.OK
     assert daemon.terminate() == 0
+
+
+#: libfaketime (Debian's faketime package): preloaded, it shifts the daemon's wall clock, not its monotonic one.
+FAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(FAKETIME is None, reason="faketime is not installed: apt-get install faketime (as root; .ci/run "
+                    "does)")  # fmt: skip
+@pytest.mark.parametrize("skew", ["+30s", "-30s"])
+def test_an_instance_whose_clock_is_off_takes_no_live_lease(skew: str, mongo_uri: str, tmp_path: Path,
+                                                            daemon_factory: Start) -> None:  # fmt: skip
+    """On the MongoDB ledger a standby whose clock runs 30 s ahead (or behind) never takes the healthy leader's
+    lease: every slot runs once, all by the leader; `status` names the skewed instance and its offset."""
+    shared = f"{mongo_uri.rstrip('/')}/skew_{uuid.uuid4().hex[:8]}"
+    config = write(tmp_path / "jobs.yaml", EVERY_SECOND)
+    env = daemons_env(shared)
+    leader = daemon_factory(config, env)
+    acquired(leader)
+    skewed = daemon_factory(config, {**env, "LD_PRELOAD": str(FAKETIME), "FAKETIME": skew,
+                                     "FAKETIME_DONT_FAKE_MONOTONIC": "1"}, spawn=True)  # fmt: skip
+    _, standby = skewed.wait_for(lambda e: e["event"] in ("lease.acquired", "lease.standby"))
+    assert standby["event"] == "lease.standby"
+    offset = (datetime.fromisoformat(skewed.events[0]["timestamp"]) - datetime.now(UTC)).total_seconds()
+    assert abs(offset - int(skew[:-1])) < 5, "faketime shifts the daemon's clock"
+    index = len(leader.events)
+    for _ in range(3 * 3):  # three lease TTLs of 3 s
+        index, _ = leader.finished("tick", after=index + 1)
+    status = opskeeper("status", "--json", "--config", str(config), env=env)
+    assert status.code == 0, status.stderr
+    scheduler = json.loads(status.stdout)["scheduler"]
+    assert skewed.terminate() == 0
+    assert leader.terminate() == 0
+    assert not [e for e in skewed.events if e["event"] in ("lease.acquired", "job.started")]
+    runs = [r for r in runs_of(shared, "tick") if r.status is not Status.MISSED]
+    assert max(Counter(r.scheduled_at for r in runs).values()) == 1
+    assert {r.instance for r in runs} == {started(leader, "instance")}
+    assert scheduler["lease"]["holder"] == started(leader, "instance")
+    offsets = {row["instance"]: row["clock_offset_s"] for row in scheduler["instances"]}
+    assert abs(offsets[started(skewed, "instance")] - int(skew[:-1])) < 2
+    assert abs(offsets[started(leader, "instance")]) < 2
+    (warning,) = scheduler["attention"]
+    direction = "ahead of" if skew.startswith("+") else "behind"
+    assert warning.startswith(f"instance {started(skewed, 'instance')}: its clock is 30.")
+    assert direction in warning
+
+
+EFFECTS = """jobs:
+  - id: tick
+    kind: command
+    schedule: every 1s
+    alert_on: []
+    options:
+      shell: true
+      argv: ["echo $OPSKEEPER_RUN_ID $OPSKEEPER_FENCING_TOKEN >> {effects}"]
+"""
+
+
+def secantusd(port: int, storage: Path) -> subprocess.Popen[bytes]:
+    """A SecantusDB server in a process of its own, answering once this returns."""
+    server = subprocess.Popen([str(Path(sys.executable).parent / "secantusd-py"), "--port", str(port),
+                               "--storage-path", str(storage)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    from pymongo import MongoClient
+
+    probe: Any = MongoClient(f"mongodb://127.0.0.1:{port}", serverSelectionTimeoutMS=20_000)
+    probe.admin.command("ping")
+    probe.close()
+    return server
+
+
+@pytest.mark.slow
+def test_a_ledger_outage_leaves_no_effect_without_a_record(tmp_path: Path, daemon_factory: Start) -> None:
+    """The ledger's server stops for longer than the lease: no run starts whose start is not recorded (every
+    effect's run id is in the ledger, run), and the slots of the outage are recorded as missed once it is back."""
+    port, storage, effects = free_port_closed(), tmp_path / "db", tmp_path / "effects"
+    server = secantusd(port, storage)
+    uri = f"mongodb://127.0.0.1:{port}/outage?serverSelectionTimeoutMS=700&socketTimeoutMS=700"
+    config = write(tmp_path / "jobs.yaml", EFFECTS.format(effects=effects))
+    daemon = daemon_factory(config, daemons_env(uri))
+    try:
+        acquired(daemon)
+        index, _ = daemon.finished("tick")
+        index, _ = daemon.finished("tick", after=index + 1)
+        server.terminate()
+        server.wait(20)
+        lost, _ = daemon.wait_for(lambda e: e["event"] == "lease.lost", after=index, timeout=20)
+        server = secantusd(port, storage)
+        again, _ = daemon.wait_for(lambda e: e["event"] == "lease.acquired", after=lost, timeout=30)
+        index, _ = daemon.finished("tick", after=again)
+        daemon.finished("tick", after=index + 1)
+        assert daemon.terminate() == 0
+        ticks = runs_of(uri, "tick")
+    finally:
+        server.terminate()
+        server.wait(20)
+    assert [r for r in ticks if r.status is Status.RUNNING] == [], "every run that began has its end recorded"
+    done = {r.run_id: r for r in ticks if r.status is not Status.MISSED}
+    made = [line.split() for line in effects.read_text().splitlines()]
+    assert made
+    assert [run_id for run_id, _ in made if run_id not in done] == []  # no effect without its record
+    assert all(int(token) == done[run_id].token for run_id, token in made)
+    not_started = [e for e in daemon.events if e["event"] == "job.not_started"]
+    missed = [r for r in ticks if r.status is Status.MISSED]
+    assert missed
+    reasons = ("not started: ", "missed: no instance ran it", "skipped: the previous run")
+    assert all(r.summary.startswith(reasons) for r in missed), [r.summary for r in missed]
+    assert {e["run_id"] for e in not_started} <= {r.run_id for r in missed}
+    slots = sorted(r.scheduled_at for r in ticks if r.scheduled_at is not None)
+    assert max((b - a).total_seconds() for a, b in itertools.pairwise(slots)) < 2, "every slot has a record"
+
+
+LONGER_THAN_THE_LEASE = """jobs:
+  - id: long
+    kind: command
+    schedule: every 2s
+    alert_on: []
+    options: {argv: ["sleep", "20"]}
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_hands_over_only_after_the_run(mongo_uri: str, tmp_path: Path,
+                                                       daemon_factory: Start) -> None:  # fmt: skip
+    """SIGTERM while a 20 s run is going (the lease's TTL is 3 s): the leader keeps its lease until the run ends
+    within the grace, then hands over; no two runs of the job overlap, and the run ends ok, not interrupted."""
+    shared = f"{mongo_uri.rstrip('/')}/handover_{uuid.uuid4().hex[:8]}"
+    config = write(tmp_path / "jobs.yaml", LONGER_THAN_THE_LEASE)
+    env = daemons_env(shared, OPSKEEPER_SHUTDOWN_GRACE="30s")
+    old = daemon_factory(config, env)
+    acquired(old)
+    new = daemon_factory(config, env)
+    new.wait_for(lambda e: e["event"] == "lease.standby")
+    _, first = old.wait_for(lambda e: e["event"] == "job.started" and e.get("job_id") == "long", timeout=15)
+    old.proc.send_signal(signal.SIGTERM)
+    finished, _ = old.finished("long", timeout=30)
+    released, _ = old.wait_for(lambda e: e["event"] == "lease.released", timeout=10)
+    assert finished < released
+    assert old.proc.wait(40) == 0
+    new.wait_for(lambda e: e["event"] == "lease.acquired", timeout=10)
+    new.wait_for(lambda e: e["event"] == "job.started" and e.get("job_id") == "long", timeout=10)
+    assert new.terminate() == 0
+    runs = sorted((r for r in runs_of(shared, "long") if r.status is not Status.MISSED), key=lambda r: r.started_at)
+    assert runs[0].run_id == first["run_id"]
+    assert runs[0].status is Status.OK
+    for before, after in itertools.pairwise(runs):
+        assert before.finished_at is not None
+        assert before.finished_at <= after.started_at, "two runs of one job overlapped"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from worker.job import Status
-from worker.ledger import JobState, Lease, Ledger, RunRecord, SqliteLedger, next_token, open_ledger, to_ms
+from worker.ledger import Fenced, JobState, Lease, Ledger, RunRecord, SqliteLedger, next_token, open_ledger, to_ms
 
 T0 = datetime(2026, 11, 26, 3, 0, 0, 123456, tzinfo=UTC)
 
@@ -130,31 +131,108 @@ def test_orphans_are_the_runs_of_instances_gone_quiet(ledger: Ledger) -> None:
     for record in (alive, quiet, never, done):
         ledger.start(record)
     ledger.finish(done.run_id, Status.OK, "", {}, T0 + timedelta(seconds=1))
-    ledger.heartbeat("a", T0 + timedelta(seconds=55))
-    ledger.heartbeat("b", T0 + timedelta(seconds=30))
-    assert ledger.interrupt_orphans(T0 + timedelta(seconds=60), timedelta(seconds=15)) == 2
+    window = timedelta(seconds=1)
+    ledger.heartbeat("b", datetime.now(UTC))
+    # MongoDB stamps heartbeats with its own clock: wait until b's is older than the window by the ledger's.
+    awaited(lambda: [i.name for i in ledger.instances(window)] == [], "b's heartbeat to age past the window")
+    ledger.heartbeat("a", datetime.now(UTC))
+    assert ledger.interrupt_orphans(datetime.now(UTC), window) == 2
     statuses = {r.instance: ledger.get(r.run_id).status for r in (alive, quiet, never)}  # type: ignore[union-attr]
     assert statuses == {"a": Status.RUNNING, "b": Status.INTERRUPTED, "c": Status.INTERRUPTED}
     assert ledger.get(done.run_id).status is Status.OK  # type: ignore[union-attr]
     assert {alive.host, quiet.host, never.host} == {"worker-1"}
 
 
+def awaited(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    """Poll `condition` until it holds: the ledger's clock, not the test's, decides when a lease or heartbeat ages."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def test_lease_has_one_holder_and_a_token_per_term(ledger: Ledger) -> None:
     """One holder at a time; renewing keeps the token; a take-over after expiry or a release gets a larger one."""
-    ttl = timedelta(seconds=15)
-    at = [T0 + timedelta(seconds=s) for s in range(40)]
-    assert ledger.acquire_lease("a", ttl, at[0]) == 1
-    assert ledger.acquire_lease("b", ttl, at[1]) is None
-    assert ledger.acquire_lease("a", ttl, at[5]) == 1  # renewed until at[20]
-    assert ledger.acquire_lease("b", ttl, at[19]) is None
-    assert ledger.lease_holder(at[19]) == Lease("a", 1, to_ms(at[20]))
-    assert ledger.acquire_lease("b", ttl, at[21]) == 2  # a stopped renewing: b takes over
-    assert ledger.acquire_lease("a", ttl, at[22]) is None
+    ttl, now = timedelta(seconds=30), lambda: datetime.now(UTC)
+    assert ledger.acquire_lease("a", ttl, now()) == 1
+    assert ledger.acquire_lease("b", ttl, now()) is None
+    assert ledger.acquire_lease("a", ttl, now()) == 1  # renewed
+    held = ledger.lease_holder(now())
+    assert held is not None
+    assert (held.owner, held.token) == ("a", 1)
+    assert timedelta(seconds=25) < held.expires_at - now() <= ttl
+    brief = timedelta(milliseconds=300)
+    assert ledger.acquire_lease("a", brief, now()) == 1  # a renews for a moment only, then stops renewing
+    awaited(lambda: ledger.lease_holder(now()) is None, "a's lease to expire")
+    assert ledger.acquire_lease("b", ttl, now()) == 2  # b takes over
+    assert ledger.acquire_lease("a", ttl, now()) is None
     ledger.release_lease("a", 1)  # a stale holder cannot give away b's term
-    assert ledger.lease_holder(at[22]) == Lease("b", 2, to_ms(at[36]))
+    held = ledger.lease_holder(now())
+    assert held is not None
+    assert (held.owner, held.token) == ("b", 2)
     ledger.release_lease("b", 2)
-    assert ledger.lease_holder(at[23]) is None
-    assert ledger.acquire_lease("a", ttl, at[23]) == 3
+    assert ledger.lease_holder(now()) is None
+    assert ledger.acquire_lease("a", ttl, now()) == 3
+
+
+def test_a_mongodb_lease_is_judged_by_the_servers_clock(mongo_uri: str) -> None:
+    """On MongoDB the caller's clock plays no part: an instance 30 s (or an hour) ahead cannot take a live lease,
+    and one 30 s behind cannot renew an expired one into the same term."""
+    ledger = open_ledger(f"{mongo_uri.rstrip('/')}/skew_{uuid.uuid4().hex[:8]}")
+    try:
+        real = datetime.now(UTC)
+        assert ledger.acquire_lease("healthy", timedelta(seconds=15), real) == 1
+        for ahead in (timedelta(seconds=30), timedelta(hours=1)):
+            assert ledger.acquire_lease("skewed", timedelta(seconds=15), real + ahead) is None
+            assert ledger.lease_holder(real + ahead) is not None
+        assert ledger.acquire_lease("healthy", timedelta(milliseconds=200), real) == 1
+        awaited(lambda: ledger.lease_holder(datetime.now(UTC)) is None, "the lease to expire by the server's clock")
+        assert ledger.acquire_lease("healthy", timedelta(seconds=15), real - timedelta(seconds=30)) == 2
+    finally:
+        ledger.close()
+
+
+def test_a_write_stamped_with_a_deposed_term_is_refused(ledger: Ledger) -> None:
+    """Fencing: start, record and job state written with a token that no longer holds the lease raise Fenced and
+    change nothing; the holder's own writes, and unstamped ones (run-now), go through."""
+    now = lambda: datetime.now(UTC)  # noqa: E731
+    old = ledger.acquire_lease("old", timedelta(milliseconds=300), now())
+    assert old == 1
+    ledger.start(replace(run(run_id="before"), instance="old", token=old))
+    awaited(lambda: ledger.lease_holder(now()) is None, "old's lease to expire")
+    new = ledger.acquire_lease("new", timedelta(seconds=30), now())
+    assert new == 2
+    late = replace(run(run_id="late"), instance="old", token=old)
+    with pytest.raises(
+        Fenced,
+        match=r"old wrote with lease token 1, which no longer holds the lease \(new holds it "
+        r"with token 2\)",
+    ):
+        ledger.start(late)
+    with pytest.raises(Fenced):
+        ledger.record(replace(late, status=Status.MISSED, finished_at=T0))
+    with pytest.raises(Fenced):
+        ledger.set_state("backup", "cursor", "stale", ("old", old))
+    assert ledger.get("late") is None
+    assert ledger.get_state("backup", "cursor") is None
+    ledger.start(replace(run(run_id="current"), instance="new", token=new))
+    ledger.set_state("backup", "cursor", "fresh", ("new", new))
+    ledger.start(run(run_id="unstamped"))
+    assert [ledger.get(r) is not None for r in ("before", "current", "unstamped")] == [True] * 3
+    assert ledger.get_state("backup", "cursor") == "fresh"
+
+
+def test_instances_say_how_far_their_clocks_are_from_the_ledgers(ledger: Ledger, target: str) -> None:
+    """A heartbeat keeps the instance's own time beside the ledger's: MongoDB gives the offset; SQLite, one
+    machine with one clock, gives 0."""
+    ledger.heartbeat("ahead", datetime.now(UTC) + timedelta(seconds=30))
+    ledger.heartbeat("on-time", datetime.now(UTC))
+    offsets = {i.name: i.clock_offset_s for i in ledger.instances(timedelta(minutes=1))}
+    if target.startswith("mongodb"):
+        assert 29 < offsets["ahead"] <= 30
+        assert abs(offsets["on-time"]) < 1
+    else:
+        assert offsets == {"ahead": 0.0, "on-time": 0.0}
 
 
 def test_lease_race_has_one_winner(target: str) -> None:
@@ -262,9 +340,10 @@ def test_a_ledger_file_from_before_the_lease_is_upgraded(tmp_path: Path) -> None
                                              started_at=T0.replace(microsecond=0), host="worker-1",
                                              version="0.1.0")  # fmt: skip
         assert ledger.interrupt_orphans(T0 + timedelta(minutes=1), timedelta(seconds=15)) == 1
-        ledger.start(replace(run(), instance="i1", token=7, check_in="c1"))
+        token = ledger.acquire_lease("i1", timedelta(seconds=30), datetime.now(UTC))
+        ledger.start(replace(run(), instance="i1", token=token, check_in="c1"))
         (newest,) = ledger.recent(limit=1)
-        assert (newest.instance, newest.token, newest.check_in) == ("i1", 7, "c1")
+        assert (newest.instance, newest.token, newest.check_in) == ("i1", token, "c1")
     finally:
         ledger.close()
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.conftest import free_port_closed
 from worker.job import Job, JobContext, JobOptions, Outcome, Status, TransientError
 from worker.ledger import SqliteLedger
 from worker.reporting.log import configure
@@ -179,27 +180,107 @@ def test_missed_is_recorded(ledger: SqliteLedger) -> None:
     assert (stored.status, stored.summary) == (Status.MISSED, "missed: 12m late")
 
 
-def test_ledger_outage_does_not_stop_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """When the MongoDB ledger goes away mid-life, runs still complete, and the outage is logged."""
+def test_a_run_whose_start_the_ledger_cannot_take_does_not_begin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No effect without a record: with the MongoDB ledger down the job is not called, the run is reported as
+    missed (job.not_started), and the missed record is written once the ledger answers again."""
     configure("json", Redactor())
     from secantus import SecantusDBServer
 
     from worker.ledger import MongoLedger
 
-    server = SecantusDBServer(storage_path=str(tmp_path / "db"))
+    port = free_port_closed()
+    server = SecantusDBServer(port=port, storage_path=str(tmp_path / "db"))
     server.start()
     ledger = MongoLedger(f"{server.uri.rstrip('/')}/ops?serverSelectionTimeoutMS=200")
     server.stop()
     redactor = Redactor()
     sentry = SentryReporter(None, environment="test", release=None, traces_sample_rate=0, redactor=redactor)
-    job = Scripted(lambda ctx: Outcome(Status.OK, "still works"))
+    job = Scripted(lambda ctx: Outcome(Status.OK, "must not run"))
     runner = Runner(ledger, sentry, redactor, ZoneInfo("UTC"), build=lambda kind, options: job)
     record = runner.run(spec())
-    assert (record.status, record.summary, job.calls) == (Status.OK, "still works", 1)
-    ledger.close()
+    assert (record.status, job.calls) == (Status.MISSED, 0)
+    assert record.summary.startswith("not started: the ledger did not record its start (ServerSelectionTimeoutError")
+    assert runner.flush_missed() == 0  # still down: kept for later
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    assert {(e["event"], e.get("operation")) for e in lines if e["event"] == "ledger.error"} == {
-        ("ledger.error", "start"),
-        ("ledger.error", "finish"),
-    }
-    assert any(e["event"] == "job.finished" and e["status"] == "ok" for e in lines)
+    assert [e["event"] for e in lines if e.get("run_id") == record.run_id] == ["job.not_started", "job.finished"]
+    assert not any(e["event"] == "job.started" for e in lines)
+    again = SecantusDBServer(port=port, storage_path=str(tmp_path / "db"))
+    again.start()
+    try:
+        assert runner.flush_missed() == 1
+        (kept,) = ledger.recent("probe")
+        assert (kept.run_id, kept.status, kept.summary) == (record.run_id, Status.MISSED, record.summary)
+    finally:
+        ledger.close()
+        again.stop()
+
+
+def leading(runner: Runner, ledger: SqliteLedger, instance: str = "me") -> int:
+    """Make `runner` the lease's holder, as the daemon does; its token."""
+    token = ledger.acquire_lease(instance, timedelta(seconds=30), datetime.now(UTC))
+    assert token is not None
+    runner.instance, runner.token = instance, token
+    return token
+
+
+def test_a_start_recorded_after_the_lease_ran_out_does_not_begin(ledger: SqliteLedger) -> None:
+    """Validity is asked again once the start is recorded: a slow start past it closes the run as missed, and the
+    job is never called."""
+    job = Scripted(lambda ctx: Outcome(Status.OK, "must not run"))
+    runner = runner_for(job, ledger)
+    leading(runner, ledger)
+    runner.may_start = lambda: False
+    record = runner.run(spec())
+    stored = ledger.get(record.run_id)
+    assert (job.calls, record.status) == (0, Status.MISSED)
+    assert stored is not None
+    assert (stored.status, stored.summary) == (Status.MISSED, "not started: the lease's validity ran out while "
+                                               "the ledger recorded its start")  # fmt: skip
+
+
+def test_a_run_that_outlives_the_lease_is_stopped(ledger: SqliteLedger) -> None:
+    """A running job is stopped (cancel set, recorded interrupted) once its instance can no longer prove it holds
+    the lease: one active instance means its runs too."""
+    valid = threading.Event()
+    valid.set()
+    seen = threading.Event()
+
+    def waits(ctx: JobContext) -> Outcome:
+        valid.clear()  # the lease's validity ends while the job runs (a pause, a partition)
+        seen.set()
+        ctx.cancel.wait(30)
+        return Outcome(Status.OK, "finished")
+
+    runner = runner_for(Scripted(waits), ledger)
+    leading(runner, ledger)
+    runner.may_start = valid.is_set
+    record = runner.run(spec(timeout=timedelta(seconds=60)))
+    assert seen.is_set()
+    assert record.status is Status.INTERRUPTED
+    assert record.summary.startswith("stopped: this instance could no longer prove it holds the lease")
+    assert ledger.get(record.run_id).status is Status.INTERRUPTED  # type: ignore[union-attr]
+
+
+def test_a_deposed_runs_side_effect_is_fenced_and_its_token_reaches_the_job(ledger: SqliteLedger) -> None:
+    """ctx.token and ctx.instance are the run's term; ctx.fence() passes while it holds the lease and raises
+    Fenced once another instance holds it, so the side effect after it never happens."""
+    effects: list[int | None] = []
+
+    def rolls_back(ctx: JobContext) -> Outcome:
+        ctx.fence()
+        effects.append(ctx.token)
+        ledger.release_lease(ctx.instance, ctx.token or 0)
+        assert ledger.acquire_lease("successor", timedelta(seconds=30), datetime.now(UTC)) == (ctx.token or 0) + 1
+        ctx.fence()
+        effects.append(-1)
+        return Outcome(Status.OK, "rolled back twice")
+
+    runner = runner_for(Scripted(rolls_back), ledger)
+    token = leading(runner, ledger)
+    record = runner.run(spec())
+    assert effects == [token]
+    assert record.status is Status.ERROR
+    assert record.summary == (f"Fenced: fenced: me wrote with lease token {token}, which no longer holds the lease "
+                              f"(successor holds it with token {token + 1})")  # fmt: skip

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from worker.timespec import describe, parse_duration, parse_schedule, upcoming
+from worker.timespec import describe, missed_slots, parse_duration, parse_schedule, upcoming
 
 UTC = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -169,3 +169,22 @@ def test_descriptions_read_as_words() -> None:
         describe(parse_schedule("*/5 * * * *"))
         == "at minute 0,5,10,15,20,25,30,35,40,45,50,55 of every hour, every day"
     )
+
+
+def test_missed_slots_are_those_a_take_over_will_not_run() -> None:
+    """After a vacancy of the lead: an interval job's slots up to half an interval past the take-over (the first
+    new run stands in for the next), a cron job's up to the take-over; at most `limit`; none when nothing is owed."""
+    utc = ZoneInfo("UTC")
+    last = datetime(2026, 12, 3, 9, 0, 0, tzinfo=utc)
+    every = parse_schedule("every 1s")
+    assert missed_slots(every, utc, last, last + timedelta(seconds=4.2), 100) == [
+        last + timedelta(seconds=s) for s in (1, 2, 3, 4)
+    ]
+    assert missed_slots(every, utc, last, last + timedelta(seconds=4.6), 100)[-1] == last + timedelta(seconds=5)
+    assert missed_slots(every, utc, last, last + timedelta(seconds=0.4), 100) == []
+    assert len(missed_slots(every, utc, last, last + timedelta(days=7), 101)) == 101
+    hourly = parse_schedule("0 * * * *")
+    assert missed_slots(hourly, utc, last, last + timedelta(hours=2, minutes=59), 100) == [
+        last + timedelta(hours=1), last + timedelta(hours=2)
+    ]  # fmt: skip
+    assert missed_slots(hourly, utc, last, last + timedelta(minutes=59), 100) == []

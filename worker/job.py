@@ -174,6 +174,14 @@ class JobContext:
     the history as an entry of its own, beside the run; returns the entry's id."""
     progress: Callable[..., None] | None = None
     """progress(task, done, total, unit=, label=): set in the foreground (run-now), where someone watches."""
+    token: int | None = None
+    """The lease's fencing token of the term that started this run (None outside the daemon): a side effect
+    that can carry it does (a manifest, a child's environment), so a deposed leader's work can be told apart."""
+    instance: str = ""
+    """The instance that runs it."""
+    fence: Callable[[], None] = field(default=lambda: None)
+    """Raise `Fenced` if this run's term no longer holds the lease, by the ledger's clock. Called right before a
+    side effect another instance could repeat (a rollback, a pull request); a no-op outside the daemon."""
 
 
 class Job(Protocol):

@@ -6,15 +6,20 @@ holder of its lease schedules. The others are standbys that ask again every seco
 take over when the lease is released (a clean SIGTERM) or expires (a crash).
 
 The rules, in the order they protect you:
+- The lease is judged by the ledger's clock (MongoDB's `$$NOW`; SQLite is one machine), so an
+  instance whose clock is off can neither take a live lease nor keep an expired one.
 - The holder starts a run only while its lease is still valid by its own monotonic clock,
-  counted from *before* its last successful renewal, minus a safety margin. A holder cut
-  off from the ledger therefore stops starting runs before anyone else may take over.
-- Every take-over gets a larger fencing token, recorded on each run it starts.
+  counted from *before* its last successful renewal, minus a safety margin, and its runs
+  stop when that validity ends (`Runner`). A holder cut off from the ledger, or paused,
+  therefore stops before anyone else may take over.
+- Every take-over gets a larger fencing token, recorded on each run it starts; the ledger
+  refuses a write stamped with a term that no longer holds the lease (`Fenced`).
 - Every instance (leader, standby or `run-now`) heartbeats; a `running` run is closed as an
   orphan only when its own instance has gone quiet, never because of its host name.
 
-What it assumes: the instances' clocks agree to well within the margin (NTP does that on
-Render), and a renewal that the ledger acknowledged is durable (MongoDB: majority writes).
+What it assumes: a renewal that the ledger acknowledged is durable (MongoDB: majority
+writes), and the monotonic clocks of the instances run at the same rate to well within the
+margin (true of any two machines over 15 s).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any
 
 from worker import registry
 from worker.job import Job, JobContext, Notice, Outcome, Status, TransientError
-from worker.ledger import JobChecks, JobState, Ledger, RunRecord, utc_now
+from worker.ledger import Fenced, JobChecks, JobState, Ledger, RunRecord, utc_now
 from worker.reporting.log import get_logger
 from worker.reporting.redact import Redactor
 from worker.reporting.sentry import SentryReporter
@@ -34,6 +34,10 @@ TRANSIENT = (TransientError, ConnectionError, TimeoutError)
 # How long an interrupted run may take to clean up; Render's SIGKILL comes 30 s after
 # SIGTERM, and the shutdown grace (25 s by default) has used most of that.
 _WIND_DOWN_S = 3.0
+#: How often a running job checks that its instance still holds the lease.
+_WATCH_S = 0.2
+#: Missed runs kept in memory while the ledger cannot take them; past this, one line counts the rest.
+_PENDING_MAX = 1000
 
 
 @dataclass
@@ -70,6 +74,9 @@ class Runner:
         #: Who runs, for the ledger: the daemon sets its instance id and, while leading, the lease's token.
         self.instance = self.host
         self.token: int | None = None
+        #: Whether this instance may still start a run (the daemon: its lease is valid), asked again once the
+        #: run's start is recorded and before its work begins.
+        self.may_start: Callable[[], bool] = lambda: True
         #: Set in the foreground (run-now): runs report their progress to it. The daemon has none.
         self.progress: Any = None
         self.version = version()
@@ -79,6 +86,12 @@ class Runner:
         # Threads of runs that timed out but have not returned yet, by job id: a new run
         # of the same job waits for none of them, but is skipped while one is alive.
         self._stragglers: dict[str, threading.Thread] = {}
+        # Missed runs the ledger could not take when they happened; written once it answers again.
+        self._pending: list[RunRecord] = []
+        self._pending_dropped = 0
+        #: Ends of runs (finish's arguments) the ledger could not take when they happened.
+        self._unfinished: list[tuple[str, Status, str, Mapping[str, Any], datetime]] = []
+        self._pending_lock = threading.Lock()
 
     # --- one run ----------------------------------------------------------------
 
@@ -101,14 +114,26 @@ class Runner:
         self, job: JobSpec, run_id: str, scheduled_at: datetime | None, rerun_of: RunRecord | None, txn: Any
     ) -> RunRecord:
         started = utc_now()
-        check_in_id = self.sentry.checkin(job, self.tz, Status.RUNNING, rerun_of.check_in if rerun_of else None)
+        # The Crons slot's id is chosen now, kept with the start, and opened only once the start is recorded.
+        check_in_id = (rerun_of.check_in if rerun_of and rerun_of.check_in else uuid.uuid4().hex) \
+            if self.sentry.monitors(job) else None  # fmt: skip
         record = RunRecord(
             run_id=run_id, job_id=job.id, kind=job.kind, status=Status.RUNNING, started_at=started,
             scheduled_at=scheduled_at, host=self.host, version=self.version, instance=self.instance,
             token=self.token, check_in=check_in_id,
         )  # fmt: skip
-        self._ledger_call("start", record)
         log = self.log.bind(job_id=job.id, kind=job.kind, run_id=run_id)
+        # No effect without a record: a run whose start the ledger did not take does not begin.
+        try:
+            self.ledger.start(record)
+        except Exception as exc:  # noqa: BLE001 - any failure to record means no run
+            return self._not_started(job, record, exc)
+        if not self.may_start():
+            # The start took long enough (a slow ledger) for the lease's validity to end: another may lead now.
+            reason = "not started: the lease's validity ran out while the ledger recorded its start"
+            self._finish(run_id, Status.MISSED, reason, {}, utc_now())
+            return self._closed_unstarted(job, record, reason, log)
+        self.sentry.checkin(job, self.tz, Status.RUNNING, check_in_id)
         precise = datetime.now(UTC)
         lateness = None if scheduled_at is None else round((precise - scheduled_at).total_seconds(), 4)
         extra = {"rerun_of": rerun_of.run_id} if rerun_of else {}
@@ -128,6 +153,81 @@ class Runner:
                 del self._active[run_id]
                 self._idle.notify_all()
 
+    def _not_started(self, job: JobSpec, record: RunRecord, exc: BaseException) -> RunRecord:
+        """The ledger refused or could not take a run's start: the run does not begin, and it is recorded as
+        missed once the ledger answers (a fenced instance records nothing: it no longer leads)."""
+        log = self.log.bind(job_id=job.id, kind=job.kind, run_id=record.run_id)
+        if isinstance(exc, Fenced):
+            reason = f"not started: this instance no longer holds the lease ({exc})"
+            log.warning("ledger.fenced", operation="start", token=record.token, summary=reason)
+        else:
+            reason = f"not started: the ledger did not record its start ({self.redact.text(one_line(exc))[:200]})"
+            log.error("job.not_started", summary=reason)
+            self._defer(replace(record, status=Status.MISSED, finished_at=utc_now(), summary=reason, check_in=None))
+        return self._closed_unstarted(job, record, reason, log)
+
+    def _closed_unstarted(self, job: JobSpec, record: RunRecord, reason: str, log: Any) -> RunRecord:
+        """A run that never began: no Crons check-in was opened (Sentry sees the slot missed); alert as missed."""
+        if alerts(job, Status.MISSED):
+            self.sentry.alert(job, Outcome(Status.MISSED, reason), record.run_id)
+        log.info("job.finished", status=Status.MISSED.value, duration_s=0.0, summary=reason)
+        return replace(record, status=Status.MISSED, finished_at=utc_now(), summary=reason)
+
+    def _finish(self, run_id: str, status: Status, summary: str, details: Mapping[str, Any],
+                finished_at: datetime) -> bool | None:  # fmt: skip
+        """Record a run's end; kept to write later when the ledger cannot take it now (None then), so that no
+        run stays `running` in the ledger after it ended."""
+        try:
+            return bool(self.ledger.finish(run_id, status, summary, details, finished_at))
+        except Exception as exc:  # noqa: BLE001 - the ledger being down must not stop the run being reported
+            self.log.error("ledger.error", operation="finish", error=self.redact.text(one_line(exc)))
+            with self._pending_lock:
+                if len(self._unfinished) < _PENDING_MAX:
+                    self._unfinished.append((run_id, status, summary, details, finished_at))
+            return None
+
+    def _defer(self, record: RunRecord) -> None:
+        with self._pending_lock:
+            if len(self._pending) < _PENDING_MAX:
+                self._pending.append(record)
+            else:
+                self._pending_dropped += 1
+
+    def flush_missed(self) -> int:
+        """Write the run ends and missed runs the ledger could not take (the missed ones under the current term);
+        how many missed runs were written.
+
+        Called by the leader at each lease step. What cannot be written yet goes back in the queue.
+        """
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+            dropped, self._pending_dropped = self._pending_dropped, 0
+            unfinished, self._unfinished = self._unfinished, []
+        for i, end in enumerate(unfinished):
+            try:
+                self.ledger.finish(*end)
+            except Exception:  # noqa: BLE001 - still unreachable: keep them and the rest for the next try
+                with self._pending_lock:
+                    self._unfinished[:0] = unfinished[i:]
+                    self._pending[:0] = pending
+                return 0
+        if dropped and pending:
+            last = pending[-1]
+            pending.append(replace(last, run_id=uuid.uuid4().hex, summary=f"{dropped} more runs were not started "
+                                   "while the ledger was unreachable (not kept one by one)"))  # fmt: skip
+        written = 0
+        for i, record in enumerate(pending):
+            try:
+                self.ledger.record(replace(record, instance=self.instance, token=self.token))
+            except Fenced:
+                return written  # no longer leading: the next leader's gap check records them
+            except Exception:  # noqa: BLE001 - still unreachable: keep them for the next try
+                with self._pending_lock:
+                    self._pending[:0] = pending[i:]
+                return written
+            written += 1
+        return written
+
     def _report(
         self, job: JobSpec, record: RunRecord, outcome: Outcome, check_in_id: str | None, log: Any
     ) -> RunRecord:
@@ -135,7 +235,11 @@ class Runner:
             outcome, summary=self.redact.text(outcome.summary), details=self.redact(dict(outcome.details))
         )
         finished = utc_now()
-        self._ledger_call("finish", record.run_id, outcome.status, outcome.summary, outcome.details, finished)
+        closed = self._finish(record.run_id, outcome.status, outcome.summary, outcome.details, finished)
+        if closed is False:
+            # Someone closed it first: the daemon at a deadline, or a new leader that took this instance for dead.
+            log.warning("run.already_closed", status=outcome.status.value,
+                        summary="the ledger already held this run's end; its outcome is in this line only")  # fmt: skip
         done = replace(record, status=outcome.status, finished_at=finished, summary=outcome.summary,
                        details=outcome.details)  # fmt: skip
         log.info("job.finished", status=outcome.status.value, duration_s=done.duration_s, summary=outcome.summary)
@@ -168,19 +272,29 @@ class Runner:
         self._ledger_call("record", record)
         return record.run_id
 
-    def missed(self, job: JobSpec, scheduled_at: datetime, reason: str) -> RunRecord:
-        """Record and report a run that did not happen; a missed run is never silent."""
+    def missed(self, job: JobSpec, scheduled_at: datetime, reason: str, *, alert: bool = True) -> RunRecord:
+        """Record and report a run that did not happen; a missed run is never silent.
+
+        Recorded under this instance's term; kept to write later when the ledger cannot take it now.
+        """
         now = utc_now()
         record = RunRecord(
             run_id=uuid.uuid4().hex, job_id=job.id, kind=job.kind, status=Status.MISSED, started_at=now,
             scheduled_at=scheduled_at, finished_at=now, summary=reason, host=self.host, version=self.version,
+            instance=self.instance, token=self.token,
         )  # fmt: skip
-        self._ledger_call("record", record)
+        try:
+            self.ledger.record(record)
+        except Fenced as exc:
+            self.log.warning("ledger.fenced", operation="missed", job_id=job.id, summary=str(exc))
+        except Exception as exc:  # noqa: BLE001 - the ledger being down must not lose the record
+            self.log.error("ledger.error", operation="record", error=self.redact.text(one_line(exc)))
+            self._defer(record)
         self.log.warning(
             "job.missed", job_id=job.id, kind=job.kind, run_id=record.run_id, status="missed",
             scheduled_at=scheduled_at.isoformat(), summary=reason,
         )  # fmt: skip
-        if alerts(job, Status.MISSED):
+        if alert and alerts(job, Status.MISSED):
             with self.sentry.own_trace():
                 self.sentry.alert(job, Outcome(Status.MISSED, reason), record.run_id)
         return record
@@ -192,7 +306,7 @@ class Runner:
             run_id=handle.run_id,
             scheduled_at=scheduled_at,
             deadline=time.monotonic() + timeout,
-            state=JobState(self.ledger, job.id),
+            state=JobState(self.ledger, job.id, None if self.token is None else (self.instance, self.token)),
             cancel=handle.cancel,
             log=log.info,
             progress=self.progress.update if self.progress is not None else None,
@@ -201,6 +315,9 @@ class Runner:
             jobs=self.jobs,
             history=self.ledger,
             record=lambda kind, status, summary, details: self._action(job, kind, status, summary, details),
+            token=self.token,
+            instance=self.instance,
+            fence=self._fence_of(self.token),
         )
 
         def work() -> None:
@@ -215,7 +332,7 @@ class Runner:
         thread = threading.Thread(target=contextvars.copy_context().run, args=(work,), name=f"job:{job.id}",
                                   daemon=True)  # fmt: skip
         thread.start()
-        handle.wake.wait(timeout)
+        lost = self._watch(handle, time.monotonic() + timeout)
         if handle.outcome is not None and not handle.interrupted:
             return handle.outcome
         handle.cancel.set()
@@ -223,9 +340,29 @@ class Runner:
             # Give the job a moment to stop what it started (a command kills its process
             # group) before the process exits under it.
             thread.join(_WIND_DOWN_S)
+            if lost:
+                return Outcome(Status.INTERRUPTED, "stopped: this instance could no longer prove it holds the lease, "
+                                                   "so another may run the job now")  # fmt: skip
             return Outcome(Status.INTERRUPTED, "the daemon stopped before this run ended")
         self._stragglers[job.id] = thread
         return Outcome(Status.TIMEOUT, f"did not finish within its timeout of {format_duration(job.timeout)}")
+
+    def _fence_of(self, token: int | None) -> Callable[[], None]:
+        if token is None:
+            return lambda: None
+        instance = self.instance
+        return lambda: self.ledger.fence(instance, token)
+
+    def _watch(self, handle: _Handle, deadline: float) -> bool:
+        """Wait for the run's end or its deadline; stop it at once if the lease's validity runs out meanwhile
+        (a pause, a partition): True then. One active instance means its runs too, not only its starts."""
+        while not handle.wake.wait(max(0.0, min(_WATCH_S, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                return False
+            if not self.may_start():
+                handle.interrupted = True
+                return True
+        return False
 
     def _attempts(self, job: JobSpec, ctx: JobContext, log: Any) -> Outcome:
         instance = self.build(job.kind, job.options)
@@ -266,12 +403,15 @@ class Runner:
                 handle.cancel.set()
                 handle.wake.set()
 
-    def _ledger_call(self, method: str, *args: Any) -> None:
+    def _ledger_call(self, method: str, *args: Any) -> Any:
         # The ledger being down must not stop the run being reported elsewhere.
         try:
-            getattr(self.ledger, method)(*args)
+            return getattr(self.ledger, method)(*args)
+        except Fenced as exc:
+            self.log.warning("ledger.fenced", operation=method, summary=str(exc))
         except Exception as exc:  # noqa: BLE001
             self.log.error("ledger.error", operation=method, error=self.redact.text(one_line(exc)))
+        return None
 
 
 def reruns(job: JobSpec) -> bool:

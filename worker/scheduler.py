@@ -35,15 +35,15 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from worker import registry
-from worker.job import Status
+from worker.job import Outcome, Status
 from worker.leadership import Leadership, Presence, instance_id
 from worker.ledger import Ledger, RunRecord
 from worker.reporting.log import get_logger
 from worker.reporting.redact import Redactor
 from worker.reporting.sentry import SentryReporter
-from worker.runner import Runner, one_line, reruns
+from worker.runner import Runner, alerts, one_line, reruns
 from worker.schedule import ConfigError, JobSpec, ScheduleConfig, load_config
-from worker.timespec import CronSchedule, format_duration, next_fire
+from worker.timespec import CronSchedule, format_duration, missed_slots, next_fire
 
 # Threads are started only when runs overlap, so a generous cap costs nothing idle.
 _MAX_PARALLEL_RUNS = 64
@@ -51,6 +51,9 @@ _MAX_PARALLEL_RUNS = 64
 STANDBY_ASK = timedelta(seconds=1)
 #: How long ago a deploy may have interrupted a run for the next leader to run it again.
 RERUN_WITHIN = timedelta(hours=24)
+#: Slots of one job recorded as missed one by one after a vacancy of the lead; past this, the log line and the
+#: alert say there were more.
+GAP_RECORDS = 100
 
 
 class _StandardCronTrigger(BaseTrigger):  # type: ignore[misc]
@@ -134,6 +137,7 @@ class Daemon:
         self.runner.instance = self.instance
         self.presence = Presence(ledger, self.instance, lease_renew)
         self.leadership = Leadership(ledger, self.instance, lease_ttl)
+        self.runner.may_start = self.leadership.valid
         self.lease_renew = lease_renew
         self.leading = False
         self._reruns: dict[str, RunRecord] = {}
@@ -222,6 +226,11 @@ class Daemon:
         self._standing_by = False
         # A lease that lapsed unnoticed (a stalled step) and was taken again is a new term: runs carry its token.
         self.runner.token = token
+        # Before a take-over's gap check: the runs this instance could not start are records, not gaps.
+        written = self.runner.flush_missed()
+        if written:
+            self.log.info("ledger.missed_recorded", count=written,
+                          summary="runs not started while the ledger was unreachable, recorded as missed")  # fmt: skip
         if not self.leading:
             self._take_lead(token)
         self._close_orphans()
@@ -229,11 +238,39 @@ class Daemon:
 
     def _take_lead(self, token: int) -> None:
         self.leading = True
-        for job in self.config.jobs:
-            if job.enabled:
-                self._add(job, self.config)
         self.log.info("lease.acquired", instance=self.instance, token=token,
                       summary="this instance schedules the jobs now")  # fmt: skip
+        resumed = datetime.now(UTC)
+        for job in self.config.jobs:
+            if job.enabled:
+                self._record_gap(job, resumed)
+                self._add(job, self.config)
+
+    def _record_gap(self, job: JobSpec, resumed: datetime) -> None:
+        """Record as missed each slot of `job` that nobody ran between its newest record and this take-over
+        (a crash, a pause, a ledger outage, a deploy's gap): every slot has a record, run or not."""
+        try:
+            times = [r.scheduled_at for r in self.ledger.recent(job.id, 20) if r.scheduled_at is not None]
+        except Exception:  # noqa: BLE001 - a ledger that cannot say leaves no gap to fill
+            return
+        if not times:
+            return  # never scheduled before: no slot was owed
+        last = max(times)
+        slots = missed_slots(job.schedule, self.config.timezone, last, resumed, GAP_RECORDS + 1)
+        if not slots:
+            return
+        more = len(slots) > GAP_RECORDS
+        slots = slots[:GAP_RECORDS]
+        reason = (f"missed: no instance ran it (the lead was vacant from after {last.isoformat()} until "
+                  f"{resumed.isoformat(timespec='seconds')}, when {self.instance} took over)")  # fmt: skip
+        for slot in slots:
+            self.runner.missed(job, slot, reason, alert=False)
+        counted = f"{len(slots)}{'+' if more else ''}"
+        self.log.warning("job.gap", job_id=job.id, missed=len(slots), more=more, first=slots[0].isoformat(),
+                         last=slots[-1].isoformat(), summary=f"{counted} slot(s) missed: {reason}")  # fmt: skip
+        if alerts(job, Status.MISSED):
+            with self.sentry.own_trace():
+                self.sentry.alert(job, Outcome(Status.MISSED, f"{counted} runs {reason}"), "gap")
 
     def _close_orphans(self) -> None:
         """Close the runs of instances that stopped heartbeating (a crash, a kill -9), at every step of the lead:
@@ -275,24 +312,44 @@ class Daemon:
     def _shutdown(self) -> None:
         running = self.runner.active()
         self.log.info("daemon.stopping", running=running, grace_s=self.grace.total_seconds())
-        # Stop starting runs, but let the ones in progress go on.
+        # Stop starting runs, but let the ones in progress go on, still holding the lease, so that no other
+        # instance starts the same job beside them.
         self._scheduler.shutdown(wait=False)
+        if not self._drain():
+            self.log.warning("daemon.interrupting", running=self.runner.active())
+            self.runner.interrupt_all()
+            self.runner.wait_idle(5.0)
         if self.leading:
-            # Hand over now, not when the lease runs out: the standby takes over at its next ask.
+            # Hand over once every run is recorded, not when the lease runs out: the standby takes over at its
+            # next ask, and finds the interrupted runs' records to re-run.
             self.leading = False
             try:
                 self.leadership.release()
                 self.log.info("lease.released", instance=self.instance)
             except Exception:  # noqa: BLE001 - then it expires by itself
                 self.log.warning("lease.release_failed", instance=self.instance)
-        if not self.runner.wait_idle(self.grace.total_seconds()):
-            self.log.warning("daemon.interrupting", running=self.runner.active())
-            self.runner.interrupt_all()
-            self.runner.wait_idle(5.0)
         # Beat until the runs are recorded, so the successor does not take them for orphans.
         self.presence.stop()
         self.sentry.flush()
         self.log.info("daemon.stopped")
+
+    def _drain(self) -> bool:
+        """Wait up to the grace for the runs in progress, renewing the lease meanwhile; False if some are still
+        going (at the end of the grace, or once the lease can no longer be proven)."""
+        deadline = time.monotonic() + self.grace.total_seconds()
+        while True:
+            if self.leading:
+                # Renew first: the loop's last renewal may be most of a period ago.
+                try:
+                    if self.leadership.ask() is None:
+                        return self.runner.wait_idle(0)
+                except Exception:  # noqa: BLE001, S110 - validity runs out by itself; checked below
+                    pass
+            left = deadline - time.monotonic()
+            if left <= 0 or (self.leading and not self.leadership.valid()):
+                return self.runner.wait_idle(0)
+            if self.runner.wait_idle(min(left, self.lease_renew.total_seconds())):
+                return True
 
     # --- the schedule -----------------------------------------------------------
 
@@ -353,6 +410,9 @@ class Daemon:
         now = datetime.now(UTC)
         if self.publisher is None or not self.publisher.due(now) or not self._publishing.acquire(blocking=False):
             return
+        if not self.leadership.valid():
+            self._publishing.release()
+            return  # only the lease's holder writes the page: a deposed leader's view may be stale
         try:
             link = self.publisher.publish(self.config, self.ledger, self.redactor, now)
             self.log.info("status_page.written", target=self.redactor.text(self.publisher.target),

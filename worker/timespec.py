@@ -293,3 +293,29 @@ def upcoming(schedule: Schedule, tz: tzinfo, now: datetime, count: int) -> list[
         if moment is not None:
             runs.append(moment)
     return runs
+
+
+def missed_slots(schedule: Schedule, tz: tzinfo, last: datetime, resumed: datetime, limit: int) -> list[datetime]:
+    """The run times after `last` (the newest one recorded) that a daemon taking over at `resumed` will not run,
+    at most `limit` of them, oldest first. Pure.
+
+    An interval job's new schedule starts one interval after `resumed` (see `upcoming`), so its slots are those
+    up to half an interval past `resumed`: the first new run stands in for the slot it lands beside. A cron
+    job's are those up to `resumed`; the next one after it runs.
+    """
+    slots: list[datetime] = []
+    if isinstance(schedule, IntervalSchedule):
+        until = resumed + schedule.every / 2
+        moment = last + schedule.every
+        while moment < until and len(slots) < limit:
+            slots.append(moment)
+            moment += schedule.every
+        return slots
+    at = last
+    while len(slots) < limit:
+        following = next_fire(schedule, at, tz)
+        if following is None or following > resumed:
+            break
+        slots.append(following)
+        at = following
+    return slots

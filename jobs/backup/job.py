@@ -141,6 +141,10 @@ class BackupJob:
             "sha256": sink.sha256.hexdigest(),
             "documents": sum(s["documents"] for s in stats),
             "opskeeper_version": opskeeper_version(),
+            # Which daemon made it, under which term of the lease (None from run-now): a backup a deposed leader
+            # finished is still a backup, and this says so.
+            "instance": ctx.instance or None,
+            "fencing_token": ctx.token,
             "namespaces": stats,
         }
         try:

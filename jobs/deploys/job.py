@@ -223,6 +223,7 @@ class DeploysJob:
             return self._call_human(scene, live, decision.reason, verdict, decision)
         requested = datetime.now(UTC)
         try:
+            ctx.fence()  # two instances must never both roll back: only the lease's holder, by the ledger's clock
             method, started, note = roll_back(api, service.service_id, target)
         except HttpError as exc:
             reason = f"{decision.reason}; the automatic rollback to {target.deploy_id} failed: {exc}"

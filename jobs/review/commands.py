@@ -153,6 +153,11 @@ def _print_status(status: dict[str, Any]) -> None:
             newest = f"{row['newest']['commit']} ({row['newest']['status']})" if row["newest"] else "-"
             good = row["last_good"] and f"{row['last_good']['commit']} at {_when(row['last_good']['good_at'])}"
             print(f"{row['service']:<22} {newest:<24} {good or 'none'}")
+    lead = status["scheduler"]["lease"]
+    print(f"\nSCHEDULER  {'led by ' + lead['holder'] + ' (token ' + str(lead['token']) + ')' if lead else 'no leader'}"
+          f"; {len(status['scheduler']['instances'])} instance(s) heard from in the last 2 minutes")  # fmt: skip
+    for line in status["scheduler"]["attention"]:
+        print(f"  needs attention: {line}")
     if status["dependencies"]:
         print(f"\n{'PROJECT':<22} {'ADVISORIES':<24} {'NODE.JS':<14} MAJORS BEHIND")
         for row in status["dependencies"]:

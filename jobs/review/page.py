@@ -168,6 +168,14 @@ def _deploys(status: Mapping[str, Any]) -> list[str]:
     return [*out, _table(["Service", "Newest deploy", "Last good"], rows)]
 
 
+def _scheduler(status: Mapping[str, Any]) -> list[str]:
+    """Only what needs a person: a healthy scheduler is not news on a status page."""
+    attention = status.get("scheduler", {}).get("attention") or []
+    if not attention:
+        return []
+    return ['<h2 id="scheduler">Scheduler</h2>', "<ul>", *(f"<li>{escape(line)}</li>" for line in attention), "</ul>"]
+
+
 def _dependencies(status: Mapping[str, Any]) -> list[str]:
     out = ['<h2 id="dependencies">Dependencies</h2>']
     if not status["dependencies"]:
@@ -206,6 +214,6 @@ def render(status: Mapping[str, Any]) -> str:
         f"<h1>Operations status {_state(worst)}</h1>",
         f'<p class="muted">Generated {escape(generated.strftime("%Y-%m-%d %H:%M UTC"))} by opskeeper.</p>',
         *_endpoints(status, generated.date()), *_backups(status), *_deploys(status), *_dependencies(status),
-        *_jobs(status), "</body></html>",
+        *_jobs(status), *_scheduler(status), "</body></html>",
     ]  # fmt: skip
     return "\n".join(parts) + "\n"

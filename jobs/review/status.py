@@ -13,12 +13,14 @@ from typing import Any
 
 from jobs.deploys.history import ServiceHistory, state_key
 from worker.job import CheckRecord
-from worker.ledger import DayOfChecks, Ledger
+from worker.ledger import CLOCK_MARGIN, DayOfChecks, Ledger
 from worker.schedule import ScheduleConfig
 from worker.timespec import upcoming
 
 BACKUP_KINDS = ("backup", "atlas_backup")
 PAGE_DAYS = 90
+#: Instances heard from within this are listed under the scheduler.
+INSTANCES_SEEN = timedelta(minutes=2)
 
 
 def _at(moment: datetime | None) -> str | None:
@@ -42,7 +44,27 @@ def build_status(config: ScheduleConfig, ledger: Ledger, now: datetime) -> dict[
         "backups": _backups(config, ledger, now),
         "deploys": _deploys(config, ledger),
         "dependencies": _dependencies(config, ledger),
+        "scheduler": scheduler(ledger, now),
     }
+
+
+def scheduler(ledger: Ledger, now: datetime) -> dict[str, Any]:
+    """Who holds the lease (by the ledger's clock), the instances heard from lately with their clocks' offset
+    from the ledger's, and what of it needs a person."""
+    held = ledger.lease_holder(now)
+    lease = held and {"holder": held.owner, "token": held.token, "expires_at": _at(held.expires_at)}
+    rows, attention = [], []
+    for instance in ledger.instances(INSTANCES_SEEN):
+        offset = instance.clock_offset_s
+        rows.append({"instance": instance.name, "seen_at": _at(instance.seen_at), "clock_offset_s": offset,
+                     "leading": held is not None and held.owner == instance.name})  # fmt: skip
+        if offset is not None and abs(offset) > CLOCK_MARGIN.total_seconds():
+            attention.append(
+                f"instance {instance.name}: its clock is {abs(offset):.1f} s {'ahead of' if offset > 0 else 'behind'}"
+                " the ledger's; the lease does not depend on it, but the times it schedules and records are off by"
+                " as much: fix its time sync (NTP)"
+            )
+    return {"lease": lease, "instances": rows, "attention": attention}
 
 
 def _jobs(config: ScheduleConfig, ledger: Ledger, now: datetime) -> list[dict[str, Any]]:

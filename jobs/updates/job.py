@@ -250,6 +250,7 @@ class DependencyUpdatesJob:
             if not count:
                 open_pull = github.open_pull(branch)
                 if open_pull is not None:
+                    ctx.fence()  # a deposed leader's late run must not close what the new one keeps
                     github.close_pull(int(open_pull["number"]), "Nothing is left to update: opskeeper closed this.")
                     number = open_pull["number"]
                     ctx.record("pull_request", Status.OK, f"{names}: closed #{number}",
@@ -267,6 +268,7 @@ class DependencyUpdatesJob:
                 title = f"Update dependencies of {names} ({count} in range)"
                 body = "\n\n".join(f"## {project.name}\n\n" + (pull_body(found, context) if found.updates
                                     else "Nothing to update.") for project, found, context in items)  # fmt: skip
+            ctx.fence()  # the branch and pull request are shared: only the lease's holder writes them
             sha = github.commit_files(branch, source.ref, files, title)
             pull, new = github.propose(branch, source.ref, title, body)
         action = "opened" if new else "refreshed"
@@ -326,6 +328,7 @@ class DependencyUpdatesJob:
                      f"{', '.join(sorted({c[0] for c in finding.via if c})) or 'its parent'} releases a version that "
                      "takes the fix.\n")  # fmt: skip
         with GitHub(source.repo, api_url=source.api_url) as github:
+            ctx.fence()
             sha = github.commit_files(branch, source.ref, in_repo(source.path, fixed.files), title)
             pull, new = github.propose(branch, source.ref, title, body)
         action = "opened" if new else "refreshed"

@@ -85,11 +85,31 @@ class DayOfChecks:
     """Both over the checks that did not fail."""
 
 
+@dataclass(frozen=True)
+class Instance:
+    """A daemon (or command) heard from lately, and how far its clock is from the ledger's."""
+
+    name: str
+    seen_at: datetime
+    """By the ledger's clock."""
+    clock_offset_s: float | None
+    """Its clock minus the ledger's at its last heartbeat (network delay included); None when unknown."""
+
+
+#: How far an instance's clock may be from the ledger's before `status` says so. The lease does not depend
+#: on it (the ledger's clock judges it), but the schedule's times and the runs' records do.
+CLOCK_MARGIN = timedelta(seconds=2)
+
+
 class Ledger(Protocol):
     """Where runs and job state are kept."""
 
     def start(self, record: RunRecord) -> None:
-        """Record a run that has just begun (status `running`)."""
+        """Record a run that has just begun (status `running`).
+
+        A record stamped with a token (`instance`, `token`) is written only while that term holds the lease by
+        the ledger's clock; otherwise `Fenced` is raised and nothing is written. The same for `record`.
+        """
 
     def finish(
         self, run_id: str, status: Status, summary: str, details: Mapping[str, Any], finished_at: datetime
@@ -116,10 +136,20 @@ class Ledger(Protocol):
         """Mark `running` runs as `interrupted` when their instance has not been seen for `alive`; how many."""
 
     def heartbeat(self, instance: str, now: datetime) -> None:
-        """Say that this instance is alive (its runs are not orphans)."""
+        """Say that this instance is alive (its runs are not orphans); `now` is its own clock, kept to compare."""
+
+    def instances(self, alive: timedelta) -> list[Instance]:
+        """The instances heard from within `alive`, by name."""
 
     def acquire_lease(self, owner: str, ttl: timedelta, now: datetime) -> int | None:
-        """Take or renew the scheduler lease until now + ttl; its fencing token, or None if another holds it."""
+        """Take or renew the scheduler lease for `ttl`; its fencing token, or None if another holds it.
+
+        Expiry is judged by the ledger's clock: a server's own (MongoDB), or the one machine's (SQLite, which
+        takes the caller's `now`).
+        """
+
+    def fence(self, owner: str, token: int) -> None:
+        """Raise `Fenced` unless `owner` holds the lease with `token` now, by the ledger's clock."""
 
     def release_lease(self, owner: str, token: int) -> None:
         """Give the lease up at once, if `owner` still holds it with `token`."""
@@ -130,8 +160,9 @@ class Ledger(Protocol):
     def get_state(self, job_id: str, key: str, default: Any = None) -> Any:
         """A job's remembered value, or `default`."""
 
-    def set_state(self, job_id: str, key: str, value: Any) -> None:
-        """Remember a JSON value for a job across runs and restarts."""
+    def set_state(self, job_id: str, key: str, value: Any, fence: tuple[str, int] | None = None) -> None:
+        """Remember a JSON value for a job across runs and restarts; with `fence` (instance, token), only while
+        that term holds the lease (else `Fenced`)."""
 
     def record_checks(self, checks: list[CheckRecord]) -> None:
         """Keep probe checks for uptime figures."""
@@ -203,17 +234,21 @@ class JobChecks:
 
 
 class JobState:
-    """The StateStore a job sees: its own slice of the ledger's state."""
+    """The StateStore a job sees: its own slice of the ledger's state, written under its run's term."""
 
-    def __init__(self, ledger: Ledger, job_id: str) -> None:
+    def __init__(self, ledger: Ledger, job_id: str, fence: tuple[str, int] | None = None) -> None:
         self._ledger = ledger
         self._job_id = job_id
+        self._fence = fence
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._ledger.get_state(self._job_id, key, default)
 
     def set(self, key: str, value: Any) -> None:
-        self._ledger.set_state(self._job_id, key, value)
+        if self._fence is None:
+            self._ledger.set_state(self._job_id, key, value)
+        else:
+            self._ledger.set_state(self._job_id, key, value, self._fence)
 
 
 class LedgerError(Exception):

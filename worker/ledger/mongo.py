@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -10,8 +11,31 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from worker.job import CheckRecord, Status
-from worker.ledger.lease import EPOCH, LEASE, Lease
-from worker.ledger.model import CHECKS_KEPT, DAYS_KEPT, ORPHANED, DayOfChecks, RunRecord, fold_days, to_ms, utc_now
+from worker.ledger.lease import EPOCH, LEASE, Fenced, Lease
+from worker.ledger.model import (
+    CHECKS_KEPT,
+    DAYS_KEPT,
+    ORPHANED,
+    DayOfChecks,
+    Instance,
+    RunRecord,
+    fold_days,
+    to_ms,
+    utc_now,
+)
+
+# Time is judged by the server's clock, `$$NOW`, never the caller's: instances on different machines disagree
+# about the time, the server is one. Dates are compared as epoch milliseconds (`$toLong`), which MongoDB defines
+# for every date; SecantusDB compares a stored date with `$$NOW` wrongly, and millisecond numbers rightly.
+_NOW_MS: dict[str, Any] = {"$toLong": "$$NOW"}
+
+
+def _ms(field: str) -> dict[str, Any]:
+    return {"$toLong": f"${field}"}
+
+
+#: The lease is live: it expires after the server's now.
+_LIVE: dict[str, Any] = {"$gt": [_ms("expires_at"), _NOW_MS]}
 
 
 class MongoLedger:
@@ -46,10 +70,24 @@ class MongoLedger:
         self._runs.create_index([("status", ASCENDING), ("instance", ASCENDING)])
 
     def start(self, record: RunRecord) -> None:
+        if record.token is not None:
+            self.fence(record.instance, record.token)
         self._runs.insert_one(self._doc(replace(record, status=Status.RUNNING, finished_at=None)))
 
     def record(self, record: RunRecord) -> None:
+        if record.token is not None:
+            self.fence(record.instance, record.token)
         self._runs.insert_one(self._doc(record))
+
+    def fence(self, owner: str, token: int) -> None:
+        """Refuse a write of a term that no longer holds the lease by the server's clock.
+
+        The check and the write are two operations: a writer frozen between them for longer than the lease could
+        still write once. The runs' own conditions (a finish needs its run `running`) close what that leaves.
+        """
+        if self._lease.find_one({"_id": LEASE, "owner": owner, "token": token, "$expr": _LIVE}, {"_id": 1}):
+            return
+        raise Fenced(owner, token, self.lease_holder(utc_now()))
 
     def finish(
         self, run_id: str, status: Status, summary: str, details: Mapping[str, Any], finished_at: datetime
@@ -85,7 +123,9 @@ class MongoLedger:
         return [self._record(doc) for doc in self._runs.find(query).sort([("started_at", 1), ("_id", 1)])]
 
     def interrupt_orphans(self, now: datetime, alive: timedelta) -> int:
-        living = [d["_id"] for d in self._instances.find({"seen_at": {"$gte": to_ms(now - alive)}}, {"_id": 1})]
+        # Heard from within `alive` by the server's clock, the one that stamped each heartbeat.
+        recent = {"$expr": {"$gte": [_ms("seen_at"), {"$subtract": [_NOW_MS, int(alive.total_seconds() * 1000)]}]}}
+        living = [d["_id"] for d in self._instances.find(recent, {"_id": 1})]
         result = self._runs.update_many(
             {"status": Status.RUNNING.value, "instance": {"$nin": living}},
             {"$set": {"status": Status.INTERRUPTED.value, "finished_at": to_ms(now), "summary": ORPHANED}},
@@ -93,46 +133,50 @@ class MongoLedger:
         return int(result.modified_count)
 
     def heartbeat(self, instance: str, now: datetime) -> None:
-        self._instances.update_one({"_id": instance}, {"$set": {"seen_at": to_ms(now)}}, upsert=True)
+        # seen_at by the server's clock (what orphans are judged by), clock_at by the instance's: their difference
+        # is how far this instance's clock is off.
+        self._instances.update_one({"_id": instance}, {"$currentDate": {"seen_at": True},
+                                                       "$set": {"clock_at": to_ms(now)}}, upsert=True)  # fmt: skip
+
+    def instances(self, alive: timedelta) -> list[Instance]:
+        recent = {"$expr": {"$gte": [_ms("seen_at"), {"$subtract": [_NOW_MS, int(alive.total_seconds() * 1000)]}]}}
+        found = [Instance(d["_id"], d["seen_at"], round((d["clock_at"] - d["seen_at"]).total_seconds(), 3)
+                          if d.get("clock_at") else None) for d in self._instances.find(recent)]  # fmt: skip
+        return sorted(found, key=lambda i: i.name)
 
     def acquire_lease(self, owner: str, ttl: timedelta, now: datetime) -> int | None:
+        """Judged by the server's clock: `now` (the caller's) is not used, so a skewed instance cannot see a live
+        lease as expired. One atomic update renews (same token) or takes over an expired lease (token + 1)."""
         from pymongo import ReturnDocument
         from pymongo.errors import DuplicateKeyError
 
-        until = to_ms(now + ttl)
-        # Renew: the same term, so the same token.
-        renewed = self._lease.find_one_and_update(
-            {"_id": LEASE, "owner": owner, "expires_at": {"$gt": to_ms(now)}}, {"$set": {"expires_at": until}},
+        with contextlib.suppress(DuplicateKeyError):  # the first ask ever: an expired lease to take
+            self._lease.insert_one({"_id": LEASE, "owner": "", "token": 0, "expires_at": EPOCH})
+        mine = {"$eq": ["$owner", owner]}
+        doc = self._lease.find_one_and_update(
+            {"_id": LEASE, "$expr": {"$or": [mine, {"$not": [_LIVE]}]}},
+            [{"$set": {"token": {"$cond": [{"$and": [mine, _LIVE]}, "$token", {"$add": ["$token", 1]}]},
+                       "owner": owner, "expires_at": {"$add": ["$$NOW", int(ttl.total_seconds() * 1000)]},
+                       "asked_at": "$$NOW"}}],
             return_document=ReturnDocument.AFTER,
         )  # fmt: skip
-        if renewed is not None:
-            return int(renewed["token"])
-        # Take over an expired lease: a new term, a larger token.
-        taken = self._lease.find_one_and_update(
-            {"_id": LEASE, "expires_at": {"$lte": to_ms(now)}},
-            {"$set": {"owner": owner, "expires_at": until}, "$inc": {"token": 1}},
-            return_document=ReturnDocument.AFTER,
-        )  # fmt: skip
-        if taken is not None:
-            return int(taken["token"])
-        try:
-            self._lease.insert_one({"_id": LEASE, "owner": owner, "token": 1, "expires_at": until})
-        except DuplicateKeyError:
-            return None  # held by another instance, unexpired
-        return 1
+        return None if doc is None else int(doc["token"])
 
     def release_lease(self, owner: str, token: int) -> None:
         self._lease.update_one({"_id": LEASE, "owner": owner, "token": token}, {"$set": {"expires_at": EPOCH}})
 
     def lease_holder(self, now: datetime) -> Lease | None:
-        doc = self._lease.find_one({"_id": LEASE, "expires_at": {"$gt": to_ms(now)}})
+        """Who holds the lease by the server's clock (`now` is not used)."""
+        doc = self._lease.find_one({"_id": LEASE, "$expr": _LIVE})
         return None if doc is None else Lease(doc["owner"], int(doc["token"]), doc["expires_at"])
 
     def get_state(self, job_id: str, key: str, default: Any = None) -> Any:
         doc = self._state.find_one({"_id": f"{job_id}\x1f{key}"})
         return default if doc is None else json.loads(doc["value"])
 
-    def set_state(self, job_id: str, key: str, value: Any) -> None:
+    def set_state(self, job_id: str, key: str, value: Any, fence: tuple[str, int] | None = None) -> None:
+        if fence is not None:
+            self.fence(*fence)
         # Stored as JSON text so both backends round-trip exactly the same values.
         self._state.update_one(
             {"_id": f"{job_id}\x1f{key}"},

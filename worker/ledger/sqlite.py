@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from worker.job import CheckRecord, Status
-from worker.ledger.lease import EPOCH, LEASE, Lease, next_token
+from worker.ledger.lease import EPOCH, LEASE, Fenced, Lease, holds, next_token
 from worker.ledger.model import (
     CHECKS_KEPT,
     DAYS_KEPT,
     ORPHANED,
     DayOfChecks,
+    Instance,
     LedgerError,
     RunRecord,
     fold_days,
@@ -187,9 +188,24 @@ class SqliteLedger:
             iso(r.finished_at), r.summary, json.dumps(dict(r.details), default=str), r.host, r.version,
             r.instance, r.token, r.check_in, r.duration_s,
         )  # fmt: skip
-        with self._guard():
-            placeholders = ",".join("?" * len(row))
+        placeholders = ",".join("?" * len(row))
+        if r.token is None:
+            with self._guard():
+                self._db.execute(f"INSERT INTO runs ({_COLUMNS}, duration_s) VALUES ({placeholders})", row)
+            return
+        with self._transaction():  # the lease's check and the write, one step for every process on the file
+            self._fence(r.instance, r.token)
             self._db.execute(f"INSERT INTO runs ({_COLUMNS}, duration_s) VALUES ({placeholders})", row)
+
+    def fence(self, owner: str, token: int) -> None:
+        with self._guard():
+            self._fence(owner, token)
+
+    def _fence(self, owner: str, token: int) -> None:
+        """Inside a transaction: refuse a write of a term that no longer holds the lease (this machine's clock)."""
+        held = self._lease()
+        if not holds(held, owner, token, utc_now()):
+            raise Fenced(owner, token, held if held is not None and held.expires_at > utc_now() else None)
 
     def finish(
         self, run_id: str, status: Status, summary: str, details: Mapping[str, Any], finished_at: datetime
@@ -248,6 +264,13 @@ class SqliteLedger:
             self._db.execute("INSERT INTO instances (instance, seen_at) VALUES (?, ?) ON CONFLICT (instance)"
                              " DO UPDATE SET seen_at=excluded.seen_at", (instance, iso(to_ms(now))))  # fmt: skip
 
+    def instances(self, alive: timedelta) -> list[Instance]:
+        # One machine, one clock: every instance on this file shares the ledger's clock.
+        with self._guard():
+            rows = self._db.execute("SELECT instance, seen_at FROM instances WHERE seen_at >= ? ORDER BY instance",
+                                    (iso(utc_now() - alive),)).fetchall()  # fmt: skip
+        return [Instance(name, datetime.fromisoformat(seen), 0.0) for name, seen in rows]
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
         """One step for every process on this file (IMMEDIATE: the write lock from the start), under the guard."""
@@ -290,8 +313,10 @@ class SqliteLedger:
             row = self._db.execute("SELECT value FROM job_state WHERE job_id=? AND key=?", (job_id, key)).fetchone()
         return default if row is None else json.loads(row[0])
 
-    def set_state(self, job_id: str, key: str, value: Any) -> None:
-        with self._guard():
+    def set_state(self, job_id: str, key: str, value: Any, fence: tuple[str, int] | None = None) -> None:
+        with self._transaction() if fence is not None else self._guard():
+            if fence is not None:
+                self._fence(*fence)
             self._db.execute(
                 "INSERT INTO job_state (job_id, key, value, updated_at) VALUES (?,?,?,?)"
                 " ON CONFLICT (job_id, key) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",

@@ -148,6 +148,10 @@ class SentryReporter:
     def _scrub_breadcrumb(self, crumb: Any, _hint: Any) -> Any:
         return self._redactor(crumb)
 
+    def monitors(self, job: JobSpec) -> bool:
+        """Whether this job's runs send Crons check-ins."""
+        return bool(self.enabled and job.monitor.enabled)
+
     def checkin(self, job: JobSpec, tz: zoneinfo.ZoneInfo, status: Status,
                 check_in_id: str | None = None, duration_s: float | None = None) -> str | None:  # fmt: skip
         """Send a Crons check-in; returns the id that the closing check-in must reuse."""
