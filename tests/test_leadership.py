@@ -315,6 +315,9 @@ def test_an_instance_whose_clock_is_off_takes_no_live_lease(skew: str, mongo_uri
     status = opskeeper("status", "--json", "--config", str(config), env=env)
     assert status.code == 0, status.stderr
     scheduler = json.loads(status.stdout)["scheduler"]
+    review = opskeeper("report", "weekly", "--json", "--config", str(config), env=env)
+    assert review.code == 0, review.stderr
+    needs = [n for n in json.loads(review.stdout)["needs_attention"] if n["area"] == "scheduler"]
     assert skewed.terminate() == 0
     assert leader.terminate() == 0
     assert not [e for e in skewed.events if e["event"] in ("lease.acquired", "job.started")]
@@ -329,6 +332,7 @@ def test_an_instance_whose_clock_is_off_takes_no_live_lease(skew: str, mongo_uri
     direction = "ahead of" if skew.startswith("+") else "behind"
     assert warning.startswith(f"instance {started(skewed, 'instance')}: its clock is 30.")
     assert direction in warning
+    assert [n["message"] for n in needs] == [warning]
 
 
 EFFECTS = """jobs:

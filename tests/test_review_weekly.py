@@ -358,7 +358,7 @@ def test_report_command_prints_json_and_writes_files(tmp_path: Path, env: dict[s
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
     assert list(report) == ["period", "uptime", "backups", "drills", "dependencies", "deploys", "platform", "job_runs",
-                            "status_page", "sentry", "render", "needs_attention", "gaps"]  # fmt: skip
+                            "status_page", "sentry", "render", "scheduler", "needs_attention", "gaps"]  # fmt: skip
     assert [(g["source"], g["reason"]) for g in report["gaps"]] == [("sentry", "not configured"),
                                                                     ("render", "not configured")]  # fmt: skip
     out = tmp_path / "out" / "week.md"

@@ -7,7 +7,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -118,6 +118,10 @@ class History(Protocol):
     def checks(self, since: datetime, job_id: str | None = None, endpoint: str | None = None) -> list[CheckRecord]: ...
 
     def endpoints(self, since: datetime) -> list[tuple[str, str]]: ...
+
+    def lease_holder(self, now: datetime) -> Any: ...
+
+    def instances(self, alive: timedelta) -> list[Any]: ...
 
 
 class TransientError(Exception):

@@ -92,6 +92,7 @@ class Runner:
         #: Ends of runs (finish's arguments) the ledger could not take when they happened.
         self._unfinished: list[tuple[str, Status, str, Mapping[str, Any], datetime]] = []
         self._pending_lock = threading.Lock()
+        self._unrecorded_reported = False
 
     # --- one run ----------------------------------------------------------------
 
@@ -128,6 +129,7 @@ class Runner:
             self.ledger.start(record)
         except Exception as exc:  # noqa: BLE001 - any failure to record means no run
             return self._not_started(job, record, exc)
+        self._unrecorded_reported = False
         if not self.may_start():
             # The start took long enough (a slow ledger) for the lease's validity to end: another may lead now.
             reason = "not started: the lease's validity ran out while the ledger recorded its start"
@@ -164,6 +166,12 @@ class Runner:
             reason = f"not started: the ledger did not record its start ({self.redact.text(one_line(exc))[:200]})"
             log.error("job.not_started", summary=reason)
             self._defer(replace(record, status=Status.MISSED, finished_at=utc_now(), summary=reason, check_in=None))
+            if not self._unrecorded_reported:
+                # Once per outage, whatever the jobs' alert_on: runs not starting is the daemon's problem.
+                self._unrecorded_reported = True
+                with self.sentry.own_trace():
+                    self.sentry.problem(f"opskeeper: runs are not starting, {reason.removeprefix('not started: ')}",
+                                        "runs-not-started", job_id=job.id)  # fmt: skip
         return self._closed_unstarted(job, record, reason, log)
 
     def _closed_unstarted(self, job: JobSpec, record: RunRecord, reason: str, log: Any) -> RunRecord:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobs.deploys.history import ServiceHistory, state_key
-from worker.job import CheckRecord
+from worker.job import CheckRecord, History
 from worker.ledger import CLOCK_MARGIN, DayOfChecks, Ledger
 from worker.schedule import ScheduleConfig
 from worker.timespec import upcoming
@@ -48,7 +48,7 @@ def build_status(config: ScheduleConfig, ledger: Ledger, now: datetime) -> dict[
     }
 
 
-def scheduler(ledger: Ledger, now: datetime) -> dict[str, Any]:
+def scheduler(ledger: History, now: datetime) -> dict[str, Any]:
     """Who holds the lease (by the ledger's clock), the instances heard from lately with their clocks' offset
     from the ledger's, and what of it needs a person."""
     held = ledger.lease_holder(now)

@@ -23,6 +23,7 @@ from pydantic import Field
 from jobs.deploys.job import FAILED as FAILED_DEPLOYS
 from jobs.deploys.marks import RELEASES_GAP
 from jobs.review.sources import SourceError
+from jobs.review.status import scheduler
 from jobs.review.vendors import RenderSource, SentrySource, render_section, render_services, sentry_section
 from jobs.review.week import (
     BAD,
@@ -93,6 +94,8 @@ def attention(report: Mapping[str, Any], thresholds: Thresholds) -> list[dict[st
     for run in report["drills"]["runs"]:
         if run["status"] in BAD:
             add("drills", f"{run['job_id']}: restore drill failed: {run['summary']}")
+    for line in (report.get("scheduler") or {}).get("attention", []):
+        add("scheduler", line)
     for project in report["dependencies"]["projects"]:
         for advisory in project["serious"]:
             add("dependencies", f"{project['project']}: {advisory}")
@@ -169,6 +172,7 @@ def build(options: WeeklyReviewOptions, history: History, jobs: Mapping[str, Any
         "status_page": options.status_page or os.environ.get("OPSKEEPER_STATUS_PAGE"),
         "sentry": None,
         "render": None,
+        "scheduler": scheduler(history, until),
     }
     if options.sentry is None:
         gaps.append({"source": "sentry", "reason": "not configured", "configured": "no"})

@@ -95,6 +95,14 @@ def _label(update: dict[str, Any]) -> str:
     return f"{update['name']} ({update['importer']})" if "importer" in update else str(update["name"])
 
 
+def term_mark(ctx: JobContext) -> str:
+    """A hidden line naming the run and the lease's term that wrote a pull request (none from run-now): a body
+    written by a deposed leader can be told from its successor's."""
+    if ctx.token is None:
+        return ""
+    return f"\n\n<!-- opskeeper: run {ctx.run_id} by {ctx.instance}, lease token {ctx.token} -->\n"
+
+
 def pull_body(plan: ProjectPlan, context: dict[str, Any] | None = None) -> str:
     """The pull request's text: the updates, the advisories they fix, the majors held back, engines to mind."""
     context = context or {}
@@ -268,6 +276,7 @@ class DependencyUpdatesJob:
                 title = f"Update dependencies of {names} ({count} in range)"
                 body = "\n\n".join(f"## {project.name}\n\n" + (pull_body(found, context) if found.updates
                                     else "Nothing to update.") for project, found, context in items)  # fmt: skip
+            body += term_mark(ctx)
             ctx.fence()  # the branch and pull request are shared: only the lease's holder writes them
             sha = github.commit_files(branch, source.ref, files, title)
             pull, new = github.propose(branch, source.ref, title, body)
@@ -329,6 +338,7 @@ class DependencyUpdatesJob:
                      "takes the fix.\n")  # fmt: skip
         with GitHub(source.repo, api_url=source.api_url) as github:
             ctx.fence()
+            body += term_mark(ctx)
             sha = github.commit_files(branch, source.ref, in_repo(source.path, fixed.files), title)
             pull, new = github.propose(branch, source.ref, title, body)
         action = "opened" if new else "refreshed"
