@@ -393,9 +393,15 @@ class Daemon:
             if job is None:
                 return
             if not self.leadership.valid():
-                # Cut off from the ledger past the lease's validity: another instance may lead by now.
-                self.log.warning("job.not_started", job_id=job_id, instance=self.instance,
-                                 summary="this instance can no longer prove it holds the lease")  # fmt: skip
+                # Cut off from the ledger past the lease's validity: another instance may lead by now. The slot is
+                # a record all the same (kept until the ledger answers, dropped if another leads by then: its gap
+                # check records it).
+                self.runner.missed(
+                    job,
+                    (scheduled_at or datetime.now(UTC)).astimezone(UTC),
+                    "not started: this instance could no longer prove it holds the lease",
+                    alert=False,
+                )
                 return
             rerun_of = self._reruns.pop(job_id, None)
             when = rerun_of.scheduled_at if rerun_of is not None and rerun_of.scheduled_at else scheduled_at
