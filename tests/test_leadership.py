@@ -133,6 +133,9 @@ def test_kill_9_of_the_leader(shared: str, tmp_path: Path, daemon_factory: Start
     ticks = runs_of(shared, "tick")
     slots = sorted(r.scheduled_at for r in ticks if r.scheduled_at is not None)
     assert max((b - a).total_seconds() for a, b in itertools.pairwise(slots)) < 2
+    # ... and the new leader's runs are in the old one's phase: one schedule, not two.
+    offsets = [(s - slots[0]).total_seconds() % 1 for s in slots]
+    assert all(min(o, 1 - o) < 0.01 for o in offsets), offsets
     vacant = [r for r in ticks if r.status is Status.MISSED and "no instance ran it" in r.summary]
     assert vacant, [(r.status, r.summary) for r in ticks]
     assert {(r.instance, r.token) for r in vacant} == {(started(second, "instance"), started(second, "token"))}

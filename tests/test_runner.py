@@ -265,14 +265,17 @@ def test_a_run_that_outlives_the_lease_is_stopped(ledger: SqliteLedger) -> None:
 
 def test_a_deposed_runs_side_effect_is_fenced_and_its_token_reaches_the_job(ledger: SqliteLedger) -> None:
     """ctx.token and ctx.instance are the run's term; ctx.fence() passes while it holds the lease and raises
-    Fenced once another instance holds it, so the side effect after it never happens."""
+    Fenced once another instance holds it, so the side effect after it never happens; the history entry of the
+    effect that did happen is kept, stamped with the run's term."""
     effects: list[int | None] = []
+    entries: list[str] = []
 
     def rolls_back(ctx: JobContext) -> Outcome:
         ctx.fence()
         effects.append(ctx.token)
         ledger.release_lease(ctx.instance, ctx.token or 0)
         assert ledger.acquire_lease("successor", timedelta(seconds=30), datetime.now(UTC)) == (ctx.token or 0) + 1
+        entries.append(ctx.record("rollback", Status.OK, "rolled back once", {}))
         ctx.fence()
         effects.append(-1)
         return Outcome(Status.OK, "rolled back twice")
@@ -281,6 +284,10 @@ def test_a_deposed_runs_side_effect_is_fenced_and_its_token_reaches_the_job(ledg
     token = leading(runner, ledger)
     record = runner.run(spec())
     assert effects == [token]
+    (entry,) = entries
+    kept = ledger.get(entry)
+    assert kept is not None
+    assert (kept.kind, kept.summary, kept.instance, kept.token) == ("rollback", "rolled back once", "me", token)
     assert record.status is Status.ERROR
     assert record.summary == (f"Fenced: fenced: me wrote with lease token {token}, which no longer holds the lease "
                               f"(successor holds it with token {token + 1})")  # fmt: skip

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from worker.timespec import describe, missed_slots, parse_duration, parse_schedule, upcoming
+from worker.timespec import describe, following_slot, missed_slots, parse_duration, parse_schedule, upcoming
 
 UTC = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -172,19 +172,37 @@ def test_descriptions_read_as_words() -> None:
 
 
 def test_missed_slots_are_those_a_take_over_will_not_run() -> None:
-    """After a vacancy of the lead: an interval job's slots up to half an interval past the take-over (the first
-    new run stands in for the next), a cron job's up to the take-over; at most `limit`; none when nothing is owed."""
+    """After a vacancy of the lead: the slots after the newest recorded one up to the take-over (the new leader
+    goes on from the next, an interval in the same phase); at most `limit`; none when nothing is owed."""
     utc = ZoneInfo("UTC")
     last = datetime(2026, 12, 3, 9, 0, 0, tzinfo=utc)
     every = parse_schedule("every 1s")
-    assert missed_slots(every, utc, last, last + timedelta(seconds=4.2), 100) == [
+    assert missed_slots(every, utc, last, last + timedelta(seconds=4.9), 100) == [
         last + timedelta(seconds=s) for s in (1, 2, 3, 4)
     ]
-    assert missed_slots(every, utc, last, last + timedelta(seconds=4.6), 100)[-1] == last + timedelta(seconds=5)
-    assert missed_slots(every, utc, last, last + timedelta(seconds=0.4), 100) == []
+    assert missed_slots(every, utc, last, last + timedelta(seconds=5), 100)[-1] == last + timedelta(seconds=5)
+    assert missed_slots(every, utc, last, last + timedelta(seconds=0.9), 100) == []
     assert len(missed_slots(every, utc, last, last + timedelta(days=7), 101)) == 101
     hourly = parse_schedule("0 * * * *")
     assert missed_slots(hourly, utc, last, last + timedelta(hours=2, minutes=59), 100) == [
         last + timedelta(hours=1), last + timedelta(hours=2)
     ]  # fmt: skip
     assert missed_slots(hourly, utc, last, last + timedelta(minutes=59), 100) == []
+
+
+def test_the_slot_after_a_take_over_keeps_an_intervals_phase() -> None:
+    """The new leader's first run: an interval's next step counted from the newest recorded slot (so `every 24h`
+    survives deploys more often than that), a cron's next time; together with missed_slots, no slot is skipped."""
+    utc = ZoneInfo("UTC")
+    last = datetime(2026, 12, 3, 9, 0, 0, tzinfo=utc)
+    daily = parse_schedule("every 24h")
+    assert following_slot(daily, utc, last, last + timedelta(hours=20)) == last + timedelta(hours=24)
+    assert following_slot(daily, utc, last, last + timedelta(hours=50)) == last + timedelta(hours=72)
+    every = parse_schedule("every 1s")
+    resumed = last + timedelta(seconds=4.9)
+    assert [*missed_slots(every, utc, last, resumed, 100), following_slot(every, utc, last, resumed)] == [
+        last + timedelta(seconds=s) for s in range(1, 6)
+    ]
+    assert following_slot(parse_schedule("0 * * * *"), utc, last, last + timedelta(minutes=1)) == last + timedelta(
+        hours=1
+    )

@@ -46,6 +46,8 @@ class _Handle:
 
     job: JobSpec
     run_id: str
+    token: int | None
+    """The lease's token of the term that started it."""
     cancel: threading.Event = field(default_factory=threading.Event)
     wake: threading.Event = field(default_factory=threading.Event)
     outcome: Outcome | None = None
@@ -141,7 +143,7 @@ class Runner:
         extra = {"rerun_of": rerun_of.run_id} if rerun_of else {}
         log.info("job.started", scheduled_at=scheduled_at and scheduled_at.isoformat(), lateness_s=lateness,
                  token=self.token, **extra)  # fmt: skip
-        handle = _Handle(job, run_id)
+        handle = _Handle(job, run_id, record.token)
         with self._idle:
             self._active[run_id] = handle
         try:
@@ -269,15 +271,17 @@ class Runner:
         getattr(log, notice.level)("job.notice", notice=message, **{k: v for k, v in context.items() if k != "event"})
         self.sentry.notice(job, run_id, replace(notice, message=message, context=context))
 
-    def _action(self, job: JobSpec, kind: str, status: Status, summary: str, details: Mapping[str, Any]) -> str:
-        """Record something a run did (an automatic rollback) as a history entry of its own kind."""
+    def _action(self, job: JobSpec, kind: str, status: Status, summary: str, details: Mapping[str, Any], *,
+                token: int | None) -> str:  # fmt: skip
+        """Record something a run did (an automatic rollback) as a history entry of its own kind, stamped with the
+        run's term and kept whatever the lease says now: it happened (the fence was before the effect)."""
         now = utc_now()
         record = RunRecord(
             run_id=uuid.uuid4().hex, job_id=job.id, kind=kind, status=status, started_at=now, finished_at=now,
             summary=self.redact.text(summary), details=self.redact(dict(details)), host=self.host,
-            version=self.version, instance=self.instance, token=self.token,
+            version=self.version, instance=self.instance, token=token,
         )  # fmt: skip
-        self._ledger_call("record", record)
+        self._ledger_call("record", record, False)
         return record.run_id
 
     def missed(self, job: JobSpec, scheduled_at: datetime, reason: str, *, alert: bool = True) -> RunRecord:
@@ -314,7 +318,7 @@ class Runner:
             run_id=handle.run_id,
             scheduled_at=scheduled_at,
             deadline=time.monotonic() + timeout,
-            state=JobState(self.ledger, job.id, None if self.token is None else (self.instance, self.token)),
+            state=JobState(self.ledger, job.id, None if handle.token is None else (self.instance, handle.token)),
             cancel=handle.cancel,
             log=log.info,
             progress=self.progress.update if self.progress is not None else None,
@@ -322,10 +326,12 @@ class Runner:
             checks=JobChecks(self.ledger, job.id),
             jobs=self.jobs,
             history=self.ledger,
-            record=lambda kind, status, summary, details: self._action(job, kind, status, summary, details),
-            token=self.token,
+            record=lambda kind, status, summary, details: self._action(
+                job, kind, status, summary, details, token=handle.token
+            ),
+            token=handle.token,
             instance=self.instance,
-            fence=self._fence_of(self.token),
+            fence=self._fence_of(handle.token),
         )
 
         def work() -> None:

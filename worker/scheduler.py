@@ -43,7 +43,7 @@ from worker.reporting.redact import Redactor
 from worker.reporting.sentry import SentryReporter
 from worker.runner import Runner, alerts, one_line, reruns
 from worker.schedule import ConfigError, JobSpec, ScheduleConfig, load_config
-from worker.timespec import CronSchedule, format_duration, missed_slots, next_fire
+from worker.timespec import CronSchedule, following_slot, format_duration, missed_slots, next_fire
 
 # Threads are started only when runs overlap, so a generous cap costs nothing idle.
 _MAX_PARALLEL_RUNS = 64
@@ -240,25 +240,31 @@ class Daemon:
         self.leading = True
         self.log.info("lease.acquired", instance=self.instance, token=token,
                       summary="this instance schedules the jobs now")  # fmt: skip
-        resumed = datetime.now(UTC)
         for job in self.config.jobs:
-            if job.enabled:
-                self._record_gap(job, resumed)
-                self._add(job, self.config)
+            if not job.enabled:
+                continue
+            resumed = datetime.now(UTC)
+            last = self._record_gap(job, resumed)
+            # The first run is the slot after the ones just recorded missed: an interval goes on in the phase of its
+            # newest slot, so that a restart (a deploy) neither shifts nor postpones it (`every 24h` with a deploy
+            # every 20 h still runs every 24 h).
+            first = None if last is None else following_slot(job.schedule, self.config.timezone, last, resumed)
+            self._add(job, self.config, first=first)
 
-    def _record_gap(self, job: JobSpec, resumed: datetime) -> None:
+    def _record_gap(self, job: JobSpec, resumed: datetime) -> datetime | None:
         """Record as missed each slot of `job` that nobody ran between its newest record and this take-over
-        (a crash, a pause, a ledger outage, a deploy's gap): every slot has a record, run or not."""
+        (a crash, a pause, a ledger outage, a deploy's gap): every slot has a record, run or not. Returns the
+        newest recorded slot (None when there is none)."""
         try:
             times = [r.scheduled_at for r in self.ledger.recent(job.id, 20) if r.scheduled_at is not None]
         except Exception:  # noqa: BLE001 - a ledger that cannot say leaves no gap to fill
-            return
+            return None
         if not times:
-            return  # never scheduled before: no slot was owed
+            return None  # never scheduled before: no slot was owed
         last = max(times)
         slots = missed_slots(job.schedule, self.config.timezone, last, resumed, GAP_RECORDS + 1)
         if not slots:
-            return
+            return last
         more = len(slots) > GAP_RECORDS
         slots = slots[:GAP_RECORDS]
         reason = (f"missed: no instance ran it (the lead was vacant from after {last.isoformat()} until "
@@ -271,6 +277,7 @@ class Daemon:
         if alerts(job, Status.MISSED):
             with self.sentry.own_trace():
                 self.sentry.alert(job, Outcome(Status.MISSED, f"{counted} runs {reason}"), "gap")
+        return last
 
     def _close_orphans(self) -> None:
         """Close the runs of instances that stopped heartbeating (a crash, a kill -9), at every step of the lead:
@@ -376,10 +383,12 @@ class Daemon:
         if not initial:
             self.log.info("config.reloaded", added=added, removed=removed, changed=changed, jobs=len(new))
 
-    def _add(self, job: JobSpec, config: ScheduleConfig) -> None:
+    def _add(self, job: JobSpec, config: ScheduleConfig, first: datetime | None = None) -> None:
+        """Schedule `job`; its first run at `first` when given (else its trigger's next time from now)."""
+        when = {} if first is None else {"next_run_time": first.astimezone(config.timezone)}
         scheduled = self._scheduler.add_job(
             self._fire_callable(job.id), trigger=build_trigger(job, config.timezone), id=job.id,
-            name=job.id, misfire_grace_time=int(job.misfire_grace.total_seconds()) or 1,
+            name=job.id, misfire_grace_time=int(job.misfire_grace.total_seconds()) or 1, **when,
         )  # fmt: skip
         self.log.info(
             "job.scheduled", job_id=job.id, kind=job.kind, schedule=job.schedule.text,

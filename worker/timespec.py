@@ -6,6 +6,7 @@ values into triggers). Every error names the bad value and the rule it broke.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
@@ -297,17 +298,15 @@ def upcoming(schedule: Schedule, tz: tzinfo, now: datetime, count: int) -> list[
 
 def missed_slots(schedule: Schedule, tz: tzinfo, last: datetime, resumed: datetime, limit: int) -> list[datetime]:
     """The run times after `last` (the newest one recorded) that a daemon taking over at `resumed` will not run,
-    at most `limit` of them, oldest first. Pure.
+    at most `limit` of them, oldest first: those up to `resumed`. Pure.
 
-    An interval job's new schedule starts one interval after `resumed` (see `upcoming`), so its slots are those
-    up to half an interval past `resumed`: the first new run stands in for the slot it lands beside. A cron
-    job's are those up to `resumed`; the next one after it runs.
+    The new leader goes on from the next slot after `resumed`: a cron job's next time, and an interval job's
+    next step counted from `last` (its schedule keeps its phase across leaders and restarts).
     """
     slots: list[datetime] = []
     if isinstance(schedule, IntervalSchedule):
-        until = resumed + schedule.every / 2
         moment = last + schedule.every
-        while moment < until and len(slots) < limit:
+        while moment <= resumed and len(slots) < limit:
             slots.append(moment)
             moment += schedule.every
         return slots
@@ -319,3 +318,12 @@ def missed_slots(schedule: Schedule, tz: tzinfo, last: datetime, resumed: dateti
         slots.append(following)
         at = following
     return slots
+
+
+def following_slot(schedule: Schedule, tz: tzinfo, last: datetime, resumed: datetime) -> datetime | None:
+    """The first run time after `resumed` of a schedule whose newest slot was `last`: an interval's next step
+    from `last` (its phase kept), a cron's next time. Pure; with `missed_slots`, every slot is one or the other."""
+    if isinstance(schedule, IntervalSchedule):
+        steps = max(0, math.floor((resumed - last) / schedule.every)) + 1
+        return last + schedule.every * steps
+    return next_fire(schedule, resumed, tz)

@@ -116,8 +116,9 @@ class Ledger(Protocol):
     ) -> bool:
         """Record how a run ended; False if it had already been given a final status."""
 
-    def record(self, record: RunRecord) -> None:
-        """Record a run that is already over (e.g. `missed`)."""
+    def record(self, record: RunRecord, fenced: bool = True) -> None:
+        """Record a run that is already over (e.g. `missed`); `fenced=False` keeps a stamped record whatever the
+        lease says (a history entry of something that already happened)."""
 
     def recent(self, job_id: str | None = None, limit: int = 20) -> list[RunRecord]:
         """The newest runs first, of one job or of all."""

@@ -74,8 +74,8 @@ class MongoLedger:
             self.fence(record.instance, record.token)
         self._runs.insert_one(self._doc(replace(record, status=Status.RUNNING, finished_at=None)))
 
-    def record(self, record: RunRecord) -> None:
-        if record.token is not None:
+    def record(self, record: RunRecord, fenced: bool = True) -> None:
+        if fenced and record.token is not None:
             self.fence(record.instance, record.token)
         self._runs.insert_one(self._doc(record))
 

@@ -177,19 +177,19 @@ class SqliteLedger:
             yield
 
     def start(self, record: RunRecord) -> None:
-        self._insert(replace(record, status=Status.RUNNING, finished_at=None))
+        self._insert(replace(record, status=Status.RUNNING, finished_at=None), True)
 
-    def record(self, record: RunRecord) -> None:
-        self._insert(record)
+    def record(self, record: RunRecord, fenced: bool = True) -> None:
+        self._insert(record, fenced)
 
-    def _insert(self, r: RunRecord) -> None:
+    def _insert(self, r: RunRecord, fenced: bool) -> None:
         row = (
             r.run_id, r.job_id, r.kind, r.status.value, iso(r.scheduled_at), iso(r.started_at),
             iso(r.finished_at), r.summary, json.dumps(dict(r.details), default=str), r.host, r.version,
             r.instance, r.token, r.check_in, r.duration_s,
         )  # fmt: skip
         placeholders = ",".join("?" * len(row))
-        if r.token is None:
+        if r.token is None or not fenced:
             with self._guard():
                 self._db.execute(f"INSERT INTO runs ({_COLUMNS}, duration_s) VALUES ({placeholders})", row)
             return
