@@ -26,7 +26,7 @@ from worker.reporting.log import get_logger
 from worker.reporting.redact import Redactor
 from worker.reporting.sentry import SentryReporter
 from worker.schedule import JobSpec
-from worker.timespec import format_duration
+from worker.timespec import format_duration, missed_slots
 from worker.version import version
 
 #: Exceptions worth another attempt; anything else is a bug or a config error.
@@ -38,6 +38,9 @@ _WIND_DOWN_S = 3.0
 _WATCH_S = 0.2
 #: Missed runs kept in memory while the ledger cannot take them; past this, one line counts the rest.
 _PENDING_MAX = 1000
+#: Slots of one job recorded as missed one by one after a vacancy of the lead; past this, the log line and the
+#: alert say there were more.
+GAP_RECORDS = 100
 
 
 @dataclass
@@ -310,6 +313,34 @@ class Runner:
             with self.sentry.own_trace():
                 self.sentry.alert(job, Outcome(Status.MISSED, reason), record.run_id)
         return record
+
+    def record_gap(self, job: JobSpec, resumed: datetime) -> datetime | None:
+        """Record as missed each slot of `job` that nobody ran between its newest record and `resumed`, a
+        take-over (after a crash, a pause, a ledger outage, a deploy's gap): every slot has a record, run or not.
+        Returns the newest recorded slot (None when there is none), from which the new leader goes on."""
+        try:
+            times = [r.scheduled_at for r in self.ledger.recent(job.id, 20) if r.scheduled_at is not None]
+        except Exception:  # noqa: BLE001 - a ledger that cannot say leaves no gap to fill
+            return None
+        if not times:
+            return None  # never scheduled before: no slot was owed
+        last = max(times)
+        slots = missed_slots(job.schedule, self.tz, last, resumed, GAP_RECORDS + 1)
+        if not slots:
+            return last
+        more = len(slots) > GAP_RECORDS
+        slots = slots[:GAP_RECORDS]
+        reason = (f"missed: no instance ran it (the lead was vacant from after {last.isoformat()} until "
+                  f"{resumed.isoformat(timespec='seconds')}, when {self.instance} took over)")  # fmt: skip
+        for slot in slots:
+            self.missed(job, slot, reason, alert=False)
+        counted = f"{len(slots)}{'+' if more else ''}"
+        self.log.warning("job.gap", job_id=job.id, missed=len(slots), more=more, first=slots[0].isoformat(),
+                         last=slots[-1].isoformat(), summary=f"{counted} slot(s) missed: {reason}")  # fmt: skip
+        if alerts(job, Status.MISSED):
+            with self.sentry.own_trace():
+                self.sentry.alert(job, Outcome(Status.MISSED, f"{counted} runs {reason}"), "gap")
+        return last
 
     def _execute(self, job: JobSpec, handle: _Handle, scheduled_at: datetime, log: Any) -> Outcome:
         timeout = job.timeout.total_seconds()

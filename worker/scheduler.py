@@ -35,15 +35,15 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from worker import registry
-from worker.job import Outcome, Status
+from worker.job import Status
 from worker.leadership import Leadership, Presence, instance_id
 from worker.ledger import Ledger, RunRecord
 from worker.reporting.log import get_logger
 from worker.reporting.redact import Redactor
 from worker.reporting.sentry import SentryReporter
-from worker.runner import Runner, alerts, one_line, reruns
+from worker.runner import Runner, one_line, reruns
 from worker.schedule import ConfigError, JobSpec, ScheduleConfig, load_config
-from worker.timespec import CronSchedule, following_slot, format_duration, missed_slots, next_fire
+from worker.timespec import CronSchedule, following_slot, format_duration, next_fire
 
 # Threads are started only when runs overlap, so a generous cap costs nothing idle.
 _MAX_PARALLEL_RUNS = 64
@@ -51,9 +51,6 @@ _MAX_PARALLEL_RUNS = 64
 STANDBY_ASK = timedelta(seconds=1)
 #: How long ago a deploy may have interrupted a run for the next leader to run it again.
 RERUN_WITHIN = timedelta(hours=24)
-#: Slots of one job recorded as missed one by one after a vacancy of the lead; past this, the log line and the
-#: alert say there were more.
-GAP_RECORDS = 100
 
 
 class _StandardCronTrigger(BaseTrigger):  # type: ignore[misc]
@@ -244,40 +241,12 @@ class Daemon:
             if not job.enabled:
                 continue
             resumed = datetime.now(UTC)
-            last = self._record_gap(job, resumed)
+            last = self.runner.record_gap(job, resumed)
             # The first run is the slot after the ones just recorded missed: an interval goes on in the phase of its
             # newest slot, so that a restart (a deploy) neither shifts nor postpones it (`every 24h` with a deploy
             # every 20 h still runs every 24 h).
             first = None if last is None else following_slot(job.schedule, self.config.timezone, last, resumed)
             self._add(job, self.config, first=first)
-
-    def _record_gap(self, job: JobSpec, resumed: datetime) -> datetime | None:
-        """Record as missed each slot of `job` that nobody ran between its newest record and this take-over
-        (a crash, a pause, a ledger outage, a deploy's gap): every slot has a record, run or not. Returns the
-        newest recorded slot (None when there is none)."""
-        try:
-            times = [r.scheduled_at for r in self.ledger.recent(job.id, 20) if r.scheduled_at is not None]
-        except Exception:  # noqa: BLE001 - a ledger that cannot say leaves no gap to fill
-            return None
-        if not times:
-            return None  # never scheduled before: no slot was owed
-        last = max(times)
-        slots = missed_slots(job.schedule, self.config.timezone, last, resumed, GAP_RECORDS + 1)
-        if not slots:
-            return last
-        more = len(slots) > GAP_RECORDS
-        slots = slots[:GAP_RECORDS]
-        reason = (f"missed: no instance ran it (the lead was vacant from after {last.isoformat()} until "
-                  f"{resumed.isoformat(timespec='seconds')}, when {self.instance} took over)")  # fmt: skip
-        for slot in slots:
-            self.runner.missed(job, slot, reason, alert=False)
-        counted = f"{len(slots)}{'+' if more else ''}"
-        self.log.warning("job.gap", job_id=job.id, missed=len(slots), more=more, first=slots[0].isoformat(),
-                         last=slots[-1].isoformat(), summary=f"{counted} slot(s) missed: {reason}")  # fmt: skip
-        if alerts(job, Status.MISSED):
-            with self.sentry.own_trace():
-                self.sentry.alert(job, Outcome(Status.MISSED, f"{counted} runs {reason}"), "gap")
-        return last
 
     def _close_orphans(self) -> None:
         """Close the runs of instances that stopped heartbeating (a crash, a kill -9), at every step of the lead:
