@@ -235,6 +235,25 @@ def test_instances_say_how_far_their_clocks_are_from_the_ledgers(ledger: Ledger,
         assert offsets == {"ahead": 0.0, "on-time": 0.0}
 
 
+def test_a_new_term_closes_the_runs_of_the_ones_before(ledger: Ledger) -> None:
+    """interrupt_term: `running` runs stamped with an older token become interrupted with the reason; the new
+    term's own, unstamped ones (run-now) and finished ones are left alone."""
+    old = ledger.acquire_lease("old", timedelta(milliseconds=200), datetime.now(UTC))
+    assert old is not None
+    ledger.start(replace(run(run_id="old-run"), instance="old", token=old))
+    ledger.start(run(run_id="run-now"))
+    awaited(lambda: ledger.lease_holder(datetime.now(UTC)) is None, "old's lease to expire")
+    new = ledger.acquire_lease("new", timedelta(seconds=30), datetime.now(UTC))
+    assert new == old + 1
+    ledger.start(replace(run(run_id="new-run"), instance="new", token=new))
+    assert ledger.interrupt_term(new, datetime.now(UTC), "its term of the lease ended") == 1
+    got = {r: ledger.get(r) for r in ("old-run", "run-now", "new-run")}
+    assert {r: (g.status, g.summary) for r, g in got.items() if g is not None} == {
+        "old-run": (Status.INTERRUPTED, "its term of the lease ended"), "run-now": (Status.RUNNING, ""),
+        "new-run": (Status.RUNNING, ""),
+    }  # fmt: skip
+
+
 def test_lease_race_has_one_winner(target: str) -> None:
     """Eight instances, each with its own connection, ask at the same moment: exactly one gets the lease."""
     contenders = [open_ledger(target) for _ in range(8)]

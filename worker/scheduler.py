@@ -237,6 +237,16 @@ class Daemon:
         self.leading = True
         self.log.info("lease.acquired", instance=self.instance, token=token,
                       summary="this instance schedules the jobs now")  # fmt: skip
+        try:
+            # Before any run of this term starts: the last term's runs are over as far as anyone can prove (a
+            # paused or cut-off leader stops its own when it notices), so none is left open beside a new one.
+            why = f"its term of the lease ended: {self.instance} took the lead with token {token}"
+            ended = self.ledger.interrupt_term(token, datetime.now(UTC), why)
+        except Exception:  # noqa: BLE001 - the orphan check at every step closes them later
+            ended = 0
+        if ended:
+            self.log.warning("ledger.term_runs_closed", count=ended,
+                             summary="runs of the previous lease term, recorded interrupted")  # fmt: skip
         for job in self.config.jobs:
             if not job.enabled:
                 continue

@@ -136,6 +136,10 @@ class Ledger(Protocol):
     def interrupt_orphans(self, now: datetime, alive: timedelta) -> int:
         """Mark `running` runs as `interrupted` when their instance has not been seen for `alive`; how many."""
 
+    def interrupt_term(self, token: int, now: datetime, summary: str) -> int:
+        """Mark `running` runs stamped with a token below `token` as `interrupted`: a new term began, so the old
+        term's runs have stopped or are stopping (their instance can no longer prove its lease); how many."""
+
     def heartbeat(self, instance: str, now: datetime) -> None:
         """Say that this instance is alive (its runs are not orphans); `now` is its own clock, kept to compare."""
 

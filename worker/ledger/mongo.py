@@ -132,6 +132,13 @@ class MongoLedger:
         )  # fmt: skip
         return int(result.modified_count)
 
+    def interrupt_term(self, token: int, now: datetime, summary: str) -> int:
+        result = self._runs.update_many(
+            {"status": Status.RUNNING.value, "token": {"$ne": None, "$lt": token}},
+            {"$set": {"status": Status.INTERRUPTED.value, "finished_at": to_ms(now), "summary": summary}},
+        )  # fmt: skip
+        return int(result.modified_count)
+
     def heartbeat(self, instance: str, now: datetime) -> None:
         # seen_at by the server's clock (what orphans are judged by), clock_at by the instance's: their difference
         # is how far this instance's clock is off.

@@ -259,6 +259,14 @@ class SqliteLedger:
             )
             return cur.rowcount
 
+    def interrupt_term(self, token: int, now: datetime, summary: str) -> int:
+        with self._guard():
+            cur = self._db.execute(
+                "UPDATE runs SET status='interrupted', summary=?, finished_at=? WHERE status='running'"
+                " AND token IS NOT NULL AND token < ?", (summary, iso(to_ms(now)), token),
+            )  # fmt: skip
+            return cur.rowcount
+
     def heartbeat(self, instance: str, now: datetime) -> None:
         with self._guard():
             self._db.execute("INSERT INTO instances (instance, seen_at) VALUES (?, ?) ON CONFLICT (instance)"
