@@ -34,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -45,6 +44,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from faults import Daemon, run_faults  # noqa: E402
 
 from worker.job import Status  # noqa: E402
 from worker.ledger import open_ledger  # noqa: E402
@@ -58,47 +59,12 @@ jobs:
 """
 
 
-class Daemon:
-    """`opskeeper run` with its JSON log lines, each stamped with this process's monotonic clock on arrival."""
-
-    def __init__(self, config: Path, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "worker", "run", "--config", str(config)], cwd=ROOT,
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
-        self.events: list[tuple[float, dict[str, Any]]] = []
-        self._cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith("{"):
-                with self._cond:
-                    self.events.append((time.monotonic(), json.loads(line)))
-                    self._cond.notify_all()
-
-    def wait(self, event: str, after: int = 0, timeout: float = 120) -> tuple[int, float]:
-        """(index, arrival time) of the first `event` at or after `after`."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for i in range(after, len(self.events)):
-                    if self.events[i][1]["event"] == event:
-                        return i, self.events[i][0]
-                if not self._cond.wait(max(0.0, deadline - time.monotonic())):
-                    raise SystemExit(f"no {event} within {timeout}s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-
-
 def trial(how: str, config: Path, env: dict[str, str], ledger: str) -> dict[str, Any]:
     first = Daemon(config, env)
-    first.wait("lease.acquired")
+    first.event("lease.acquired")
     second = Daemon(config, env)
-    second.wait("lease.standby")
-    first.wait("job.finished")
+    second.event("lease.standby")
+    first.event("job.finished")
     mark = len(second.events)
     signalled = time.monotonic()
     if how == "kill":
@@ -106,9 +72,9 @@ def trial(how: str, config: Path, env: dict[str, str], ledger: str) -> dict[str,
     else:
         first.proc.send_signal(signal.SIGTERM)
     first.proc.wait(60)
-    index, took_over = second.wait("lease.acquired", after=mark)
+    index, took_over = second.event("lease.acquired", after=mark)
     for _ in range(3):
-        index, _ = second.wait("job.finished", after=index + 1)
+        index, _ = second.event("job.finished", after=index + 1)
     second.stop()
     opened = open_ledger(ledger)
     try:
@@ -128,7 +94,7 @@ def trial(how: str, config: Path, env: dict[str, str], ledger: str) -> dict[str,
 
 def idle_cost(config: Path, env: dict[str, str], seconds: float) -> dict[str, float]:
     daemon = Daemon(config, env)
-    daemon.wait("lease.acquired")
+    daemon.event("lease.acquired")
     process = psutil.Process(daemon.proc.pid)
     time.sleep(2)  # let start-up settle before the window opens
     rss_start, cpu_start, opened = process.memory_info().rss, process.cpu_times(), time.monotonic()
@@ -152,8 +118,6 @@ def main() -> None:
     parser.add_argument("--outage", type=float, default=25, help="seconds the ledger's server is down")
     args = parser.parse_args()
     if args.faults_only:
-        from faults import run_faults
-
         print(json.dumps({"bench": "failover", "faults": run_faults(args.outage)}))
         return
     with tempfile.TemporaryDirectory(prefix="opskeeper-failover-") as scratch:
@@ -190,8 +154,6 @@ def main() -> None:
                 f"{how}_takeover_max_s": round(max(takeovers), 3),
                 f"{how}_double_runs": sum(r["double_runs"] for r in results[how]),
                 f"{how}_missed_s_max": max(r["missed_s"] for r in results[how])}  # fmt: skip
-
-    from faults import run_faults
 
     faults = run_faults(args.outage)
     print(json.dumps({"bench": "failover", "ledger": args.ledger, "trials": args.trials, "lease_ttl": args.ttl,
