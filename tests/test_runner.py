@@ -291,3 +291,40 @@ def test_a_deposed_runs_side_effect_is_fenced_and_its_token_reaches_the_job(ledg
     assert record.status is Status.ERROR
     assert record.summary == (f"Fenced: fenced: me wrote with lease token {token}, which no longer holds the lease "
                               f"(successor holds it with token {token + 1})")  # fmt: skip
+
+
+def test_what_a_run_did_while_the_ledger_went_away_is_written_when_it_returns(tmp_path: Path) -> None:
+    """The ledger stops mid-run: the run's history entry (a rollback it made) and its end are kept and written once
+    the ledger answers again, so nothing it did is lost and it does not stay `running`."""
+    from secantus import SecantusDBServer
+
+    from worker.ledger import MongoLedger
+
+    port = free_port_closed()
+    server = SecantusDBServer(port=port, storage_path=str(tmp_path / "db"))
+    server.start()
+    ledger = MongoLedger(f"{server.uri.rstrip('/')}/ops?serverSelectionTimeoutMS=200")
+    entries: list[str] = []
+
+    def rolls_back(ctx: JobContext) -> Outcome:
+        server.stop()
+        entries.append(ctx.record("rollback", Status.OK, "rolled back to dep-1", {"to": "dep-1"}))
+        return Outcome(Status.OK, "healed")
+
+    redactor = Redactor()
+    sentry = SentryReporter(None, environment="test", release=None, traces_sample_rate=0, redactor=redactor)
+    runner = Runner(ledger, sentry, redactor, ZoneInfo("UTC"), build=lambda kind, options: Scripted(rolls_back))
+    record = runner.run(spec())
+    assert record.status is Status.OK
+    again = SecantusDBServer(port=port, storage_path=str(tmp_path / "db"))
+    again.start()
+    try:
+        assert runner.flush_missed() == 0  # no missed run: an end and a history entry
+        stored, entry = ledger.get(record.run_id), ledger.get(entries[0])
+        assert stored is not None
+        assert (stored.status, stored.summary) == (Status.OK, "healed")
+        assert entry is not None
+        assert (entry.kind, entry.summary, dict(entry.details)) == ("rollback", "rolled back to dep-1", {"to": "dep-1"})
+    finally:
+        ledger.close()
+        again.stop()

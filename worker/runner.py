@@ -91,8 +91,9 @@ class Runner:
         # Threads of runs that timed out but have not returned yet, by job id: a new run
         # of the same job waits for none of them, but is skipped while one is alive.
         self._stragglers: dict[str, threading.Thread] = {}
-        # Missed runs the ledger could not take when they happened; written once it answers again.
-        self._pending: list[RunRecord] = []
+        # Records the ledger could not take when they happened, written once it answers again: (record, whether
+        # it is a history entry of something done, written as it is; else a missed run, written under the term then).
+        self._pending: list[tuple[RunRecord, bool]] = []
         self._pending_dropped = 0
         #: Ends of runs (finish's arguments) the ledger could not take when they happened.
         self._unfinished: list[tuple[str, Status, str, Mapping[str, Any], datetime]] = []
@@ -199,16 +200,16 @@ class Runner:
                     self._unfinished.append((run_id, status, summary, details, finished_at))
             return None
 
-    def _defer(self, record: RunRecord) -> None:
+    def _defer(self, record: RunRecord, *, history: bool = False) -> None:
         with self._pending_lock:
             if len(self._pending) < _PENDING_MAX:
-                self._pending.append(record)
+                self._pending.append((record, history))
             else:
                 self._pending_dropped += 1
 
     def flush_missed(self) -> int:
-        """Write the run ends and missed runs the ledger could not take (the missed ones under the current term);
-        how many missed runs were written.
+        """Write the run ends, history entries and missed runs the ledger could not take (the missed ones under the
+        current term); how many missed runs were written.
 
         Called by the leader at each lease step. What cannot be written yet goes back in the queue.
         """
@@ -223,22 +224,26 @@ class Runner:
                 with self._pending_lock:
                     self._unfinished[:0] = unfinished[i:]
                     self._pending[:0] = pending
+                    self._pending_dropped += dropped
                 return 0
-        if dropped and pending:
-            last = pending[-1]
-            pending.append(replace(last, run_id=uuid.uuid4().hex, summary=f"{dropped} more runs were not started "
-                                   "while the ledger was unreachable (not kept one by one)"))  # fmt: skip
+        missed = [record for record, history in pending if not history]
+        if dropped and missed:
+            more = f"{dropped} more runs were not started while the ledger was unreachable (not kept one by one)"
+            pending.append((replace(missed[-1], run_id=uuid.uuid4().hex, summary=more), False))
         written = 0
-        for i, record in enumerate(pending):
+        for i, (record, history) in enumerate(pending):
             try:
-                self.ledger.record(replace(record, instance=self.instance, token=self.token))
+                if history:
+                    self.ledger.record(record, False)
+                else:
+                    self.ledger.record(replace(record, instance=self.instance, token=self.token))
+                    written += 1
             except Fenced:
-                return written  # no longer leading: the next leader's gap check records them
+                continue  # no longer leading: the next leader's gap check records this slot
             except Exception:  # noqa: BLE001 - still unreachable: keep them for the next try
                 with self._pending_lock:
                     self._pending[:0] = pending[i:]
                 return written
-            written += 1
         return written
 
     def _report(
@@ -284,7 +289,11 @@ class Runner:
             summary=self.redact.text(summary), details=self.redact(dict(details)), host=self.host,
             version=self.version, instance=self.instance, token=token,
         )  # fmt: skip
-        self._ledger_call("record", record, False)
+        try:
+            self.ledger.record(record, False)
+        except Exception as exc:  # noqa: BLE001 - the ledger being down must not lose what the run did
+            self.log.error("ledger.error", operation="record", kind=kind, error=self.redact.text(one_line(exc)))
+            self._defer(record, history=True)
         return record.run_id
 
     def missed(self, job: JobSpec, scheduled_at: datetime, reason: str, *, alert: bool = True) -> RunRecord:
@@ -447,16 +456,6 @@ class Runner:
                 handle.interrupted = True
                 handle.cancel.set()
                 handle.wake.set()
-
-    def _ledger_call(self, method: str, *args: Any) -> Any:
-        # The ledger being down must not stop the run being reported elsewhere.
-        try:
-            return getattr(self.ledger, method)(*args)
-        except Fenced as exc:
-            self.log.warning("ledger.fenced", operation=method, summary=str(exc))
-        except Exception as exc:  # noqa: BLE001
-            self.log.error("ledger.error", operation=method, error=self.redact.text(one_line(exc)))
-        return None
 
 
 def reruns(job: JobSpec) -> bool:

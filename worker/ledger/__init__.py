@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from worker.ledger.lease import Fenced, Lease, holds, next_token
+from worker.ledger.lease import Fenced, Lease, next_token
 from worker.ledger.model import (
     CHECKS_KEPT,
     CLOCK_MARGIN,
@@ -35,7 +35,7 @@ from worker.ledger.sqlite import SqliteLedger
 
 __all__ = [
     "CHECKS_KEPT", "CLOCK_MARGIN", "DAYS_KEPT", "DayOfChecks", "Fenced", "Instance", "JobChecks", "JobState",
-    "Lease", "Ledger", "LedgerError", "MongoLedger", "RunRecord", "SqliteLedger", "describe_place", "holds",
+    "Lease", "Ledger", "LedgerError", "MongoLedger", "RunRecord", "SqliteLedger", "describe_place",
     "lost_on_deploy", "next_token", "open_ledger", "to_ms", "utc_now",
 ]  # fmt: skip
 

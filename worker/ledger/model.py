@@ -250,10 +250,7 @@ class JobState:
         return self._ledger.get_state(self._job_id, key, default)
 
     def set(self, key: str, value: Any) -> None:
-        if self._fence is None:
-            self._ledger.set_state(self._job_id, key, value)
-        else:
-            self._ledger.set_state(self._job_id, key, value, self._fence)
+        self._ledger.set_state(self._job_id, key, value, self._fence)
 
 
 class LedgerError(Exception):

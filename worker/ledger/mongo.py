@@ -38,6 +38,11 @@ def _ms(field: str) -> dict[str, Any]:
 _LIVE: dict[str, Any] = {"$gt": [_ms("expires_at"), _NOW_MS]}
 
 
+def _heard_within(alive: timedelta) -> dict[str, Any]:
+    """Instances whose heartbeat the server stamped within `alive` of its now."""
+    return {"$expr": {"$gte": [_ms("seen_at"), {"$subtract": [_NOW_MS, int(alive.total_seconds() * 1000)]}]}}
+
+
 class MongoLedger:
     """The same ledger in MongoDB (Atlas or self-hosted): collections `runs` and `job_state`."""
 
@@ -124,8 +129,7 @@ class MongoLedger:
 
     def interrupt_orphans(self, now: datetime, alive: timedelta) -> int:
         # Heard from within `alive` by the server's clock, the one that stamped each heartbeat.
-        recent = {"$expr": {"$gte": [_ms("seen_at"), {"$subtract": [_NOW_MS, int(alive.total_seconds() * 1000)]}]}}
-        living = [d["_id"] for d in self._instances.find(recent, {"_id": 1})]
+        living = [d["_id"] for d in self._instances.find(_heard_within(alive), {"_id": 1})]
         result = self._runs.update_many(
             {"status": Status.RUNNING.value, "instance": {"$nin": living}},
             {"$set": {"status": Status.INTERRUPTED.value, "finished_at": to_ms(now), "summary": ORPHANED}},
@@ -146,9 +150,9 @@ class MongoLedger:
                                                        "$set": {"clock_at": to_ms(now)}}, upsert=True)  # fmt: skip
 
     def instances(self, alive: timedelta) -> list[Instance]:
-        recent = {"$expr": {"$gte": [_ms("seen_at"), {"$subtract": [_NOW_MS, int(alive.total_seconds() * 1000)]}]}}
+        docs = self._instances.find(_heard_within(alive))
         found = [Instance(d["_id"], d["seen_at"], round((d["clock_at"] - d["seen_at"]).total_seconds(), 3)
-                          if d.get("clock_at") else None) for d in self._instances.find(recent)]  # fmt: skip
+                          if d.get("clock_at") else None) for d in docs]  # fmt: skip
         return sorted(found, key=lambda i: i.name)
 
     def acquire_lease(self, owner: str, ttl: timedelta, now: datetime) -> int | None:

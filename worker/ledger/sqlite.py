@@ -203,9 +203,9 @@ class SqliteLedger:
 
     def _fence(self, owner: str, token: int) -> None:
         """Inside a transaction: refuse a write of a term that no longer holds the lease (this machine's clock)."""
-        held = self._lease()
-        if not holds(held, owner, token, utc_now()):
-            raise Fenced(owner, token, held if held is not None and held.expires_at > utc_now() else None)
+        held, now = self._lease(), utc_now()
+        if not holds(held, owner, token, now):
+            raise Fenced(owner, token, held if held is not None and held.expires_at > now else None)
 
     def finish(
         self, run_id: str, status: Status, summary: str, details: Mapping[str, Any], finished_at: datetime
