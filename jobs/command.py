@@ -20,7 +20,7 @@ from typing import IO, Annotated
 from pydantic import Field, model_validator
 
 from worker import children
-from worker.job import JobContext, JobOptions, Outcome, Status
+from worker.job import JobContext, JobOptions, Outcome, Status, cut
 
 _TAIL_BYTES = 4096
 # Once asked to stop, a program gets this long to exit after SIGTERM before SIGKILL.
@@ -103,7 +103,7 @@ class CommandJob:
         last = tails[1].last_line() or tails[0].last_line()
         status = Status.WARN if code in opts.warn_codes else Status.FAIL
         summary = f"{name} exited {code}" + (f": {last}" if last else "")
-        return Outcome(status, summary[:300], details, fingerprint=f"{name} exited {code}")
+        return Outcome(status, cut(summary, 300), details, fingerprint=f"{name} exited {code}")
 
     @staticmethod
     def _wait(proc: subprocess.Popen[bytes], ctx: JobContext) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from datetime import date
 from typing import Any
 
@@ -10,10 +11,13 @@ import pytest
 
 from jobs.dependencies.advisories import Ignore, affects, fixed_in, found_on, known_ids, merge_advisories
 from tests.conftest import FIXTURES
+from tests.test_semver import needs_node, npm_semver
 from worker.vendors.osv import advisory_of
 
 ADVISORIES = FIXTURES / "advisories"
 MULTER = json.loads((ADVISORIES / "multer-bulk.json").read_text())["multer"]
+SEMVER = json.loads((ADVISORIES / "semver-bulk.json").read_text())["semver"]
+SEMVER_VERSIONS = ["5.7.1", "6.3.0", "7.5.1", "5.7.2", "6.3.1", "7.5.2", "7.0.0", "6.0.0", "5.0.0", "7.6.3"]
 OSV = {p.stem: json.loads(p.read_text()) for p in (ADVISORIES / "osv").glob("GHSA-*.json")}
 
 
@@ -47,6 +51,53 @@ def test_the_same_source_twice_is_not_merged_into_one() -> None:
     """Two registry advisories with different ids and no shared GHSA stay two."""
     first, second = ({"id": n, "url": f"https://npmjs.com/advisories/{n}", "vulnerable_versions": "<1"} for n in (1, 2))
     assert len(merge_advisories({"registry": {"x": [first, second]}})["x"]) == 2
+
+
+def test_one_advisory_in_three_records_keeps_every_range() -> None:
+    """GHSA-c2qf-rxjj-qqgw as npm's bulk endpoint answers it (three records, three ranges) is one advisory that
+    affects semver 5.7.1, 6.3.0 and 7.5.1 and not 5.7.2, 6.3.1 or 7.5.2, each fixed on its own line."""
+    merged = merge_advisories({"registry": {"semver": SEMVER}})["semver"]
+    assert len(merged) == 1
+    chains = {("semver", v): [["app", "semver"]] for v in SEMVER_VERSIONS}
+    versions = {"versions": {v: {} for v in ["5.7.1", "5.7.2", "6.3.0", "6.3.1", "7.5.1", "7.5.2"]}}
+    found = {f["version"]: f["fixed_in"] for f in found_on(chains, {"semver": merged}, {"semver": versions})}
+    assert found == {"5.7.1": "5.7.2", "6.3.0": "6.3.1", "7.5.1": "7.5.2", "7.0.0": "7.5.2", "6.0.0": "6.3.1",
+                     "5.0.0": "5.7.2"}  # fmt: skip
+
+
+@needs_node
+def test_the_merged_semver_advisory_flags_what_npms_own_semver_flags() -> None:
+    """Differential: a version is affected by the merged advisory exactly when npm's semver module says it satisfies
+    one of the three records' ranges (npm audit's test: includePrerelease, loose)."""
+    script = """
+const semver = require(process.argv[1]);
+const [records, versions] = JSON.parse(require('fs').readFileSync(0, 'utf8'));
+console.log(JSON.stringify(versions.map(v => records.some(
+  r => semver.satisfies(v, r.vulnerable_versions, {includePrerelease: true, loose: true})))));
+"""
+    result = subprocess.run(["node", "-e", script, str(npm_semver())], input=json.dumps([SEMVER, SEMVER_VERSIONS]),
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    npm = dict(zip(SEMVER_VERSIONS, json.loads(result.stdout), strict=True))
+    merged = merge_advisories({"registry": {"semver": SEMVER}})["semver"][0]
+    assert {v: affects(merged, v) for v in SEMVER_VERSIONS} == npm
+    assert [v for v, hit in npm.items() if hit] == ["5.7.1", "6.3.0", "7.5.1", "7.0.0", "6.0.0", "5.0.0"]
+
+
+def test_records_of_one_advisory_from_two_sources_keep_both_ranges_and_the_higher_severity() -> None:
+    """The same GHSA from the registry and OSV with different ranges affects every version either names, at the
+    higher of the two severities."""
+    registry = {"id": 1, "url": "https://github.com/advisories/GHSA-c2qf-rxjj-qqgw", "severity": "moderate",
+                "vulnerable_versions": "<5.7.2"}  # fmt: skip
+    other = {"id": "GHSA-c2qf-rxjj-qqgw", "severity": "high", "vulnerable_versions": ">=6.0.0 <6.3.1",
+             "aliases": ["CVE-2022-25883"]}  # fmt: skip
+    merged = merge_advisories({"registry": {"semver": [registry]}, "osv": {"semver": [other]}})["semver"]
+    assert len(merged) == 1
+    assert merged[0]["severity"] == "high"
+    assert merged[0]["sources"] == ["osv", "registry"]
+    assert affects(merged[0], "5.7.1")
+    assert affects(merged[0], "6.3.0")
+    assert not affects(merged[0], "6.3.1")
+    assert registry["vulnerable_versions"] == "<5.7.2", "merging does not change the sources' answers"
 
 
 @pytest.mark.parametrize(("version", "vulnerable"), [

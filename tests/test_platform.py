@@ -82,8 +82,9 @@ def test_the_weekly_review_has_a_platform_section(tmp_path: Path, env: dict[str,
     assert [m["name"] for m in report["platform"]["upcoming"]] == [
         "Database maintenance for managed services in Oregon"
     ]
-    assert {"area": "platform", "message": "Render incident still open: Delayed deploys for services in Oregon "
-                                           "(identified)"} in report["needs_attention"]  # fmt: skip
+    assert {"area": "platform", "level": "attention",
+            "message": "Render incident still open: Delayed deploys for services in Oregon (identified)"} in \
+        report["needs_attention"]  # fmt: skip
     markdown = opskeeper("report", "weekly", "--config", str(config), env=env).stdout
     assert "## Platform" in markdown
     assert (

@@ -358,7 +358,8 @@ def test_report_command_prints_json_and_writes_files(tmp_path: Path, env: dict[s
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
     assert list(report) == ["period", "uptime", "backups", "drills", "dependencies", "deploys", "platform", "job_runs",
-                            "status_page", "sentry", "render", "scheduler", "needs_attention", "gaps"]  # fmt: skip
+                            "status_page", "sentry", "render", "scheduler", "needs_attention", "gaps",
+                            "overall"]  # fmt: skip
     assert [(g["source"], g["reason"]) for g in report["gaps"]] == [("sentry", "not configured"),
                                                                     ("render", "not configured")]  # fmt: skip
     out = tmp_path / "out" / "week.md"
@@ -461,7 +462,8 @@ def test_an_automatic_rollback_is_listed_with_its_outcome(week: tuple[SqliteLedg
     report = build(options(config), ledger, {j.id: j for j in config.jobs}, NOW)
     newest = report["deploys"]["rollbacks"][-1]
     assert (newest["automatic"], newest["outcome"], newest["reason"]) == (True, "self-healed", "backend DOWN")
-    assert {"area": "deploys", "message": "api was rolled back automatically from dep-3 to dep-1 (self-healed)"} in \
+    assert {"area": "deploys", "message": "api was rolled back automatically from dep-3 to dep-1 (self-healed)",
+            "level": "attention"} in \
         report["needs_attention"]  # fmt: skip
     assert "- automatic rollback " in to_markdown(report)
 
@@ -553,3 +555,63 @@ def test_job_runs_section_lists_failed_timed_out_and_missed_runs(tmp_path: Path,
     assert "| export | command | 2 | 0 | 1 | 1 | 0 |" in markdown
     assert "Status page: https://status.example.com/" in markdown
     ledger.close()
+
+
+def test_a_failing_and_a_timed_out_job_need_attention_and_set_the_verdict(tmp_path: Path) -> None:
+    """A failing script and a timed-out report are needs-attention items of level failing, named with their newest
+    run; the report's verdict is FAILING and the Markdown opens with it."""
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    ledger.record(run("flaky-script", "command", NOW - timedelta(days=2), Status.FAIL, "exited 2: no route to host"))
+    ledger.record(run("slow-report", "command", NOW - timedelta(days=1), Status.TIMEOUT, "timed out after 5m"))
+    ledger.record(run("beat", "command", NOW - timedelta(days=1), Status.MISSED, "not started"))
+    report = build(WeeklyReviewOptions(), ledger, {}, NOW)
+    jobs = [n for n in report["needs_attention"] if n["area"] == "jobs"]
+    assert jobs == [
+        {"area": "jobs", "level": "attention",
+         "message": "beat: 1 missed this week; newest missed at 2026-11-22 09:00 UTC: not started"},
+        {"area": "jobs", "level": "failing",
+         "message": "flaky-script: 1 fail this week; newest fail at 2026-11-21 09:00 UTC: exited 2: no route to host"},
+        {"area": "jobs", "level": "failing",
+         "message": "slow-report: 1 timeout this week; newest timeout at 2026-11-22 09:00 UTC: timed out after 5m"},
+    ]  # fmt: skip
+    assert report["overall"] == {"state": "FAILING", "level": "failing", "exit_code": 2, "failing": 2,
+                                 "attention": 1}  # fmt: skip
+    lines = to_markdown(report).splitlines()
+    assert lines[2] == "**Verdict: ✕ FAILING** (2 failing, 1 to look at; the worst of everything below)"
+    assert "- ✕ **jobs**: slow-report: 1 timeout this week" in "\n".join(lines)
+    ledger.close()
+
+
+@pytest.mark.parametrize(("low", "high", "ticks"), [
+    (0.0, 76.9725, [0, 20, 40, 60, 80]),
+    (0.0, 0.00379912, [0, 0.001, 0.002, 0.003, 0.004]),
+    (99.0, 100.0, [99, 99.2, 99.4, 99.6, 99.8, 100]),
+    (0.0, 14.3, [0, 5, 10, 15]),
+    (5.0, 5.0, [5, 5.2, 5.4, 5.6, 5.8, 6]),
+])  # fmt: skip
+def test_axis_ticks_are_round_numbers(low: float, high: float, ticks: list[float]) -> None:
+    """Ticks are 1, 2 or 5 times a power of ten, cover the values, and read without float noise."""
+    from jobs.review.charts import nice_ticks, tick_text
+
+    assert nice_ticks(low, high) == ticks
+    assert [tick_text(t) for t in nice_ticks(0.0, 0.00379912)] == ["0", "0.001", "0.002", "0.003", "0.004"]
+
+
+def test_small_backups_chart_in_kb_and_one_day_of_latency_is_said_in_words() -> None:
+    """14 kB backups are charted in kB with round ticks (never "0.00379912 MB"); a single day of latency is a
+    sentence, not one dot in an empty frame."""
+    from datetime import date as day_type
+
+    from jobs.review.charts import colours
+    from jobs.review.markdown import latency_chart, size_chart
+
+    days = [day_type(2026, 11, 16) + timedelta(days=i) for i in range(7)]
+    sizes = [{"at": f"2026-11-{16 + i}T03:00:00+00:00", "stored_bytes": 14_000 + 100 * i} for i in range(3)]
+    svg = size_chart([{"job_id": "nightly", "sizes": sizes}], days)
+    assert svg is not None
+    labels = [t.text for t in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text")]  # noqa: S314
+    assert labels[0] == "Backup size (kB)"
+    assert labels[1:6] == ["0 kB", "5 kB", "10 kB", "15 kB", "20 kB"]
+    rows = [{"endpoint": "backend", "days": [{"date": days[6].isoformat(), "uptime_pct": 100.0, "p95_ms": 25.6575}]}]
+    said = latency_chart(rows, days, colours(["backend"]))
+    assert said == "*p95 latency per day: 1 day of data, too few for a trend (backend 25.66 ms).*"

@@ -94,10 +94,11 @@ def filled(tmp_path: Path, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
 
 
 def test_status_json_has_exact_figures(filled: tuple[Path, dict[str, str]]) -> None:
-    """Last status, last success, next run, 24 h and 30 d uptime, newest and verified backup: exact values."""
+    """Last status, last success, next run, 24 h and 30 d uptime, newest and verified backup: exact values; failing
+    jobs make the verdict FAILING and the exit code 2."""
     config, env = filled
     result = opskeeper("status", "--config", str(config), "--json", "--now", NOW.isoformat(), env=env)
-    assert result.code == 0, result.stderr
+    assert result.code == 2, result.stderr
     status = json.loads(result.stdout)
     jobs = {j["id"]: j for j in status["jobs"]}
     assert jobs["nightly"] == {
@@ -105,7 +106,20 @@ def test_status_json_has_exact_figures(filled: tuple[Path, dict[str, str]]) -> N
         "last_run_at": (NOW - timedelta(hours=2)).isoformat(), "summary": "dump failed: connection refused",
         "last_success_at": (NOW.replace(hour=2, minute=30) - timedelta(days=1)).isoformat(),
         "next_run": NOW.replace(day=2, hour=2, minute=30).isoformat(), "monitor_slug": "nightly",
+        "failing_since": (NOW - timedelta(hours=2)).isoformat(), "stale_since": None,
     }  # fmt: skip
+    assert status["overall"] == {"state": "FAILING", "level": "failing", "exit_code": 2, "failing": 3,
+                                 "attention": 2}  # fmt: skip
+    # Newest first: the health job (1 min ago), the backup (2 h), the drill due at 05:00 with no run, the
+    # dependency report (1 day) and the source it could not ask. The render job that never ran is not news.
+    assert [(i["level"], i["what"], i["since"]) for i in status["needs_attention"]] == [
+        ("failing", "job api-health", (NOW - timedelta(minutes=1)).isoformat()),
+        ("failing", "job nightly", (NOW - timedelta(hours=2)).isoformat()),
+        ("attention", "job drill", NOW.replace(hour=5).isoformat()),
+        ("failing", "job deps", (NOW - timedelta(days=1)).isoformat()),
+        ("attention", "project server", (NOW - timedelta(days=1)).isoformat()),
+    ]
+    assert status["needs_attention"][2]["message"].startswith("due and not run: no run recorded since ")
     assert jobs["drill"]["next_run"] == datetime(2027, 1, 1, 5, 0, tzinfo=UTC).isoformat()
     [endpoint] = status["endpoints"]
     # 24 h: checks at hours 0..23 back (24 of them, the one at exactly -24 h included: 25), 3 failed.
@@ -127,18 +141,47 @@ def test_status_json_has_exact_figures(filled: tuple[Path, dict[str, str]]) -> N
                                   "last_good": {"id": "dep-2", "commit": "c2c2c2c", "good_at": good_at}}]  # fmt: skip
     assert status["dependencies"] == [{"job_id": "deps", "project": "server",
                                        "checked_at": (NOW - timedelta(days=1)).isoformat(), "status": "fail",
-                                       "advisories": {"high": 2, "low": 1}, "majors": ["express"], "node": "eol",
-                                       "node_line": 18, "gaps": ["advisories (registry)"]}]  # fmt: skip
+                                       "advisories": {"high": 2, "low": 1}, "advisories_checked": True,
+                                       "majors": ["express"], "node": "eol", "node_line": 18,
+                                       "gaps": ["advisories (registry)"],
+                                       "not_checked": ["advisories (registry): no reason recorded ()"]}]  # fmt: skip
 
 
 def test_status_on_a_terminal_has_header_rows(filled: tuple[Path, dict[str, str]]) -> None:
-    """The plain view starts each table with its header and names every job."""
+    """The plain view opens with the verdict and what needs attention, then each table with its header, every job
+    named; into a pipe it has no colour codes."""
     config, env = filled
     result = opskeeper("status", "--config", str(config), "--now", NOW.isoformat(), env=env)
+    assert result.code == 2
     lines = result.stdout.splitlines()
-    assert lines[0].split()[:4] == ["JOB", "KIND", "LAST", "WHEN"]
+    assert lines[0] == "OVERALL  ✕ FAILING"
+    assert lines[2] == "NEEDS ATTENTION (5)"
+    assert lines[3].startswith("  ✕ FAILING job api-health (since 2026-12-01 11:59): FAIL: backend DOWN")
+    header = next(i for i, line in enumerate(lines) if line.startswith("JOB "))
+    assert lines[header].split()[:4] == ["JOB", "KIND", "LAST", "WHEN"]
     assert any(line.startswith("ENDPOINT") for line in lines)
-    assert {line.split()[0] for line in lines[1:4]} == {"api-health", "nightly", "drill"}
+    assert {line.split()[0] for line in lines[header + 1 : header + 4]} == {"api-health", "nightly", "drill"}
+    assert "\x1b[" not in result.stdout
+
+
+def test_status_summary_wraps_within_its_column(filled: tuple[Path, dict[str, str]]) -> None:
+    """A long summary wraps at words inside the SUMMARY column (never past it), at most three lines, and ends with
+    an ellipsis when cut."""
+    config, env = filled
+    ledger = SqliteLedger(Path(env["OPSKEEPER_LEDGER"]))
+    words = " ".join(f"package-{n} 1.0.{n} → 1.0.{n + 1}," for n in range(40))
+    ledger.record(run("render", "deploys", NOW - timedelta(minutes=3), Status.WARN, words))
+    ledger.close()
+    lines = opskeeper("status", "--config", str(config), "--now", NOW.isoformat(), env=env).stdout.splitlines()
+    header = next(line for line in lines if line.startswith("JOB "))
+    column = header.index("SUMMARY")
+    start = next(i for i, line in enumerate(lines) if line.startswith("render "))
+    block = [lines[start]] + [line for line in lines[start + 1 : start + 3] if line.startswith(" " * column)]
+    assert len(block) == 3
+    assert all(len(line) <= column + 60 for line in block)
+    assert all(line[column - 1] == " " for line in block)
+    assert block[0][column:].startswith("package-0 1.0.0")
+    assert block[-1].endswith("…")
 
 
 class PageServer:
@@ -207,6 +250,9 @@ def test_status_page_in_headless_chromium(filled: tuple[Path, dict[str, str]], t
     assert after.split("</rect>", 1)[0].startswith(f"><title>{day}: ")
     assert "api-health/backend" in dom.stdout
     assert "● UP" in dom.stdout  # the state in words and a symbol, not only a colour
+    # The headline is the verdict over everything, not the endpoints': a failing backup and health job make it red.
+    heading = dom.stdout.split("<h1>", 1)[1].split("</h1>", 1)[0]
+    assert 'data-state="FAILING" style="color:#cf222e">✕ FAILING' in heading
 
 
 def test_status_page_to_s3_is_private_with_a_presigned_link(filled: tuple[Path, dict[str, str]], bucket: str,
@@ -273,3 +319,76 @@ def test_serve_answers_with_the_page(filled: tuple[Path, dict[str, str]]) -> Non
         process.wait(timeout=10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+def _chromium_dom(page: Path, tmp_path: Path) -> str:
+    """The page as headless Chromium rendered it (the DOM after parsing and layout), served over HTTP."""
+    assert CHROMIUM is not None
+    server = PageServer(page.parent)
+    try:
+        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                              f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", f"{server.url}/{page.name}"],
+                             capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    finally:
+        server.close()
+    return dom.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed: apt-get install chromium (as root; .ci/run does)"
+)
+def test_an_endpoint_up_and_a_job_failing_is_not_green_anywhere(app: Any, tmp_path: Path,
+                                                               env: dict[str, str]) -> None:  # fmt: skip
+    """A real probe of an UP app and a failing job: `status` text, `--json` and the page rendered in Chromium all
+    say FAILING (red), with a needs-attention line for the job; `status` exits 2. Only a WARN: exit 1; all well: 0."""
+    from tests.conftest import Reply
+
+    app.routes["/api/health"] = lambda n: Reply(200, b'{"status":"ok"}', {"Content-Type": "application/json"})
+    config = write(tmp_path / "jobs.yaml", f"""\
+jobs:
+  - id: api-health
+    kind: health
+    schedule: every 1m
+    options: {{endpoints: [{{name: backend, url: "{app.url('/api/health')}"}}]}}
+  - id: flaky-script
+    kind: command
+    schedule: "@daily"
+    options: {{shell: true, argv: ["echo cannot reach the billing API >&2; exit 2"]}}
+""")  # fmt: skip
+    assert opskeeper("run-now", "api-health", "--config", str(config), env=env).code == 0
+    assert opskeeper("run-now", "flaky-script", "--config", str(config), env=env).code == 2
+    text = opskeeper("status", "--config", str(config), env=env)
+    assert text.code == 2
+    assert text.stdout.splitlines()[0] == "OVERALL  ✕ FAILING"
+    assert "✕ FAILING job flaky-script (since " in text.stdout
+    assert "FAIL: shell script exited 2: cannot reach the billing API" in text.stdout
+    as_json = opskeeper("status", "--config", str(config), "--json", env=env)
+    assert as_json.code == 2
+    status = json.loads(as_json.stdout)
+    assert status["overall"]["state"] == "FAILING"
+    assert [e["state"] for e in status["endpoints"]] == ["UP"]
+    assert [i["what"] for i in status["needs_attention"]] == ["job flaky-script"]
+    page = tmp_path / "site" / "index.html"
+    assert opskeeper("status", "--config", str(config), "--html", str(page), env=env).code == 0
+    dom = _chromium_dom(page, tmp_path)
+    heading = dom.split("<h1>", 1)[1].split("</h1>", 1)[0]
+    assert "✕ FAILING" in heading
+    assert "#cf222e" in heading
+    assert "UP" not in heading
+    attention = dom.split('id="attention"', 1)[1].split("<h2", 1)[0]
+    assert "flaky-script" in attention
+    assert "cannot reach the billing API" in attention
+    jobs = dom.split('id="jobs"', 1)[1]
+    cell = jobs.split("flaky-script", 1)[1].split('<span class="state"', 1)[1].split("</span>", 1)[0]
+    assert 'style="color:#cf222e"' in cell
+    assert "✕ FAIL" in cell
+    # The same job, now only warning: attention, exit 1. Then fixed: all well, exit 0.
+    config.write_text(config.read_text().replace('exit 2"]}', 'exit 1"], warn_codes: [1]}'))
+    assert opskeeper("run-now", "flaky-script", "--config", str(config), env=env).code == 1
+    warned = opskeeper("status", "--config", str(config), env=env)
+    assert (warned.code, warned.stdout.splitlines()[0]) == (1, "OVERALL  ▲ ATTENTION")
+    config.write_text(config.read_text().replace("exit 1", "exit 0"))
+    assert opskeeper("run-now", "flaky-script", "--config", str(config), env=env).code == 0
+    well = opskeeper("status", "--config", str(config), env=env)
+    assert (well.code, well.stdout.splitlines()[:3]) == (0, ["OVERALL  ● OK", "", "Nothing needs attention."])

@@ -48,6 +48,20 @@ ALERTABLE = (
 )
 
 _NUMBERS = re.compile(r"\d+(?:\.\d+)?")
+#: A run's summary is one line of at most this many characters (the ledger, Sentry, the page and `status`).
+SUMMARY_LIMIT = 500
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` in at most `limit` characters: cut at a word, ending with "…" when anything was left out. Pure."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 1]
+    space = head.rfind(" ")
+    if space >= limit * 0.6:  # a word boundary not too far back; else one long token is cut where it must be
+        head = head[:space]
+    return head.rstrip(" ,;:-–") + "…"
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,9 @@ class Outcome:
     #: changes (a health probe alerts once per outage, not once per run). The runner then
     #: raises no `alert_on` event, and a FAIL checks in to Sentry Crons as a run that worked.
     alerted: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "summary", cut(self.summary, SUMMARY_LIMIT))
 
     def problem_key(self) -> str:
         """The part of the Sentry fingerprint that names the problem."""

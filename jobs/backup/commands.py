@@ -99,9 +99,8 @@ def _open_archive(args: argparse.Namespace, settings: Settings) -> Iterator[tupl
 
 
 def _restore(args: argparse.Namespace, settings: Settings) -> int:
-    from pymongo import MongoClient
-
     from jobs.backup.restore import RestoreError, RestoreRefusedError, holds_data, may_replace, ns_mapper, restore
+    from worker.mongodb import connect
 
     try:
         rename = ns_mapper(args.ns_from, args.ns_to)
@@ -110,7 +109,7 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
     masks = commands.redactor(settings)
     target_display = masks.text(args.to)
     plan = _plan(args, settings, rename, target_display)
-    client: Any = MongoClient(args.to, appname="opskeeper-restore", serverSelectionTimeoutMS=10_000)
+    client: Any = connect(args.to, "opskeeper-restore")
     try:
         targets = sorted({db for _, db, _, _ in plan})
         occupied = [db for db in targets if holds_data(client, db)]

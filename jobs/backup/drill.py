@@ -20,7 +20,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from jobs.backup.catalog import VERIFIED, base_of, scan
@@ -28,6 +27,7 @@ from jobs.backup.restore import RestoreError, check, restore
 from jobs.backup.retention import is_future
 from jobs.backup.source import BackupOptions
 from worker.job import JobContext, JobOptions, Outcome, Status
+from worker.mongodb import connect
 from worker.reporting.progress import archive_ticks
 from worker.schedule import Duration
 from worker.timespec import format_duration
@@ -114,7 +114,7 @@ class DrillJob:
         warnings = [f"{e.key} is dated in the future ({e.created_at.isoformat()}); not drilled" for e in future]
         warnings += listing.problems
         uri = self.options.target_uri or os.environ.get("RESTORE_DRILL_URI") or backup.mongo_uri()
-        client: Any = MongoClient(uri, appname="opskeeper-drill", serverSelectionTimeoutMS=10_000)
+        client: Any = connect(uri, "opskeeper-drill")
         stamp = now.strftime("%Y%m%d%H%M%S")
         spec = ctx.jobs.get(ctx.job_id)
         # A drill lasts at most its timeout: scratch stamped longer ago than that is a crash's leftover.

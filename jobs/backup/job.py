@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import json_util
-from pymongo import MongoClient
 from pymongo.errors import ConfigurationError, OperationFailure
 
 from jobs.backup.archive import (
@@ -41,6 +40,7 @@ from jobs.backup.mongodump import dump_with_mongodump
 from jobs.backup.retention import is_future
 from jobs.backup.source import BackupOptions, Namespace, select
 from worker.job import JobContext, Outcome, Status
+from worker.mongodb import connect
 from worker.reporting.redact import Redactor
 from worker.storage import Storage
 from worker.timespec import format_duration
@@ -56,8 +56,7 @@ class BackupJob:
     def run(self, ctx: JobContext) -> Outcome:
         opts = self.options
         uri = opts.mongo_uri()
-        client: Any = MongoClient(uri, appname="opskeeper-backup", serverSelectionTimeoutMS=10_000,
-                                  readPreference=opts.read_preference, tz_aware=True)  # fmt: skip
+        client: Any = connect(uri, "opskeeper-backup", readPreference=opts.read_preference, tz_aware=True)
         # One storage client for the dump, the manifest and the pruning.
         storage = opts.open_storage()
         try:

@@ -9,7 +9,7 @@ audit's own test), where it is fixed (`fixed_in`), and what an ignore entry sile
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any, Literal, Protocol
 
@@ -89,8 +89,18 @@ def known_ids(advisory: Mapping[str, Any]) -> set[str]:
     return {i for i in ids if i.startswith(("GHSA-", "CVE-", "MAL-"))}
 
 
+def _rank(severity: str) -> int:
+    return SEVERITIES.index(severity) if severity in SEVERITIES else 0
+
+
 def merge_advisories(answers: Mapping[str, Mapping[str, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
-    """One list per package from every source's answer, the same advisory (by GHSA id or alias) once. Pure."""
+    """One list per package from every source's answer, the same advisory (by GHSA id or alias) once, affecting
+    every version any of its records names. Pure.
+
+    npm's bulk endpoint answers one GHSA as several records, one per range (GHSA-c2qf-rxjj-qqgw on semver:
+    `>=7.0.0 <7.5.2`, `>=6.0.0 <6.3.1`, `<5.7.2`); keeping only the first would call semver@5.7.1 clean, which
+    `npm audit` flags. So the ranges of records that are one advisory are joined with `||`.
+    """
     merged: dict[str, list[dict[str, Any]]] = {}
     for source, answer in answers.items():
         for package, advisories in answer.items():
@@ -98,10 +108,19 @@ def merge_advisories(answers: Mapping[str, Mapping[str, list[dict[str, Any]]]]) 
             for advisory in advisories:
                 ids = known_ids(advisory)
                 same = next((a for a in have if ids & known_ids(a) or a["id"] == advisory["id"]), None)
-                if same is not None:
-                    same["sources"] = sorted({*same.get("sources", []), source})
+                if same is None:
+                    have.append({**advisory, "sources": [source]})
                     continue
-                have.append({**advisory, "sources": [source]})
+                same["sources"] = sorted({*same.get("sources", []), source})
+                ranges = str(same.get("vulnerable_versions", "*")).split(" || ")
+                for extra in str(advisory.get("vulnerable_versions", "*")).split(" || "):
+                    if extra not in ranges:
+                        ranges.append(extra)
+                same["vulnerable_versions"] = " || ".join(ranges)
+                severity = max(same.get("severity", "info"), advisory.get("severity", "info"), key=_rank)
+                same["severity"] = severity
+                if "aliases" in advisory or "aliases" in same:
+                    same["aliases"] = sorted({*(same.get("aliases") or []), *(advisory.get("aliases") or [])})
     return merged
 
 
@@ -129,6 +148,16 @@ def found_on(chains: Mapping[tuple[str, str], list[list[str]]], advisories: Mapp
 def source_gap(source: str, error: str, effect: str) -> dict[str, str]:
     """A source that could not be asked: which, why, and what that leaves unchecked (a report names each)."""
     return {"source": source, "error": error, "effect": effect}
+
+
+def advisories_checked(project: Mapping[str, Any], gaps: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether any advisory source answered for this project's report: the report says so (`advisories_checked`);
+    a report from before it did is judged by what it found and its gaps (an advisory found was answered by someone;
+    else a failed source and no fallback that answered instead means not checked)."""
+    if "advisories_checked" in project:
+        return bool(project["advisories_checked"])
+    failed = [g for g in gaps if str(g.get("source", "")).startswith("advisories")]
+    return bool(project.get("advisories")) or not failed or any("instead" in str(g.get("effect", "")) for g in failed)
 
 
 async def advisory_answers(options: AdvisorySettings, registry: Registry, installed: dict[str, set[str]],

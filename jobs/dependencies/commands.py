@@ -109,6 +109,8 @@ def _print(reports: list[Any]) -> None:
                 note = f"  DEPRECATED: {d['deprecated']}" if d["deprecated"] else ""
                 print(f"    {d['name']:<32} {d['locked']:>12} wanted {d['wanted'] or '-':>12} "
                       f"latest {d['latest'] or '-':>12}  {d['update']}{note}")  # fmt: skip
+        if not report.advisories_checked:
+            print('    advisories not checked: no advisory source answered (see "not checked" below)')
         for a in report.advisories:
             via = ", ".join(" > ".join(chain) for chain in a["via"][:2]) or a["package"]
             fix = f", fixed in {a['fixed_in']}" if a["fixed_in"] else ""

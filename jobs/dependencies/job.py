@@ -120,6 +120,8 @@ class Report:
     resolved_count: int = 0
     direct: list[dict[str, Any]] = field(default_factory=list)
     advisories: list[dict[str, Any]] = field(default_factory=list)
+    advisories_checked: bool = True
+    """False when no advisory source answered: `advisories` is then unknown, never "none" (JSON: null)."""
     node: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
     lockfile: str = ""
@@ -131,7 +133,8 @@ class Report:
     def public(self) -> dict[str, Any]:
         return {"name": self.name, "path": self.path, "manager": self.manager, "lockfile": self.lockfile,
                 "lockfile_version": self.lockfile_version, "resolved_count": self.resolved_count,
-                "direct": self.direct, "advisories": self.advisories, "node": self.node, "drift": self.drift,
+                "direct": self.direct, "advisories": self.advisories if self.advisories_checked else None,
+                "advisories_checked": self.advisories_checked, "node": self.node, "drift": self.drift,
                 "problems": self.problems}  # fmt: skip
 
 
@@ -336,6 +339,7 @@ async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping
                               tracer=tracers[id(located.lockfile)], node=_node_for(located, runtime), drift=found,
                               picks=picks)  # fmt: skip
         report.order = target.order
+        report.advisories_checked = answered is not None or not installed
         reports.append(report)
     reports.sort(key=lambda r: r.order)  # as the projects are configured
     asked = direct_names | affected
@@ -490,10 +494,10 @@ class DependenciesJob:
         details = json.loads(json.dumps(checked.public(), default=str))
         if checked.nothing_checked:
             why = "; ".join(g["error"] for g in checked.gaps)
-            return Outcome(Status.ERROR, f"nothing could be checked: {why}"[:500], details)
+            return Outcome(Status.ERROR, f"nothing could be checked: {why}", details)
         alerted = ctx.state.get("alerted", {}) or {}
         for notice in notices(checked.reports, self.options, alerted, today):
             ctx.notify(notice)
         ctx.state.set("alerted", alerted)
         status, summary = verdict(checked.reports, self.options, today, checked.gaps)
-        return Outcome(status, summary[:500], details, alerted=True)
+        return Outcome(status, summary, details, alerted=True)

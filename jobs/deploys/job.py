@@ -149,7 +149,7 @@ class DeploysJob:
             details["github_gap"] = statuses.gap
         if releases.gap or releases.written:
             ctx.state.set(RELEASES_GAP, releases.gap or None)  # the weekly review names a standing gap
-        return Outcome(status, summary[:500], details, alerted=True)
+        return Outcome(status, summary, details, alerted=True)
 
     def _service(self, api: RenderAPI, service: Service, ctx: JobContext, releases: Releases,
                  statuses: CommitStatuses) -> Verdict:  # fmt: skip

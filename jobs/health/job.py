@@ -356,7 +356,7 @@ class HealthJob:
             for e, c in zip(self.options.endpoints, checks, strict=True)
         }  # fmt: skip
         fingerprint = ",".join(sorted(e for e, s in states.items() if s.state == DOWN)) or None
-        return Outcome(status, summary[:500], details, fingerprint=fingerprint, alerted=True)
+        return Outcome(status, summary, details, fingerprint=fingerprint, alerted=True)
 
 
 async def probe(client: httpx.AsyncClient, endpoint: Endpoint) -> Check:

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from jobs.platform.feeds import Feed, FeedError, Incident, parse
 from worker.http import Api
-from worker.job import JobContext, JobOptions, Notice, Outcome, Status
+from worker.job import JobContext, JobOptions, Notice, Outcome, Status, cut
 from worker.schedule import Duration
 
 RENDER_STATUS = "https://status.render.com/api/v2/summary.json"
@@ -107,7 +107,7 @@ class PlatformNoticesJob:
         try:
             feed = parse(response.content, response.headers.get("content-type", ""), self.options.url)
         except FeedError as exc:
-            return Outcome(Status.ERROR, str(exc)[:300], fingerprint="feed-unreadable")
+            return Outcome(Status.ERROR, cut(str(exc), 300), fingerprint="feed-unreadable")
         now = datetime.now(UTC)
         memory, notices = observe(dict(ctx.state.get(SEEN) or {}), feed, self.options, now)
         for notice in notices:
@@ -129,4 +129,4 @@ class PlatformNoticesJob:
                          f"{upcoming[0]['scheduled_for']}")  # fmt: skip
         details = {"active": [e["id"] for e in active], "upcoming": [e["id"] for e in upcoming],
                    "listed": len(feed.items), "url": self.options.url}  # fmt: skip
-        return Outcome(Status.WARN if incidents else Status.OK, "; ".join(parts)[:500], details, alerted=True)
+        return Outcome(Status.WARN if incidents else Status.OK, "; ".join(parts), details, alerted=True)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from worker import commands
 from worker.commands import CliError, Commands
+from worker.reporting.log import use_color
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -46,10 +49,21 @@ def _publish_status(daemon: Daemon, settings: Settings) -> None:
         from jobs.review.publish import StatusPublisher
 
         daemon.publisher = StatusPublisher(settings.status_page, public=settings.status_page_public,
-                                           link_for=settings.status_page_link)  # fmt: skip
+                                           link_for=settings.status_page_link,
+                                           warnings=_ledger_warnings(settings))  # fmt: skip
+
+
+def _ledger_warnings(settings: Settings) -> list[str]:
+    """What is wrong with where the ledger is kept: on the page and in `status` until it is fixed."""
+    from worker.ledger import lost_on_deploy
+
+    warning = lost_on_deploy(settings.ledger.get_secret_value(), os.environ)
+    return [warning] if warning else []
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
+    """Exits with the verdict: 0 all is well, 1 something needs attention, 2 something is down or failing (text and
+    `--json`). `--html` exits 0 once the page is written: its job is the page, whatever the page says."""
     from jobs.review.status import build_status
 
     config = commands.schedule(args, settings)
@@ -57,9 +71,10 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     masks = commands.redactor(settings, config)
     ledger = commands.ledger(settings, masks)
     try:
-        status = masks(build_status(config, ledger, now))
+        status = masks(build_status(config, ledger, now, _ledger_warnings(settings)))
     finally:
         ledger.close()
+    code: int = status["overall"]["exit_code"]
     if args.html is not None:
         from jobs.review.page import render
         from jobs.review.publish import write_page
@@ -70,9 +85,9 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.json:
         print(json.dumps(status, indent=2))
-        return 0
-    _print_status(status)
-    return 0
+        return code
+    _print_status(status, use_color(sys.stdout, os.environ))
+    return code
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -83,6 +98,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     config = commands.schedule(args, settings)
     masks = commands.redactor(settings, config)
+    warnings = _ledger_warnings(settings)
 
     class Page(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -91,7 +107,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                 return
             ledger = commands.ledger(settings, masks)
             try:
-                body = render(masks(build_status(config, ledger, datetime.now(UTC)))).encode()
+                body = render(masks(build_status(config, ledger, datetime.now(UTC), warnings))).encode()
             finally:
                 ledger.close()
             self._send(200, body, "text/html; charset=utf-8")
@@ -124,19 +140,44 @@ def _when(moment: object) -> str:
     return short_time(moment, "-")
 
 
-def _print_status(status: dict[str, Any]) -> None:
-    """The terminal view: one table per part, each with its header row; times in UTC."""
-    print(f"{'JOB':<22} {'KIND':<16} {'LAST':<8} {'WHEN':<16} {'LAST SUCCESS':<16} {'NEXT RUN':<16} SUMMARY")
+#: The summary column of the jobs table; longer summaries wrap within it (whole words, at most 3 lines).
+SUMMARY_WIDTH = 60
+
+
+def _cell(name: str | None, width: int, colour: bool) -> str:
+    """A state as the terminal shows it: symbol and word, padded to `width`, in its colour when colour is on."""
+    from jobs.review.verdict import paint, state
+
+    text = f"{state(name).symbol} {(name or 'never').upper()}"
+    return paint(name, text, colour) + " " * max(0, width - len(text))
+
+
+def _print_status(status: dict[str, Any], colour: bool = False) -> None:
+    """The terminal view: the verdict and what needs attention first, then one table per part; times in UTC."""
+    verdict = status["overall"]
+    print(f"OVERALL  {_cell(verdict['state'], 0, colour)}".rstrip())
+    items = status["needs_attention"]
+    print(f"\nNEEDS ATTENTION ({len(items)})" if items else "\nNothing needs attention.")
+    for item in items:
+        since = f" (since {_when(item['since'])})" if item["since"] else ""
+        head = f"  {_cell('FAILING' if item['level'] == 'failing' else 'ATTENTION', 0, colour)} "
+        print(head + textwrap.fill(f"{item['what']}{since}: {item['message']}", 100,
+                                   subsequent_indent=" " * 14).lstrip())  # fmt: skip
+    print(f"\n{'JOB':<22} {'KIND':<16} {'LAST':<13} {'WHEN':<16} {'LAST SUCCESS':<16} {'NEXT RUN':<16} SUMMARY")
+    indent = " " * (22 + 16 + 13 + 16 * 3 + 6)  # the columns before SUMMARY and their separators
     for job in status["jobs"]:
-        print(f"{job['id']:<22} {job['kind']:<16} {(job['last_status'] or '-').upper():<8} "
+        summary = textwrap.wrap(job["summary"] or "", SUMMARY_WIDTH, max_lines=3, placeholder=" …") or [""]
+        print(f"{job['id']:<22} {job['kind']:<16} {_cell(job['last_status'], 13, colour)} "
               f"{_when(job['last_run_at']):<16} {_when(job['last_success_at']):<16} {_when(job['next_run']):<16} "
-              f"{(job['summary'] or '')[:80]}")  # fmt: skip
+              f"{summary[0]}")  # fmt: skip
+        for line in summary[1:]:
+            print(indent + line)
     if status["endpoints"]:
-        print(f"\n{'ENDPOINT':<40} {'STATE':<9} {'UP 24H':>9} {'UP 30D':>9}  LAST CHECK")
+        print(f"\n{'ENDPOINT':<40} {'STATE':<11} {'UP 24H':>9} {'UP 30D':>9}  LAST CHECK")
         for row in status["endpoints"]:
             up24, up30 = row["uptime_24h"], row["uptime_30d"]
             name = f"{row['job_id']}/{row['endpoint']}"
-            print(f"{name:<40} {row['state']:<9} {'-' if up24 is None else f'{up24:.3f}%':>9} "
+            print(f"{name:<40} {_cell(row['state'], 11, colour)} {'-' if up24 is None else f'{up24:.3f}%':>9} "
                   f"{'-' if up30 is None else f'{up30:.3f}%':>9}  {_when(row['last_check_at'])}")  # fmt: skip
     if status["backups"]:
         print(f"\n{'BACKUP JOB':<22} {'NEWEST':<16} {'SIZE':>10} {'DOCUMENTS':>10}  LAST VERIFIED")
@@ -156,12 +197,11 @@ def _print_status(status: dict[str, Any]) -> None:
     lead = status["scheduler"]["lease"]
     print(f"\nSCHEDULER  {'led by ' + lead['holder'] + ' (token ' + str(lead['token']) + ')' if lead else 'no leader'}"
           f"; {len(status['scheduler']['instances'])} instance(s) heard from in the last 2 minutes")  # fmt: skip
-    for line in status["scheduler"]["attention"]:
-        print(f"  needs attention: {line}")
     if status["dependencies"]:
         print(f"\n{'PROJECT':<22} {'ADVISORIES':<24} {'NODE.JS':<14} MAJORS BEHIND")
         for row in status["dependencies"]:
-            advisories = ", ".join(f"{n} {s}" for s, n in sorted(row["advisories"].items())) or "none"
+            advisories = ("not checked" if row["advisories"] is None else
+                          ", ".join(f"{n} {s}" for s, n in sorted(row["advisories"].items())) or "none")  # fmt: skip
             node = f"{row['node_line'] or '?'} {row['node'] or ''}".strip()
             print(f"{row['project']:<22} {advisories:<24} {node:<14} {', '.join(row['majors']) or 'none'}")
 

@@ -435,7 +435,7 @@ class DocsReviewJob:
             ctx.notify(Notice("warning", f"docs review: {len(items)} thing(s) need a look: " + "; ".join(items)[:900],
                               ("docs_review", f"{ctx.scheduled_at:%Y-%m}"),  # this month's review, its own issue
                               {"repository": repo.display, "items": items}))  # fmt: skip
-            return Outcome(Status.WARN, "; ".join(items)[:500], details, alerted=True)
+            return Outcome(Status.WARN, "; ".join(items), details, alerted=True)
         newest = min((r.age_days for r in reports if r.age_days is not None), default=None)
         since = f" (newest change {newest} days ago)" if newest is not None else ""
         return Outcome(Status.OK, f"{len(reports)} documents current{since}", details)

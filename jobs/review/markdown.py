@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from jobs.review.charts import Style, colours, time_chart
+from jobs.review.verdict import state
 from worker.timespec import format_duration
 
 
@@ -20,11 +21,26 @@ def _day_points(row: Mapping[str, Any], key: str) -> list[tuple[datetime, float]
             for d in row["days"] if d[key] is not None]  # fmt: skip
 
 
+#: A chart needs this many points in one series at least; fewer are said in words.
+TREND_MIN = 2
+
+
+def too_few(title: str, series: Mapping[str, Sequence[tuple[datetime, float]]], unit: str, what: str) -> str | None:
+    """The chart said in words when no series has enough points to be a trend ("1 day of data"); else None."""
+    most = max((len(points) for points in series.values()), default=0)
+    if most >= TREND_MIN:
+        return None
+    values = "; ".join(f"{name} {v:,.4g}{unit}" for name, points in series.items() for _, v in points)
+    return f"*{title}: {most} {what}{'' if most == 1 else 's'} of data, too few for a trend ({values}).*"
+
+
 def uptime_chart(rows: Sequence[Mapping[str, Any]], days: Sequence[date], styles: Mapping[str, Style]) -> str | None:
     """Uptime % per day, one line per endpoint (days without checks are left out)."""
     series = {r["endpoint"]: points for r in rows if (points := _day_points(r, "uptime_pct"))}
     if not series:
         return None
+    if words := too_few("Uptime per day", series, " %", "day"):
+        return words
     low = min(v for points in series.values() for _, v in points)
     return time_chart("Uptime % per day", series, styles, days, low=min(99.0, float(low) // 1), high=100.0, unit=" %")
 
@@ -34,18 +50,26 @@ def latency_chart(rows: Sequence[Mapping[str, Any]], days: Sequence[date], style
     series = {r["endpoint"]: points for r in rows if (points := _day_points(r, "p95_ms"))}
     if not series:
         return None
+    if words := too_few("p95 latency per day", series, " ms", "day"):
+        return words
     high = max(v for points in series.values() for _, v in points)
     return time_chart("p95 latency per day (ms)", series, styles, days, low=0.0, high=high * 1.1 or 1.0, unit=" ms")
 
 
 def size_chart(jobs: Sequence[Mapping[str, Any]], days: Sequence[date]) -> str | None:
-    """Stored size of each backup over the week: a dot per backup, a colour per backup job."""
-    series = {j["job_id"]: [(_naive(s["at"]), s["stored_bytes"] / 1e6) for s in j["sizes"]] for j in jobs if j["sizes"]}
+    """Stored size of each backup over the week: a dot per backup, a colour per backup job, in the unit that suits
+    the largest (kB for a 14 kB backup, not 0.014 MB)."""
+    largest = max((s["stored_bytes"] for j in jobs for s in j["sizes"]), default=0)
+    unit, scale = next(((u, f) for u, f in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)) if largest >= f), ("B", 1.0))
+    series = {j["job_id"]: [(_naive(s["at"]), s["stored_bytes"] / scale) for s in j["sizes"]] for j in jobs
+              if j["sizes"]}  # fmt: skip
     if not series:
         return None
+    if words := too_few("Backup size", series, f" {unit}", "backup"):
+        return words
     high = max(v for points in series.values() for _, v in points)
-    return time_chart("Backup size (MB)", series, colours(series), days, low=0.0, high=high * 1.1 or 1.0, unit=" MB",
-                      lines=False)  # fmt: skip
+    return time_chart(f"Backup size ({unit})", series, colours(series), days, low=0.0, high=high * 1.1 or 1.0,
+                      unit=f" {unit}", lines=False)  # fmt: skip
 
 
 def _naive(moment: str) -> datetime:
@@ -79,9 +103,15 @@ def _head(report: Mapping[str, Any]) -> list[str]:
     out: list[str] = [f"# Weekly review: {_t(period['start'])} to {_t(period['end'])} UTC", ""]
     if report.get("status_page"):
         out += [f"Status page: {report['status_page']}", ""]
+    verdict = report.get("overall") or {"state": "OK", "failing": 0, "attention": 0}
+    shown = state(verdict["state"])
+    out += [f"**Verdict: {shown.symbol} {verdict['state']}** ({verdict['failing']} failing, {verdict['attention']} to "
+            "look at; the worst of everything below)", ""]  # fmt: skip
     need = report["needs_attention"]
     if need:
-        out += [f"## Needs attention ({len(need)})", ""] + [f"- **{n['area']}**: {n['message']}" for n in need]
+        marks = {"failing": state("FAILING").symbol, "attention": state("ATTENTION").symbol}
+        out += [f"## Needs attention ({len(need)})", ""]
+        out += [f"- {marks.get(n.get('level', 'attention'), '▲')} **{n['area']}**: {n['message']}" for n in need]
     else:
         out += ["## Needs attention", "", "Nothing this week."]
     failing = [g for g in report["gaps"] if g["configured"] == "yes"]
@@ -168,7 +198,10 @@ def _dependencies(report: Mapping[str, Any]) -> list[str]:
     if not report["dependencies"]["projects"]:
         out.append("No dependency report in the last 92 days.")
     for project in report["dependencies"]["projects"]:
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(project["advisories"].items())) or "no advisories"
+        if project["advisories"] is None:
+            counts = "advisories not checked (no advisory source answered: see below)"
+        else:
+            counts = ", ".join(f"{n} {s}" for s, n in sorted(project["advisories"].items())) or "no advisories"
         out.append(f"- **{project['project']}** (checked {project['checked_at'][:10]}): {counts}; "
                    f"{len(project['majors_behind'])} major update(s) behind; "
                    f"{len(project['deprecated'])} deprecated; Node.js {project['node'] or 'unknown'}")  # fmt: skip

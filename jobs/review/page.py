@@ -9,24 +9,27 @@ shorter the worse the day was.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from html import escape
 from typing import Any
 
+from jobs.review.verdict import state
+from worker.job import cut
+
 # Okabe-Ito, readable by the colour-blind; an endpoint keeps its colour in every chart.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
-STATES = {"UP": ("●", "up", "#1a7f37"), "DEGRADED": ("▲", "degraded", "#9a6700"), "DOWN": ("✕", "down", "#cf222e"),
-          "UNKNOWN": ("?", "unknown", "#6e7781")}  # fmt: skip
-RUNS = {"ok": "●", "warn": "▲", "fail": "✕", "error": "✕", "timeout": "✕", "missed": "○", "running": "…"}
 CELL_W, CELL_GAP, CELL_H = 6, 2, 28
+#: Fewer points than this are said in words, not drawn: one dot in an empty frame is not a trend.
+TREND_MIN = 3
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1100px;color:#1f2328;
 padding:0 1rem}h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #d0d7de}
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #eaeef2;
 vertical-align:top}th{background:#f6f8fa}.state{font-weight:600;white-space:nowrap}.muted{color:#57606a}
-.endpoint{margin:1rem 0 1.5rem}.legend span{margin-right:1rem}svg{display:block}
+.endpoint{margin:1rem 0 1.5rem}.legend span{margin-right:1rem}svg{display:block}time{white-space:nowrap}
+.verdict{font-size:1.1rem}.attention li{margin:.2rem 0}.attention .state{margin-right:.4rem}
 """
 
 
@@ -34,9 +37,13 @@ def _colour(index: int) -> str:
     return PALETTE[index % len(PALETTE)]
 
 
-def _state(state: str) -> str:
-    symbol, word, colour = STATES.get(state, STATES["UNKNOWN"])
-    return f'<span class="state" style="color:{colour}">{symbol} {escape(word.upper())}</span>'
+def _state(name: str | None) -> str:
+    """A state as the page shows it everywhere: its symbol and word in its colour (`verdict.STATES`)."""
+    shown = state(name)
+    return (
+        f'<span class="state" data-state="{escape(name or "never")}" style="color:{shown.colour}">'
+        f"{shown.symbol} {escape((name or 'never').upper())}</span>"
+    )
 
 
 def _pct(value: float | None) -> str:
@@ -72,11 +79,18 @@ def day_bar(days: Sequence[Mapping[str, Any]], today: date, count: int = 90) -> 
             f'viewBox="0 0 {width} {CELL_H}">{"".join(cells)}</svg>')  # fmt: skip
 
 
-def sparkline(values: Sequence[float | None], colour: str, label: str, width: int = 240, height: int = 36) -> str:
-    """A line through the values (gaps where None); a single value is a dot, so no series is ever blank."""
+def sparkline(values: Sequence[float | None], colour: str, label: str, *, width: int = 240, height: int = 36,
+              unit: str = "day", show: Callable[[float], str] = lambda v: f"{v:g}") -> str:  # fmt: skip
+    """A line through the values (gaps where None); too few to be a trend are said in words ("1 day of data")."""
     points = [(i, v) for i, v in enumerate(values) if v is not None]
     if not points:
         return f'<span class="muted">no {escape(label)} yet</span>'
+    if len(points) < TREND_MIN:
+        said = ", ".join(show(v) for _, v in points)
+        return (
+            f'<span class="muted">{len(points)} {escape(unit)}{"" if len(points) == 1 else "s"} of data, '
+            f"too few for a trend: {escape(said)}</span>"
+        )
     low, high = min(v for _, v in points), max(v for _, v in points)
     span = (high - low) or 1.0
     step = width / max(len(values) - 1, 1)
@@ -116,7 +130,8 @@ def _endpoints(status: Mapping[str, Any], today: date) -> list[str]:
                    f'Days with failures: {escape(outages)}.'
                    + (f' Last check: {escape(row["last_reason"])}' if row["state"] == "DOWN" else "") + "</p>"
                    f"{day_bar(days, today)}"
-                   f'<p class="muted">Average latency per day (ms)</p>{sparkline(latencies, _colour(index), "latency")}'
+                   f'<p class="muted">Average latency per day (ms)</p>'
+                   f'{sparkline(latencies, _colour(index), "latency", show=lambda v: f"{v:.0f} ms")}'
                    "</div>")  # fmt: skip
     return out
 
@@ -133,11 +148,18 @@ def short_time(moment: object, missing: str = "–") -> str:
 
 
 def _when(moment: str | None, missing: str = "–") -> str:
-    return escape(short_time(moment, missing))
+    """A time kept on one line (a narrow column must not wrap a date over three)."""
+    return f"<time>{escape(short_time(moment, missing))}</time>" if moment else escape(missing)
 
 
-def _mb(size: float | None) -> str:
-    return "–" if size is None else f"{size / 1e6:,.1f} MB"
+def size_text(size: float | None) -> str:
+    """Bytes in the unit that suits them: 14 kB, 3.2 MB, 1.4 GB."""
+    if size is None:
+        return "–"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:,.1f} {unit}"
+    return f"{size:.0f} B"
 
 
 def _backups(status: Mapping[str, Any]) -> list[str]:
@@ -147,10 +169,12 @@ def _backups(status: Mapping[str, Any]) -> list[str]:
     rows = []
     for index, job in enumerate(status["backups"]):
         newest, verified = job["newest"] or {}, job["newest_verified"] or {}
-        sizes = sparkline([s["stored_bytes"] / 1e6 for s in job["sizes"]], _colour(index), "size (MB)", 160, 28)
-        times = sparkline([r["recovery_s"] for r in job["recoveries"]], _colour(index), "recovery (s)", 160, 28)
+        sizes = sparkline([s["stored_bytes"] for s in job["sizes"]], _colour(index), "size", width=160, height=28,
+                          unit="backup", show=size_text)  # fmt: skip
+        times = sparkline([r["recovery_s"] for r in job["recoveries"]], _colour(index), "recovery time", width=160,
+                          height=28, unit="drill", show=lambda v: f"{v:.1f} s")  # fmt: skip
         rows.append([escape(job["job_id"]), _when(newest.get("at"), "none"),
-                     _mb(newest.get("stored_bytes")), sizes,
+                     size_text(newest.get("stored_bytes")), sizes,
                      _when(verified.get("at"), "never") + (f" ({verified['recovery_s']:.1f} s)"
                                                                         if verified.get("recovery_s") else ""),
                      times])  # fmt: skip
@@ -168,52 +192,60 @@ def _deploys(status: Mapping[str, Any]) -> list[str]:
     return [*out, _table(["Service", "Newest deploy", "Last good"], rows)]
 
 
-def _scheduler(status: Mapping[str, Any]) -> list[str]:
-    """Only what needs a person: a healthy scheduler is not news on a status page."""
-    attention = status.get("scheduler", {}).get("attention") or []
-    if not attention:
-        return []
-    return ['<h2 id="scheduler">Scheduler</h2>', "<ul>", *(f"<li>{escape(line)}</li>" for line in attention), "</ul>"]
-
-
 def _dependencies(status: Mapping[str, Any]) -> list[str]:
     out = ['<h2 id="dependencies">Dependencies</h2>']
     if not status["dependencies"]:
         return [*out, '<p class="muted">No dependency report yet.</p>']
-    rows = [[escape(p["project"]), escape(", ".join(f"{n} {s}" for s, n in sorted(p["advisories"].items())) or "none"),
+    rows = [[escape(p["project"]), escape(_advisories(p)),
              escape(", ".join(p["majors"]) or "none"), escape(f"{p['node_line'] or '?'} ({p['node'] or 'unknown'})"),
              escape(", ".join(p["gaps"]) or "–"), escape(p["checked_at"][:10])]
             for p in status["dependencies"]]  # fmt: skip
     return [*out, _table(["Project", "Advisories", "Majors behind", "Node.js", "Not checked", "Checked"], rows)]
 
 
+def _advisories(project: Mapping[str, Any]) -> str:
+    """Advisory counts by severity, "none" only when a source answered, else "not checked"."""
+    if project["advisories"] is None:
+        return "not checked (no advisory source answered)"
+    return ", ".join(f"{n} {s}" for s, n in sorted(project["advisories"].items())) or "none"
+
+
 def _jobs(status: Mapping[str, Any]) -> list[str]:
     rows = []
     for job in status["jobs"]:
-        last = job["last_status"] or "never"
-        rows.append([escape(job["id"]), escape(job["kind"]), f'<span class="state">{RUNS.get(last, "?")} '
-                     f"{escape(last.upper())}</span>", _when(job["last_run_at"]), _when(job["last_success_at"]),
-                     _when(job["next_run"]),
-                     escape(job["summary"][:160])])  # fmt: skip
+        rows.append([escape(job["id"]), escape(job["kind"]), _state(job["last_status"] or "never"),
+                     _when(job["last_run_at"]), _when(job["last_success_at"]), _when(job["next_run"]),
+                     escape(cut(job["summary"], 160))])  # fmt: skip
     return ['<h2 id="jobs">Jobs</h2>', _table(["Job", "Kind", "Last run", "When (UTC)", "Last success", "Next run",
                                                "Summary"], rows)]  # fmt: skip
 
 
+def attention_list(items: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What needs a person, one line each, newest first; an empty list says there is nothing to do."""
+    if not items:
+        return ['<p class="muted">Nothing needs attention.</p>']
+    lines = [f'<li>{_state("FAILING" if i["level"] == "failing" else "ATTENTION")}<strong>{escape(i["what"])}</strong>'
+             + (f" (since {_when(i['since'])})" if i["since"] else "") + f": {escape(i['message'])}</li>"
+             for i in items]  # fmt: skip
+    return ['<ul class="attention">', *lines, "</ul>"]
+
+
 def render(status: Mapping[str, Any]) -> str:
-    """The whole page."""
+    """The whole page: the verdict and what needs attention first, then each part."""
     generated = datetime.fromisoformat(status["generated_at"])
-    worst = max((e["state"] for e in status["endpoints"]), key=lambda s: ("UNKNOWN", "UP", "DEGRADED", "DOWN")
-                .index(s) if s in STATES else 0, default="UNKNOWN")  # fmt: skip
+    verdict = status["overall"]["state"]
     parts = [
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width,initial-scale=1">',
         # Nothing may load from anywhere: the page is one file. The icon is empty so browsers do not ask for one.
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; "
         "img-src data:\">", '<link rel="icon" href="data:,">',
-        f"<title>Status: {escape(STATES.get(worst, STATES['UNKNOWN'])[1])}</title><style>{CSS}</style></head><body>",
-        f"<h1>Operations status {_state(worst)}</h1>",
-        f'<p class="muted">Generated {escape(generated.strftime("%Y-%m-%d %H:%M UTC"))} by opskeeper.</p>',
+        f"<title>Status: {escape(verdict.lower())}</title><style>{CSS}</style></head><body>",
+        f'<h1>Operations status <span class="verdict">{_state(verdict)}</span></h1>',
+        f'<p class="muted">Generated {escape(generated.strftime("%Y-%m-%d %H:%M UTC"))} by opskeeper. '
+        "The verdict is the worst of every endpoint, job and check below.</p>",
+        '<h2 id="attention">Needs attention</h2>', *attention_list(status["needs_attention"]),
         *_endpoints(status, generated.date()), *_backups(status), *_deploys(status), *_dependencies(status),
-        *_jobs(status), *_scheduler(status), "</body></html>",
+        *_jobs(status), "</body></html>",
     ]  # fmt: skip
     return "\n".join(parts) + "\n"

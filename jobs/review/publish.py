@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,9 @@ class StatusPublisher:
     """Regenerates the status page after runs, at most once per `every`."""
 
     def __init__(self, target: str, *, every: timedelta = timedelta(minutes=1), public: bool = False,
-                 link_for: timedelta | None = None) -> None:  # fmt: skip
+                 link_for: timedelta | None = None, warnings: Sequence[str] = ()) -> None:  # fmt: skip
         self.target, self.every, self.public, self.link_for = target, every, public, link_for
+        self.warnings = list(warnings)  # standing conditions the page names until fixed (`build_status`)
         self._last: datetime | None = None
         # One S3 client for the daemon's life, not one a minute.
         self._storage = page_storage(page_key(target)[0]) if target.startswith("s3://") else None
@@ -74,5 +76,5 @@ class StatusPublisher:
     def publish(self, config: ScheduleConfig, ledger: Ledger, masks: Any, now: datetime) -> str | None:
         """Build and write the page now; returns the presigned link, if one was asked for."""
         self._last = now
-        return write_page(self.target, render(masks(build_status(config, ledger, now))), public=self.public,
-                          link_for=self.link_for, storage=self._storage)  # fmt: skip
+        page = render(masks(build_status(config, ledger, now, self.warnings)))
+        return write_page(self.target, page, public=self.public, link_for=self.link_for, storage=self._storage)

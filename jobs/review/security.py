@@ -356,7 +356,7 @@ class SecurityReviewJob:
                    + (": " + "; ".join(f.title for f in worst[:3]) if worst else "")
                    + (f"; could not check {', '.join(g['source'] for g in gaps)}" if gaps else ""))  # fmt: skip
         if not (worst or gaps):
-            return Outcome(Status.OK, summary[:500], details)
+            return Outcome(Status.OK, summary, details)
         # One message listing what needs fixing, each with its fix; the run itself worked.
         high = bool(counts["high"])
         ctx.notify(Notice("error" if high else "warning", f"security review: {summary}"[:900],
@@ -364,7 +364,7 @@ class SecurityReviewJob:
                            f"{ctx.scheduled_at.year}-Q{(ctx.scheduled_at.month - 1) // 3 + 1}"),
                           {"findings": [f"[{f.severity}] {f.title}: {f.evidence}. Fix: {f.fix}" for f in worst],
                            "gaps": gaps}))  # fmt: skip
-        return Outcome(Status.FAIL if high else Status.WARN, summary[:500], details, alerted=True)
+        return Outcome(Status.FAIL if high else Status.WARN, summary, details, alerted=True)
 
     def _targets(self, ctx: JobContext) -> list[tuple[str, str | None, str | None]]:
         """(storage URL, endpoint, region) to check: the named job's or storage, else every backup job's."""

@@ -8,19 +8,26 @@ prints and the status page draws. Uptime over days comes from the ledger's per-d
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from jobs.dependencies.advisories import advisories_checked
 from jobs.deploys.history import ServiceHistory, state_key
+from jobs.review.verdict import needs_attention, overall, state
 from worker.job import CheckRecord, History
 from worker.ledger import CLOCK_MARGIN, DayOfChecks, Ledger
 from worker.schedule import ScheduleConfig
-from worker.timespec import upcoming
+from worker.timespec import missed_slots, upcoming
 
 BACKUP_KINDS = ("backup", "atlas_backup")
 PAGE_DAYS = 90
 #: Instances heard from within this are listed under the scheduler.
 INSTANCES_SEEN = timedelta(minutes=2)
+#: A slot this long past with no run recorded for it makes the job stale (the daemon is down or not leading).
+STALE_AFTER = timedelta(minutes=15)
+#: How far back a failing streak is traced for its "since".
+STREAK = 50
 
 
 def _at(moment: datetime | None) -> str | None:
@@ -33,10 +40,13 @@ def uptime(days: list[DayOfChecks]) -> float | None:
     return None if not checks else round(100 * (checks - sum(d.failures for d in days)) / checks, 3)
 
 
-def build_status(config: ScheduleConfig, ledger: Ledger, now: datetime) -> dict[str, Any]:
-    """The status of every job, endpoint, backup, deploy and dependency report at `now`."""
+def build_status(config: ScheduleConfig, ledger: Ledger, now: datetime,
+                 ledger_warnings: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+    """The status of every job, endpoint, backup, deploy and dependency report at `now`, what of it needs a person
+    (`needs_attention`) and the worst of it (`overall`). `ledger_warnings`: what is wrong with where the ledger is
+    kept (`worker.ledger.lost_on_deploy`), a standing condition until it is fixed."""
     days = ledger.check_days(now - timedelta(days=PAGE_DAYS))
-    return {
+    status: dict[str, Any] = {
         "generated_at": _at(now),
         "timezone": config.timezone.key,
         "jobs": _jobs(config, ledger, now),
@@ -45,7 +55,10 @@ def build_status(config: ScheduleConfig, ledger: Ledger, now: datetime) -> dict[
         "deploys": _deploys(config, ledger),
         "dependencies": _dependencies(config, ledger),
         "scheduler": scheduler(ledger, now),
+        "ledger_warnings": list(ledger_warnings),
     }
+    status["needs_attention"] = needs_attention(status)
+    return {"overall": overall(status["needs_attention"]), **status}
 
 
 def scheduler(ledger: History, now: datetime) -> dict[str, Any]:
@@ -79,8 +92,28 @@ def _jobs(config: ScheduleConfig, ledger: Ledger, now: datetime) -> list[dict[st
             "last_status": last.status.value if last else None, "last_run_at": _at(last.started_at) if last else None,
             "summary": last.summary if last else "", "last_success_at": _at(success.started_at) if success else None,
             "next_run": _at(following[0]) if following else None, "monitor_slug": job.id,
+            "failing_since": _streak_start(ledger, job.id) if last and state(last.status.value).level != "ok"
+            else None,
+            "stale_since": _stale_since(job, config, last, now) if last and job.enabled else None,
         })  # fmt: skip
     return rows
+
+
+def _streak_start(ledger: Ledger, job_id: str) -> str | None:
+    """When the newest run of troubled runs began: the oldest of them since the last good one (of the newest
+    `STREAK`)."""
+    start = None
+    for run in ledger.recent(job_id, limit=STREAK):
+        if state(run.status.value).level == "ok":
+            break
+        start = run.started_at
+    return _at(start)
+
+
+def _stale_since(job: Any, config: ScheduleConfig, last: Any, now: datetime) -> str | None:
+    """The first slot after the newest run that is more than `STALE_AFTER` past with no run recorded for it."""
+    slots = missed_slots(job.schedule, config.timezone, last.scheduled_at or last.started_at, now - STALE_AFTER, 1)
+    return _at(slots[0]) if slots and last.status.value != "running" else None
 
 
 def _endpoints(ledger: Ledger, days: list[DayOfChecks], now: datetime) -> list[dict[str, Any]]:
@@ -97,9 +130,15 @@ def _endpoints(ledger: Ledger, days: list[DayOfChecks], now: datetime) -> list[d
         last = mine[-1] if mine else None
         day_rows = by_endpoint.get(key, [])
         failed = sum(1 for c in mine if c.verdict == "fail")
+        since = None
+        for check in reversed(mine):  # back through the last 24 hours while the state is the newest one
+            if check.state != mine[-1].state:
+                break
+            since = check.at
         rows.append({
             "job_id": key[0], "endpoint": key[1], "state": last.state if last else "UNKNOWN",
             "last_check_at": _at(last.at) if last else None, "last_reason": last.reason if last else "",
+            "since": _at(since),
             "uptime_24h": round(100 * (len(mine) - failed) / len(mine), 3) if mine else None,
             "uptime_30d": uptime([d for d in day_rows if d.day > month]),
             "days": [{"day": d.day, "checks": d.checks, "failures": d.failures, "degraded": d.degraded,
@@ -163,16 +202,25 @@ def _dependencies(config: ScheduleConfig, ledger: Ledger) -> list[dict[str, Any]
         if not reports:
             continue
         run = reports[0]
+        gaps = run.details.get("gaps") or []
         for project in run.details["projects"]:
+            checked = advisories_checked(project, gaps)
             severities: dict[str, int] = {}
             for advisory in project.get("advisories") or []:
                 severities[advisory["severity"]] = severities.get(advisory["severity"], 0) + 1
             node = project.get("node") or {}
             rows.append({
                 "job_id": job.id, "project": project["name"], "checked_at": _at(run.started_at),
-                "status": run.status.value, "advisories": severities,
+                "status": run.status.value, "advisories": severities if checked else None,
+                "advisories_checked": checked,
                 "majors": [d["name"] for d in project.get("direct") or [] if d.get("update") == "major"],
                 "node": node.get("status"), "node_line": node.get("line"),
-                "gaps": [g["source"] for g in run.details.get("gaps") or []],
+                "gaps": [g.get("source", "?") for g in gaps],
+                "not_checked": [_gap_text(g) for g in gaps if "instead" not in g.get("effect", "")],
             })  # fmt: skip
     return rows
+
+
+def _gap_text(gap: Mapping[str, Any]) -> str:
+    """`source: why (what it leaves unchecked)` of a dependency report's gap."""
+    return f"{gap.get('source', '?')}: {gap.get('error') or 'no reason recorded'} ({gap.get('effect', '')})"

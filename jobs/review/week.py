@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from jobs.dependencies.advisories import advisories_checked
 from jobs.deploys.job import FAILED as FAILED_DEPLOYS
 from jobs.deploys.job import ServiceHistory, state_key
 from jobs.health.job import percentile, uptime_report
@@ -164,6 +165,7 @@ def dependencies_section(week: Week) -> dict[str, Any]:
     projects = []
     for job_id, run in sorted(newest.items()):
         for project in run.details["projects"]:
+            checked = advisories_checked(project, run.details.get("gaps") or [])
             severities: dict[str, int] = {}
             for advisory in project.get("advisories") or []:
                 severities[advisory["severity"]] = severities.get(advisory["severity"], 0) + 1
@@ -171,7 +173,7 @@ def dependencies_section(week: Week) -> dict[str, Any]:
             node = project.get("node") or {}
             projects.append({
                 "job_id": job_id, "project": project["name"], "checked_at": run.started_at.isoformat(),
-                "advisories": severities,
+                "advisories": severities if checked else None, "advisories_checked": checked,
                 "serious": [f"{a['severity']} {a['id']} in {a['package']}@{a['version']}: {a['title']}"
                             for a in project.get("advisories") or [] if a["severity"] in ("high", "critical")],
                 "majors_behind": [d["name"] for d in direct if d.get("update") == "major"],

@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -25,6 +25,7 @@ from jobs.deploys.marks import RELEASES_GAP
 from jobs.review.sources import SourceError
 from jobs.review.status import scheduler
 from jobs.review.vendors import RenderSource, SentrySource, render_section, render_services, sentry_section
+from jobs.review.verdict import overall
 from jobs.review.week import (
     BAD,
     backups_section,
@@ -71,12 +72,17 @@ class WeeklyReviewOptions(JobOptions):
     """Where the status page is read (a URL), for the report's link; default: OPSKEEPER_STATUS_PAGE."""
 
 
+#: Kinds whose troubled runs the report already names in their own areas (backups, drills).
+_OWN_AREA = frozenset({"backup", "atlas_backup", "restore_drill"})
+
+
 def attention(report: Mapping[str, Any], thresholds: Thresholds) -> list[dict[str, str]]:
-    """What in the report needs a human, each with its area. Pure."""
+    """What in the report needs a human, each with its area and level ("failing": something is broken now;
+    "attention": something to look at). Pure."""
     found: list[dict[str, str]] = []
 
-    def add(area: str, message: str) -> None:
-        found.append({"area": area, "message": message})
+    def add(area: str, message: str, level: str = "attention") -> None:
+        found.append({"area": area, "message": message, "level": level})
 
     for row in report["uptime"]:
         name = f"{row['job_id']}/{row['endpoint']}"
@@ -85,22 +91,31 @@ def attention(report: Mapping[str, Any], thresholds: Thresholds) -> list[dict[st
         for outage in row["outages"]:
             took = format_duration(timedelta(seconds=round(outage["duration_s"])))
             start = datetime.fromisoformat(outage["start"]).strftime("%Y-%m-%d %H:%M UTC")
-            add("uptime", f"{name} was down {took} from {start}" + ("" if outage["end"] else " and still is"))
+            add("uptime", f"{name} was down {took} from {start}" + ("" if outage["end"] else " and still is"),
+                "attention" if outage["end"] else "failing")  # fmt: skip
     for job in report["backups"]["jobs"]:
         if job["failed"]:
             add("backups", f"{job['job_id']}: {job['failed']} backup(s) failed; last: {job['failures'][-1]['summary']}")
         if not job["made"]:
-            add("backups", f"{job['job_id']}: no successful backup this week")
+            add("backups", f"{job['job_id']}: no successful backup this week", "failing")
     for run in report["drills"]["runs"]:
         if run["status"] in BAD:
-            add("drills", f"{run['job_id']}: restore drill failed: {run['summary']}")
+            add("drills", f"{run['job_id']}: restore drill failed: {run['summary']}", "failing")
+    for job in report["job_runs"]["jobs"]:
+        if job["kind"] in _OWN_AREA:
+            continue
+        newest = job["latest"][0]
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(job["counts"].items()))
+        add("jobs", f"{job['job_id']}: {counts} this week; newest {newest['status']} at "
+                    f"{datetime.fromisoformat(newest['at']).strftime('%Y-%m-%d %H:%M UTC')}: {newest['summary']}",
+            "failing" if newest["status"] in BAD else "attention")  # fmt: skip
     for line in (report.get("scheduler") or {}).get("attention", []):
         add("scheduler", line)
     for project in report["dependencies"]["projects"]:
         for advisory in project["serious"]:
-            add("dependencies", f"{project['project']}: {advisory}")
+            add("dependencies", f"{project['project']}: {advisory}", "failing")
         if project["node"] == "eol":
-            add("dependencies", f"{project['project']}: Node.js {project['node_version']} is end-of-life")
+            add("dependencies", f"{project['project']}: Node.js {project['node_version']} is end-of-life", "failing")
         if project.get("drift"):
             add("dependencies", f"{project['project']}: lockfile out of step with package.json: {project['drift'][0]}")
     for gap in report["dependencies"].get("gaps") or []:
@@ -196,6 +211,7 @@ def build(options: WeeklyReviewOptions, history: History, jobs: Mapping[str, Any
             gaps.append({"source": "sentry releases", "reason": f"{job_id}: {release_gap}", "configured": "yes"})
     report["needs_attention"] = attention(report, options.thresholds)
     report["gaps"] = gaps
+    report["overall"] = overall(report["needs_attention"])
     return report
 
 
@@ -248,12 +264,13 @@ class WeeklyReviewJob:
         if report["needs_attention"] or failing:
             items = [f"{n['area']}: {n['message']}" for n in report["needs_attention"]]
             items += [f"{g['source']}: could not read: {g['reason']}" for g in failing]
-            ctx.notify(Notice("warning", f"weekly review: {len(items)} thing(s) need a human: " + "; ".join(items[:5])
+            level: Literal["warning", "error"] = "error" if report["overall"]["level"] == "failing" else "warning"
+            ctx.notify(Notice(level, f"weekly review: {len(items)} thing(s) need a human: " + "; ".join(items[:5])
                               + (f" (+{len(items) - 5} more)" if len(items) > 5 else ""),
                               ("weekly_review", f"{ctx.scheduled_at:%G-W%V}"),  # this week's own issue
                               {"needs_attention": items, "report": saved}))  # fmt: skip
-            return Outcome(Status.WARN, summary[:500], {"report": report, "saved": saved}, alerted=True)
-        return Outcome(Status.OK, summary[:500], {"report": report, "saved": saved})
+            return Outcome(Status.WARN, summary, {"report": report, "saved": saved}, alerted=True)
+        return Outcome(Status.OK, summary, {"report": report, "saved": saved})
 
     def _save(self, ctx: JobContext, name: str, report: dict[str, Any], markdown: str) -> list[str]:
         """Keep the report in the ledger (the newest `keep`) and, if asked, beside the backups."""

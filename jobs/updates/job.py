@@ -167,6 +167,7 @@ class DependencyUpdatesJob:
     def run(self, ctx: JobContext) -> Outcome:
         plans: list[ProjectPlan] = []
         problems: list[str] = []
+        unchecked: list[str] = []
         security: dict[str, list[dict[str, Any]]] = {}
         contexts: dict[str, dict[str, Any]] = {}
         proposals: list[tuple[Project, ProjectPlan, dict[str, Any]]] = []
@@ -185,8 +186,9 @@ class DependencyUpdatesJob:
                 ctx.log("updates.planned", project=project.name, manager=found.manager, updates=len(found.updates))
                 advisories, gaps = patches.findings(found.before, self.options.registry, self.options.advisories,
                                                     self.options.osv_url) if found.before else ([], [])  # fmt: skip
-                problems += [f"{project.name}: advisories not checked: {g['source']}: {g['error']}" for g in gaps
-                             if g["effect"] != "advisories were checked with OSV instead"]  # fmt: skip
+                # A source that did not answer is a gap (WARN, named), not a fault in the project (FAIL).
+                unchecked += [f"{project.name}: advisories not checked: {g['source']}: {g['error']}" for g in gaps
+                              if g["effect"] != "advisories were checked with OSV instead"]  # fmt: skip
                 context = context_of(found, folder, advisories, self._latest(found))
                 contexts[project.name] = context
                 if self.options.mode == "pull_request" and project.github is not None:
@@ -204,11 +206,12 @@ class DependencyUpdatesJob:
             else:
                 self._proposal(ctx, branch_of(GROUPED), proposals, problems)
         projects = [{**p.public(), "security": security.get(p.name, []), **contexts.get(p.name, {})} for p in plans]
-        details = {"mode": self.options.mode, "projects": projects, "problems": problems}
+        details = {"mode": self.options.mode, "projects": projects, "problems": problems, "not_checked": unchecked}
         pending = [s for items in security.values() for s in items]
-        status = Status.FAIL if problems else Status.WARN if any(p.updates for p in plans) or pending else Status.OK
+        status = (Status.FAIL if problems else
+                  Status.WARN if any(p.updates for p in plans) or pending or unchecked else Status.OK)  # fmt: skip
         notes = [f"{s['package']}@{s['version']} {s['id']}: {s['reason']}" for s in pending if s.get("reason")]
-        return Outcome(status, _summary(plans, problems + notes)[:500], details)
+        return Outcome(status, _summary(plans, problems + unchecked + notes), details)
 
     def _plan(self, name: str, folder: Path) -> ProjectPlan:
         """The in-range plan, narrowed to `update`'s step: too-big steps are held back and the rest re-planned."""

@@ -1,0 +1,52 @@
+"""Connecting to the operator's MongoDB (backups, drills, restores), and saying in one sentence why it failed.
+
+pymongo lets a keyword argument override the same option in the URI; an operator who wrote
+`serverSelectionTimeoutMS=2000` in the URI means it, so our defaults apply only where the URI is
+silent. pymongo's server-selection error carries the whole topology description (hundreds of
+characters of `<TopologyDescription ...>`); a run's summary and a terminal get the hosts and the
+reason instead.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+#: Defaults for every client we open: fail in 10 s when no server answers, not pymongo's 30.
+DEFAULTS = {"serverSelectionTimeoutMS": 10_000}
+
+
+def uri_options(uri: str) -> set[str]:
+    """The option names a MongoDB URI sets, lower-cased (MongoDB's options are case-insensitive)."""
+    return {key.lower() for key, _ in parse_qsl(urlsplit(uri).query, keep_blank_values=True)}
+
+
+def connect(uri: str, appname: str, **options: Any) -> Any:
+    """A MongoClient for `uri`: `options` and `DEFAULTS` apply where the URI does not set the same option."""
+    from pymongo import MongoClient
+
+    given = uri_options(uri)
+    chosen = {k: v for k, v in {**DEFAULTS, **options}.items() if k.lower() not in given}
+    return MongoClient(uri, appname=appname, **chosen)
+
+
+_HOST_ERROR = re.compile(r"(?P<host>[^\s,()]+:\d+): (?:\[Errno [-\d]+\] )?(?P<reason>[^(]+?)\s*\(configured timeouts")
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """`cannot reach HOST[, HOST]: reason (no answer within N s)` for pymongo's server-selection and connection
+    errors; None for any other error."""
+    from pymongo.errors import ConnectionFailure
+
+    if not isinstance(exc, ConnectionFailure):
+        return None
+    text = str(exc).split(", Topology Description:", 1)[0]
+    waited = re.search(r", Timeout: ([\d.]+)s$", text)
+    found = [(m["host"], m["reason"].strip()) for m in _HOST_ERROR.finditer(text)]
+    if not found:
+        return f"cannot reach the server: {text.splitlines()[0] if text else type(exc).__name__}"
+    hosts = ", ".join(sorted({h for h, _ in found}))
+    reasons = "; ".join(sorted({r for _, r in found}))
+    within = f" (no server answered within {float(waited[1]):g} s)" if waited else ""
+    return f"cannot reach {hosts}: {reasons}{within}"
