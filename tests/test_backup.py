@@ -605,3 +605,27 @@ def test_two_writers_of_one_key_at_once_both_commit_and_the_last_wins(tmp_path: 
         assert stored.read() == b"first"
     assert [o.key for o in storage.objects()] == ["nightly/x.verified.json"]
     assert not list((tmp_path / "backups").rglob("*.partial"))
+
+
+def test_a_backup_of_every_database_never_sweeps_in_our_scratch_copies(mongo_uri: str) -> None:
+    """No `databases:`: every database is chosen except a drill's scratch database and a guarded restore's staging
+    collections, even when a pattern would match them."""
+    from jobs.backup.drill import scratch_name
+    from jobs.backup.source import select
+
+    tag = uuid.uuid4().hex[:6]
+    client: Any = MongoClient(mongo_uri)
+    scratch = scratch_name(f"shop{tag}", "20261203040000", uuid.uuid4().hex)
+    try:
+        client[f"shop{tag}"].users.insert_one({"n": 1})
+        client[f"shop{tag}"]["opskeeper_restore_1a2b3c4d.users"].insert_one({"n": 1})
+        client[scratch].users.insert_one({"n": 1})
+        everything = {f"{n.db}.{n.name}" for n in select(BackupOptions(), client)}
+        assert f"shop{tag}.users" in everything
+        assert not [ns for ns in everything if "opskeeper_" in ns]
+        matching = select(BackupOptions(databases=("*",), collections=("*",)), client)
+        assert not [n for n in matching if "opskeeper_" in f"{n.db}.{n.name}"]
+    finally:
+        for name in (f"shop{tag}", scratch):
+            client.drop_database(name)
+        client.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DaemonProcess, SentryReceiver, write
+from tests.conftest import DaemonProcess, SentryReceiver, opskeeper, write
 from worker.job import Status
 from worker.ledger import SqliteLedger
 
@@ -206,3 +206,20 @@ def test_hostile_reloads_keep_the_running_schedule(tmp_path: Path, env: dict[str
         at, _ = daemon.finished("steady", after=at)
     assert daemon.proc.poll() is None
     assert daemon.terminate() == 0
+
+
+def test_a_reload_to_no_jobs_is_refused_and_validate_warns(tmp_path: Path, env: dict[str, str],
+                                                           daemon_factory: Start) -> None:  # fmt: skip
+    """`jobs: []` saved over a running schedule: config.invalid naming the rule, the jobs go on; `validate` of that
+    file passes with a warning that the daemon would run nothing."""
+    config = write(tmp_path / "jobs.yaml", "jobs:\n" + job("steady", "every 1s", "['true']"))
+    daemon = daemon_factory(config, {**env, "OPSKEEPER_RELOAD_POLL": "100ms"})
+    at, _ = daemon.finished("steady")
+    write(config, "jobs: []\n")
+    at, invalid = daemon.wait_for(lambda e: e["event"] == "config.invalid", after=at + 1)
+    assert invalid["summary"].startswith("the file now has no jobs: kept the running schedule")
+    daemon.finished("steady", after=at)
+    assert daemon.terminate() == 0
+    checked = opskeeper("validate", "--config", str(config), env=env)
+    assert (checked.code, checked.stdout) == (0, "OK: 0 jobs\n")
+    assert checked.stderr.startswith(f"WARNING: {config} has no jobs: the daemon would run nothing")

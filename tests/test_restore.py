@@ -286,7 +286,7 @@ def test_restore_refuses_a_database_with_data_and_changes_nothing(
     archive = str(ARCHIVES_DIR / "dump-w-oplog.archive")
     result = restore_cli(env, archive, "--to", mongo_uri, "--ns-from", "test.*", "--ns-to", f"{target}.*")
     assert result.returncode == 64
-    assert f"refusing to restore: {target} already hold data" in result.stderr
+    assert f"refusing to restore: {target} already holds data" in result.stderr
     assert list(client[target].foo.find({}, {"_id": 0})) == [{"keep": "me"}]
     dry = restore_cli(env, archive, "--to", mongo_uri, "--ns-from", "test.*", "--ns-to", f"{target}.*", "--dry-run")
     assert dry.returncode == 0

@@ -392,3 +392,18 @@ jobs:
     assert opskeeper("run-now", "flaky-script", "--config", str(config), env=env).code == 0
     well = opskeeper("status", "--config", str(config), env=env)
     assert (well.code, well.stdout.splitlines()[:3]) == (0, ["OVERALL  ● OK", "", "Nothing needs attention."])
+
+
+def test_a_ledger_render_will_wipe_needs_attention_until_fixed(tmp_path: Path, env: dict[str, str]) -> None:
+    """On Render with the SQLite ledger outside a persistent disk, `status` names it in needs attention (not only the
+    start-up log) and exits 1, though every job is fine."""
+    config = write(tmp_path / "jobs.yaml", "jobs:\n  - id: beat\n    kind: command\n    schedule: '@daily'\n"
+                                           "    options: {argv: ['true']}\n")  # fmt: skip
+    on_render = {**env, "RENDER": "true"}
+    assert opskeeper("run-now", "beat", "--config", str(config), env=on_render).code == 0
+    result = opskeeper("status", "--config", str(config), "--json", env=on_render)
+    assert result.code == 1
+    [item] = json.loads(result.stdout)["needs_attention"]
+    assert (item["level"], item["what"]) == ("attention", "ledger")
+    assert "is not on a persistent disk: Render wipes it on every deploy" in item["message"]
+    assert opskeeper("status", "--config", str(config), env=env).code == 0  # not on Render: nothing to fix

@@ -131,6 +131,26 @@ def test_dependency_updates_job_dry_run_through_run_now(tmp_path: Path, env: dic
     assert digest(project) == before
 
 
+def test_unreachable_advisory_sources_are_a_named_gap_not_a_failure(tmp_path: Path, env: dict[str, str],
+                                                                     registry: ReplayRegistry,
+                                                                     with_pnpm: None) -> None:  # fmt: skip
+    """The bulk advisory endpoint answering 405 and OSV unreachable: the plan stands, the run is WARN (not FAIL) and
+    names what was not checked; nothing is called a problem in the project."""
+    registry.bulk_status = 405
+    project = shutil.copytree(FIXTURES / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    out = run_now(updates_job(tmp_path, registry=registry.url, osv_url="http://127.0.0.1:9/osv",
+                              projects=[{"name": "server", "path": str(project)}]), env)  # fmt: skip
+    assert out["status"] == "warn", out
+    assert out["details"]["problems"] == []
+    [registry_gap, osv_gap] = out["details"]["not_checked"]
+    assert registry_gap.startswith("server: advisories not checked: advisories (registry): ")
+    assert "HTTP 405" in registry_gap
+    assert osv_gap.startswith("server: advisories not checked: advisories (osv): ")
+    assert "server: advisories not checked: advisories (registry)" in out["summary"]
+    [server] = out["details"]["projects"]
+    assert any(u["name"] == "express" for u in server["updates"])
+
+
 def test_pull_request_mode_needs_projects_on_github(tmp_path: Path, env: dict[str, str]) -> None:
     """A local project cannot become a pull request: validation says which project and what it needs."""
     config = updates_job(tmp_path, mode="pull_request", projects=[{"name": "server", "path": "server"}])
@@ -151,6 +171,23 @@ def test_validate_warns_when_no_package_manager_is_on_path(tmp_path: Path, env: 
     with_npm = opskeeper("validate", "--config", str(config), env={**env, "PATH": os.environ["PATH"]})
     assert with_npm.code == 0
     assert "WARNING" not in with_npm.stderr
+
+
+def test_validate_names_the_project_whose_own_manager_is_missing(tmp_path: Path, env: dict[str, str]) -> None:
+    """A local pnpm project on a machine with npm but no pnpm: `validate` names the project, its manager and that
+    the job cannot run here; npm being there does not hide it."""
+    project = shutil.copytree(FIXTURES / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    config = updates_job(tmp_path, projects=[{"name": "server", "path": str(project)}])
+    npm_only = tmp_path / "bin"
+    npm_only.mkdir()
+    (npm_only / "npm").symlink_to("/bin/true")
+    result = opskeeper("validate", "--config", str(config), env={**env, "PATH": str(npm_only)})
+    assert result.code == 0, result.stderr
+    assert result.stderr.strip() == (
+        "WARNING: job 'monthly-updates' (dependency_updates): project server installs with pnpm (its lockfile), and "
+        "pnpm is not on PATH: this job cannot run on this machine (in the Docker image: build it with "
+        "OPSKEEPER_WITH_NODE=true)"
+    )
 
 
 @pytest.fixture

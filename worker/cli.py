@@ -22,7 +22,7 @@ from jobs.deploys import commands as deploys_commands
 from jobs.health import commands as health_commands
 from jobs.review import commands as review_commands
 from worker import children, commands
-from worker.commands import EXIT_CONFIG, CliError, Commands, Parser, add_config_option
+from worker.commands import EXIT_CONFIG, EXIT_ERROR, CliError, Commands, Parser, add_config_option
 from worker.http import HttpConfigError
 from worker.job import JobOptions
 from worker.leadership import Presence, instance_id
@@ -46,6 +46,7 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = (
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and `python -m worker`."""
     args = parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = load_settings()
         # Until a command sets up its own: log lines (a retry, say) go to stderr, never into a result.
@@ -61,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        said = commands.outside_failure(exc)
+        if said is None:
+            raise
+        # Only a handler meets an outside system, so the settings (and the secrets to mask) are loaded by now.
+        print(f"opskeeper: {commands.redactor(settings).text(said) if settings else said}", file=sys.stderr)
+        return EXIT_ERROR
     except BrokenPipeError:
         # The reader went away (`opskeeper jobs | head`): stop quietly, as Unix tools do. Point
         # stdout at /dev/null so the interpreter's own flush at exit cannot fail again.
@@ -97,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
 def _validate(args: argparse.Namespace, settings: Settings) -> int:
     config = commands.schedule(args, settings)
     print(f"OK: {len(config.jobs)} jobs")
+    if not config.jobs:
+        print(f"WARNING: {config.path} has no jobs: the daemon would run nothing, and a running daemon keeps its "
+              "schedule rather than reload an empty one", file=sys.stderr)  # fmt: skip
     # A missing tool is a warning, not a failed deploy: which tool a project needs is only known when its
     # lockfile is read, at run time.
     for job in config.jobs:

@@ -65,6 +65,15 @@ class Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """As argparse's, but an unknown option is reported by the subcommand it was given to, with that
+        subcommand's usage (argparse leaves it to the top level, whose usage says nothing of the subcommand's)."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            owner: argparse.ArgumentParser = getattr(parsed, "_parser", self)
+            owner.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
 
 class Commands:
     """The table of subcommands; each kind's `register(commands)` adds its own, and its daemon hooks."""
@@ -84,7 +93,7 @@ class Commands:
         parser: argparse.ArgumentParser = self._sub.add_parser(name, help=help_text, description=help_text)
         if config:
             add_config_option(parser)
-        parser.set_defaults(handler=handler)
+        parser.set_defaults(handler=handler, _parser=parser)
         return parser
 
     def group(self, name: str, help_text: str) -> Commands:
@@ -179,3 +188,30 @@ def parse_time(text: str, option: str) -> datetime:
     if moment.tzinfo is None:
         raise CliError(f"{option} {text!r}: give a UTC offset, e.g. {text}+00:00")
     return moment
+
+
+def outside_failure(exc: BaseException) -> str | None:
+    """One sentence for an outside system's failure that reached a command (S3, MongoDB), or None for anything
+    else, which stays a bug with its traceback. Exit code 3."""
+    if type(exc).__module__.startswith("pymongo"):
+        from worker.mongodb import unreachable
+
+        return unreachable(exc)
+    if not type(exc).__module__.startswith("botocore"):
+        return None
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", "?"), error.get("Message", "")
+        bucket = error.get("BucketName") or exc.response.get("ResponseMetadata", {}).get("BucketName")
+        if code == "NoSuchBucket":
+            return (
+                f"S3: the bucket {bucket!r} does not exist (check the storage: URL and AWS_ENDPOINT_URL_S3)"
+                if bucket
+                else "S3: the bucket does not exist (check the storage: URL and AWS_ENDPOINT_URL_S3)"
+            )
+        return f"S3: {exc.operation_name} failed: {code}" + (f": {message}" if message else "")
+    if isinstance(exc, BotoCoreError):
+        return f"S3: {exc}"
+    return None

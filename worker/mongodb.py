@@ -10,11 +10,30 @@ reason instead.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlsplit
+
+from pydantic import AfterValidator
 
 #: Defaults for every client we open: fail in 10 s when no server answers, not pymongo's 30.
 DEFAULTS = {"serverSelectionTimeoutMS": 10_000}
+
+
+SCHEMES = ("mongodb://", "mongodb+srv://")
+
+
+def check_uri(uri: str, where: str = "a MongoDB URI") -> str:
+    """`uri` if it is a MongoDB connection string; else ValueError naming the scheme it has (never the rest, which
+    may hold a password). `mongdb://host/db` is a typo to catch at `validate`, not at 3 a.m."""
+    if uri.startswith(SCHEMES):
+        return uri
+    scheme = uri.split("://", 1)[0] + "://" if "://" in uri else None
+    got = f"it starts with {scheme!r}" if scheme else "it has no scheme"
+    raise ValueError(f"{where} must start with mongodb:// or mongodb+srv://; {got}")
+
+
+#: A MongoDB URI in a job's options: checked when the schedule is loaded.
+MongoUri = Annotated[str, AfterValidator(check_uri)]
 
 
 def uri_options(uri: str) -> set[str]:

@@ -469,7 +469,14 @@ def alerts(job: JobSpec, status: Status) -> bool:
 
 
 def one_line(exc: BaseException) -> str:
-    """`Type: first line of the message`, for a log field."""
+    """`Type: first line of the message`, for a log field and a run's summary; an unreachable MongoDB is
+    "cannot reach HOST: reason", not pymongo's whole topology description."""
+    if type(exc).__module__.startswith("pymongo"):
+        from worker.mongodb import unreachable
+
+        said = unreachable(exc)
+        if said is not None:
+            return said
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 

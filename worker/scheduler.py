@@ -468,6 +468,13 @@ class Daemon:
                            summary="kept the running schedule; fix the file and save it again")  # fmt: skip
             self.sentry.problem(f"schedule reload failed: {errors[0]}", "config-invalid", errors=errors)
             return
+        if not config.jobs and self.config.jobs:
+            # An emptied file is far more often a bad save than a wish to stop everything; that wish is explicit.
+            message = ("the file now has no jobs: kept the running schedule; to stop jobs, set enabled: false on "
+                       "each (or stop the daemon)")  # fmt: skip
+            self.log.error("config.invalid", config=str(path), errors=[message], summary=message)
+            self.sentry.problem(f"schedule reload refused: {message}", "config-invalid", errors=[message])
+            return
         self._apply(config)
 
     @staticmethod

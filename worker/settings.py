@@ -19,6 +19,7 @@ from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_v
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from worker.mongodb import check_uri
 from worker.timespec import parse_duration
 
 
@@ -74,6 +75,14 @@ class Settings(BaseSettings):
             raise ValueError(f"OPSKEEPER_LEASE_RENEW ({self.lease_renew.total_seconds():g}s) must be at most half of "
                              f"OPSKEEPER_LEASE_TTL ({self.lease_ttl.total_seconds():g}s), so one missed renewal "
                              "does not lose the lease")  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
+    def _ledger_place(self) -> Settings:
+        # A URL that is not MongoDB's would otherwise become a SQLite file named "mongdb:/host/db".
+        target = self.ledger.get_secret_value()
+        if "://" in target:
+            check_uri(target, "OPSKEEPER_LEDGER (a mongodb:// URL, or a SQLite file's path)")
         return self
 
     @model_validator(mode="after")

@@ -99,11 +99,23 @@ def _open_archive(args: argparse.Namespace, settings: Settings) -> Iterator[tupl
 
 
 def _restore(args: argparse.Namespace, settings: Settings) -> int:
-    from jobs.backup.restore import RestoreError, RestoreRefusedError, holds_data, may_replace, ns_mapper, restore
-    from worker.mongodb import connect
+    from jobs.backup.restore import (
+        RestoreError,
+        RestoreRefusedError,
+        holds_data,
+        may_replace,
+        ns_mapper,
+        occupied_text,
+        restore,
+    )
+    from worker.mongodb import check_uri, connect
 
     try:
         rename = ns_mapper(args.ns_from, args.ns_to)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        check_uri(args.to, "--to")
     except ValueError as exc:
         raise CliError(str(exc)) from None
     masks = commands.redactor(settings)
@@ -114,7 +126,7 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
         targets = sorted({db for _, db, _, _ in plan})
         occupied = [db for db in targets if holds_data(client, db)]
         if args.dry_run:
-            note = f"; {', '.join(occupied)} already hold data (needs --drop)" if occupied else ""
+            note = f"; {occupied_text(occupied)} (needs --drop)" if occupied else ""
             print(f"dry run: nothing was restored{note}")
             return 0
         ask = (lambda prompt: input(prompt).strip()) if sys.stdin.isatty() else None

@@ -25,14 +25,14 @@ from pymongo.errors import PyMongoError
 from jobs.backup.catalog import VERIFIED, base_of, scan
 from jobs.backup.restore import RestoreError, check, restore
 from jobs.backup.retention import is_future
-from jobs.backup.source import BackupOptions
+from jobs.backup.source import SCRATCH_DATABASE_PREFIX, BackupOptions
 from worker.job import JobContext, JobOptions, Outcome, Status
-from worker.mongodb import connect
+from worker.mongodb import MongoUri, check_uri, connect
 from worker.reporting.progress import archive_ticks
 from worker.schedule import Duration
 from worker.timespec import format_duration
 
-SCRATCH_PREFIX = "opskeeper_drill_"
+SCRATCH_PREFIX = SCRATCH_DATABASE_PREFIX
 _MAX_DB_NAME = 63
 
 
@@ -41,7 +41,7 @@ class DrillOptions(JobOptions):
 
     backup_job: str | None = None
     """Default: the schedule's only backup job."""
-    target_uri: str | None = None
+    target_uri: MongoUri | None = None
     """Default: RESTORE_DRILL_URI, else the backup's own source server."""
     max_age: Duration = timedelta(hours=26)
 
@@ -114,6 +114,8 @@ class DrillJob:
         warnings = [f"{e.key} is dated in the future ({e.created_at.isoformat()}); not drilled" for e in future]
         warnings += listing.problems
         uri = self.options.target_uri or os.environ.get("RESTORE_DRILL_URI") or backup.mongo_uri()
+        check_uri(uri, "RESTORE_DRILL_URI" if not self.options.target_uri and os.environ.get("RESTORE_DRILL_URI")
+                  else "the drill's target URI")  # fmt: skip
         client: Any = connect(uri, "opskeeper-drill")
         stamp = now.strftime("%Y%m%d%H%M%S")
         spec = ctx.jobs.get(ctx.job_id)

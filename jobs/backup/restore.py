@@ -31,12 +31,13 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from jobs.backup.archive import ArchiveError, ArchiveReader, End, check_namespace, iter_documents
 from jobs.backup.catalog import CORRUPT_STREAM, HashingReader, decompressed, digest_algorithm, digest_batch
+from jobs.backup.source import STAGING_COLLECTION_PREFIX
 
 _BATCH_BYTES = 8 * 1024 * 1024
 _BATCH_DOCS = 5000
 _INDEX_FIELDS_IGNORED = ("v", "ns", "background")
 _SERVER_DATABASES = ("admin", "config", "local")
-STAGING_PREFIX = "opskeeper_restore_"
+STAGING_PREFIX = STAGING_COLLECTION_PREFIX
 
 
 class RestoreError(Exception):
@@ -125,7 +126,9 @@ def restore(
         try:
             archive.read_prelude()
             by_data_ns, views = _prepare(archive, client, rename, report, token=token, replace=replace)
-            _load(archive, client, by_data_ns, lambda: progress(reader.count, report.documents) if progress else None)
+            # Progress counts documents read and sent to the server: the inserts trail by a batch or two, and a count
+            # of inserted ones alone stays at 0 through the first batch of every collection.
+            _load(archive, client, by_data_ns, lambda sent: progress(reader.count, sent) if progress else None)
             reader.drain()
         except ArchiveError as exc:
             raise RestoreError(str(exc)) from None
@@ -236,9 +239,11 @@ def _prepare(
     return by_data_ns, views
 
 
-def _load(archive: ArchiveReader, client: Any, by_data_ns: dict[str, Restored], tick: Callable[[], None]) -> None:
-    """Insert the documents in bounded unordered batches, per namespace, while the next are read."""
+def _load(archive: ArchiveReader, client: Any, by_data_ns: dict[str, Restored], tick: Callable[[int], None]) -> None:
+    """Insert the documents in bounded unordered batches, per namespace, while the next are read; `tick(sent)`
+    after each block of the archive."""
     pending: dict[str, list[RawBSONDocument]] = {}
+    sent = 0
     sizes: dict[str, int] = {}
     with _Inserter(client) as inserter:
         for event in archive.events():
@@ -252,12 +257,13 @@ def _load(archive: ArchiveReader, client: Any, by_data_ns: dict[str, Restored], 
             batch = pending.setdefault(event.ns, [])
             for doc in iter_documents(event.data):
                 batch.append(RawBSONDocument(bytes(doc)))
+                sent += 1
                 sizes[event.ns] = sizes.get(event.ns, 0) + len(doc)
                 if len(batch) >= _BATCH_DOCS or sizes[event.ns] >= _BATCH_BYTES:
                     inserter.submit(target, batch)
                     batch = pending[event.ns] = []
                     sizes[event.ns] = 0
-            tick()
+            tick(sent)
 
 
 class _Inserter:
@@ -441,13 +447,18 @@ def may_replace(occupied: list[str], target: str, *, drop: bool, yes: bool,
     if not occupied:
         return True
     if not drop:
-        raise RestoreRefusedError(f"refusing to restore: {', '.join(occupied)} already hold data on {target}; "
-                             "pass --drop to replace them")  # fmt: skip
+        raise RestoreRefusedError(f"refusing to restore: {occupied_text(occupied)} on {target}; pass --drop to "
+                                  f"replace {'it' if len(occupied) == 1 else 'them'}")  # fmt: skip
     if yes:
         return True
     if ask is None:
         raise RestoreRefusedError("refusing to drop without confirmation: stdin is not a terminal; pass --yes")
     return all(ask(f"Type the database name to drop and replace it ({db}): ") == db for db in occupied)
+
+
+def occupied_text(occupied: list[str]) -> str:
+    """`app already holds data` / `app, crm already hold data`."""
+    return f"{', '.join(occupied)} already {'holds' if len(occupied) == 1 else 'hold'} data"
 
 
 class RestoreRefusedError(Exception):

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Annotated
+
+from pydantic import Field
 
 from worker.job import JobOptions
 
@@ -12,11 +15,12 @@ from worker.job import JobOptions
 class Retention(JobOptions):
     """How many backups to keep: the newest N, then one per day, ISO week, month and year."""
 
-    keep_last: int = 3
-    daily: int = 7
-    weekly: int = 4
-    monthly: int = 6
-    yearly: int = 1
+    # A negative count would act as 0 (keep none of that kind): say so at `validate` instead.
+    keep_last: Annotated[int, Field(ge=0)] = 3
+    daily: Annotated[int, Field(ge=0)] = 7
+    weekly: Annotated[int, Field(ge=0)] = 4
+    monthly: Annotated[int, Field(ge=0)] = 6
+    yearly: Annotated[int, Field(ge=0)] = 1
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,27 @@ from pydantic import Field
 
 from jobs.backup.retention import Retention
 from worker.job import JobOptions
+from worker.mongodb import MongoUri, check_uri
 from worker.storage import Storage, open_storage
 
 SYSTEM_DATABASES = ("admin", "local", "config")
+#: The scratch copies this project makes itself: a drill's databases and a guarded restore's staging collections.
+#: No backup ever sweeps them in, whatever `databases:` or `collections:` match: they are ours, short-lived and
+#: dropped after use, and a backup of them would be a copy of a copy.
+SCRATCH_DATABASE_PREFIX = "opskeeper_drill_"
+STAGING_COLLECTION_PREFIX = "opskeeper_restore_"
+
+
+def is_scratch(db: str, collection: str | None = None) -> bool:
+    """Whether a database (or a collection in it) is one of this project's scratch copies."""
+    return db.startswith(SCRATCH_DATABASE_PREFIX) or bool(collection and collection.startswith(
+        STAGING_COLLECTION_PREFIX))  # fmt: skip
 
 
 class BackupOptions(JobOptions):
     """What to back up, where to, how compressed, and how many to keep."""
 
-    uri: str | None = None
+    uri: MongoUri | None = None
     """Defaults to the MONGODB_URI environment variable."""
     databases: tuple[str, ...] = ()
     exclude_databases: tuple[str, ...] = ()
@@ -57,7 +69,7 @@ class BackupOptions(JobOptions):
         uri = self.uri or os.environ.get("MONGODB_URI", "")
         if not uri:
             raise ValueError("no MongoDB URI: set MONGODB_URI or options.uri")
-        return uri
+        return check_uri(uri, "options.uri" if self.uri else "MONGODB_URI")
 
 
 @dataclass
@@ -92,9 +104,12 @@ def metadata_json(name: str, kind: str, options: dict[str, Any], indexes: list[A
 
 
 def select(options: BackupOptions, client: Any) -> list[Namespace]:
-    """The namespaces to dump, in a stable order, after include and exclude patterns."""
+    """The namespaces to dump, in a stable order, after include and exclude patterns; never a scratch copy
+    (`is_scratch`)."""
     chosen = []
     for db_name in sorted(client.list_database_names()):
+        if is_scratch(db_name):
+            continue
         included = any(fnmatch.fnmatchcase(db_name, p) for p in options.databases)
         if (options.databases and not included) or (db_name in SYSTEM_DATABASES and not included):
             continue
@@ -104,7 +119,7 @@ def select(options: BackupOptions, client: Any) -> list[Namespace]:
         for info in sorted(db.list_collections(), key=lambda i: i["name"]):
             name, kind = info["name"], info.get("type", "collection")
             ns = f"{db_name}.{name}"
-            if name.startswith("system."):
+            if name.startswith("system.") or is_scratch(db_name, name):
                 continue
             if options.collections and not any(fnmatch.fnmatchcase(ns, p) for p in options.collections):
                 continue

@@ -24,7 +24,7 @@ from jobs.dependencies.job import Project, fetch_github
 from jobs.dependencies.node import declared_runtime
 from jobs.dependencies.outdated import update_kind
 from jobs.updates import security as patches
-from jobs.updates.planner import MANAGERS, PlanError, ProjectPlan, plan
+from jobs.updates.planner import MANAGERS, PlanError, ProjectPlan, manager_of, plan
 from worker.http import HttpError
 from worker.job import JobContext, JobOptions, Notice, Outcome, Status
 from worker.vendors.github import GitHub
@@ -58,10 +58,19 @@ class DependencyUpdatesOptions(JobOptions):
         return frozenset(self.after)
 
     def missing(self) -> list[str]:
-        if any(shutil.which(tool) for tool in MANAGERS):
-            return []
-        return [f"none of {', '.join(MANAGERS)} is on PATH, and this kind runs the project's own package manager "
-                "(in the Docker image: build it with OPSKEEPER_WITH_NODE=true)"]  # fmt: skip
+        """A local project's own manager (from its lockfile) not on PATH names that project; a GitHub project's
+        lockfile is known only at run time, so then any manager at all is asked for."""
+        hint = "(in the Docker image: build it with OPSKEEPER_WITH_NODE=true)"
+        found = []
+        for project in self.projects:
+            manager = manager_of(Path.cwd() / project.path) if project.path is not None else None
+            if manager is not None and shutil.which(manager) is None:
+                found.append(f"project {project.name} installs with {manager} (its lockfile), and {manager} is not "
+                             f"on PATH: this job cannot run on this machine {hint}")  # fmt: skip
+        if not found and not any(shutil.which(tool) for tool in MANAGERS):
+            found.append(f"none of {', '.join(MANAGERS)} is on PATH, and this kind runs the project's own package "
+                         f"manager: this job cannot run on this machine {hint}")  # fmt: skip
+        return found
 
     @model_validator(mode="after")
     def _from_github(self) -> DependencyUpdatesOptions:

@@ -50,6 +50,14 @@ Edit = Callable[[Path, str], list[str]]
 names of the files it changed, which the plan then carries. Raises PlanError when it cannot."""
 
 
+def manager_of(folder: Path) -> str | None:
+    """The package manager a project folder installs with (by its lockfile; of two side by side, the one the
+    dependencies check picks), or None without a lockfile this kind updates."""
+    by_file = {lockfile: manager for manager, (lockfile, _) in MANAGERS.items()}
+    found = [folder / n for n in LOCKFILE_NAMES if n in by_file and (folder / n).is_file()]
+    return by_file[primary_lockfile(folder, found).name] if found else None
+
+
 class PlanError(Exception):
     """The update could not be computed; the message names the project, the tool and what went wrong."""
 
@@ -133,12 +141,9 @@ def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), 
     first and the manager installs (lockfile-only) instead of updating, so only what the edit asks
     for moves.
     """
-    by_file = {lockfile: manager for manager, (lockfile, _) in MANAGERS.items()}
-    found = [folder / n for n in LOCKFILE_NAMES if n in by_file and (folder / n).is_file()]
-    if not found:
+    manager = manager_of(folder)
+    if manager is None:
         raise PlanError(f"{name}: {folder} has no pnpm-lock.yaml, package-lock.json or yarn.lock (updates need one)")
-    # Two lockfiles side by side: the one the project installs from, as the dependencies check picks it.
-    manager = by_file[primary_lockfile(folder, found).name]
     lockfile, command = MANAGERS[manager]
     tool = shutil.which(manager)
     if tool is None:

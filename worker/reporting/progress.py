@@ -38,13 +38,14 @@ def archive_ticks(update: Callable[..., None], manifest: dict[str, Any] | None,
 
     def tick(read: int, documents: int) -> None:
         update(f"{verb}:bytes", read, (manifest or {}).get("stored_bytes"), unit="bytes", label=f"{verb}: archive")
-        update(f"{verb}:docs", documents, (manifest or {}).get("documents"), unit="docs", label=f"{verb}: documents")
+        # The label names what is counted: "restore: documents: 40 % (40,000 of 100,000 …)", not "… docs".
+        update(f"{verb}:docs", documents, (manifest or {}).get("documents"), unit="", label=f"{verb}: documents")
 
     return tick
 
 
 def _figure(value: float, unit: str) -> str:
-    return f"{value / 1e6:,.1f} MB" if unit == "bytes" else f"{value:,.0f} {unit}"
+    return f"{value / 1e6:,.1f} MB" if unit == "bytes" else f"{value:,.0f} {unit}".rstrip()
 
 
 class ProgressReport:

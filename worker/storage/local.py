@@ -25,13 +25,26 @@ class LocalUpload:
         self._file = self._partial.open("wb")
 
     def write(self, data: bytes) -> int:
-        return self._file.write(data)
+        try:
+            return self._file.write(data)
+        except OSError as exc:
+            raise self._named(exc) from None
 
     def commit(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as exc:
+            raise self._named(exc) from None
         self._partial.replace(self._path)
+
+    def _named(self, exc: OSError) -> OSError:
+        """A write's error (a full disk: ENOSPC) names the file and the folder, which the OS's own does not."""
+        if exc.filename:
+            return exc
+        return OSError(exc.errno, f"{exc.strerror} (writing {self._path.name} in {self._path.parent})",
+                       str(self._partial))  # fmt: skip
 
     def abort(self) -> None:
         self._file.close()

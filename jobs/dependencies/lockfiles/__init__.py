@@ -53,8 +53,19 @@ def read_lockfile(path: Path) -> Lockfile:
             return bun.read(path, text)
         return npm.read(path, json.loads(text))
     except yaml.YAMLError as exc:
-        raise LockfileError(f"{path}: not valid YAML: {exc}") from None
+        raise LockfileError(yaml_problem(path, exc)) from None
     except json.JSONDecodeError as exc:
-        raise LockfileError(f"{path}: not valid JSON: {exc}") from None
+        raise LockfileError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
         raise LockfileError(f"{path}: unexpected lockfile structure ({type(exc).__name__}: {exc})") from None
+
+
+def yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    """`FILE:LINE:COL: not valid YAML: what` in one sentence; PyYAML's own text spans lines, is indented and names
+    `"<unicode string>"` instead of the file."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        return f"{where}: not valid YAML: {what}"
+    return f"{path}: not valid YAML: {' '.join(str(exc).split())}"
