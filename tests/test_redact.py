@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,35 @@ jobs:
     for name, text in channels.items():
         for secret in QUERY_SECRETS:
             assert secret not in text, f"{secret} leaked into the {name}"
+
+
+def test_a_uri_query_secret_printed_alone_and_decoded_by_a_child_is_masked(tmp_path: Path) -> None:
+    """A child that prints only the decoded session token of a MongoDB URI (not its name, not the URI): the run's
+    summary, stdout tail and the ledger mask it, whether the URI came from the environment or the schedule file."""
+    from tests.conftest import clean_env, opskeeper, write
+
+    token, decoded = "FwoGZXIvYXdz%2FTokTok9876", "FwoGZXIvYXdz/TokTok9876"
+    uri = f"mongodb://app@db.internal/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN%3A{token}"
+    script = (
+        "import os, sys, urllib.parse; q = urllib.parse.unquote(os.environ['T'].split('TOKEN%3A')[1]); "
+        "print('using', q); sys.exit(1)"
+    )
+    config = write(tmp_path / "jobs.yaml", f"""\
+jobs:
+  - id: from-env
+    kind: command
+    schedule: "@daily"
+    options: {{argv: [{sys.executable!r}, -c, "{script}"], env: {{T: "${{MONGODB_URI}}"}}}}
+  - id: from-file
+    kind: command
+    schedule: "@daily"
+    options: {{argv: [{sys.executable!r}, -c, "{script}"], env: {{T: "{uri}"}}}}
+""")  # fmt: skip
+    env = clean_env(OPSKEEPER_LEDGER=str(tmp_path / "l.db"), MONGODB_URI=uri)
+    for job in ("from-env", "from-file"):
+        result = opskeeper("run-now", job, "--config", str(config), "--json", env=env)
+        assert result.code == 2, result.stderr
+        out = json.loads(result.stdout)
+        assert out["summary"].endswith("exited 1: using ***")
+        assert decoded not in result.stdout + result.stderr
+    assert decoded not in opskeeper("history", "--json", env=env).stdout

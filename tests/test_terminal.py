@@ -141,3 +141,32 @@ except OSError as exc:
     said = result.stdout.strip()
     assert said.startswith("[Errno 27] File too large (writing x.archive.gz in ")
     assert str(tmp_path / "backups" / "nightly") in said
+
+
+def test_a_damaged_ledger_is_refused_at_start(tmp_path: Path, env: dict[str, str]) -> None:
+    """A SQLite ledger with corrupt pages: `run` refuses to start (exit 3), naming the file, what SQLite's
+    quick_check found and how to recover; it does not run blind."""
+    from datetime import UTC, datetime
+
+    from worker.job import Status
+    from worker.ledger import RunRecord, SqliteLedger
+
+    path = Path(env["OPSKEEPER_LEDGER"])
+    ledger = SqliteLedger(path)
+    now = datetime.now(UTC)
+    for n in range(400):
+        ledger.record(RunRecord(run_id=f"r{n}", job_id="beat", kind="command", status=Status.OK, started_at=now,
+                                finished_at=now, summary="x" * 200))  # fmt: skip
+    ledger.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    for at in range(3 * page, len(data) - page, 7 * page):  # leave the header page; scramble pages in the middle
+        data[at + 8 : at + 200] = bytes(range(192))
+    path.write_bytes(bytes(data))
+    config = write(tmp_path / "jobs.yaml", "jobs:\n  - id: beat\n    kind: command\n    schedule: every 1s\n"
+                                           "    options: {argv: ['true']}\n")  # fmt: skip
+    result = opskeeper("run", "--config", str(config), "--for", "3s", env=env)
+    assert result.code == 3, result.stderr
+    said = result.stderr.strip().splitlines()[-1]
+    assert said.startswith(f"opskeeper: the ledger {path.resolve()} is damaged (")
+    assert f"move it aside (mv {path.resolve()} {path.resolve()}.damaged)" in said

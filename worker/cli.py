@@ -163,6 +163,14 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(f"--for: {exc}") from None
     masks, sentry = commands.reporting(settings, config, daemon=True)
     ledger = commands.ledger(settings, masks)
+    damage = ledger.damage()
+    if damage is not None:
+        ledger.close()
+        where = describe_place(settings.ledger.get_secret_value(), masks)[1]
+        raise CliError(f"the ledger {where} is damaged ({damage}): refusing to run, as nothing could be recorded; "
+                       f"move it aside (mv {where} {where}.damaged) and start again with an empty one, or set "
+                       "OPSKEEPER_LEDGER to a mongodb+srv:// URL, the durable choice (see render.yaml)",
+                       EXIT_ERROR)  # fmt: skip
     daemon = Daemon(config, ledger, sentry, masks, grace=settings.shutdown_grace, poll=settings.reload_poll,
                     lease_ttl=settings.lease_ttl, lease_renew=settings.lease_renew)  # fmt: skip
     for hook in args.daemon_hooks:

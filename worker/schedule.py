@@ -38,6 +38,7 @@ from pydantic import (
 )
 
 from worker.job import ALERTABLE, JobOptions, Status
+from worker.reporting.redact import url_secrets
 from worker.settings import SECRET_ENV_NAME, SettingsError, read_secret_file
 from worker.timespec import (
     CronSchedule,
@@ -287,7 +288,11 @@ class _Reader:
             return [self._value(loader, item, (*loc, i)) for i, item in enumerate(node.value)]
         value = loader.construct_object(node, deep=True)
         if isinstance(value, str) and "$" in value:
-            return self._interpolate(node, loc, value)
+            value = self._interpolate(node, loc, value)
+        if isinstance(value, str) and "://" in value:
+            # A URL written in the file (a backup's uri) lends its password and query credentials to the masks,
+            # so a child that prints one alone, decoded, is masked too.
+            self.secrets.update(url_secrets(value))
         return value
 
     def _interpolate(self, node: yaml.Node, loc: Loc, text: str) -> str:

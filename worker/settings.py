@@ -6,7 +6,6 @@ Every secret is a SecretStr and may instead be read from a file named by `NAME_F
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.mongodb import check_uri
+from worker.reporting.redact import url_secrets
 from worker.timespec import parse_duration
 
 
@@ -114,10 +114,10 @@ class Settings(BaseSettings):
             if "://" not in text:
                 continue  # a SQLite path is not secret
             parts = urlsplit(text)
-            # The password, or a DSN's key: masking these keeps the rest of the URL readable.
-            for value in (parts.password, parts.username if parts.password is None else None):
-                if value:
-                    values.extend({value, unquote(value)})  # as written, and as a driver may print it
+            # The password (and query credentials), or a DSN's key: masking these keeps the rest readable.
+            values.extend(url_secrets(text))
+            if parts.password is None and parts.username:
+                values.extend({parts.username, unquote(parts.username)})
         return values
 
 
@@ -137,11 +137,7 @@ def secret_env_values(environ: Mapping[str, str]) -> list[str]:
     values = [v for k, v in environ.items() if SECRET_ENV_NAME.search(k) and len(v) >= 4
               and v.lower() not in _FLAG_WORDS]  # fmt: skip
     for value in environ.values():
-        if "://" in value and "@" in value:
-            with contextlib.suppress(ValueError):
-                password = urlsplit(value).password
-                if password:
-                    values.extend({password, unquote(password)})
+        values.extend(url_secrets(value))  # MONGODB_URI's password and its query's credentials
     return values
 
 

@@ -187,6 +187,10 @@ class Ledger(Protocol):
     def prune_checks(self, job_id: str, before: datetime) -> int:
         """Forget a job's checks older than `before` (past the longest uptime window); how many."""
 
+    def damage(self) -> str | None:
+        """What is wrong with the store itself (SQLite's `quick_check` finding corrupt pages), or None; the daemon
+        refuses to start on a damaged ledger rather than run blind, recording nothing."""
+
     def close(self) -> None:
         """Release connections."""
 

@@ -241,6 +241,9 @@ class MongoLedger:
         self._days.delete_many({"job_id": job_id, "day": {"$lt": oldest_day}})
         return int(self._checks.delete_many({"job_id": job_id, "at": {"$lt": to_ms(before)}}).deleted_count)
 
+    def damage(self) -> str | None:
+        return None  # the server checks its own storage; a failed operation says what it found
+
     def close(self) -> None:
         self._client.close()
 

@@ -386,6 +386,14 @@ class SqliteLedger:
             self._db.execute("DELETE FROM check_days WHERE job_id=? AND day < ?", (job_id, oldest_day))
             return self._db.execute("DELETE FROM checks WHERE job_id=? AND at < ?", (job_id, iso(before))).rowcount
 
+    def damage(self) -> str | None:
+        try:
+            with self._lock:
+                found = [str(row[0]) for row in self._db.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            found = [str(exc)]
+        return None if found == ["ok"] else " ".join("; ".join(found).split())  # one line: SQLite's has several
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

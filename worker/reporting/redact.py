@@ -56,6 +56,37 @@ _PATTERNS = (
 _MIN_SECRET_LEN = 4
 
 
+_SECRET_QUERY_KEY = re.compile(r"pass(word|wd)?|pwd|secret|token|signature|credential|api[_-]?key|access[_-]?key|"
+                               r"^sig$", re.I)  # fmt: skip
+
+
+def url_secrets(text: str) -> set[str]:
+    """The secret parts of a URL, each as written and URI-decoded: its password, and the values of query
+    parameters that carry credentials (`password=`, `...Token=`; in MongoDB's `authMechanismProperties`, each
+    `KEY:value` pair whose key names a secret, such as AWS_SESSION_TOKEN). Empty for anything else. Pure."""
+    if "://" not in text:
+        return set()
+    found: set[str] = set()
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(text)
+        if parts.password:
+            found.add(parts.password)
+        for raw in parts.query.split("&"):
+            key, _, value = raw.partition("=")
+            if not value:
+                continue
+            if key.lower() == "authmechanismproperties":
+                for form in (value, unquote(value)):  # `:` and `,` may be written %3A and %2C
+                    for pair in form.split(","):
+                        name, _, inner = pair.partition(":")
+                        if inner and _SECRET_QUERY_KEY.search(name):
+                            found.add(inner)
+            elif _SECRET_QUERY_KEY.search(unquote(key)):
+                found.add(value)
+    decoded = {unquote(v) for v in found} | {unquote(v.replace("+", " ")) for v in found}
+    return {v for v in found | decoded if len(v) >= _MIN_SECRET_LEN}
+
+
 class Redactor:
     """Replaces known secret values and credential-shaped text with `***`."""
 
@@ -66,16 +97,13 @@ class Redactor:
     def add(self, secrets: Iterable[str]) -> None:
         """Learn more secret values (e.g. from a reloaded schedule). Safe across threads.
 
-        A URL's password is learnt too, as written and decoded (`%40` as `@`): a driver's error may print either.
+        A URL's password and its secret query values are learnt too (`url_secrets`), as written and decoded: a
+        child process (mongodump, a script) may print any of them alone, without the name the patterns know.
         """
         learnt = set()
         for secret in secrets:
             learnt.add(secret)
-            if "://" in secret and "@" in secret:
-                with contextlib.suppress(ValueError):
-                    password = urlsplit(secret).password
-                    if password:
-                        learnt.update({password, unquote(password)})
+            learnt.update(url_secrets(secret))
         known = set(self._secrets) | {s for s in learnt if s and len(s) >= _MIN_SECRET_LEN}
         # Longest first, so a secret that contains another is masked whole.
         self._secrets = tuple(sorted(known, key=len, reverse=True))
