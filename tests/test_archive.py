@@ -278,3 +278,60 @@ def test_documents_across_read_ahead_blocks_are_read_whole_and_in_order() -> Non
     cut = data[: len(data) // 2]  # truncated inside a document in the middle of a block
     report = verify(io.BytesIO(cut))
     assert report.problems[0].startswith("archive truncated: expected document in app.a at byte ")
+
+
+def _re_emitted(collection: str, twice: bool = False) -> bytes:
+    """The real dump-w-oplog archive with test.foo renamed to `collection`, its documents written twice if asked
+    (so each _id repeats), CRCs recomputed: an archive restore must refuse."""
+    from dataclasses import replace
+
+    reader = ArchiveReader(io.BytesIO(read("dump-w-oplog")))
+    header = reader.read_prelude()
+    rename = {"test.foo": collection}
+    preludes = [replace(p, collection=rename.get(p.ns, p.collection)) for p in reader.preludes]
+    out = io.BytesIO()
+    writer = ArchiveWriter(out)
+    writer.header(header, preludes)
+    data: dict[str, bytes] = {}
+    for event in reader.events():
+        name = rename.get(event.ns, event.collection)
+        if isinstance(event, Segment):
+            data[event.ns] = data.get(event.ns, b"") + event.data
+        else:
+            body = data.get(event.ns, b"") * (2 if twice and event.ns == "test.foo" else 1)
+            if body:
+                writer.segment(event.db, name, body)
+            writer.end(event.db, name, crc64(body))
+    return out.getvalue()
+
+
+def test_verify_refuses_a_namespace_restore_would_refuse() -> None:
+    """A collection named `../../x`: verify fails naming the namespace and the rule (restore would refuse it too),
+    instead of saying OK."""
+    report = verify(io.BytesIO(_re_emitted("../../x")))
+    assert not report.ok
+    assert report.problems == ["bad namespace 'test.../../x': a collection name may not contain '..' at byte 117"]
+
+
+def test_verify_finds_duplicate_ids_within_a_collection() -> None:
+    """test.foo's 25 documents written twice: verify fails naming the collection and the 25 repeats; the archive
+    as mongodump wrote it has none."""
+    report = verify(io.BytesIO(_re_emitted("foo", twice=True)))
+    assert report.problems == ["test.foo: 25 document(s) repeat an _id another document of the collection has (a "
+                               "restore would stop at the first)"]  # fmt: skip
+    assert verify(io.BytesIO(_re_emitted("foo"))).ok
+
+
+def test_duplicate_id_check_past_its_limit_says_what_it_left() -> None:
+    """With a limit of 10 documents, the rest are named as not checked, never passed off as checked."""
+    from jobs.backup.ids import DuplicateIds
+
+    ids = DuplicateIds(limit=10)
+    reader = ArchiveReader(io.BytesIO(read("dump-w-oplog")))
+    reader.read_prelude()
+    for event in reader.events():
+        if isinstance(event, Segment) and event.db:
+            ids.add(event.ns, event.data)
+    assert ids.problems() == []
+    assert ids.gaps() == ["test.foo: 16 document(s) past the first 10 of the archive were not checked for duplicate "
+                          "_id values"]  # fmt: skip

@@ -116,6 +116,11 @@ def check_namespace(db: str, collection: str) -> str | None:
         return "a collection name must be non-empty and may not contain a NUL byte"
     if "$" in collection:
         return "a collection name may not contain '$'"
+    # pymongo's own rules (what restore would meet as InvalidName, mid-run).
+    if ".." in collection:
+        return "a collection name may not contain '..'"
+    if collection.startswith(".") or collection.endswith("."):
+        return "a collection name may not start or end with '.'"
     return None
 
 

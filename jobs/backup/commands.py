@@ -199,7 +199,10 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{'ok ' if ns['crc_ok'] else 'BAD'} {ns['ns']}: {ns['documents']} documents")
         for problem in report.problems:
             print(f"problem: {problem}")
-        print("OK" if report.ok else f"FAILED: {len(report.problems)} problem(s)")
+        for gap in report.unchecked:
+            print(f"not checked: {gap}")
+        print(("OK" + (f" ({len(report.unchecked)} thing(s) not checked)" if report.unchecked else ""))
+              if report.ok else f"FAILED: {len(report.problems)} problem(s)")  # fmt: skip
     return 0 if report.ok else EXIT_BAD
 
 

@@ -120,8 +120,7 @@ class Report:
     resolved_count: int = 0
     direct: list[dict[str, Any]] = field(default_factory=list)
     advisories: list[dict[str, Any]] = field(default_factory=list)
-    advisories_checked: bool = True
-    """False when no advisory source answered: `advisories` is then unknown, never "none" (JSON: null)."""
+    advisories_checked: bool = True  # no source answered: `advisories` is unknown, never "none" (JSON null)
     node: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
     lockfile: str = ""
@@ -132,10 +131,9 @@ class Report:
 
     def public(self) -> dict[str, Any]:
         return {"name": self.name, "path": self.path, "manager": self.manager, "lockfile": self.lockfile,
-                "lockfile_version": self.lockfile_version, "resolved_count": self.resolved_count,
-                "direct": self.direct, "advisories": self.advisories if self.advisories_checked else None,
-                "advisories_checked": self.advisories_checked, "node": self.node, "drift": self.drift,
-                "problems": self.problems}  # fmt: skip
+                "lockfile_version": self.lockfile_version, "resolved_count": self.resolved_count, "direct": self.direct,
+                "advisories": self.advisories if self.advisories_checked else None, "advisories_checked":
+                self.advisories_checked, "node": self.node, "drift": self.drift, "problems": self.problems}  # fmt: skip
 
 
 @dataclass
@@ -486,11 +484,10 @@ class DependenciesJob:
             ctx.log("dependencies.gap", **gap)
         for report in checked.reports:
             ctx.log("dependencies.report", project=report.name, lockfile_version=report.lockfile_version,
-                    resolved=report.resolved_count, advisories=len(report.advisories),
-                    majors=[d["name"] for d in report.direct if d["update"] == "major"],
-                    deprecated=[d["name"] for d in report.direct if d["deprecated"]],
-                    node=report.node and report.node["status"], drift=len(report.drift),
-                    problems=report.problems)  # fmt: skip
+                    resolved=report.resolved_count, advisories=len(report.advisories) if report.advisories_checked
+                    else None, majors=[d["name"] for d in report.direct if d["update"] == "major"],
+                    deprecated=[d["name"] for d in report.direct if d["deprecated"]], node=report.node and
+                    report.node["status"], drift=len(report.drift), problems=report.problems)  # fmt: skip
         details = json.loads(json.dumps(checked.public(), default=str))
         if checked.nothing_checked:
             why = "; ".join(g["error"] for g in checked.gaps)
