@@ -373,7 +373,7 @@ def test_unreadable_lockfile_is_reported_with_its_path(
     (broken / "package.json").write_text("{}")
     (broken / "pnpm-lock.yaml").write_text("lockfileVersion: '9.0'\nimporters: [oops\n")
     _code, out = deps(env, registry, broken)
-    assert out["projects"][0]["problems"][0].startswith(f"{broken / 'pnpm-lock.yaml'}: not valid YAML")
+    assert out["projects"][0]["problems"][0].startswith(f"{broken / 'pnpm-lock.yaml'}:3:1: not valid YAML: ")
     assert out["status"] == "fail"
 
 

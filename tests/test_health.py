@@ -313,7 +313,7 @@ def test_ongoing_outage_has_no_end() -> None:
 def test_outage_across_restarts_alerts_once_and_recovers_once(
     tmp_path: Path, env: dict[str, str], sentry: SentryReceiver, app: AppServer
 ) -> None:
-    """Each run-now is a fresh process: an outage spanning them gives one DOWN event and one recovery."""
+    """Each run-now is a fresh process: an outage spanning them gives one DOWN event and one recovery, one issue."""
     healthy = {"ok": False}
     app.routes["/api/health"] = lambda n: Reply(200, {"status": "OK"}) if healthy["ok"] else Reply(503, b"db down")
     config = write(tmp_path / "jobs.yaml", f"""\
@@ -342,6 +342,10 @@ jobs:
     assert "backend recovered after" in json.dumps(events[1])
     assert events[0]["fingerprint"] == ["opskeeper", "api-health", "health", "backend", "down"]
     assert events[0]["tags"]["job_id"] == "api-health"
+    # No token to resolve it with: the recovery joins the outage's issue (one outage, one issue), marked resolved.
+    assert events[1]["fingerprint"] == events[0]["fingerprint"]
+    assert events[1]["tags"]["opskeeper_state"] == "resolved"
+    assert "opskeeper_state" not in events[0]["tags"]
     # The probe itself worked every time, so Sentry Crons saw healthy runs throughout.
     statuses = [c["status"] for c in sentry.items("check_in")]
     assert statuses.count("error") == 0

@@ -318,8 +318,9 @@ def test_an_instance_whose_clock_is_off_takes_no_live_lease(skew: str, mongo_uri
     for _ in range(3 * 3):  # three lease TTLs of 3 s
         index, _ = leader.finished("tick", after=index + 1)
     status = opskeeper("status", "--json", "--config", str(config), env=env)
-    assert status.code == 0, status.stderr
+    assert status.code == 1, status.stderr  # an instance's clock off: attention
     scheduler = json.loads(status.stdout)["scheduler"]
+    assert [i["what"] for i in json.loads(status.stdout)["needs_attention"]] == ["scheduler"]
     review = opskeeper("report", "weekly", "--json", "--config", str(config), env=env)
     assert review.code == 0, review.stderr
     needs = [n for n in json.loads(review.stdout)["needs_attention"] if n["area"] == "scheduler"]

@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`opskeeper jobs | head`): stop quietly, as Unix tools do. Point
+        # stdout at /dev/null so the interpreter's own flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool a pipe ended
     except Exception as exc:
         said = commands.outside_failure(exc)
         if said is None:
@@ -69,12 +75,6 @@ def main(argv: list[str] | None = None) -> int:
         # Only a handler meets an outside system, so the settings (and the secrets to mask) are loaded by now.
         print(f"opskeeper: {commands.redactor(settings).text(said) if settings else said}", file=sys.stderr)
         return EXIT_ERROR
-    except BrokenPipeError:
-        # The reader went away (`opskeeper jobs | head`): stop quietly, as Unix tools do. Point
-        # stdout at /dev/null so the interpreter's own flush at exit cannot fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 141  # 128 + SIGPIPE, what a shell reports for a tool a pipe ended
 
 
 def parser() -> argparse.ArgumentParser:

@@ -193,7 +193,10 @@ class SentryReporter:
     def notice(self, job: JobSpec, run_id: str, notice: Notice) -> None:
         """A job's own notice (an outage began, a service recovered), grouped by its fingerprint.
 
-        A notice that `resolves` another (a recovery resolves its outage) resolves that issue too.
+        A notice that `resolves` another (a recovery resolves its outage) resolves that issue too. Without a
+        token to resolve it with, the recovery joins the outage's own issue instead (its fingerprint, level info,
+        tag `opskeeper_state: resolved`), so one outage is one issue in Sentry, its newest event saying it ended;
+        with a token it is its own event, as resolving first and then adding to the issue would reopen it.
         """
         if not self.enabled:
             return
@@ -203,6 +206,9 @@ class SentryReporter:
                 scope.set_tag("kind", job.kind)
                 scope.set_context("notice", {"run_id": run_id, **dict(notice.context)})
                 fingerprint = ("opskeeper", job.id, *notice.fingerprint)
+                if notice.resolves and self.web is None:
+                    fingerprint = ("opskeeper", job.id, *notice.resolves)
+                    scope.set_tag("opskeeper_state", "resolved")
                 scope.fingerprint = list(fingerprint)
                 scope.set_tag("opskeeper_problem", problem_tag(fingerprint))
                 sentry_sdk.capture_message(notice.message, level=notice.level)
