@@ -52,6 +52,16 @@ _NUMBERS = re.compile(r"\d+(?:\.\d+)?")
 SUMMARY_LIMIT = 500
 
 
+def format_size(size: float | None) -> str:
+    """Bytes in the unit that suits them: 14.2 kB, 3.2 MB, 1.4 GB (never "0.0 MB" for a small backup). Pure."""
+    if size is None:
+        return "–"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:,.1f} {unit}"
+    return f"{size:.0f} B"
+
+
 def cut(text: str, limit: int) -> str:
     """`text` in at most `limit` characters: cut at a word, ending with "…" when anything was left out. Pure."""
     text = " ".join(text.split())

@@ -39,7 +39,7 @@ from jobs.backup.catalog import (
 from jobs.backup.mongodump import dump_with_mongodump
 from jobs.backup.retention import is_future
 from jobs.backup.source import BackupOptions, Namespace, select
-from worker.job import JobContext, Outcome, Status
+from worker.job import JobContext, Outcome, Status, format_size
 from worker.mongodb import connect
 from worker.reporting.redact import Redactor
 from worker.storage import Storage
@@ -306,4 +306,4 @@ def _estimate(client: Any, namespaces: list[Namespace]) -> int | None:
 
 
 def _mb(size: int) -> str:
-    return f"{size / 1e6:.1f} MB"
+    return format_size(size)

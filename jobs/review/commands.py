@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker import commands
 from worker.commands import CliError, Commands
+from worker.job import format_size
 from worker.reporting.log import use_color
 from worker.settings import Settings
 
@@ -183,7 +184,7 @@ def _print_status(status: dict[str, Any], colour: bool = False) -> None:
         print(f"\n{'BACKUP JOB':<22} {'NEWEST':<16} {'SIZE':>10} {'DOCUMENTS':>10}  LAST VERIFIED")
         for row in status["backups"]:
             newest, verified = row["newest"] or {}, row["newest_verified"] or {}
-            size = f"{newest['stored_bytes'] / 1e6:.1f} MB" if newest.get("stored_bytes") is not None else "-"
+            size = format_size(newest["stored_bytes"]) if newest.get("stored_bytes") is not None else "-"
             proof = (f"{_when(verified['at'])} by {verified['drill']} ({verified['recovery_s']:.1f} s)"
                      if verified.get("at") else "never")  # fmt: skip
             print(f"{row['job_id']:<22} {_when(newest.get('at')):<16} {size:>10} {newest.get('documents') or '-':>10}"

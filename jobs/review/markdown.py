@@ -12,6 +12,7 @@ from typing import Any
 
 from jobs.review.charts import Style, colours, time_chart
 from jobs.review.verdict import state
+from worker.job import format_size
 from worker.timespec import format_duration
 
 
@@ -78,7 +79,7 @@ def _naive(moment: str) -> datetime:
 
 
 def _mb(size: float) -> str:
-    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+    return format_size(size)
 
 
 def _dur(seconds: float | None) -> str:

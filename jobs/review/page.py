@@ -15,7 +15,7 @@ from html import escape
 from typing import Any
 
 from jobs.review.verdict import state
-from worker.job import cut
+from worker.job import cut, format_size
 
 # Okabe-Ito, readable by the colour-blind; an endpoint keeps its colour in every chart.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -152,16 +152,6 @@ def _when(moment: str | None, missing: str = "–") -> str:
     return f"<time>{escape(short_time(moment, missing))}</time>" if moment else escape(missing)
 
 
-def size_text(size: float | None) -> str:
-    """Bytes in the unit that suits them: 14 kB, 3.2 MB, 1.4 GB."""
-    if size is None:
-        return "–"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:,.1f} {unit}"
-    return f"{size:.0f} B"
-
-
 def _backups(status: Mapping[str, Any]) -> list[str]:
     out = ['<h2 id="backups">Backups</h2>']
     if not status["backups"]:
@@ -170,11 +160,11 @@ def _backups(status: Mapping[str, Any]) -> list[str]:
     for index, job in enumerate(status["backups"]):
         newest, verified = job["newest"] or {}, job["newest_verified"] or {}
         sizes = sparkline([s["stored_bytes"] for s in job["sizes"]], _colour(index), "size", width=160, height=28,
-                          unit="backup", show=size_text)  # fmt: skip
+                          unit="backup", show=format_size)  # fmt: skip
         times = sparkline([r["recovery_s"] for r in job["recoveries"]], _colour(index), "recovery time", width=160,
                           height=28, unit="drill", show=lambda v: f"{v:.1f} s")  # fmt: skip
         rows.append([escape(job["job_id"]), _when(newest.get("at"), "none"),
-                     size_text(newest.get("stored_bytes")), sizes,
+                     format_size(newest.get("stored_bytes")), sizes,
                      _when(verified.get("at"), "never") + (f" ({verified['recovery_s']:.1f} s)"
                                                                         if verified.get("recovery_s") else ""),
                      times])  # fmt: skip
