@@ -87,7 +87,8 @@ def test_backup_and_verify_on_a_terminal_end_at_100_percent(tmp_path: Path, env:
 
 def test_without_a_terminal_progress_is_plain_lines(tmp_path: Path, env: dict[str, str], mongo_uri: str,
                                                     source: tuple[str, dict[str, int]]) -> None:  # fmt: skip
-    """Piped: `backups verify` prints plain percent lines ending at 100 %, with no control characters at all."""
+    """Piped: `backups verify` prints plain percent lines ending at 100 %, with no control characters at all, and
+    the documents line names its unit once ("documents: 100 % (1,250 of 1,250, …)")."""
     prefix, _ = source
     config = backup_config(tmp_path, f"{prefix}_*")
     assert opskeeper("run-now", "nightly", "--config", str(config), env={**env, "MONGODB_URI": mongo_uri}).code == 0
@@ -97,6 +98,7 @@ def test_without_a_terminal_progress_is_plain_lines(tmp_path: Path, env: dict[st
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", result.stdout + result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.startswith("verify: documents")]
     assert lines[-1].startswith("verify: documents: 100 % (")
+    assert " docs" not in lines[-1]  # the label says what is counted, once
 
 
 def test_a_task_over_its_estimate_still_ends_at_100_percent() -> None:

@@ -170,3 +170,56 @@ def test_a_damaged_ledger_is_refused_at_start(tmp_path: Path, env: dict[str, str
     said = result.stderr.strip().splitlines()[-1]
     assert said.startswith(f"opskeeper: the ledger {path.resolve()} is damaged (")
     assert f"move it aside (mv {path.resolve()} {path.resolve()}.damaged)" in said
+
+
+@pytest.mark.parametrize(("text", "limit", "expected"), [
+    ("backed up 3 collections", 100, "backed up 3 collections"),
+    ("express 4.21.2 → 4.22.1, mongoose 8.9.5 → 8.12.0, dotenv 16.4.7 → 16.5.0", 40,
+     "express 4.21.2 → 4.22.1, mongoose…"),
+    ("a" * 50, 20, "a" * 19 + "…"),  # one long token: cut where it must be
+    ("line one\n  line two", 100, "line one line two"),
+])  # fmt: skip
+def test_summaries_are_cut_at_a_word_with_an_ellipsis(text: str, limit: int, expected: str) -> None:
+    """A summary longer than its limit ends at a word with "…", never mid-word, and is one line."""
+    from worker.job import Outcome, Status, cut
+
+    assert cut(text, limit) == expected
+    assert len(cut(text, limit)) <= limit
+    assert Outcome(Status.OK, "word " * 200).summary.endswith("word…")
+
+
+def test_sizes_and_counts_read_as_a_person_would_write_them() -> None:
+    """14 kB, not 0.0 MB; 1 collection, not 1 collections."""
+    from worker.job import counted, format_size
+
+    assert [format_size(n) for n in (None, 512, 14_200, 3_200_000, 1.4e9)] == ["–", "512 B", "14.2 kB", "3.2 MB",
+                                                                                "1.4 GB"]  # fmt: skip
+    assert [counted(n, "collection") for n in (0, 1, 2, 1250)] == ["0 collections", "1 collection", "2 collections",
+                                                                  "1,250 collections"]  # fmt: skip
+
+
+def test_a_subcommands_usage_error_shows_its_own_usage(env: dict[str, str]) -> None:
+    """An unknown option to `status` or `backups list`: that subcommand's usage and name, exit 64."""
+    for argv, usage in ((["status", "--bogus"], "usage: opskeeper status "),
+                        (["backups", "list", "--x"], "usage: opskeeper backups list ")):  # fmt: skip
+        result = opskeeper(*argv, env=env)
+        assert result.code == 64
+        assert result.stderr.startswith(usage), result.stderr
+        assert result.stderr.strip().endswith(f"opskeeper {' '.join(argv[:-1])}: error: unrecognized arguments: "
+                                              f"{argv[-1]}")  # fmt: skip
+
+
+def test_negative_retention_is_refused_at_validate(tmp_path: Path, env: dict[str, str]) -> None:
+    """`keep_last: -5` is a configuration error naming the place and the rule, not "keep none"."""
+    config = write(tmp_path / "jobs.yaml", """\
+jobs:
+  - id: nightly
+    kind: backup
+    schedule: "0 3 * * *"
+    options: {storage: var/b, retention: {keep_last: -5}}
+""")  # fmt: skip
+    result = opskeeper("validate", "--config", str(config), env=env)
+    assert result.code == 78
+    assert f"{config}:5:" in result.stderr
+    assert "jobs[0] (nightly).options.retention.keep_last: Input should be greater than or equal to 0, got -5" in \
+        result.stderr  # fmt: skip

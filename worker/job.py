@@ -52,6 +52,11 @@ _NUMBERS = re.compile(r"\d+(?:\.\d+)?")
 SUMMARY_LIMIT = 500
 
 
+def counted(count: int, noun: str) -> str:
+    """`1 collection`, `3 collections`, `1,250 documents`. Pure."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def format_size(size: float | None) -> str:
     """Bytes in the unit that suits them: 14.2 kB, 3.2 MB, 1.4 GB (never "0.0 MB" for a small backup). Pure."""
     if size is None:

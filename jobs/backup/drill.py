@@ -26,7 +26,7 @@ from jobs.backup.catalog import VERIFIED, base_of, scan
 from jobs.backup.restore import RestoreError, check, restore
 from jobs.backup.retention import is_future
 from jobs.backup.source import SCRATCH_DATABASE_PREFIX, BackupOptions
-from worker.job import JobContext, JobOptions, Outcome, Status
+from worker.job import JobContext, JobOptions, Outcome, Status, counted
 from worker.mongodb import MongoUri, check_uri, connect
 from worker.reporting.progress import archive_ticks
 from worker.schedule import Duration
@@ -145,7 +145,7 @@ class DrillJob:
             client.close()
         details = {
             "key": newest.key, "backup_created_at": newest.created_at.isoformat(),
-            "collections": sum(1 for n in report.namespaces if not n.skipped and n.type != "view"),
+            "collections": (collections := sum(1 for n in report.namespaces if not n.skipped and n.type != "view")),
             "documents": report.documents, "bytes": report.bytes, "stored_bytes": report.stored_bytes,
             "recovery_s": round(recovery_s, 3), "read_and_insert_s": round(report.read_insert_s, 3),
             "index_build_s": round(report.index_s, 3), "verification_s": round(verify_s, 3),
@@ -161,8 +161,8 @@ class DrillJob:
             "verified_at": datetime.now(UTC).isoformat(), "run_id": ctx.run_id, **details,
         }, indent=2).encode())  # fmt: skip
         summary = (
-            f"{newest.key} restored and verified: {details['collections']} collections, "
-            f"{report.documents} documents in {format_duration(timedelta(seconds=recovery_s))}"
+            f"{newest.key} restored and verified: {counted(collections, 'collection')}, "
+            f"{counted(report.documents, 'document')} in {format_duration(timedelta(seconds=recovery_s))}"
         )
         age = datetime.now(UTC) - newest.created_at
         if age > self.options.max_age:

@@ -39,7 +39,7 @@ from jobs.backup.catalog import (
 from jobs.backup.mongodump import dump_with_mongodump
 from jobs.backup.retention import is_future
 from jobs.backup.source import BackupOptions, Namespace, select
-from worker.job import JobContext, Outcome, Status, format_size
+from worker.job import JobContext, Outcome, Status, counted, format_size
 from worker.mongodb import connect
 from worker.reporting.redact import Redactor
 from worker.storage import Storage
@@ -64,9 +64,10 @@ class BackupJob:
         finally:
             client.close()
         took = format_duration(timedelta(seconds=manifest["duration_s"]))
-        summary = (f"{len(manifest['namespaces'])} collections, {manifest['documents']} documents, "
-                   f"{_mb(manifest['archive_bytes'])} → {_mb(manifest['stored_bytes'])} {opts.compression} "
-                   f"in {took} to {storage.display}{manifest['key']}")  # fmt: skip
+        summary = (f"{counted(len(manifest['namespaces']), 'collection')}, "
+                   f"{counted(manifest['documents'], 'document')}, {_mb(manifest['archive_bytes'])} → "
+                   f"{_mb(manifest['stored_bytes'])} {opts.compression} in {took} to "
+                   f"{storage.display}{manifest['key']}")  # fmt: skip
         details = {k: manifest[k] for k in ("key", "documents", "archive_bytes", "stored_bytes", "sha256",
                                             "duration_s", "consistent_snapshot")}  # fmt: skip
         try:
