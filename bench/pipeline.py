@@ -41,7 +41,8 @@ def documents(megabytes: float, seed: int = 7) -> list[bytes]:
     docs, total, i = [], 0, 0
     while total < megabytes * 1e6:
         i += 1
-        docs.append(bson.encode(document(rnd, i)))
+        # An ObjectId `_id` first, as a server hands documents over (verify checks _ids for duplicates).
+        docs.append(bson.encode({"_id": bson.ObjectId(i.to_bytes(12, "big")), **document(rnd, i)}))
         total += len(docs[-1])
     return docs
 

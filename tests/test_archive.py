@@ -335,3 +335,20 @@ def test_duplicate_id_check_past_its_limit_says_what_it_left() -> None:
     assert ids.problems() == []
     assert ids.gaps() == ["test.foo: 16 document(s) past the first 10 of the archive were not checked for duplicate "
                           "_id values"]  # fmt: skip
+
+
+def test_duplicate_ids_are_found_whatever_the_id_type_and_position() -> None:
+    """Repeated string, int and embedded-document _ids are found, also when `_id` is not the first field; documents
+    without an _id are not duplicates of each other; distinct ones pass."""
+    import bson
+
+    from jobs.backup.ids import DuplicateIds
+
+    docs = [{"_id": "a"}, {"_id": 7}, {"_id": {"k": 1}}, {"x": 1, "_id": "b"}, {"x": 1}, {"x": 2}]
+    repeated = [{"_id": "a", "other": 1}, {"n": 3, "_id": 7}, {"_id": {"k": 1}}, {"_id": "b"}]
+    ids = DuplicateIds()
+    ids.add("app.users", b"".join(bson.encode(d) for d in docs))
+    assert ids.problems() == []
+    ids.add("app.users", b"".join(bson.encode(d) for d in repeated))
+    assert ids.problems() == ["app.users: 4 document(s) repeat an _id another document of the collection has (a "
+                              "restore would stop at the first)"]  # fmt: skip
