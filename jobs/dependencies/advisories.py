@@ -145,6 +145,10 @@ def found_on(chains: Mapping[tuple[str, str], list[list[str]]], advisories: Mapp
     return found
 
 
+#: A failed source's effect when the fallback answered in its place: noted, but nothing is left unchecked.
+CHECKED_INSTEAD = "advisories were checked with OSV instead"
+
+
 def source_gap(source: str, error: str, effect: str) -> dict[str, str]:
     """A source that could not be asked: which, why, and what that leaves unchecked (a report names each)."""
     return {"source": source, "error": error, "effect": effect}
@@ -157,7 +161,12 @@ def advisories_checked(project: Mapping[str, Any], gaps: Sequence[Mapping[str, A
     if "advisories_checked" in project:
         return bool(project["advisories_checked"])
     failed = [g for g in gaps if str(g.get("source", "")).startswith("advisories")]
-    return bool(project.get("advisories")) or not failed or any("instead" in str(g.get("effect", "")) for g in failed)
+    return bool(project.get("advisories")) or not failed or any(not leaves_gap(g) for g in failed)
+
+
+def leaves_gap(gap: Mapping[str, Any]) -> bool:
+    """Whether a source's failure left something unchecked (not when the fallback answered in its place)."""
+    return gap.get("effect") != CHECKED_INSTEAD
 
 
 async def advisory_answers(options: AdvisorySettings, registry: Registry, installed: dict[str, set[str]],
@@ -178,7 +187,7 @@ async def advisory_answers(options: AdvisorySettings, registry: Registry, instal
             answers["osv"] = await _ask("osv", options, registry, installed)
             for gap in gaps:
                 if gap["source"] in {f"advisories ({s})" for s in failed}:
-                    gap["effect"] = "advisories were checked with OSV instead"
+                    gap["effect"] = CHECKED_INSTEAD
         except HttpError as exc:
             gaps.append(source_gap("advisories (osv)", str(exc), "the fallback could not be asked either"))
     return merge_advisories(answers) if answers else None

@@ -12,12 +12,12 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobs.dependencies.advisories import advisories_checked
+from jobs.dependencies.advisories import advisories_checked, leaves_gap
 from jobs.deploys.history import ServiceHistory, state_key
 from jobs.review.verdict import needs_attention, overall, state
 from worker.job import CheckRecord, History
-from worker.ledger import CLOCK_MARGIN, DayOfChecks, Ledger
-from worker.schedule import ScheduleConfig
+from worker.ledger import CLOCK_MARGIN, DayOfChecks, Ledger, RunRecord
+from worker.schedule import JobSpec, ScheduleConfig
 from worker.timespec import missed_slots, upcoming
 
 BACKUP_KINDS = ("backup", "atlas_backup")
@@ -110,7 +110,7 @@ def _streak_start(ledger: Ledger, job_id: str) -> str | None:
     return _at(start)
 
 
-def _stale_since(job: Any, config: ScheduleConfig, last: Any, now: datetime) -> str | None:
+def _stale_since(job: JobSpec, config: ScheduleConfig, last: RunRecord, now: datetime) -> str | None:
     """The first slot after the newest run that is more than `STALE_AFTER` past with no run recorded for it."""
     slots = missed_slots(job.schedule, config.timezone, last.scheduled_at or last.started_at, now - STALE_AFTER, 1)
     return _at(slots[0]) if slots and last.status.value != "running" else None
@@ -216,7 +216,7 @@ def _dependencies(config: ScheduleConfig, ledger: Ledger) -> list[dict[str, Any]
                 "majors": [d["name"] for d in project.get("direct") or [] if d.get("update") == "major"],
                 "node": node.get("status"), "node_line": node.get("line"),
                 "gaps": [g.get("source", "?") for g in gaps],
-                "not_checked": [_gap_text(g) for g in gaps if "instead" not in g.get("effect", "")],
+                "not_checked": [_gap_text(g) for g in gaps if leaves_gap(g)],
             })  # fmt: skip
     return rows
 
