@@ -149,7 +149,7 @@ def test_status_json_has_exact_figures(filled: tuple[Path, dict[str, str]]) -> N
 
 def test_status_on_a_terminal_has_header_rows(filled: tuple[Path, dict[str, str]]) -> None:
     """The plain view opens with the verdict and what needs attention, then each table with its header, every job
-    named; into a pipe it has no colour codes."""
+    named; into a pipe it has no colour codes, with FORCE_COLOR each state has its colour, NO_COLOR wins."""
     config, env = filled
     result = opskeeper("status", "--config", str(config), "--now", NOW.isoformat(), env=env)
     assert result.code == 2
@@ -162,6 +162,12 @@ def test_status_on_a_terminal_has_header_rows(filled: tuple[Path, dict[str, str]
     assert any(line.startswith("ENDPOINT") for line in lines)
     assert {line.split()[0] for line in lines[header + 1 : header + 4]} == {"api-health", "nightly", "drill"}
     assert "\x1b[" not in result.stdout
+    coloured = opskeeper("status", "--config", str(config), "--now", NOW.isoformat(), env={**env, "FORCE_COLOR": "1"})
+    assert coloured.stdout.splitlines()[0] == "OVERALL  \x1b[31m✕ FAILING\x1b[0m"  # red, the page's colour
+    assert "\x1b[32m● UP\x1b[0m" in coloured.stdout
+    plain = opskeeper("status", "--config", str(config), "--now", NOW.isoformat(),
+                      env={**env, "FORCE_COLOR": "1", "NO_COLOR": "1"})  # fmt: skip
+    assert "\x1b[" not in plain.stdout
 
 
 def test_status_summary_wraps_within_its_column(filled: tuple[Path, dict[str, str]]) -> None:
