@@ -23,6 +23,7 @@ from worker.ledger.model import (
     to_ms,
     utc_now,
 )
+from worker.mongodb import connect
 
 # Time is judged by the server's clock, `$$NOW`, never the caller's: instances on different machines disagree
 # about the time, the server is one. Dates are compared as epoch milliseconds (`$toLong`), which MongoDB defines
@@ -47,16 +48,11 @@ class MongoLedger:
     """The same ledger in MongoDB (Atlas or self-hosted): collections `runs` and `job_state`."""
 
     def __init__(self, url: str) -> None:
-        from pymongo import ASCENDING, DESCENDING, MongoClient, WriteConcern
+        from pymongo import ASCENDING, DESCENDING, WriteConcern
 
-        # An operator's serverSelectionTimeoutMS in the URL wins; otherwise fail in 10 s, not 30.
-        options: dict[str, Any] = {"tz_aware": True, "appname": "opskeeper"}
-        if "serverselectiontimeoutms" not in url.lower():
-            options["serverSelectionTimeoutMS"] = 10_000
-        if "sockettimeoutms" not in url.lower():
-            # A server that stops answering mid-call must not hold the daemon (and its lease step) forever.
-            options["socketTimeoutMS"] = 20_000
-        self._client: Any = MongoClient(url, **options)
+        # The URL's own options win (worker.mongodb.connect). A server that stops answering mid-call must not hold
+        # the daemon (and its lease step) forever: 20 s a call unless the URL says otherwise.
+        self._client: Any = connect(url, "opskeeper", tz_aware=True, socketTimeoutMS=20_000)
         name = urlsplit(url).path.lstrip("/") or "opskeeper"
         db = self._client[name]
         self._runs = db["runs"]
