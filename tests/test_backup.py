@@ -139,7 +139,9 @@ def test_s3_going_away_mid_upload_leaves_nothing_and_the_next_run_cleans_up(
 
 @pytest.mark.slow
 def test_unreachable_mongodb_is_a_clear_error_without_the_password(tmp_path: Path, env: dict[str, str]) -> None:
-    """MongoDB down: run-now exits 3 naming the problem; the password is in no output."""
+    """MongoDB down: run-now exits 3 and the run's summary is one sentence, "cannot reach HOST: reason (…)", with no
+    `<TopologyDescription …>`; the URI's own serverSelectionTimeoutMS is honoured (0.3 s, not our 10 s); the
+    password is in no output."""
     config = write(tmp_path / "jobs.yaml", """\
 jobs:
   - id: nightly
@@ -151,8 +153,13 @@ jobs:
 """)  # fmt: skip
     result = opskeeper("run-now", "nightly", "--config", str(config), "--json", env=env)
     assert result.code == 3
-    assert "ServerSelectionTimeoutError" in result.stdout
+    out = json.loads(result.stdout)
+    assert out["summary"] == "cannot reach 127.0.0.1:1: Connection refused (no server answered within 0.3 s)"
+    assert out["details"]["error_type"] == "ServerSelectionTimeoutError"
     assert "Pa55-w0rd-XYZ" not in result.stdout + result.stderr
+    text = opskeeper("run-now", "nightly", "--config", str(config), env=env)
+    assert text.stdout.strip() == f"ERROR: nightly: {out['summary']}"
+    assert "Topology" not in text.stdout + text.stderr
 
 
 def test_password_in_uri_reaches_no_log_manifest_or_argv(

@@ -513,7 +513,7 @@ def test_charts_draw_a_single_day_and_keep_each_endpoints_colour() -> None:
 
     days = [day_type(2026, 11, 16) + timedelta(days=i) for i in range(7)]
     first = [{"date": days[3].isoformat(), "uptime_pct": 99.5, "p95_ms": 100.0}]
-    later = [{"date": days[4].isoformat(), "uptime_pct": 100.0, "p95_ms": 90.0}]
+    later = [{"date": days[d].isoformat(), "uptime_pct": 100.0, "p95_ms": 90.0} for d in (4, 5)]
     rows = [{"endpoint": f"ep{i}", "days": first + (later if i else [])} for i in range(7)]
     styles = colours(r["endpoint"] for r in rows)
     up, latency = uptime_chart(rows, days, styles), latency_chart(rows, days, styles)

@@ -82,27 +82,6 @@ def test_a_broken_lockfile_is_file_line_col_and_one_sentence(tmp_path: Path) -> 
     assert str(caught.value) == f"{npm}:3:16: not valid JSON: Expecting property name enclosed in double quotes"
 
 
-def test_an_unreachable_server_is_one_sentence_in_the_run_and_on_the_terminal(tmp_path: Path,
-                                                                             env: dict[str, str]) -> None:  # fmt: skip
-    """A backup of a server nobody answers: the run's summary is "cannot reach HOST: reason (…)", with no
-    `<TopologyDescription …>`; the URI's own serverSelectionTimeoutMS is honoured (it says 0.3 s, not 10 s)."""
-    from tests.conftest import free_port_closed
-
-    port = free_port_closed()
-    config = write(tmp_path / "jobs.yaml", f"""\
-jobs:
-  - id: nightly
-    kind: backup
-    schedule: "0 3 * * *"
-    options: {{uri: "mongodb://127.0.0.1:{port}/shop?serverSelectionTimeoutMS=300", storage: "{tmp_path / 'b'}"}}
-""")  # fmt: skip
-    result = opskeeper("run-now", "nightly", "--config", str(config), env=env)
-    assert result.code == 3
-    assert result.stdout.strip() == (f"ERROR: nightly: cannot reach 127.0.0.1:{port}: Connection refused "
-                                     "(no server answered within 0.3 s)")  # fmt: skip
-    assert "Topology" not in result.stdout + result.stderr
-
-
 def test_restore_to_an_unreachable_server_says_so_and_honours_the_uris_timeout(tmp_path: Path,
                                                                               env: dict[str, str]) -> None:  # fmt: skip
     """`restore --to` a server nobody answers: one line "cannot reach HOST: reason", exit 3, no traceback; the

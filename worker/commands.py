@@ -197,21 +197,8 @@ def outside_failure(exc: BaseException) -> str | None:
         from worker.mongodb import unreachable
 
         return unreachable(exc)
-    if not type(exc).__module__.startswith("botocore"):
-        return None
-    from botocore.exceptions import BotoCoreError, ClientError
+    if type(exc).__module__.startswith("botocore"):
+        from worker.storage.s3 import failure
 
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code, message = error.get("Code", "?"), error.get("Message", "")
-        bucket = error.get("BucketName") or exc.response.get("ResponseMetadata", {}).get("BucketName")
-        if code == "NoSuchBucket":
-            return (
-                f"S3: the bucket {bucket!r} does not exist (check the storage: URL and AWS_ENDPOINT_URL_S3)"
-                if bucket
-                else "S3: the bucket does not exist (check the storage: URL and AWS_ENDPOINT_URL_S3)"
-            )
-        return f"S3: {exc.operation_name} failed: {code}" + (f": {message}" if message else "")
-    if isinstance(exc, BotoCoreError):
-        return f"S3: {exc}"
+        return failure(exc)
     return None

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker import registry
-from worker.job import Job, JobContext, Notice, Outcome, Status, TransientError
+from worker.job import Job, JobContext, Notice, Outcome, Status, TransientError, cut
 from worker.ledger import Fenced, JobChecks, JobState, Ledger, RunRecord, utc_now
 from worker.reporting.log import get_logger
 from worker.reporting.redact import Redactor
@@ -169,7 +169,7 @@ class Runner:
             reason = f"not started: this instance no longer holds the lease ({exc})"
             log.warning("ledger.fenced", operation="start", token=record.token, summary=reason)
         else:
-            reason = f"not started: the ledger did not record its start ({self.redact.text(one_line(exc))[:200]})"
+            reason = f"not started: the ledger did not record its start ({cut(self.redact.text(one_line(exc)), 200)})"
             log.error("job.not_started", summary=reason)
             self._defer(replace(record, status=Status.MISSED, finished_at=utc_now(), summary=reason, check_in=None))
             if not self._unrecorded_reported:
@@ -485,7 +485,7 @@ def _error_outcome(exc: BaseException) -> Outcome:
     tb = traceback.format_exception(exc)
     return Outcome(
         Status.ERROR,
-        one_line(exc)[:300],
+        cut(one_line(exc), 300),
         {"error_type": type(exc).__name__, "traceback": "".join(tb[-12:])},
         fingerprint=type(exc).__name__,
     )

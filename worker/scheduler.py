@@ -35,7 +35,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from worker import registry
-from worker.job import Status
+from worker.job import Status, cut
 from worker.leadership import Leadership, Presence, instance_id
 from worker.ledger import Ledger, RunRecord
 from worker.reporting.log import get_logger
@@ -204,7 +204,7 @@ class Daemon:
         try:
             token = self.leadership.ask()
         except Exception as exc:  # noqa: BLE001 - any ledger failure: keep the lead only while it is still valid
-            trouble = self.redactor.text(one_line(exc))[:300]
+            trouble = cut(self.redactor.text(one_line(exc)), 300)
             if trouble != self._lease_trouble:
                 self._lease_trouble = trouble
                 self.log.warning("lease.unreachable", instance=self.instance, error=trouble)

@@ -164,8 +164,9 @@ def _print_status(status: dict[str, Any], colour: bool = False) -> None:
         head = f"  {_cell('FAILING' if item['level'] == 'failing' else 'ATTENTION', 0, colour)} "
         print(head + textwrap.fill(f"{item['what']}{since}: {item['message']}", 100,
                                    subsequent_indent=" " * 14).lstrip())  # fmt: skip
-    print(f"\n{'JOB':<22} {'KIND':<16} {'LAST':<13} {'WHEN':<16} {'LAST SUCCESS':<16} {'NEXT RUN':<16} SUMMARY")
-    indent = " " * (22 + 16 + 13 + 16 * 3 + 6)  # the columns before SUMMARY and their separators
+    header = f"{'JOB':<22} {'KIND':<16} {'LAST':<13} {'WHEN':<16} {'LAST SUCCESS':<16} {'NEXT RUN':<16} SUMMARY"
+    print("\n" + header)
+    indent = " " * header.index("SUMMARY")
     for job in status["jobs"]:
         summary = textwrap.wrap(job["summary"] or "", SUMMARY_WIDTH, max_lines=3, placeholder=" …") or [""]
         print(f"{job['id']:<22} {job['kind']:<16} {_cell(job['last_status'], 13, colour)} "

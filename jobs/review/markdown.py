@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from jobs.review.charts import Style, colours, time_chart
+from jobs.review.page import TREND_MIN
 from jobs.review.verdict import state
 from worker.job import format_size
 from worker.timespec import format_duration
@@ -20,10 +21,6 @@ def _day_points(row: Mapping[str, Any], key: str) -> list[tuple[datetime, float]
     """A day's value at noon of that day, so a single day sits in the middle of its column."""
     return [(datetime.combine(date.fromisoformat(d["date"]), datetime.min.time()) + timedelta(hours=12), d[key])
             for d in row["days"] if d[key] is not None]  # fmt: skip
-
-
-#: A chart needs this many points in one series at least; fewer are said in words.
-TREND_MIN = 2
 
 
 def too_few(title: str, series: Mapping[str, Sequence[tuple[datetime, float]]], unit: str, what: str) -> str | None:

@@ -20,7 +20,8 @@ from worker.job import cut, format_size
 # Okabe-Ito, readable by the colour-blind; an endpoint keeps its colour in every chart.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 CELL_W, CELL_GAP, CELL_H = 6, 2, 28
-#: Fewer points than this are said in words, not drawn: one dot in an empty frame is not a trend.
+#: Fewer points than this are said in words, not drawn, on the page and in the review's charts alike: one dot in
+#: an empty frame, or a hairline between two, is not a trend.
 TREND_MIN = 3
 
 CSS = """

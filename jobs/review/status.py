@@ -83,7 +83,7 @@ def scheduler(ledger: History, now: datetime) -> dict[str, Any]:
 def _jobs(config: ScheduleConfig, ledger: Ledger, now: datetime) -> list[dict[str, Any]]:
     rows = []
     for job in config.jobs:
-        newest = ledger.recent(job.id, limit=1)
+        newest = ledger.recent(job.id, limit=STREAK)  # the newest run, and the streak it ends
         last = newest[0] if newest else None
         success = ledger.last_success(job.id)
         following = upcoming(job.schedule, config.timezone, now, 1) if job.enabled else []
@@ -92,18 +92,17 @@ def _jobs(config: ScheduleConfig, ledger: Ledger, now: datetime) -> list[dict[st
             "last_status": last.status.value if last else None, "last_run_at": _at(last.started_at) if last else None,
             "summary": last.summary if last else "", "last_success_at": _at(success.started_at) if success else None,
             "next_run": _at(following[0]) if following else None, "monitor_slug": job.id,
-            "failing_since": _streak_start(ledger, job.id) if last and state(last.status.value).level != "ok"
-            else None,
+            "failing_since": _streak_start(newest) if last and state(last.status.value).level != "ok" else None,
             "stale_since": _stale_since(job, config, last, now) if last and job.enabled else None,
         })  # fmt: skip
     return rows
 
 
-def _streak_start(ledger: Ledger, job_id: str) -> str | None:
-    """When the newest run of troubled runs began: the oldest of them since the last good one (of the newest
-    `STREAK`)."""
+def _streak_start(newest: list[RunRecord]) -> str | None:
+    """When the newest streak of troubled runs began: the oldest of them since the last good one (of `newest`,
+    newest first)."""
     start = None
-    for run in ledger.recent(job_id, limit=STREAK):
+    for run in newest:
         if state(run.status.value).level == "ok":
             break
         start = run.started_at

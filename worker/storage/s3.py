@@ -30,6 +30,23 @@ ESTIMATE_AFTER = 64
 """Parts (512 MiB) after which an upload asks for the archive's size estimate: small ones never pay for it."""
 
 
+def failure(exc: BaseException) -> str | None:
+    """One sentence for a botocore error that reached a command (a missing bucket, refused credentials, no
+    endpoint), or None for any other error."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", "?"), error.get("Message", "")
+        if code == "NoSuchBucket":
+            bucket = f" {error['BucketName']!r}" if error.get("BucketName") else ""
+            return f"S3: the bucket{bucket} does not exist (check the storage: URL and AWS_ENDPOINT_URL_S3)"
+        return f"S3: {exc.operation_name} failed: {code}" + (f": {message}" if message else "")
+    if isinstance(exc, BotoCoreError):
+        return f"S3: {exc}"
+    return None
+
+
 def part_size(expected: int | None, parts_done: int, bytes_done: int) -> int:
     """The next part's size: S3 allows 10,000 parts of 5 MiB to 5 GiB, so parts must grow with the archive.
 
