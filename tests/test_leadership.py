@@ -118,12 +118,16 @@ def test_kill_9_of_the_leader(shared: str, tmp_path: Path, daemon_factory: Start
     second = daemon_factory(config, env)
     second.wait_for(lambda e: e["event"] == "lease.standby")
     first.wait_for(lambda e: e["event"] == "job.started" and e.get("job_id") == "long")
+    # A tick of the first leader's on record, so the slots below span both leaders (on a loaded machine the
+    # kill could otherwise come before the first tick, and the second leader's alone would prove nothing).
+    first.finished("tick")
     first.proc.kill()
     first.proc.wait(10)
     mark = len(second.events)
     # TTL 3 s + one renewal (1 s) + a margin for a loaded machine.
     second.wait_for(lambda e: e["event"] == "lease.acquired", after=mark, timeout=3 + 1 + 4)
-    second.finished("tick", after=mark, timeout=5)
+    index, _ = second.finished("tick", after=mark, timeout=5)
+    second.finished("tick", after=index + 1, timeout=5)
     second.wait_for(lambda e: e["event"] == "job.started" and e.get("job_id") == "long", after=mark, timeout=5)
     # Closed at the take-over, before the new term runs anything: its term ended with the lease.
     second.wait_for(lambda e: e["event"] == "ledger.term_runs_closed", after=mark, timeout=10)
