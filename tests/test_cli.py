@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -157,6 +158,53 @@ def test_python_dash_m_worker_is_the_opskeeper_command(env: dict[str, str]) -> N
     result = opskeeper("--version", env=env)
     assert result.code == 0
     assert result.stdout.startswith("opskeeper ")
+
+
+#: Runs `python -m worker ARGV`, then prints every module it loaded, as JSON, on the last line of stderr.
+MODULES_PROBE = """
+import json, runpy, sys
+sys.argv = ["opskeeper", *sys.argv[1:]]
+try:
+    runpy.run_module("worker", run_name="__main__")
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+def _run_counting_modules(argv: list[str], env: dict[str, str]) -> tuple[str, set[str]]:
+    """(stdout, every module loaded) of one `opskeeper ARGV` in a fresh interpreter."""
+    proc = subprocess.run([sys.executable, "-c", MODULES_PROBE, *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    return proc.stdout, set(json.loads(proc.stderr.splitlines()[-1]))
+
+
+#: What answering `--version` or `--help` may import besides the standard library: the command table and the
+#: kinds' `register` functions. Anything heavier (pydantic, structlog, sentry_sdk, httpx, pymongo, boto3, a job
+#: kind's code) is imported by the command that uses it.
+START_UP = frozenset({"__main__", "worker", "worker.__main__", "worker.cli", "worker.commands", "worker.version",
+                      "jobs", *(f"jobs.{k}{m}" for k in ("backup", "dependencies", "deploys", "health", "review")
+                               for m in ("", ".commands"))})  # fmt: skip
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["deps", "--help"], ["restore", "--help"]])
+def test_version_and_help_import_almost_nothing(argv: list[str]) -> None:
+    """`--version` and `--help` load only the command table: no third-party module and no job kind's code."""
+    stdout, modules = _run_counting_modules(argv, dict(os.environ))
+    loaded = {m for m in modules if m.split(".")[0] not in sys.stdlib_module_names}
+    assert "opskeeper" in stdout or "usage:" in stdout
+    assert loaded - START_UP == set()
+    assert "worker.cli" in loaded
+
+
+def test_validate_loads_no_driver_or_reporter(tmp_path: Path) -> None:
+    """`validate` of the shipped schedule reads options only: no HTTP client, MongoDB driver, Sentry or logger."""
+    env = {"PATH": os.environ["PATH"], "OPSKEEPER_LEDGER": str(tmp_path / "l.db")}
+    stdout, modules = _run_counting_modules(["validate", "--config", "config/jobs.yaml"], env)
+    assert stdout.startswith("OK: ")
+    tops = {m.split(".")[0] for m in modules}
+    assert tops & {"httpx", "pymongo", "sentry_sdk", "boto3", "botocore", "structlog", "rich"} == set()
+    assert "pydantic" in tops  # it did validate
 
 
 @pytest.mark.slow

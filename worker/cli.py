@@ -14,24 +14,21 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.backup import commands as backup_commands
 from jobs.dependencies import commands as dependencies_commands
 from jobs.deploys import commands as deploys_commands
 from jobs.health import commands as health_commands
 from jobs.review import commands as review_commands
-from worker import children, commands
+from worker import commands
 from worker.commands import EXIT_CONFIG, EXIT_ERROR, CliError, Commands, Parser, add_config_option
-from worker.http import HttpConfigError
-from worker.job import JobOptions
-from worker.leadership import Presence, instance_id
-from worker.ledger import describe_place, lost_on_deploy
-from worker.reporting.log import configure, get_logger
-from worker.runner import Runner
-from worker.settings import Settings, SettingsError, load_settings
-from worker.timespec import describe, parse_duration, upcoming
-from worker.version import version
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
+
+# Nothing else is imported here at start: each command imports what it uses when it runs, so
+# `--version` and `--help` answer at once (tests/test_cli.py pins what `--version` may load).
 
 #: Every kind's commands, in the order `opskeeper --help` lists them after the core's.
 COMMANDS: tuple[Callable[[Commands], None], ...] = (
@@ -46,6 +43,9 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = (
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and `python -m worker`."""
     args = parser().parse_args(argv)
+    from worker.reporting.log import configure
+    from worker.settings import SettingsError, load_settings
+
     settings: Settings | None = None
     try:
         settings = load_settings()
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args.handler(args, settings))
         sys.stdout.flush()  # a closed pipe shows here, inside the try, not at exit
         return code
-    except (SettingsError, HttpConfigError) as exc:
+    except SettingsError as exc:
         print(f"opskeeper: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except CliError as exc:
@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool a pipe ended
     except Exception as exc:
+        if commands.is_http_config_error(exc):
+            print(f"opskeeper: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         said = commands.outside_failure(exc)
         if said is None:
             raise
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 def parser() -> argparse.ArgumentParser:
     """The whole command line: the core commands, then each kind's."""
     top = Parser(prog="opskeeper", description="Runs your app's operations plan.")
-    top.add_argument("--version", action="version", version=f"opskeeper {version()}")
+    top.add_argument("--version", action=_Version, nargs=0, help="show opskeeper's version and exit")
     cli = Commands(top.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     run = cli.add("run", "Run the daemon: schedule every job until SIGTERM.", _run)
     run.add_argument("--for", dest="run_for", metavar="DURATION", help="stop by itself after this long, e.g. 30s")
@@ -102,7 +105,20 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+class _Version(argparse.Action):
+    """--version, looked up when asked for: reading the installed distribution's metadata costs every other
+    command its start-up."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from worker.version import version
+
+        print(f"opskeeper {version()}")
+        parser.exit()
+
+
 def _validate(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.job import JobOptions
+
     config = commands.schedule(args, settings)
     print(f"OK: {len(config.jobs)} jobs")
     if not config.jobs:
@@ -117,6 +133,8 @@ def _validate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _jobs(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.timespec import describe, upcoming
+
     config = commands.schedule(args, settings)
     now = datetime.now(UTC)
     if args.now:
@@ -152,7 +170,10 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.ledger import describe_place, lost_on_deploy
+    from worker.reporting.log import get_logger
     from worker.scheduler import Daemon  # the daemon's imports are only needed here
+    from worker.timespec import parse_duration
 
     config = commands.schedule(args, settings)
     run_for = None
@@ -190,6 +211,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_now(args: argparse.Namespace, settings: Settings) -> int:
+    from worker import children
+    from worker.leadership import Presence, instance_id
+    from worker.reporting.log import get_logger
+    from worker.runner import Runner
+
     config = commands.schedule(args, settings)
     try:
         job = config.job(args.job_id)

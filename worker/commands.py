@@ -28,25 +28,24 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from worker.job import Status
-from worker.ledger import Ledger, RunRecord, open_ledger
-from worker.reporting.log import configure
-from worker.reporting.redact import Redactor
-from worker.reporting.sentry import SentryReporter
-from worker.schedule import ConfigError, ScheduleConfig, load_config
-from worker.settings import Settings, secret_env_values
-from worker.version import version
-
 if TYPE_CHECKING:
-    from worker.scheduler import Daemon  # only named: the daemon's imports load when `run` starts it
+    # Only named here. Each helper imports what it uses when called, so that `--version`, `--help` and a
+    # command that needs none of them do not pay for pydantic, sentry_sdk, structlog or the drivers
+    # (tests/test_cli.py pins what `--version` loads).
+    from worker.ledger import Ledger
+    from worker.reporting.redact import Redactor
+    from worker.reporting.sentry import SentryReporter
+    from worker.schedule import ScheduleConfig
+    from worker.scheduler import Daemon
+    from worker.settings import Settings
 
 EXIT_BAD = 2
 EXIT_ERROR = 3
 EXIT_USAGE = 64
 EXIT_CONFIG = 78
 
-Handler = Callable[[argparse.Namespace, Settings], int]
-DaemonHook = Callable[["Daemon", Settings], None]
+Handler = Callable[[argparse.Namespace, "Settings"], int]
+DaemonHook = Callable[["Daemon", "Settings"], None]
 """Called by `opskeeper run` with the daemon before it starts serving."""
 
 
@@ -111,6 +110,7 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
 def schedule(args: argparse.Namespace, settings: Settings) -> ScheduleConfig:
     """The validated schedule; a missing file is a usage error, an invalid one a configuration error."""
     from worker import registry  # the kinds, imported when a command needs the schedule
+    from worker.schedule import ConfigError, load_config
 
     path: Path = getattr(args, "config", None) or settings.config_path
     try:
@@ -122,11 +122,16 @@ def schedule(args: argparse.Namespace, settings: Settings) -> ScheduleConfig:
 
 def redactor(settings: Settings, config: ScheduleConfig | None = None) -> Redactor:
     """Every secret this process knows of: settings, secret-named environment variables, the schedule's."""
+    from worker.reporting.redact import Redactor
+    from worker.settings import secret_env_values
+
     return Redactor([*settings.secret_values(), *secret_env_values(os.environ), *(config.secrets if config else ())])
 
 
 def ledger(settings: Settings, masks: Redactor) -> Ledger:
     """The ledger the settings name; failing to open it is an outside failure (3), said without secrets."""
+    from worker.ledger import open_ledger
+
     target = settings.ledger.get_secret_value()
     try:
         return open_ledger(target)
@@ -143,6 +148,9 @@ def reporting(
     The daemon's output is its log, so it logs to stdout; any other command keeps stdout for
     its result (one JSON document with --json) and logs to stderr.
     """
+    from worker.reporting.log import configure
+    from worker.reporting.sentry import SentryReporter
+
     masks = redactor(settings, config)
     configure(settings.log_format, masks, sys.stdout if daemon else sys.stderr)
     dsn = settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None
@@ -165,6 +173,10 @@ def sentry_web(settings: Settings) -> Any:
 
 def record(store: Ledger, *, job_id: str, kind: str, started: datetime, summary: str, details: dict[str, Any]) -> None:
     """Keep a command's own action (a restore, a prune, a rollback) in the run history, as OK."""
+    from worker.job import Status
+    from worker.ledger import RunRecord
+    from worker.version import version
+
     store.record(RunRecord(
         run_id=uuid.uuid4().hex, job_id=job_id, kind=kind, status=Status.OK, started_at=started,
         finished_at=datetime.now(UTC), summary=summary, host=socket.gethostname(), version=version(),
@@ -188,6 +200,16 @@ def parse_time(text: str, option: str) -> datetime:
     if moment.tzinfo is None:
         raise CliError(f"{option} {text!r}: give a UTC offset, e.g. {text}+00:00")
     return moment
+
+
+def is_http_config_error(exc: BaseException) -> bool:
+    """Whether `exc` is an HTTP set-up error (a bad proxy or CA bundle setting): a configuration error, 78.
+
+    Looked up only if worker.http was imported: a command that made no HTTP request cannot have raised one,
+    and importing httpx to find out would cost every command its start-up.
+    """
+    http = sys.modules.get("worker.http")
+    return http is not None and isinstance(exc, http.HttpConfigError)
 
 
 def outside_failure(exc: BaseException) -> str | None:

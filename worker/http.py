@@ -40,12 +40,11 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import certifi
-import httpx
 import orjson
 import truststore
 
@@ -57,6 +56,7 @@ from worker.version import version
 if TYPE_CHECKING:
     from types import ModuleType
 
+    import httpx
     from stamina.instrumentation import RetryDetails
 
 DEFAULT_TIMEOUT = timedelta(seconds=30)
@@ -91,6 +91,8 @@ def _variable(environ: Mapping[str, str], name: str) -> tuple[str, str] | None:
 
 def display_url(url: str | httpx.URL) -> str:
     """A URL for messages: no user name or password, no query."""
+    import httpx
+
     parsed = httpx.URL(str(url))
     return str(parsed.copy_with(username=None, password=None, query=None, fragment=None))
 
@@ -232,6 +234,8 @@ def _context(ca_file: str | None, ca_dir: str | None, _stamp: tuple[int, ...]) -
 
 
 def _proxy(variable: str, url: str) -> httpx.Proxy:
+    import httpx
+
     try:
         return httpx.Proxy(url)
     except ValueError:
@@ -244,50 +248,59 @@ def _note_proxy(exc: Exception, chosen: tuple[str, str]) -> None:
     exc.add_note(f"via proxy {display_url(chosen[1])} (from {chosen[0]})")
 
 
-class _Router(httpx.BaseTransport):
-    """Sends each request straight to its server or through the proxy the environment names for it."""
+@cache
+def _routers() -> tuple[Callable[[Proxies, Callable[[httpx.Proxy | None], httpx.HTTPTransport]], httpx.BaseTransport],
+                       Callable[[Proxies, Callable[[httpx.Proxy | None], httpx.AsyncHTTPTransport]],
+                                httpx.AsyncBaseTransport]]:  # fmt: skip
+    """The transports that route each request: classes of httpx's, defined when the first client is built so that
+    importing this module does not import httpx (every command imports it; few make a request)."""
+    import httpx
 
-    def __init__(self, proxies: Proxies, make: Callable[[httpx.Proxy | None], httpx.HTTPTransport]) -> None:
-        self._proxies = proxies
-        self._direct = make(None)
-        self._via = {url: make(_proxy(name, url)) for name, url in proxies.configured()}
+    class _Router(httpx.BaseTransport):
+        """Sends each request straight to its server or through the proxy the environment names for it."""
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        chosen = self._proxies.for_url(request.url)
-        if chosen is None:
-            return self._direct.handle_request(request)
-        try:
-            return self._via[chosen[1]].handle_request(request)
-        except httpx.TransportError as exc:
-            _note_proxy(exc, chosen)
-            raise
+        def __init__(self, proxies: Proxies, make: Callable[[httpx.Proxy | None], httpx.HTTPTransport]) -> None:
+            self._proxies = proxies
+            self._direct = make(None)
+            self._via = {url: make(_proxy(name, url)) for name, url in proxies.configured()}
 
-    def close(self) -> None:
-        for transport in (self._direct, *self._via.values()):
-            transport.close()
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            chosen = self._proxies.for_url(request.url)
+            if chosen is None:
+                return self._direct.handle_request(request)
+            try:
+                return self._via[chosen[1]].handle_request(request)
+            except httpx.TransportError as exc:
+                _note_proxy(exc, chosen)
+                raise
 
+        def close(self) -> None:
+            for transport in (self._direct, *self._via.values()):
+                transport.close()
 
-class _AsyncRouter(httpx.AsyncBaseTransport):
-    """`_Router` for async clients."""
+    class _AsyncRouter(httpx.AsyncBaseTransport):
+        """`_Router` for async clients."""
 
-    def __init__(self, proxies: Proxies, make: Callable[[httpx.Proxy | None], httpx.AsyncHTTPTransport]) -> None:
-        self._proxies = proxies
-        self._direct = make(None)
-        self._via = {url: make(_proxy(name, url)) for name, url in proxies.configured()}
+        def __init__(self, proxies: Proxies, make: Callable[[httpx.Proxy | None], httpx.AsyncHTTPTransport]) -> None:
+            self._proxies = proxies
+            self._direct = make(None)
+            self._via = {url: make(_proxy(name, url)) for name, url in proxies.configured()}
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        chosen = self._proxies.for_url(request.url)
-        if chosen is None:
-            return await self._direct.handle_async_request(request)
-        try:
-            return await self._via[chosen[1]].handle_async_request(request)
-        except httpx.TransportError as exc:
-            _note_proxy(exc, chosen)
-            raise
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            chosen = self._proxies.for_url(request.url)
+            if chosen is None:
+                return await self._direct.handle_async_request(request)
+            try:
+                return await self._via[chosen[1]].handle_async_request(request)
+            except httpx.TransportError as exc:
+                _note_proxy(exc, chosen)
+                raise
 
-    async def aclose(self) -> None:
-        for transport in (self._direct, *self._via.values()):
-            await transport.aclose()
+        async def aclose(self) -> None:
+            for transport in (self._direct, *self._via.values()):
+                await transport.aclose()
+
+    return _Router, _AsyncRouter
 
 
 class ClientOptions(TypedDict, total=False):
@@ -313,6 +326,8 @@ class _Setup:
 
     @classmethod
     def of(cls, given: ClientOptions) -> _Setup:
+        import httpx
+
         trust = Trust.resolve(given.get("ca_file"), os.environ)
         headers = {"User-Agent": user_agent(), **(given.get("headers") or {})}
         options = {"base_url": given.get("base_url", ""), "headers": headers, "auth": given.get("auth"),
@@ -323,22 +338,26 @@ class _Setup:
 
 def client(**given: Unpack[ClientOptions]) -> httpx.Client:
     """A synchronous client that honours the proxy and CA environment."""
+    import httpx
+
     setup = _Setup.of(given)
 
     def make(proxy: httpx.Proxy | None) -> httpx.HTTPTransport:
         return httpx.HTTPTransport(verify=setup.verify, proxy=proxy, limits=setup.limits)
 
-    return httpx.Client(transport=_Router(setup.proxies, make), **setup.options)
+    return httpx.Client(transport=_routers()[0](setup.proxies, make), **setup.options)
 
 
 def async_client(**given: Unpack[ClientOptions]) -> httpx.AsyncClient:
     """An asynchronous client that honours the proxy and CA environment."""
+    import httpx
+
     setup = _Setup.of(given)
 
     def make(proxy: httpx.Proxy | None) -> httpx.AsyncHTTPTransport:
         return httpx.AsyncHTTPTransport(verify=setup.verify, proxy=proxy, limits=setup.limits)
 
-    return httpx.AsyncClient(transport=_AsyncRouter(setup.proxies, make), **setup.options)
+    return httpx.AsyncClient(transport=_routers()[1](setup.proxies, make), **setup.options)
 
 
 # --- what went wrong, in words ----------------------------------------------------------
@@ -365,6 +384,8 @@ def describe(exc: BaseException, timeout: timedelta | None, trust: Trust | None 
 
 
 def _reason(chain: list[BaseException], timeout: timedelta | None, trust: Trust | None) -> str:
+    import httpx
+
     for error in chain:
         if isinstance(error, ssl.SSLCertVerificationError):
             text = f"TLS: certificate verify failed: {error.verify_message or error.reason or error}"
@@ -475,6 +496,8 @@ class UnavailableError(HttpError, TransientError):
 
 def _log_retry(details: RetryDetails) -> None:
     """One `http.retry` log line per retry, naming the request: stamina's own names only '<context block>'."""
+    import httpx
+
     cause = details.caused_by
     request = cause.response.request if isinstance(cause, _RetryableStatusError) else None
     if request is None and isinstance(cause, httpx.TransportError):
@@ -531,6 +554,8 @@ class _ApiBase:
         self.trust = Trust.resolve(ca_file, os.environ)
 
     def _hook(self, method: str) -> Callable[[Exception], bool | float]:
+        import httpx
+
         cap = self.retry.max_retry_after.total_seconds()
 
         def should_retry(exc: Exception) -> bool | float:
@@ -564,6 +589,8 @@ class _ApiBase:
     @contextlib.contextmanager
     def _failures(self, method: str, path: str) -> Iterator[None]:
         """Turn what the retries could not mend into an HttpError naming the vendor, the request and the cause."""
+        import httpx
+
         try:
             yield
         except _RetryableStatusError as again:
@@ -652,6 +679,8 @@ class Api(_ApiBase):
         For documents from outside our control (a status page's feed): memory stays bounded however
         large or compressed the answer is.
         """
+        import httpx
+
         headers = {"Accept-Encoding": DECODED_ENCODINGS, **kwargs.pop("headers", {})}
         with self._failures("GET", path):
             for attempt in self._loop("GET"):
@@ -674,6 +703,8 @@ class AsyncApi(_ApiBase):
                  headers: Mapping[str, str] | None = None, auth: httpx.Auth | None = None,
                  timeout: timedelta = DEFAULT_TIMEOUT, retry: RetryPolicy = DEFAULT_RETRY,
                  ca_file: str | None = None, concurrency: int = 16) -> None:  # fmt: skip
+        import httpx
+
         super().__init__(vendor, base_url, credential=credential, timeout=timeout, retry=retry, ca_file=ca_file)
         self.client = async_client(base_url=self.base_url, headers=headers, auth=auth, timeout=timeout,
                                    ca_file=ca_file, limits=httpx.Limits(max_connections=concurrency))  # fmt: skip

@@ -9,13 +9,14 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from worker import commands
 from worker.commands import EXIT_BAD, EXIT_ERROR, CliError, Commands
-from worker.reporting.progress import ProgressReport, archive_ticks
-from worker.schedule import JobSpec, ScheduleConfig
-from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.schedule import JobSpec, ScheduleConfig
+    from worker.settings import Settings
 
 
 def register(cli: Commands) -> None:
@@ -109,6 +110,7 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
         restore,
     )
     from worker.mongodb import check_uri, connect
+    from worker.reporting.progress import ProgressReport, archive_ticks
 
     try:
         rename = ns_mapper(args.ns_from, args.ns_to)
@@ -187,6 +189,7 @@ def _plan(args: argparse.Namespace, settings: Settings, rename: Any, target: str
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
     from jobs.backup.catalog import verify
+    from worker.reporting.progress import ProgressReport, archive_ticks
 
     progress = ProgressReport()
     with _open_archive(args, settings) as (stream, manifest):

@@ -20,10 +20,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo.errors import PyMongoError
-
 from jobs.backup.catalog import VERIFIED, base_of, scan
-from jobs.backup.restore import RestoreError, check, restore
 from jobs.backup.retention import is_future
 from jobs.backup.source import SCRATCH_DATABASE_PREFIX, BackupOptions
 from worker.job import JobContext, JobOptions, Outcome, Status, counted
@@ -100,6 +97,11 @@ class DrillJob:
         return wanted, backups[wanted].options
 
     def run(self, ctx: JobContext) -> Outcome:
+        # The restore machinery (and pymongo) loads when a drill runs, not when a schedule is validated.
+        from pymongo.errors import PyMongoError
+
+        from jobs.backup.restore import RestoreError, check, restore
+
         job_id, backup = self._backup_job(ctx)
         storage = backup.open_storage()
         listing = scan(storage, job_id)

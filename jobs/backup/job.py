@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import json_util
-from pymongo.errors import ConfigurationError, OperationFailure
 
 from jobs.backup.archive import (
     ArchiveWriter,
@@ -160,6 +159,8 @@ class BackupJob:
 
     def _collection(self, ctx: JobContext, client: Any, ns: Namespace, writer: ArchiveWriter,
                     session: _Snapshot) -> dict[str, Any]:  # fmt: skip
+        from pymongo.errors import OperationFailure  # the driver loads when a backup runs
+
         started = time.monotonic()
         data_ns = ns.data_collection
         crc: int | None = None
@@ -201,6 +202,8 @@ class BackupJob:
 
     def _batches(self, client: Any, ns: Namespace, snapshot: _Snapshot) -> Iterator[bytes]:
         """Raw batches of a collection, read at the snapshot while the server allows it."""
+        from pymongo.errors import OperationFailure
+
         collection = client[ns.db][ns.data_collection]
         batches = prefetched(collection.find_raw_batches({}, batch_size=self.options.batch_size,
                                                          **snapshot.kwargs()))  # fmt: skip
@@ -271,6 +274,8 @@ class _Snapshot:
     """One snapshot session for the whole dump where the server offers one (a consistent backup)."""
 
     def __init__(self, client: Any) -> None:
+        from pymongo.errors import ConfigurationError
+
         try:
             self.session: Any = client.start_session(snapshot=True)
         except ConfigurationError:
@@ -297,6 +302,8 @@ class _Snapshot:
 
 def _estimate(client: Any, namespaces: list[Namespace]) -> int | None:
     """The archive's likely size: the selected databases' own dataSize (uncompressed BSON); None if unknown."""
+    from pymongo.errors import OperationFailure
+
     total = 0
     try:
         for db in sorted({n.db for n in namespaces}):

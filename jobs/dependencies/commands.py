@@ -8,12 +8,13 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker import commands
 from worker.commands import EXIT_ERROR, CliError, Commands
-from worker.job import Status
-from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 
 def register(cli: Commands) -> None:
@@ -46,6 +47,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     from pydantic import ValidationError
 
     from jobs.dependencies.job import DependenciesOptions, Project, check_projects, verdict
+    from worker.job import Status
     from worker.vendors.nodejs import NODE_INDEX, NODE_SCHEDULE
     from worker.vendors.npm import NPM_REGISTRY
     from worker.vendors.osv import OSV_API

@@ -6,12 +6,14 @@ import argparse
 import json
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker import commands
 from worker.commands import EXIT_ERROR, CliError, Commands
-from worker.schedule import JobSpec, ScheduleConfig
-from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.schedule import JobSpec, ScheduleConfig
+    from worker.settings import Settings
 
 
 def register(cli: Commands) -> None:

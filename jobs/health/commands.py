@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from worker import commands
 from worker.commands import CliError, Commands
-from worker.ledger import CHECKS_KEPT
-from worker.settings import Settings
-from worker.timespec import format_duration, parse_duration
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 
 def register(cli: Commands) -> None:
@@ -25,6 +26,8 @@ def register(cli: Commands) -> None:
 
 def _uptime(args: argparse.Namespace, settings: Settings) -> int:
     from jobs.health.job import uptime_report
+    from worker.ledger import CHECKS_KEPT
+    from worker.timespec import format_duration, parse_duration
 
     try:
         window = parse_duration(args.window)

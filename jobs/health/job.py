@@ -18,9 +18,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 from pydantic import Field, field_validator, model_validator
 
 from worker import http
@@ -89,6 +90,8 @@ class Endpoint(JobOptions):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
+        import httpx
+
         url = httpx.URL(value)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"{value!r} is not an http:// or https:// URL")
@@ -303,6 +306,8 @@ class HealthJob:
 
         An endpoint in `waiting` (its Retry-After has not passed) is not asked at all.
         """
+        import httpx
+
         gate = asyncio.Semaphore(self.options.concurrency)
         clients: dict[tuple[bool, str | None], httpx.AsyncClient] = {}
         limits = httpx.Limits(max_connections=self.options.concurrency, max_keepalive_connections=0)
@@ -361,6 +366,8 @@ class HealthJob:
 
 async def probe(client: httpx.AsyncClient, endpoint: Endpoint) -> Check:
     """One request to one endpoint, judged; never raises."""
+    import httpx
+
     content, json_body = (None, endpoint.body) if isinstance(endpoint.body, dict) else (endpoint.body, None)
     started = time.perf_counter()
     try:

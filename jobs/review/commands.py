@@ -13,12 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from worker import commands
 from worker.commands import CliError, Commands
-from worker.job import format_size
-from worker.reporting.log import use_color
-from worker.settings import Settings
 
 if TYPE_CHECKING:
     from worker.scheduler import Daemon
+    from worker.settings import Settings
 
 
 def register(cli: Commands) -> None:
@@ -66,6 +64,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     """Exits with the verdict: 0 all is well, 1 something needs attention, 2 something is down or failing (text and
     `--json`). `--html` exits 0 once the page is written: its job is the page, whatever the page says."""
     from jobs.review.status import build_status
+    from worker.reporting.log import use_color
 
     config = commands.schedule(args, settings)
     now = commands.parse_time(args.now, "--now") if args.now else datetime.now(UTC)
@@ -155,6 +154,8 @@ def _cell(name: str | None, width: int, colour: bool) -> str:
 
 def _print_status(status: dict[str, Any], colour: bool = False) -> None:
     """The terminal view: the verdict and what needs attention first, then one table per part; times in UTC."""
+    from worker.job import format_size
+
     verdict = status["overall"]
     print(f"OVERALL  {_cell(verdict['state'], 0, colour)}".rstrip())
     items = status["needs_attention"]

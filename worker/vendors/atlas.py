@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
 from datetime import timedelta
 from typing import Any, Literal
-
-import httpx
 
 from worker.http import DEFAULT_TIMEOUT, Api
 
@@ -28,15 +25,6 @@ def _env(name: str) -> str:
     return value
 
 
-class _Bearer(httpx.Auth):
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = f"Bearer {self._token}"
-        yield request
-
-
 class AtlasAPI:
     """GET calls on the Admin API, each with its versioned Accept header."""
 
@@ -44,12 +32,19 @@ class AtlasAPI:
                  timeout: timedelta = DEFAULT_TIMEOUT) -> None:  # fmt: skip
         first, second = (_env(name) for name in _CREDENTIALS[auth])
         credential = " / ".join(_CREDENTIALS[auth])
-        how: httpx.Auth = httpx.DigestAuth(first, second) if auth == "digest" else _Bearer(
-            self._token(api_url, first, second, timeout, credential))  # fmt: skip
-        self.api = Api("Atlas API", api_url, credential=credential, auth=how, timeout=timeout)
+        import httpx
+
+        if auth == "digest":
+            self.api = Api("Atlas API", api_url, credential=credential, auth=httpx.DigestAuth(first, second),
+                           timeout=timeout)  # fmt: skip
+        else:
+            bearer = {"Authorization": f"Bearer {self._token(api_url, first, second, timeout, credential)}"}
+            self.api = Api("Atlas API", api_url, credential=credential, headers=bearer, timeout=timeout)
 
     @staticmethod
     def _token(api_url: str, client_id: str, secret: str, timeout: timedelta, credential: str) -> str:
+        import httpx
+
         root = str(httpx.URL(api_url).copy_with(path="/"))
         with Api("Atlas API", root, credential=credential, timeout=timeout) as api:
             response = api.request("POST", "/api/oauth/token", auth=(client_id, secret),
