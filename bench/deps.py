@@ -41,7 +41,8 @@ from urllib.parse import quote, unquote
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jobs.dependencies.job import DependenciesOptions, Project, check_projects  # noqa: E402
+from jobs.dependencies.job import check_projects  # noqa: E402
+from jobs.dependencies.options import DependenciesOptions, Project  # noqa: E402
 from tests.fixtures.registry_standin import LoopbackServer, bulk_refusal  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -376,7 +376,10 @@ def _reset_logging() -> Iterator[None]:
 
     import structlog
 
+    from worker.reporting import log
+
     structlog.reset_defaults()
+    log._pending.clear()  # a set-up asked for but never applied (no logger was asked for) goes too
     logging.getLogger().handlers.clear()
 
 

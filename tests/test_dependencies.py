@@ -18,7 +18,8 @@ import pytest
 
 from jobs.dependencies import semver
 from jobs.dependencies.advisories import Ignore
-from jobs.dependencies.job import DependenciesOptions, Report, notices, verdict
+from jobs.dependencies.job import Report, notices, verdict
+from jobs.dependencies.options import DependenciesOptions
 from jobs.dependencies.outdated import update_kind
 from tests.conftest import FIXTURES, ROOT, Reply, opskeeper, send_reply
 from tests.fixtures.registry_standin import NPM_NAME, bulk_refusal

@@ -69,6 +69,40 @@ def test_importer_four_folders_deep_is_read(tmp_path: Path, env: dict[str, str],
     assert out["projects"][0]["problems"] == []
 
 
+def test_an_auto_installed_optional_peer_is_not_a_direct_dependency(tmp_path: Path, env: dict[str, str],
+                                                                   registry: LocalRegistry) -> None:  # fmt: skip
+    """eslint-plugin-query declares typescript only as an optional peer; pnpm (autoInstallPeers) locks it beside its
+    dependencies. As `pnpm outdated` sees it, typescript is not one of the member's direct dependencies."""
+    repo = copy_project(FIXTURES / "pnpm" / "large-workspace-v9", tmp_path / "query")
+    lockfile = (repo / "pnpm-lock.yaml").read_text()
+    assert "      typescript:\n        specifier: ^5.6.0 || ^6.0.0 || ^7.0.0" in lockfile  # as pnpm wrote it
+    _, out = deps(env, registry, repo / "packages" / "eslint-plugin-query")
+    names = {d["name"] for d in out["projects"][0]["direct"]}
+    assert "typescript" not in names
+    assert {"@typescript-eslint/utils", "eslint"} <= names
+    assert out["projects"][0]["drift"] == []
+
+
+def test_the_root_dockerfiles_install_picks_the_lockfile_beside_a_stale_one(
+    tmp_path: Path, env: dict[str, str], registry: LocalRegistry
+) -> None:
+    """server/ holds package-lock.json beside a stale pnpm-lock.yaml, and the root Dockerfile says `cd server &&
+    npm ci`: npm's lockfile is read, and the report says why; without that line pnpm's order wins, said as such."""
+    repo = tmp_path / "shop"
+    server = shutil.copytree(ROOT_PROJECTS / "mern-server-npm", repo / "server")
+    shutil.copy2(FIXTURES / "pnpm" / "mern-v9" / "server" / "pnpm-lock.yaml", server / "pnpm-lock.yaml")
+    (repo / ".git").mkdir()
+    (repo / "Dockerfile").write_text("FROM node:22-slim\nWORKDIR /app\nCOPY . .\nRUN cd server && npm ci --omit=dev\n")
+    _, out = deps(env, registry, server)
+    [report] = out["projects"]
+    assert (report["manager"], Path(report["lockfile"]).name) == ("npm", "package-lock.json")
+    assert report["lockfile_why"] == "the root Dockerfile (in server) runs `npm ci`"
+    (repo / "Dockerfile").write_text("FROM node:22-slim\nWORKDIR /app\nCOPY . .\n")
+    _, out = deps(env, registry, server)
+    assert out["projects"][0]["manager"] == "pnpm"
+    assert "in opskeeper's order (pnpm, npm, yarn, bun)" in out["projects"][0]["lockfile_why"]
+
+
 def test_git_and_tarball_dependencies_are_never_looked_up_or_sent_for_advisories(
     tmp_path: Path, env: dict[str, str], registry: LocalRegistry
 ) -> None:

@@ -300,7 +300,8 @@ def test_every_backup_job_is_checked_by_default(s3_endpoint: str, bucket: str, q
 
 def test_reviews_read_the_real_dependencies_report(tmp_path: Path, quiet_worker: Path) -> None:
     """The dependencies job's own report (recorded registry answers) feeds both reviews: Node.js 18 is EOL."""
-    from jobs.dependencies.job import DependenciesJob, DependenciesOptions
+    from jobs.dependencies.job import DependenciesJob
+    from jobs.dependencies.options import DependenciesOptions
     from jobs.review.weekly import WeeklyReviewOptions, build
     from worker.demo import offline_registry
     from worker.ledger import JobState

@@ -10,7 +10,8 @@ from jobs.backup.drill import DrillJob, DrillOptions
 from jobs.backup.job import BackupJob
 from jobs.backup.source import BackupOptions
 from jobs.command import CommandJob, CommandOptions
-from jobs.dependencies.job import DependenciesJob, DependenciesOptions
+from jobs.dependencies.job import DependenciesJob
+from jobs.dependencies.options import DependenciesOptions
 from jobs.deploys.job import DeploysJob
 from jobs.deploys.options import DeploysOptions
 from jobs.health.job import HealthJob, HealthOptions

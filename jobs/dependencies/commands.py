@@ -22,7 +22,8 @@ def register(cli: Commands) -> None:
     deps = cli.add("deps", "Check local projects' dependencies, advisories and Node.js runtime now.", _check,
                    config=False)  # fmt: skip
     deps.add_argument("paths", nargs="+", metavar="PATH", help="project folders (with package.json and a lockfile)")
-    deps.add_argument("--registry", default=None, help="npm registry URL (default: the public registry)")
+    deps.add_argument("--registry", default=None,
+                      help="npm registry URL (default: the project's .npmrc one, else the public one)")  # fmt: skip
     deps.add_argument("--fail-on", default="high", choices=["info", "low", "moderate", "high", "critical"])
     deps.add_argument("--node-index", default=None, help="Node.js release index URL (index.json or index.tab)")
     deps.add_argument("--node-schedule", default=None, help="Node.js release schedule URL (schedule.json)")
@@ -46,16 +47,17 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 
     from pydantic import ValidationError
 
-    from jobs.dependencies.job import DependenciesOptions, Project, check_projects, verdict
+    from jobs.dependencies.job import check_projects, verdict
+    from jobs.dependencies.options import DependenciesOptions, Project
     from worker.job import Status
     from worker.vendors.nodejs import NODE_INDEX, NODE_SCHEDULE
-    from worker.vendors.npm import NPM_REGISTRY
+    from worker.vendors.npm import implicit_token
     from worker.vendors.osv import OSV_API
 
     try:
         options = DependenciesOptions(
             projects=tuple(Project(name=Path(p).resolve().name, path=str(Path(p).resolve())) for p in args.paths),
-            registry=args.registry or NPM_REGISTRY, fail_on_severity=args.fail_on,
+            **({"registry": args.registry} if args.registry else {}), fail_on_severity=args.fail_on,
             node_index=args.node_index or NODE_INDEX, node_schedule=args.node_schedule or NODE_SCHEDULE,
             advisories=tuple(s.strip() for s in args.advisories.split(",") if s.strip()),
             osv_url=args.osv_url or OSV_API,
@@ -70,8 +72,8 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     try:
         # The ETag cache and the last Node.js release data live in the ledger between checks.
         cache = ledger.get_state("(deps)", "cache", {}) or {}
-        checked = asyncio.run(check_projects(options, Path.cwd(), cache, today, os.environ.get("NPM_TOKEN"),
-                                             recursive=args.recursive))  # fmt: skip
+        token = implicit_token(options.registry, os.environ)
+        checked = asyncio.run(check_projects(options, Path.cwd(), cache, today, token, recursive=args.recursive))
         ledger.set_state("(deps)", "cache", cache)
     finally:
         ledger.close()
@@ -97,6 +99,8 @@ def _print(reports: list[Any]) -> None:
     for report in reports:
         lockfile = f"{report.manager} lockfile {report.lockfile_version}" if report.manager else "no lockfile"
         print(f"{report.name} ({report.path}), {lockfile}, {report.resolved_count} packages")
+        if report.lockfile_why and not report.lockfile_why.startswith("the only lockfile"):
+            print(f"    read {Path(report.lockfile).name}: {report.lockfile_why}")
         for problem in report.problems:
             print(f"    problem: {problem}")
         for line in report.drift:

@@ -12,63 +12,33 @@ import asyncio
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Collection, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import model_validator
-
 from jobs.dependencies import semver
 from jobs.dependencies.advisories import (
     SEVERITIES,
-    Ignore,
-    Severity,
     advisory_answers,
     affects,
     found_on,
     source_gap,
 )
 from jobs.dependencies.lockfiles import Direct, LockfileError, Package, Tracer
-from jobs.dependencies.node import Declared, Release, assess_declared, codenames, declared_runtime, engines, parse_index
-from jobs.dependencies.outdated import Picks, update_kind
-from jobs.dependencies.project import Located, Lockfiles, disagreements, drift, locate
+from jobs.dependencies.npmrc import FLAGS, NpmConfig, read_npm_config
+from jobs.dependencies.options import DependenciesOptions, GitHubSource
+from jobs.dependencies.outdated import Picks, pick, update_kind
+from jobs.dependencies.project import Located, Lockfiles, auto_peers, disagreements, drift, locate
+from jobs.dependencies.runtime import node_finding, node_version, release_data_for
 from worker.http import HttpError
-from worker.job import JobContext, JobOptions, Notice, Outcome, Status
-from worker.vendors.github import GITHUB_API, GitHub
-from worker.vendors.nodejs import NODE_INDEX, NODE_SCHEDULE, release_data
-from worker.vendors.npm import NPM_REGISTRY, Registry, latest_node
-from worker.vendors.osv import OSV_API
-
-
-class GitHubSource(JobOptions):
-    """A project folder in a GitHub repository, read through the GitHub API."""
-
-    repo: str
-    ref: str = "main"
-    path: str = ""
-    api_url: str = GITHUB_API
-
-
-class Project(JobOptions):
-    """One project folder (client/ or server/) holding package.json and a lockfile."""
-
-    name: str
-    path: str | None = None
-    github: GitHubSource | None = None
-    recursive: bool = False
-    """Check every importer (workspace member) of the lockfile found there, each as its own project."""
-
-    @model_validator(mode="after")
-    def _one_source(self) -> Project:
-        if (self.path is None) == (self.github is None):
-            raise ValueError("a project has exactly one of path or github")
-        return self
-
+from worker.job import JobContext, Notice, Outcome, Status
+from worker.vendors.github import GitHub
+from worker.vendors.npm import Registry, implicit_token, latest_node
 
 PROJECT_FILES = ("package.json", "pnpm-lock.yaml", "package-lock.json", "npm-shrinkwrap.json", "yarn.lock",
-                 "bun.lock", "pnpm-workspace.yaml", ".nvmrc", ".node-version", "Dockerfile")  # fmt: skip
+                 "bun.lock", "pnpm-workspace.yaml", ".nvmrc", ".node-version", "Dockerfile", ".npmrc")  # fmt: skip
 
 
 def fetch_github(source: GitHubSource, into: Path) -> Path:
@@ -92,24 +62,6 @@ def fetch_github(source: GitHubSource, into: Path) -> Path:
     return folder
 
 
-class DependenciesOptions(JobOptions):
-    """Which projects to check, against which registry and advisory sources, and what fails the run."""
-
-    projects: tuple[Project, ...]
-    registry: str = NPM_REGISTRY
-    registry_token: str | None = None
-    advisories: tuple[Literal["registry", "osv"], ...] = ("registry",)
-    """Advisory sources asked every run; their answers are merged by GHSA id."""
-    advisory_fallback: Literal["osv", "none"] = "osv"
-    """Asked when every source in `advisories` failed (the registry's bulk endpoint is not served by every mirror)."""
-    osv_url: str = OSV_API
-    fail_on_severity: Severity = "high"
-    ignore: tuple[Ignore, ...] = ()
-    node_index: str = NODE_INDEX
-    node_schedule: str = NODE_SCHEDULE
-    concurrency: int = 16
-
-
 @dataclass
 class Report:
     """One project's findings, in the shape `opskeeper deps --json` prints."""
@@ -128,12 +80,18 @@ class Report:
     drift: list[str] = field(default_factory=list)
     """What a frozen install would reject: package.json and the lockfile out of step, or two lockfiles disagreeing."""
     order: int = field(default=0, repr=False)
+    npm: dict[str, Any] | None = None
+    """The npm configuration it was judged by (`npm_summary`)."""
+    lockfile_why: str = ""
+    """Why that lockfile was read (`choose_lockfile`)."""
 
     def public(self) -> dict[str, Any]:
         return {"name": self.name, "path": self.path, "manager": self.manager, "lockfile": self.lockfile,
-                "lockfile_version": self.lockfile_version, "resolved_count": self.resolved_count, "direct": self.direct,
-                "advisories": self.advisories if self.advisories_checked else None, "advisories_checked":
-                self.advisories_checked, "node": self.node, "drift": self.drift, "problems": self.problems}  # fmt: skip
+                "lockfile_why": self.lockfile_why, "npm": self.npm, "lockfile_version": self.lockfile_version,
+                "resolved_count": self.resolved_count, "direct": self.direct,
+                "advisories": self.advisories if self.advisories_checked else None,
+                "advisories_checked": self.advisories_checked, "node": self.node, "drift": self.drift,
+                "problems": self.problems}  # fmt: skip
 
 
 @dataclass
@@ -160,63 +118,49 @@ def chains_to(directs: Iterable[Direct], tracer: Tracer) -> dict[Package, list[l
     return chains
 
 
-def _node_for(located: Located, runtime: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if not runtime:
-        return None
-    schedule, releases, today = runtime["schedule"], runtime["releases"], runtime["today"]
-    declared = declared_runtime(located.folder, codenames(schedule), root=located.root)
-    if declared is None:
-        return None
-    verdict = assess_declared(declared, schedule, releases, today)
-    node: dict[str, Any] = {"declared": f"{declared.spec} ({declared.source})", "line": verdict.line,
-                            "status": verdict.status, "eol_date": verdict.eol_date, "latest_lts": verdict.latest_lts,
-                            "security_release": verdict.security_release}  # fmt: skip
-    if verdict.lines is not None:
-        node["lines"] = list(verdict.lines)
-    spec = engines(located.folder)
-    if spec and declared.source != "package.json engines.node":
-        running = f"{declared.exact[0]}.{declared.exact[1]}.{declared.exact[2]}" if declared.exact else None
-        candidates = [running] if running else [r.text[1:] for r in releases if r.version[0] == declared.line][:1]
-        if candidates and not semver.satisfies(candidates[0], spec):
-            node["engines_mismatch"] = f"engines.node is {spec}, but {declared.source} runs Node.js {declared.spec}"
-    node["runs"] = _runs(declared, releases)
-    return node
-
-
-def _runs(declared: Declared, releases: list[Release]) -> str | None:
-    """The Node.js version the project runs on, as precisely as known (for engines checks of its dependencies)."""
-    if declared.exact is not None:
-        return ".".join(map(str, declared.exact))
-    newest = next((r for r in releases if r.version[0] == declared.line), None)
-    return newest.text[1:] if newest else f"{declared.line}.0.0"
-
-
 def build_report(project_name: str, where: str, located: Located, *, metas: Mapping[str, Any],
                  advisories: Mapping[str, list[dict[str, Any]]], tracer: Tracer | None,
-                 node: dict[str, Any] | None, drift: list[str], picks: Picks | None = None) -> Report:  # fmt: skip
-    """The findings for one project. Pure: everything fetched and read is passed in."""
+                 node: dict[str, Any] | None, drift: list[str], picks: Picks | None = None,
+                 config: NpmConfig | None = None, now: datetime | None = None,
+                 runs: str | None = None, peers: Collection[str] = ()) -> Report:  # fmt: skip
+    """The findings for one project. Pure: everything fetched and read is passed in.
+
+    `wanted` and `latest` are npm's picks (`npm outdated`'s): for the specifier and for `*`, skipping
+    versions whose `engines.node` refuses the Node.js the project runs on, and versions published after
+    `config`'s release-age cutoff (`min-release-age`, `before`, pnpm's `minimumReleaseAge`) at `now`.
+    `peers` are installed only as the project's own peers (`auto_peers`): not listed as direct dependencies.
+    """
     lock, importer = located.lockfile, located.importer
     report = Report(project_name, where, lock.version, len(lock.packages), lockfile=str(lock.path),
-                    manager=lock.manager, node=node, drift=drift)  # fmt: skip
-    runs = node.get("runs") if node else None
+                    lockfile_why=located.why, manager=lock.manager, node=node, drift=drift)  # fmt: skip
+    runs = runs or (node.get("runs") if node else None)  # the Node.js npm's engine rule is judged against
+    picks = picks or Picks()
     directs = lock.importers.get(importer, [])
     for direct in directs:
+        if direct.name in peers:  # auto-installed for a peer: installed (its advisories count), not direct
+            continue
         if direct.source != "registry":
             report.direct.append({"name": direct.name, "specifier": direct.specifier, "locked": direct.locked,
                                   "source": direct.source, "wanted": None, "latest": None, "update": "none",
                                   "deprecated": None})  # fmt: skip
             continue
-        meta = metas.get(direct.package[0]) or {}
-        latest = (meta.get("dist-tags") or {}).get("latest")
+        package = direct.package[0]
+        meta = metas.get(package) or {}
+        newest = (meta.get("dist-tags") or {}).get("latest")
+        before = config.before(now, package) if config is not None and now is not None else None
+        latest = picks.pick(package, "*", meta, node=runs, before=before) if meta else None
         entry = {
             "name": direct.name, "specifier": direct.specifier, "locked": direct.locked, "source": "registry",
-            "wanted": (picks or Picks()).wanted(direct.package[0], direct.range, meta) if meta else None,
+            "wanted": picks.pick(package, direct.range, meta, node=runs, before=before) if meta else None,
             "latest": latest,
             "update": update_kind(direct.locked, latest),
             "deprecated": ((meta.get("versions") or {}).get(direct.locked) or {}).get("deprecated"),
         }  # fmt: skip
         if direct.alias_of:
             entry["package"] = direct.alias_of
+        if latest != newest and newest:  # npm's `latest` is not the dist-tag: say why
+            entry["newest"] = newest
+            entry["newest_skipped"] = _skipped(meta, newest, runs, before)
         needs = latest_node(meta)
         if needs and runs and semver.valid_range(needs) and not semver.satisfies(runs, needs):
             entry["latest_needs_node"] = needs
@@ -232,28 +176,65 @@ def build_report(project_name: str, where: str, located: Located, *, metas: Mapp
     return report
 
 
+def _skipped(meta: Mapping[str, Any], version: str, runs: str | None, before: datetime | None) -> str:
+    """Why npm's pick passed over the `latest` dist-tag's version, in words."""
+    info = (meta.get("versions") or {}).get(version) or {}
+    needs = (info.get("engines") or {}).get("node")
+    if needs and runs and not semver.satisfies(runs, str(needs), include_prerelease=True):
+        return f"needs Node.js {needs}, and the project runs {runs}"
+    published = (meta.get("time") or {}).get(version)
+    if before is not None and published and not pick(meta, version, before=before):
+        return f"published {published[:10]}, after the release-age cutoff {before.date().isoformat()}"
+    if info.get("deprecated"):
+        return "deprecated"
+    return "not in the registry's versions"
+
+
 @dataclass
 class _Target:
     project: str
     where: str
     located: Located
     order: int
+    config: NpmConfig = field(default_factory=NpmConfig)
 
 
 async def check_projects(options: DependenciesOptions, base: Path, cache: MutableMapping[str, Any], today: date,
-                         token: str | None = None, *, recursive: bool = False) -> Checked:  # fmt: skip
+                         token: str | None = None, *, recursive: bool = False, now: datetime | None = None,
+                         environ: Mapping[str, str] | None = None) -> Checked:  # fmt: skip
     """Read every project, ask the registry, the advisory sources and Node.js's release data, and judge.
 
     Each source can fail on its own: the report still comes out, and the failure is a named gap.
-    `cache` holds the registry's ETags and the last Node.js release data between runs.
-    `recursive` checks every importer of the lockfile found for each project (as `pnpm -r`).
+    `cache` holds the registry's ETags and the last Node.js release data between runs. `token` ($NPM_TOKEN)
+    goes to the job's registry only where no npm configuration keys credentials (`Registry`).
+    `recursive` checks every importer of the lockfile found for each project (as `pnpm -r`). Each project's
+    npm configuration (`.npmrc` beside its lockfile, the user's, `npm_config_*` in `environ`) picks its
+    registries, credentials and release-age cutoff, as the project's own npm would.
     """
+    when = now or datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="opskeeper-deps-") as scratch:
-        return await _check(options, base, cache, today, token=token, scratch=Path(scratch), recursive=recursive)
+        return await _check(options, base, cache, today, token=token, scratch=Path(scratch), recursive=recursive,
+                            now=when, environ=dict(os.environ if environ is None else environ))  # fmt: skip
 
 
-async def _targets(options: DependenciesOptions, base: Path, *, scratch: Path, recursive: bool, lockfiles: Lockfiles,
-                   gaps: list[dict[str, str]]) -> tuple[list[_Target], list[Report]]:  # fmt: skip
+def npm_config(options: DependenciesOptions, located: Located, environ: Mapping[str, str]) -> NpmConfig:
+    """The npm configuration the project installs with; the job's own `registry`, when set, wins over `.npmrc`'s
+    (as npm's command line does). Raises ValueError naming the file."""
+    found = read_npm_config(located.lockfile.path.parent, environ)
+    values = {k: v for k, v in found.values.items() if not (k == "registry" and "registry" in options.model_fields_set)}
+    return NpmConfig(values, found.files, default_registry=options.registry)
+
+
+async def _targets(
+    options: DependenciesOptions,
+    base: Path,
+    *,
+    scratch: Path,
+    recursive: bool,
+    lockfiles: Lockfiles,
+    gaps: list[dict[str, str]],
+    environ: Mapping[str, str],
+) -> tuple[list[_Target], list[Report]]:
     """The project folders to report on, each with its lockfile; a report with a problem for each that has none."""
     targets: list[_Target] = []
     reports: list[Report] = []
@@ -271,7 +252,8 @@ async def _targets(options: DependenciesOptions, base: Path, *, scratch: Path, r
             folder = (base / str(project.path)).resolve()
         try:
             located = locate(folder, lockfiles)
-        except LockfileError as exc:
+            config = npm_config(options, located, environ)
+        except (LockfileError, ValueError) as exc:
             reports.append(Report(project.name, where, problems=[str(exc)], order=len(reports) + len(targets)))
             continue
         if recursive or project.recursive:
@@ -279,38 +261,52 @@ async def _targets(options: DependenciesOptions, base: Path, *, scratch: Path, r
             for importer in located.lockfile.importers:
                 member = (root / importer).resolve()
                 name = project.name if importer == "." else f"{project.name}/{importer}"
-                targets.append(_Target(name, str(member), Located(member, located.lockfile, importer, located.root),
-                                       len(reports) + len(targets)))  # fmt: skip
+                targets.append(_Target(name, str(member), Located(member, located.lockfile, importer, located.root,
+                                                                  why=located.why),
+                                       len(reports) + len(targets), config))  # fmt: skip
         else:
-            targets.append(_Target(project.name, where, located, len(reports) + len(targets)))
+            targets.append(_Target(project.name, where, located, len(reports) + len(targets), config))
     return targets, reports
 
 
 async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping[str, Any], today: date, *,
-                 token: str | None, scratch: Path, recursive: bool) -> Checked:  # fmt: skip
+                 token: str | None, scratch: Path, recursive: bool, now: datetime,
+                 environ: Mapping[str, str]) -> Checked:  # fmt: skip
     lockfiles = Lockfiles()
     gaps: list[dict[str, str]] = []
-    targets, reports = await _targets(
-        options, base, scratch=scratch, recursive=recursive, lockfiles=lockfiles, gaps=gaps
-    )
+    targets, reports = await _targets(options, base, scratch=scratch, recursive=recursive, lockfiles=lockfiles,
+                                      gaps=gaps, environ=environ)  # fmt: skip
     locks = {id(t.located.lockfile): t.located.lockfile for t in targets}
     installed: dict[str, set[str]] = {}
     for lock in locks.values():
         for name, version in lock.registry_packages:
             installed.setdefault(name, set()).add(version)
-    direct_names = {d.package[0] for t in targets for d in t.located.lockfile.importers.get(t.located.importer, [])
-                    if d.source == "registry"}  # fmt: skip
-    registry = Registry(options.registry, token or options.registry_token, cache.setdefault("registry", {}),
-                        options.concurrency)  # fmt: skip
-    node_task = asyncio.create_task(_node_data(options, cache, gaps, today))
-    advisory_task = asyncio.create_task(advisory_answers(options, registry, installed, gaps))
+    # Projects configured alike (the usual case: one .npmrc, or none) share one client and one set of documents.
+    groups: dict[tuple[tuple[str, str], ...], list[_Target]] = {}
+    for target in targets:
+        groups.setdefault(tuple(sorted(target.config.values.items())), []).append(target)
+    shared = cache.setdefault("registry", {})
+    registries = {key: Registry(options.registry, options.registry_token, shared, options.concurrency,
+                                config=group[0].config, full=group[0].config.before(now) is not None,
+                                fallback_token=token) for key, group in groups.items()}  # fmt: skip
+    wanted = {key: {d.package[0] for t in group for d in t.located.lockfile.importers.get(t.located.importer, [])
+                    if d.source == "registry" and d.name not in auto_peers(t.located)}
+              for key, group in groups.items()}  # fmt: skip
+    # The advisory endpoint is the default registry's, as npm audit asks it.
+    first = next(iter(registries.values()), None) or Registry(options.registry, options.registry_token, shared,
+                                                               options.concurrency, fallback_token=token)  # fmt: skip
+    node_task = asyncio.create_task(release_data_for(options.node_index, options.node_schedule, cache, gaps, today))
+    advisory_task = asyncio.create_task(advisory_answers(options, first, installed, gaps))
     try:
-        metas: dict[str, Any] = await registry.packages(direct_names)
+        # Every project's documents at once, over the clients' pools, while the advisories and Node.js answer.
+        fetched = await asyncio.gather(*(registries[key].packages(names) for key, names in wanted.items()))
+        metas: dict[Any, dict[str, Any]] = dict(zip(wanted, fetched, strict=True))
         answered = await advisory_task
         advisories = answered or {}
         affected = {name for name, advs in advisories.items()
                     if any(affects(a, v) for a in advs for v in installed.get(name, ()))}  # fmt: skip
-        metas.update(await registry.packages(affected - set(metas)))  # for `fixed_in`
+        known = set().union(*(m.keys() for m in metas.values()))
+        extra = await first.packages(affected - known)  # for `fixed_in`
         runtime = await node_task
     except BaseException:
         for task in (node_task, advisory_task):
@@ -318,35 +314,54 @@ async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping
         await asyncio.gather(node_task, advisory_task, return_exceptions=True)
         raise
     finally:
-        await registry.close()
-    if registry.failures:
-        names = sorted(registry.failures)
-        gaps.append(source_gap("registry", f"{len(names)} of {len(direct_names | affected)} package documents could "
-                               f"not be fetched ({', '.join(names[:5])}{', …' if len(names) > 5 else ''}): "
-                               f"{registry.failures[names[0]]}", "no wanted/latest for those packages"))  # fmt: skip
+        for client in {id(r): r for r in (first, *registries.values())}.values():
+            await client.close()
+    failures = {n: e for r in (first, *registries.values()) for n, e in r.failures.items()}
+    asked: set[str] = set().union(*wanted.values(), affected)
+    if failures:
+        gaps.append(_registry_gap(failures, len(asked)))
     picks = Picks()
     tracers: dict[int, Tracer] = {}
-    for key, lock in locks.items():
+    for lock_id, lock in locks.items():
         vulnerable = {(n, v) for n, v in lock.registry_packages if n in affected
                       and any(affects(a, v) for a in advisories.get(n, []))}  # fmt: skip
-        tracers[key] = Tracer(lock, vulnerable)
-    for target in targets:
-        located = target.located
-        found = _drift(located, lockfiles)
-        report = build_report(target.project, target.where, located, metas=metas, advisories=advisories,
-                              tracer=tracers[id(located.lockfile)], node=_node_for(located, runtime), drift=found,
-                              picks=picks)  # fmt: skip
-        report.order = target.order
-        report.advisories_checked = answered is not None or not installed
-        reports.append(report)
+        tracers[lock_id] = Tracer(lock, vulnerable)
+    for key, group in groups.items():
+        docs = {**extra, **metas[key]}
+        for target in group:
+            located = target.located
+            report = build_report(target.project, target.where, located, metas=docs, advisories=advisories,
+                                  tracer=tracers[id(located.lockfile)], node=node_finding(located, runtime),
+                                  drift=_drift(located, lockfiles), picks=picks, config=target.config,
+                                  now=now, runs=node_version(located, runtime),
+                                  peers=auto_peers(located))  # fmt: skip
+            report.order = target.order
+            report.npm = npm_summary(target.config, now)
+            report.advisories_checked = answered is not None or not installed
+            reports.append(report)
     reports.sort(key=lambda r: r.order)  # as the projects are configured
-    asked = direct_names | affected
-    registry_answered = bool(asked) and len(registry.failures) < len(asked)
+    registry_answered = bool(asked) and len(failures) < len(asked)
     nothing = bool(targets) and not registry_answered and answered is None and runtime is None
     # The sources are asked concurrently: name their gaps in one fixed order, whichever failed first.
     order = ["github", "registry", "advisories (registry)", "advisories (osv)", "Node.js release data"]
     gaps.sort(key=lambda g: order.index(g["source"]) if g["source"] in order else len(order))
     return Checked(reports, gaps, nothing_checked=nothing or (not targets and bool(gaps)))
+
+
+def _registry_gap(failures: Mapping[str, HttpError], asked: int) -> dict[str, str]:
+    names = sorted(failures)
+    return source_gap("registry", f"{len(names)} of {asked} package documents could not be fetched "
+                      f"({', '.join(names[:5])}{', …' if len(names) > 5 else ''}): {failures[names[0]]}",
+                      "no wanted/latest for those packages")  # fmt: skip
+
+
+def npm_summary(config: NpmConfig, now: datetime) -> dict[str, Any]:
+    """What of the npm configuration the report shows: files, registries and resolution rules; never a credential."""
+    scopes = {k.split(":", 1)[0]: v for k, v in config.values.items() if k.startswith("@") and k.endswith(":registry")}
+    cutoff = config.before(now)
+    return {"files": list(config.files), "registry": config.registry, "scopes": scopes,
+            "rules": [f for f in FLAGS if config.flag(f)],
+            "before": cutoff.isoformat() if cutoff else None}  # fmt: skip
 
 
 def _drift(located: Located, lockfiles: Lockfiles) -> list[str]:
@@ -367,26 +382,6 @@ def _drift(located: Located, lockfiles: Lockfiles) -> list[str]:
         if differ:
             found.append(f"{located.lockfile.path.name} and {other.name} disagree: {', '.join(differ[:10])}")
     return found
-
-
-async def _node_data(options: DependenciesOptions, cache: MutableMapping[str, Any], gaps: list[dict[str, str]],
-                     today: date) -> dict[str, Any] | None:  # fmt: skip
-    """The schedule and releases, fetched; else the last copy fetched (a gap either way); None if there is none."""
-    try:
-        schedule, index = await release_data(options.node_index, options.node_schedule)
-        releases = parse_index(index)
-        rows = [[r.text, r.released.isoformat(), r.lts, r.security] for r in releases]
-        cache["node"] = {"fetched": today.isoformat(), "schedule": schedule, "releases": rows}
-    except (HttpError, ValueError, KeyError) as exc:
-        kept = cache.get("node")
-        if not kept:
-            gaps.append(source_gap("Node.js release data", str(exc), "the Node.js runtime was not checked"))
-            return None
-        gaps.append(source_gap("Node.js release data", str(exc), f"judged with the copy fetched on {kept['fetched']}"))
-        schedule = kept["schedule"]
-        releases = parse_index(json.dumps([{"version": v, "date": d, "lts": lts or False, "security": sec}
-                                           for v, d, lts, sec in kept["releases"]]))  # fmt: skip
-    return {"schedule": schedule, "releases": releases, "today": today}
 
 
 def verdict(reports: list[Report], options: DependenciesOptions, today: date,
@@ -477,7 +472,7 @@ class DependenciesJob:
     def run(self, ctx: JobContext) -> Outcome:
         today = datetime.now(UTC).date()
         cache = ctx.state.get("cache", {}) or {}
-        token = self.options.registry_token or os.environ.get("NPM_TOKEN")
+        token = implicit_token(self.options.registry, os.environ)
         checked = asyncio.run(check_projects(self.options, Path.cwd(), cache, today, token))
         ctx.state.set("cache", cache)
         for gap in checked.gaps:

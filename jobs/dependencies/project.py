@@ -59,6 +59,8 @@ class Located:
     """The repository's top folder (holding .git) or the lockfile's folder: where a shared Dockerfile lives."""
     others: list[Path] = field(default_factory=list)
     """Further lockfiles in the same folder (two package managers' files side by side)."""
+    why: str = ""
+    """Why this lockfile answers (`choose_lockfile`), for the report."""
 
 
 def _lockfiles_in(folder: Path) -> list[Path]:
@@ -72,22 +74,62 @@ def _repository_root(folder: Path) -> Path | None:
     return None
 
 
-def primary_lockfile(folder: Path, found: list[Path]) -> Path:
-    """The lockfile the project installs from: package.json's `packageManager`, else what its Dockerfile runs."""
+def primary_lockfile(folder: Path, found: list[Path], root: Path | None = None) -> Path:
+    """The lockfile the project installs from (see `choose_lockfile`)."""
+    return choose_lockfile(folder, found, root)[0]
+
+
+def choose_lockfile(folder: Path, found: list[Path], root: Path | None = None) -> tuple[Path, str]:
+    """The lockfile the project installs from, and why: package.json's `packageManager`, else the install command
+    of the folder's Dockerfile, else one in the repository root's Dockerfile that runs in this folder (`cd server
+    && npm ci`, or after `WORKDIR …/server`), else the first of LOCKFILE_NAMES (pnpm, npm, yarn, bun)."""
+    if len(found) == 1:
+        return found[0], f"the only lockfile in {folder.name or folder}"
     manifest = folder / "package.json"
     if manifest.is_file():
-        manager = str(read_manifest(manifest).get("packageManager") or "").split("@", 1)[0]
+        declared_manager = str(read_manifest(manifest).get("packageManager") or "")
         for path in found:
-            if path.name in _MANAGER_FILES.get(manager, ()):
-                return path
-    dockerfile = folder / "Dockerfile"
-    if dockerfile.is_file():
-        command = _INSTALL.search(dockerfile.read_text(encoding="utf-8", errors="replace"))
-        manager = command[1].split()[0] if command else ""
-        for path in found:
-            if path.name in _MANAGER_FILES.get(manager, ()):
-                return path
-    return found[0]
+            if path.name in _MANAGER_FILES.get(declared_manager.split("@", 1)[0], ()):
+                return path, f"package.json's packageManager is {declared_manager}"
+    dockerfiles: list[tuple[Path, str | None]] = [(folder / "Dockerfile", None)]
+    if root is not None and root.resolve() != folder.resolve() and folder.resolve().is_relative_to(root.resolve()):
+        dockerfiles.append((root / "Dockerfile", folder.resolve().relative_to(root.resolve()).as_posix()))
+    for dockerfile, member in dockerfiles:
+        if not dockerfile.is_file():
+            continue
+        said = _install_command(dockerfile.read_text(encoding="utf-8", errors="replace"), member)
+        for path in found if said else []:
+            if path.name in _MANAGER_FILES.get(said.split()[0] if said else "", ()):
+                where = "its Dockerfile" if member is None else f"the root Dockerfile (in {member})"
+                return path, f"{where} runs `{said}`"
+    return found[0], (f"no packageManager and no install command in a Dockerfile: the first of "
+                      f"{', '.join(p.name for p in found)} in opskeeper's order (pnpm, npm, yarn, bun)")  # fmt: skip
+
+
+_CD = re.compile(r"\bcd\s+(\S+)\s*&&\s*([^&;\n]+)")
+_WORKDIR = re.compile(r"^\s*WORKDIR\s+(\S+)", re.IGNORECASE | re.MULTILINE)
+
+
+def _install_command(text: str, member: str | None) -> str | None:
+    """The install command a Dockerfile runs for the folder `member` (None: the Dockerfile's own folder)."""
+    if member is None:
+        command = _INSTALL.search(text)
+        return command[1] if command else None
+    for line in text.splitlines():
+        for target, rest in _CD.findall(line):
+            if target.strip("./'\"").rstrip("/").endswith(member):
+                command = _INSTALL.search(rest)
+                if command:
+                    return command[1]
+    # WORKDIR /app/server followed by RUN npm ci (before the next WORKDIR)
+    marks = list(_WORKDIR.finditer(text))
+    for i, mark in enumerate(marks):
+        if mark[1].rstrip("/").endswith("/" + member) or mark[1].rstrip("/") == member:
+            block = text[mark.end() : marks[i + 1].start() if i + 1 < len(marks) else len(text)]
+            command = _INSTALL.search(block)
+            if command:
+                return command[1]
+    return None
 
 
 def locate(folder: Path, lockfiles: Lockfiles) -> Located:
@@ -101,19 +143,19 @@ def locate(folder: Path, lockfiles: Lockfiles) -> Located:
     repository = _repository_root(folder)
     found = _lockfiles_in(folder)
     if found:
-        primary = primary_lockfile(folder, found)
+        primary, why = choose_lockfile(folder, found, repository)
         return Located(folder, lockfiles.get(primary), ".", repository or folder,
-                       [p for p in found if p != primary])  # fmt: skip
+                       [p for p in found if p != primary], why)  # fmt: skip
     if not (folder / "package.json").is_file():
         raise LockfileError(f"{folder}: no package.json and no lockfile: not a Node.js project folder")
     for above in folder.parents:
         candidates = _lockfiles_in(above)
         if candidates:
-            primary = primary_lockfile(above, candidates)
+            primary, why = choose_lockfile(above, candidates, repository)
             lock = lockfiles.get(primary)
             key = folder.relative_to(above).as_posix()
             if key in lock.importers:
-                return Located(folder, lock, key, repository or above)
+                return Located(folder, lock, key, repository or above, why=f"{why}; it lists {key} as a member")
             raise LockfileError(
                 f"{folder}: no lockfile here, and {primary} above it is another project's "
                 f"(it does not list {key} as a workspace member): run the package manager's install in {folder.name}"
@@ -121,6 +163,20 @@ def locate(folder: Path, lockfiles: Lockfiles) -> Located:
         if above == repository:
             break
     raise LockfileError(f"{folder}: no lockfile ({', '.join(LOCKFILE_NAMES)}) here or in the folders above it")
+
+
+def auto_peers(located: Located) -> set[str]:
+    """Packages the lockfile installs for the folder only because its package.json names them as peers (pnpm's
+    `autoInstallPeers` puts them beside its dependencies): not direct dependencies, as `pnpm outdated` sees it."""
+    manifest_path = located.folder / "package.json"
+    if not manifest_path.is_file():
+        return set()
+    try:
+        manifest = read_manifest(manifest_path)
+    except LockfileError:
+        return set()
+    peers = set((manifest.get("peerDependencies") or {}).keys())
+    return peers - set(declared(manifest))
 
 
 def drift(lock: Lockfile, importer: str, folder: Path) -> list[str]:

@@ -20,8 +20,10 @@ from pydantic import model_validator
 
 from jobs.dependencies import semver
 from jobs.dependencies.advisories import affects, leaves_gap
-from jobs.dependencies.job import Project, fetch_github
+from jobs.dependencies.job import fetch_github
 from jobs.dependencies.node import declared_runtime
+from jobs.dependencies.npmrc import read_npm_config
+from jobs.dependencies.options import Project
 from jobs.dependencies.outdated import update_kind
 from jobs.updates import security as patches
 from jobs.updates.planner import MANAGERS, PlanError, ProjectPlan, manager_of, plan
@@ -226,14 +228,24 @@ class DependencyUpdatesJob:
         """The in-range plan, narrowed to `update`'s step: too-big steps are held back and the rest re-planned."""
         too_big = {"in_range": (), "minor": ("major",), "patch": ("major", "minor")}[self.options.update]
         ignore = list(self.options.ignore)
-        found = plan(name, folder, self.options.registry, ignore=ignore, pass_env=self.options.pass_env)
+        registry = self._registry(folder)
+        found = plan(name, folder, registry, ignore=ignore, pass_env=self.options.pass_env)
         held = [u for u in found.updates if u["kind"] in too_big]
         while held:  # a re-plan moves fewer packages, so this ends
             ignore += [u["name"] for u in held]
-            found = plan(name, folder, self.options.registry, ignore=ignore, pass_env=self.options.pass_env)
+            found = plan(name, folder, registry, ignore=ignore, pass_env=self.options.pass_env)
             found.held = [*found.held, *held]
             held = [u for u in found.updates if u["kind"] in too_big]
         return found
+
+    def _registry(self, folder: Path) -> str:
+        """The job's `registry` when set, else the one the project's npm configuration names (else npm's)."""
+        if "registry" in self.options.model_fields_set:
+            return self.options.registry
+        try:
+            return read_npm_config(folder).registry
+        except ValueError as exc:
+            raise PlanError(str(exc)) from None
 
     def _latest(self, found: ProjectPlan) -> dict[str, str | None]:
         """The registry's `latest` of each direct dependency (for the majors held back); empty if it cannot say."""
@@ -310,7 +322,7 @@ class DependencyUpdatesJob:
             entry: dict[str, Any] = {"id": finding.key, "severity": advisory.get("severity"), "title": advisory.get(
                 "title"), "url": advisory.get("url"), "package": finding.package, "version": finding.version,
                 "via": finding.via[:3]}  # fmt: skip
-            fixed, reason = patches.fix(project.name, folder, self.options.registry, finding,
+            fixed, reason = patches.fix(project.name, folder, self._registry(folder), finding,
                                         pass_env=self.options.pass_env, attempts=attempts)  # fmt: skip
             if fixed is None:
                 entry["reason"] = reason

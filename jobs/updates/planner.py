@@ -7,12 +7,15 @@ before and after, read with opskeeper's own lockfile readers. The project itself
 touched. The child is started as every child is (worker.children): its own process group,
 killed with the worker, and an environment of PATH, a scratch HOME and cache, the registry,
 and the proxy and CA settings opskeeper itself honours; no token, and nothing else of the
-worker's environment unless the job's `pass_env` names it.
+worker's environment unless the job's `pass_env` names it. The project's npm configuration
+goes with the copy as its `.npmrc` (expanded, readable by this user only), so the package
+manager resolves by the project's own rules and credentials.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.dependencies.lockfiles import LOCKFILE_NAMES, Lockfile, LockfileError, read_lockfile
+from jobs.dependencies.npmrc import read_npm_config
 from jobs.dependencies.outdated import update_kind
 from jobs.dependencies.project import primary_lockfile
 from worker import children
@@ -115,6 +119,21 @@ def _copy_project(folder: Path, work: Path, lockfile: str, before: Lockfile) -> 
             shutil.copy2(folder / file, work / file)
 
 
+def _write_npmrc(name: str, folder: Path, work: Path) -> None:
+    """The project's npm configuration (its .npmrc, the user's, npm_config_* of this process), expanded, as the
+    scratch copy's .npmrc: the package manager resolves as the project's own would (`legacy-peer-deps`,
+    `min-release-age`, scoped registries and their credentials), and no credential goes into the child's
+    environment or command line. Only this process's user can read the file, which goes with the scratch copy."""
+    try:
+        text = read_npm_config(folder).for_child()
+    except ValueError as exc:
+        raise PlanError(f"{name}: {exc}") from None
+    if text:
+        target = work / ".npmrc"
+        target.touch(mode=0o600)
+        target.write_text(text, encoding="utf-8")
+
+
 def _run(what: str, args: list[str], env: dict[str, str], work: Path, timeout: float) -> None:
     """Run the package manager as a child of opskeeper's (worker.children); PlanError naming `what` if it fails."""
     proc = children.spawn(args, env, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -129,7 +148,11 @@ def _run(what: str, args: list[str], env: dict[str, str], work: Path, timeout: f
         children.reap(proc)
     if proc.returncode != 0:
         text = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()
-        raise PlanError(f"{what} exited {proc.returncode}: {' / '.join(text.splitlines()[-3:])[:400]}")
+        lines = [line for line in text.splitlines() if line.strip() and "complete log of this run" not in line]
+        # npm ends with pointers to its log files: its own error code (ERESOLVE, E401) says more.
+        code = next((line for line in lines if re.search(r"\b(?:code|ERR_PNPM_\w+)\b", line)), None)
+        tail = lines[-3:] if code is None or code in lines[-3:] else [code, *lines[-2:]]
+        raise PlanError(f"{what} exited {proc.returncode}: {' / '.join(tail)[:400]}")
 
 
 def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), only: Sequence[str] = (),
@@ -160,6 +183,7 @@ def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), 
         work = Path(scratch) / "project"
         work.mkdir()
         _copy_project(folder, work, lockfile, before)
+        _write_npmrc(name, folder, work)
         edited = edit(work, manager) if edit is not None else []
         names = (
             [n for n in only if n not in ignore]

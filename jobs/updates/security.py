@@ -31,8 +31,9 @@ import yaml
 
 from jobs.dependencies import semver
 from jobs.dependencies.advisories import advisory_answers, affects, fixed_in
-from jobs.dependencies.job import DependenciesOptions, chains_to
+from jobs.dependencies.job import chains_to
 from jobs.dependencies.lockfiles import Lockfile, Tracer
+from jobs.dependencies.options import DependenciesOptions
 from jobs.dependencies.outdated import update_kind
 from jobs.updates.planner import Edit, PlanError, ProjectPlan, plan
 from worker.vendors.npm import Registry

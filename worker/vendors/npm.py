@@ -7,7 +7,7 @@ import io
 import re
 from collections.abc import Iterable, Mapping, MutableMapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import ijson
@@ -15,12 +15,16 @@ import orjson
 
 from worker.http import DEFAULT_TIMEOUT, AsyncApi, HttpError
 
+if TYPE_CHECKING:
+    from jobs.dependencies.npmrc import NpmConfig
+
 NPM_REGISTRY = "https://registry.npmjs.org"
 ABBREVIATED = "application/vnd.npm.install-v1+json"
 
 
 def trim(doc: dict[str, Any]) -> dict[str, Any]:
-    """What opskeeper keeps of a package document: dist-tags, versions with deprecations, the latest's engines.node.
+    """What opskeeper keeps of a package document: what npm's choice of a version reads (dist-tags; per version
+    its deprecation and `engines.node`; the publication times, which only the full document carries).
 
     Idempotent (a trimmed document trims to itself), so recorded documents can be served as they are.
     """
@@ -30,10 +34,14 @@ def trim(doc: dict[str, Any]) -> dict[str, Any]:
     for v, info in versions.items():
         entry: dict[str, Any] = {"deprecated": info["deprecated"]} if info.get("deprecated") else {}
         engines = info.get("engines")
-        if v == tags.get("latest") and isinstance(engines, dict) and engines.get("node"):
+        if isinstance(engines, dict) and engines.get("node"):
             entry["engines"] = {"node": str(engines["node"])}
         kept[v] = entry
-    return {"name": doc.get("name"), "dist-tags": tags, "versions": kept}
+    trimmed = {"name": doc.get("name"), "dist-tags": tags, "versions": kept}
+    times = doc.get("time")
+    if isinstance(times, dict):
+        trimmed["time"] = {v: str(t) for v, t in times.items() if v in kept}
+    return trimmed
 
 
 #: Above this size a document is read as a stream: its parsed form would be ~6 times as large (next: 21 MB of
@@ -57,12 +65,23 @@ def read_document(content: bytes, name: str, stream_above: int = STREAM_ABOVE) -
         raise ValueError("no dist-tags")
     tags = orjson.loads(tags_at[1])
     versions: dict[str, Any] = {}
+    times: dict[str, Any] | None = None
     try:
         for version, info in ijson.kvitems(io.BytesIO(content), "versions", use_float=True):
             versions[version] = {k: info[k] for k in ("deprecated", "engines") if k in info}
+        if b'"time"' in content:
+            times = dict(ijson.kvitems(io.BytesIO(content), "time"))
     except ijson.JSONError as exc:
         raise ValueError(str(exc)) from None
-    return trim({"name": name, "dist-tags": tags, "versions": versions})
+    return trim({"name": name, "dist-tags": tags, "versions": versions, **({"time": times} if times else {})})
+
+
+def implicit_token(registry: str, environ: Mapping[str, str]) -> str | None:
+    """$NPM_TOKEN for `registry` when nothing else says where it belongs: only to a registry other than the public
+    one (a private mirror the job names). A token meant for a scope's registry is keyed to it in .npmrc, and the
+    public registry must not receive it."""
+    public = registry.rstrip("/") == NPM_REGISTRY
+    return None if public else environ.get("NPM_TOKEN") or None
 
 
 def latest_node(doc: Mapping[str, Any]) -> str | None:
@@ -73,28 +92,60 @@ def latest_node(doc: Mapping[str, Any]) -> str | None:
 
 
 class Registry:
-    """An npm registry client for one run; `cache` maps package -> {etag, doc} across runs.
+    """An npm registry client for one run; `cache` maps package -> {etag, doc, full} across runs.
 
-    Requests run concurrently, at most `concurrency` at a time. A package whose document
-    cannot be fetched is left out of `packages()`'s answer and named in `failures`, so one
-    bad package or a flaky mirror costs that package, not the report.
+    Each package is fetched from the registry npm would ask for it (`config`: its scope's, else the
+    default `base`), with the credentials npm would send there and nowhere else; `token` (the job's
+    `registry_token`) is sent to `base` only, when the configuration keys none to it, and so is
+    `fallback_token` ($NPM_TOKEN) when the configuration keys no credentials anywhere. `full` asks for
+    the full documents (with publication times, for a release-age cutoff) instead of the abbreviated ones. Requests run
+    concurrently, at most `concurrency` at a time; a cached document is revalidated with its ETag (a
+    304 carries no body). A package whose document cannot be fetched is left out of `packages()`'s
+    answer and named in `failures`, so one bad package or a flaky mirror costs that package, not the report.
     """
 
     def __init__(self, base: str, token: str | None, cache: MutableMapping[str, Any], concurrency: int = 16,
-                 timeout: timedelta = DEFAULT_TIMEOUT) -> None:  # fmt: skip
+                 timeout: timedelta = DEFAULT_TIMEOUT, *, config: NpmConfig | None = None, full: bool = False,
+                 fallback_token: str | None = None) -> None:  # fmt: skip
         self.base = base.rstrip("/")
         self.cache = cache
+        self.config = config
+        self.full = full
         self.failures: dict[str, HttpError] = {}
+        self._token = token
+        # $NPM_TOKEN, when the job names no token: only where the configuration keys no credentials at all, as a
+        # configuration that does key some says where each token goes.
+        self._fallback = None if config is not None and config.secrets else fallback_token
+        self._timeout = timeout
+        self._concurrency = concurrency
         # The gate, not the pool, makes requests wait: a wait for a pooled connection would
         # count against the request's own timeout.
         self._gate = asyncio.Semaphore(concurrency)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._api = AsyncApi("npm registry", self.base, credential="the registry token (NPM_TOKEN)", headers=headers,
-                             timeout=timeout, concurrency=concurrency)  # fmt: skip
+        self._apis: dict[str, AsyncApi] = {}
+        self._api = self._api_for(self.base)
+
+    def _api_for(self, base: str) -> AsyncApi:
+        """One connection pool per registry, carrying that registry's credentials."""
+        base = base.rstrip("/")
+        if base not in self._apis:
+            headers = self.config.auth_headers(base + "/") if self.config is not None else {}
+            credential = "the credentials .npmrc keys to this registry" if headers else None
+            token = self._token or self._fallback
+            if not headers and token and base == self.base:
+                headers, credential = {"Authorization": f"Bearer {token}"}, "the registry token (NPM_TOKEN)"
+            credential = credential or "a request without credentials (.npmrc keys none to this registry)"
+            self._apis[base] = AsyncApi("npm registry", base, credential=credential, headers=headers,
+                                        timeout=self._timeout, concurrency=self._concurrency)  # fmt: skip
+        return self._apis[base]
+
+    def base_for(self, name: str) -> str:
+        """The registry `name` is fetched from."""
+        return (self.config.registry_for(name) if self.config is not None else self.base).rstrip("/")
 
     async def close(self) -> None:
-        """Release the connection pool."""
-        await self._api.close()
+        """Release the connection pools."""
+        for api in self._apis.values():
+            await api.close()
 
     async def packages(self, names: Iterable[str]) -> dict[str, dict[str, Any] | None]:
         """Trimmed documents of these packages (None for a package the registry does not have)."""
@@ -111,12 +162,15 @@ class Registry:
         return answer
 
     async def _package(self, name: str) -> dict[str, Any] | None:
-        cached = self.cache.get(name)
-        headers = {"Accept": ABBREVIATED}
-        if cached and cached.get("etag"):
+        base = self.base_for(name)
+        key = name if base == self.base else f"{base}/{name}"  # the same name may be another registry's package
+        cached = self.cache.get(key)
+        headers = {} if self.full else {"Accept": ABBREVIATED}
+        if cached and cached.get("etag") and (cached.get("full", False) or not self.full):
             headers["If-None-Match"] = cached["etag"]
+        api = self._api_for(base)
         async with self._gate:
-            response = await self._api.get("/" + quote(name, safe="@"), headers=headers, allow=(404,))
+            response = await api.get("/" + quote(name, safe="@"), headers=headers, allow=(404,))
         if response.status_code == 304 and cached:
             return dict(cached["doc"])
         if response.status_code == 404:
@@ -124,9 +178,9 @@ class Registry:
         try:
             doc = read_document(response.content, name)
         except ValueError as exc:
-            raise HttpError(self._api.vendor, "GET", response.request.url, f"not a package document ({exc})") from None
+            raise HttpError(api.vendor, "GET", response.request.url, f"not a package document ({exc})") from None
         if response.headers.get("etag"):
-            self.cache[name] = {"etag": response.headers["etag"], "doc": doc}
+            self.cache[key] = {"etag": response.headers["etag"], "doc": doc, "full": self.full}
         return doc
 
     async def advisories(self, packages: dict[str, set[str]]) -> dict[str, list[dict[str, Any]]]:
