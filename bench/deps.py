@@ -6,15 +6,18 @@ advisory answer, adding 50 ms to every response. Reported: the cold wall time, t
 wall time with the ETag cache kept from the cold run, and the cold time at concurrency 1
 (the sequential baseline). Targets (issue 6): cold < 5 s; warm < 1 s.
 
-Then the scale figure (issue 16): every importer of tests/fixtures/pnpm/large-workspace-v9
-(102 of them), `opskeeper deps -r`, against `pnpm -r outdated` on the same workspace in the
-same run. Both ask one local registry stand-in adding the same delay per request; it serves
-real documents, fetched once from the npm registry into var/bench-registry/ (so both tools
-see the same answers, and later runs need no network). Each tool runs cold (opskeeper with
-a fresh ledger, pnpm with a fresh cache) in its own process, timed with its peak RSS
-(/usr/bin/time). pnpm is taken from PATH, else from var/tools (`make
-tools`); without it the ratio is left out, with the reason. Targets: ≤ 1.5x pnpm's
-time, ≤ 250 MB RSS.
+Then the comparisons with pnpm (issue 31): `opskeeper deps` against `pnpm outdated` on the
+MERN server (tests/fixtures/pnpm/mern-v9/server, 10 direct dependencies), and `opskeeper deps
+-r` against `pnpm -r outdated` on every importer of tests/fixtures/pnpm/large-workspace-v9
+(102 of them). Both tools ask one local registry stand-in adding the same delay per request;
+it serves real documents, fetched once from the npm registry into var/bench-registry/ (so
+both see the same answers, and later runs need no network). Each tool runs in its own
+process, cold (opskeeper with a fresh ledger, pnpm with a fresh cache) and then warm (the
+same ledger, the same cache), timed with its peak RSS (/usr/bin/time); the outdated
+packages both report are compared. pnpm is taken from PATH, else from var/tools (`make
+tools`); without it the ratios are left out, with the reason. Targets (issue 31): one
+project ≤ 0.8x pnpm cold and ≤ 0.5x warm; the workspace ≤ 1.0x cold and ≤ 0.8x warm; peak
+RSS ≤ 0.5x pnpm's.
 
 Usage: python bench/deps.py [--delay 0.05] [--skip-workspace]
 """
@@ -163,18 +166,22 @@ def pnpm() -> str | None:
     return found or (str(local) if local.is_file() else None)
 
 
-def workspace(delay: float) -> dict[str, Any]:
-    """opskeeper deps -r against pnpm -r outdated on the large workspace, both cold, same registry stand-in."""
+def compare(delay: float, fixture: Path, member: str | None, recursive: bool) -> dict[str, Any]:
+    """`opskeeper deps` against `pnpm outdated` on one tree, each cold (a fresh ledger, a fresh pnpm cache) and
+    then warm (the same ones again), each in its own process, against one registry stand-in."""
     server = serve_mirror(delay)
     url = f"http://127.0.0.1:{server.server_address[1]}"
     tool = pnpm()
     with tempfile.TemporaryDirectory(prefix="opskeeper-bench-") as scratch:
         base = Path(scratch)
-        tree = base / "query"
-        shutil.copytree(FIXTURES / "pnpm" / "large-workspace-v9", tree)
+        tree = base / "tree"
+        shutil.copytree(fixture, tree)
+        folder = tree / member if member else tree
         env = {k: v for k, v in os.environ.items() if not k.lower().startswith(("npm_config", "https_proxy"))}
-        ours = [sys.executable, "-m", "worker", "deps", "-r", str(tree), "--registry", url, "--node-index",
-                f"{url}/node/index.tab", "--node-schedule", f"{url}/node/schedule.json", "--json"]  # fmt: skip
+        env["HOME"] = str(base)  # no ~/.npmrc of the machine's
+        ours = [str(Path(sys.executable).with_name("opskeeper")), "deps", *(["-r"] if recursive else []), str(folder),
+                "--registry", url, "--node-index", f"{url}/node/index.tab", "--node-schedule",
+                f"{url}/node/schedule.json", "--json"]  # fmt: skip
 
         def opskeeper(run: int) -> tuple[float, float, str]:
             return measured(ours, {**env, "OPSKEEPER_LEDGER": str(base / f"ledger-{run}.db")}, ROOT)
@@ -183,7 +190,8 @@ def workspace(delay: float) -> dict[str, Any]:
             config = {"npm_config_registry": f"{url}/", "npm_config_cache_dir": str(base / f"cache-{run}"),
                       "npm_config_store_dir": str(base / f"store-{run}"),
                       "npm_config_manage_package_manager_versions": "false"}  # fmt: skip
-            return measured([tool or "pnpm", "-r", "outdated", "--format", "json"], {**env, **config}, tree)
+            command = [tool or "pnpm", *(["-r"] if recursive else []), "outdated", "--format", "json"]
+            return measured(command, {**env, **config}, folder)
 
         opskeeper(0)  # fills the mirror with every document either tool asks for (untimed)
         if tool:
@@ -197,9 +205,11 @@ def workspace(delay: float) -> dict[str, Any]:
         if tool:
             pwall, prss, pout = theirs(1)
             pwarm, _, _ = theirs(1)  # the same metadata cache
-            figures |= {"pnpm_warm_s": round(pwarm, 2), "warm_ratio_vs_pnpm": round(warm / pwarm, 2)}
+            figures |= {"pnpm_s": round(pwall, 2), "pnpm_rss_mb": round(prss, 1), "pnpm_warm_s": round(pwarm, 2),
+                        "ratio_vs_pnpm": round(wall / pwall, 2), "warm_ratio_vs_pnpm": round(warm / pwarm, 2),
+                        "rss_ratio_vs_pnpm": round(rss / prss, 2)}  # fmt: skip
             outdated = json.loads(pout or "{}")
-            # pnpm -r keys its answer `name@current` (` (dev)` for devDependencies): compare (name, current, latest).
+            # pnpm -r keys its answer `name@current` (` (dev)` for devDependencies); pnpm outdated keys it by name.
             ours_pairs = {(d.get("package") or d["name"], d["locked"], d["latest"])
                           for r in reports for d in r["direct"] if d["update"] != "none"}  # fmt: skip
             their_pairs = {
@@ -207,8 +217,7 @@ def workspace(delay: float) -> dict[str, Any]:
                 for key, info in outdated.items()
                 if info.get("latest") and info["current"] != info["latest"]
             }
-            figures |= {"pnpm_s": round(pwall, 2), "pnpm_rss_mb": round(prss, 1),
-                        "ratio_vs_pnpm": round(wall / pwall, 2), "outdated_packages_pnpm": len(their_pairs),
+            figures |= {"outdated_packages_pnpm": len(their_pairs),
                         "outdated_packages_agree": len(ours_pairs & their_pairs)}  # fmt: skip
         else:
             figures["pnpm"] = "not on PATH nor in var/tools: make tools"
@@ -246,7 +255,10 @@ def main() -> None:
         "speedup_vs_sequential": round(sequential / cold, 1),
     }  # fmt: skip
     if not args.skip_workspace:
-        figures["workspace"] = workspace(args.delay)
+        figures["server_vs_pnpm"] = compare(args.delay, FIXTURES / "pnpm" / "mern-v9", "server", recursive=False)
+        figures["workspace_vs_pnpm"] = compare(
+            args.delay, FIXTURES / "pnpm" / "large-workspace-v9", None, recursive=True
+        )
     print(json.dumps(figures))
 
 
