@@ -29,6 +29,8 @@ RUN mkdir -p /opt/node/bin
 FROM node-${OPSKEEPER_WITH_NODE} AS node
 
 FROM python:3.12-slim AS build
+# uv compiles every package it installs (opskeeper's own too: --no-editable puts it in site-packages) to
+# bytecode, in the layer that installs it: a container's first command does not pay for compiling them.
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_DOWNLOADS=never \

@@ -71,6 +71,7 @@ bench: $(VENV)/.synced tools
 	$(VENV)/bin/python bench/pipeline.py
 	$(VENV)/bin/python bench/backup.py
 	$(VENV)/bin/python bench/restore.py
+	$(VENV)/bin/python bench/startup.py
 	$(VENV)/bin/python bench/deps.py
 	$(VENV)/bin/python bench/updates.py
 	$(VENV)/bin/python bench/review.py

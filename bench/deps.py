@@ -3,15 +3,18 @@
 Checks tests/fixtures/pnpm/mern-v9 (client and server) against a local registry that
 serves the recorded package documents (tests/fixtures/registry) and npm's recorded bulk
 advisory answer, adding 50 ms to every response. Reported: the cold wall time, the warm
-wall time with the ETag cache kept from the cold run, and the cold time at concurrency 1
-(the sequential baseline). Targets (issue 6): cold < 5 s; warm < 1 s.
+wall time with the registry cache kept from the cold run (this stand-in sends ETags and no
+Cache-Control, so every document is revalidated), and the cold time at concurrency 1 (the
+sequential baseline). Targets (issue 6): cold < 5 s; warm < 1 s.
 
 Then the comparisons with pnpm (issue 31): `opskeeper deps` against `pnpm outdated` on the
 MERN server (tests/fixtures/pnpm/mern-v9/server, 10 direct dependencies), and `opskeeper deps
 -r` against `pnpm -r outdated` on every importer of tests/fixtures/pnpm/large-workspace-v9
 (102 of them). Both tools ask one local registry stand-in adding the same delay per request;
 it serves real documents, fetched once from the npm registry into var/bench-registry/ (so
-both see the same answers, and later runs need no network). Each tool runs in its own
+both see the same answers, and later runs need no network), with the npm registry's caching
+headers (`Cache-Control: public, max-age=300`, ETag, Last-Modified), and counts its answers
+to each run (200, 304, POST), so the figures say what each tool asked. Each tool runs in its own
 process, cold (opskeeper with a fresh ledger, pnpm with a fresh cache) and then warm (the
 same ledger, the same cache), timed with its peak RSS (/usr/bin/time); the outdated
 packages both report are compared. pnpm is taken from PATH, else from var/tools (`make
@@ -19,7 +22,7 @@ tools`); without it the ratios are left out, with the reason. Targets (issue 31)
 project ≤ 0.8x pnpm cold and ≤ 0.5x warm; the workspace ≤ 1.0x cold and ≤ 0.8x warm; peak
 RSS ≤ 0.5x pnpm's.
 
-Usage: python bench/deps.py [--delay 0.05] [--skip-workspace]
+Usage: python bench/deps.py [--delay 0.05] [--repeat 3] [--skip-workspace]
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from datetime import UTC, datetime
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -96,14 +101,23 @@ MIRROR = ROOT / "var" / "bench-registry"
 UPSTREAM = "https://registry.npmjs.org"
 
 
-def serve_mirror(delay: float) -> LoopbackServer:
-    """A registry stand-in serving real documents, each fetched from the npm registry once and kept on disk."""
+def serve_mirror(delay: float) -> tuple[LoopbackServer, dict[str, int], dict[str, str]]:
+    """A registry stand-in serving real documents, each fetched from the npm registry once and kept on disk; the
+    count of its answers by kind (200, 304, POST), so a run can show which tool asked it for what; and its
+    policy, whose `cache_control` a run may change.
+
+    It answers with the headers the npm registry sends with a package document (`Cache-Control: public,
+    max-age=300`, an `ETag`, a `Last-Modified`), and a 304 to a request whose `If-None-Match` or
+    `If-Modified-Since` matches, so each tool may use the registry's caching rules as it would for real.
+    """
     import httpx
 
     bulk = json.loads((FIXTURES / "npm-audit" / "audit-omit" / "bulk.json").read_text())
     MIRROR.mkdir(parents=True, exist_ok=True)
     upstream = httpx.Client(base_url=UPSTREAM, timeout=60)
     lock = threading.Lock()
+    answers = {"200": 0, "304": 0, "POST": 0}
+    policy = {"cache_control": "public, max-age=300"}  # a run may set "no-cache", to time revalidation alone
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -123,22 +137,32 @@ def serve_mirror(delay: float) -> LoopbackServer:
                 kept.write_bytes(answer.content)
             body = kept.read_bytes()
             etag = f'"{hashlib.sha1(body).hexdigest()}"'  # noqa: S324 - a cache key, as the registry sends one
-            if self.headers.get("If-None-Match") == etag:
-                return self._send(304, b"", etag=etag)
-            return self._send(200, body, "application/vnd.npm.install-v1+json", etag)
+            modified = formatdate(kept.stat().st_mtime, usegmt=True)
+            cached = {"ETag": etag, "Last-Modified": modified, "Cache-Control": policy["cache_control"]}
+            same = self.headers.get("If-None-Match") == etag or (
+                "If-None-Match" not in self.headers and self.headers.get("If-Modified-Since") == modified
+            )
+            with lock:
+                answers["304" if same else "200"] += 1
+            if same:
+                return self._send(304, b"", headers=cached)
+            return self._send(200, body, "application/vnd.npm.install-v1+json", cached)
 
         def do_POST(self) -> None:
             time.sleep(delay)
+            with lock:
+                answers["POST"] += 1
             asked = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if bulk_refusal(asked):  # as strict as the registry
                 return self._send(400, json.dumps({"error": bulk_refusal(asked)}).encode())
             return self._send(200, json.dumps({k: v for k, v in bulk.items() if k in asked}).encode())
 
-        def _send(self, status: int, body: bytes, kind: str = "application/json", etag: str = "") -> None:
+        def _send(self, status: int, body: bytes, kind: str = "application/json",
+                  headers: dict[str, str] | None = None) -> None:  # fmt: skip
             self.send_response(status)
             self.send_header("Content-Type", kind)
-            if etag:
-                self.send_header("ETag", etag)
+            for header, value in (headers or {}).items():
+                self.send_header(header, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -146,7 +170,7 @@ def serve_mirror(delay: float) -> LoopbackServer:
         def log_message(self, *args: Any) -> None:
             pass
 
-    return LoopbackServer(Handler)
+    return LoopbackServer(Handler), answers, policy
 
 
 def measured(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, str]:
@@ -166,12 +190,23 @@ def pnpm() -> str | None:
     return found or (str(local) if local.is_file() else None)
 
 
-def compare(delay: float, fixture: Path, member: str | None, recursive: bool) -> dict[str, Any]:
-    """`opskeeper deps` against `pnpm outdated` on one tree, each cold (a fresh ledger, a fresh pnpm cache) and
-    then warm (the same ones again), each in its own process, against one registry stand-in."""
-    server = serve_mirror(delay)
+def compare(delay: float, fixture: Path, member: str | None, recursive: bool, repeat: int) -> dict[str, Any]:
+    """`opskeeper deps` against `pnpm outdated` on one tree, each in its own process, against one registry
+    stand-in: `repeat` rounds, each of a cold run of either (a fresh ledger, a fresh pnpm cache) and then a warm
+    one (the same ledger, the same cache), interleaved so that the machine's noise falls on both; medians.
+
+    opskeeper's warm run finds its documents still fresh (max-age=300) and asks for none; so it is also timed
+    revalidating every document (from a ledger whose answers said `no-cache`), as pnpm's warm run does."""
+    server, answers, policy = serve_mirror(delay)
     url = f"http://127.0.0.1:{server.server_address[1]}"
     tool = pnpm()
+
+    def asked(run: Any, name: str) -> tuple[float, float, str, dict[str, int]]:
+        """`run(name)`, with the stand-in's answers to it (the runs are one after the other)."""
+        before = dict(answers)
+        wall, rss, out = run(name)
+        return wall, rss, out, {k: answers[k] - before[k] for k in answers}
+
     with tempfile.TemporaryDirectory(prefix="opskeeper-bench-") as scratch:
         base = Path(scratch)
         tree = base / "tree"
@@ -183,46 +218,75 @@ def compare(delay: float, fixture: Path, member: str | None, recursive: bool) ->
                 "--registry", url, "--node-index", f"{url}/node/index.tab", "--node-schedule",
                 f"{url}/node/schedule.json", "--json"]  # fmt: skip
 
-        def opskeeper(run: int) -> tuple[float, float, str]:
+        def opskeeper(run: str) -> tuple[float, float, str]:
             return measured(ours, {**env, "OPSKEEPER_LEDGER": str(base / f"ledger-{run}.db")}, ROOT)
 
-        def theirs(run: int) -> tuple[float, float, str]:
-            config = {"npm_config_registry": f"{url}/", "npm_config_cache_dir": str(base / f"cache-{run}"),
-                      "npm_config_store_dir": str(base / f"store-{run}"),
-                      "npm_config_manage_package_manager_versions": "false"}  # fmt: skip
+        def theirs(run: str) -> tuple[float, float, str]:
+            # pnpm 11 and later read pnpm_config_* and no longer npm_config_* (seen with pnpm 12.23: with only
+            # npm_config_registry set, it asked registry.npmjs.org); both are set, for older and newer pnpm.
+            settings = {
+                "registry": f"{url}/",
+                "cache_dir": str(base / f"cache-{run}"),
+                "store_dir": str(base / f"store-{run}"),
+                "manage_package_manager_versions": "false",
+            }
+            config = {f"{prefix}_config_{k}": v for k, v in settings.items() for prefix in ("npm", "pnpm")}
             command = [tool or "pnpm", *(["-r"] if recursive else []), "outdated", "--format", "json"]
             return measured(command, {**env, **config}, folder)
 
-        opskeeper(0)  # fills the mirror with every document either tool asks for (untimed)
+        opskeeper("fill")  # fills the mirror with every document either tool asks for (untimed)
         if tool:
-            theirs(0)
-        wall, rss, out = opskeeper(1)
-        reports = json.loads(out)["projects"]
-        warm, warm_rss, _ = opskeeper(1)  # the same ledger: the ETag cache of the first run, as a weekly job has
-        figures: dict[str, Any] = {"importers": len(reports), "opskeeper_s": round(wall, 2),
-                                   "opskeeper_rss_mb": round(rss, 1), "opskeeper_warm_s": round(warm, 2),
-                                   "opskeeper_warm_rss_mb": round(warm_rss, 1)}  # fmt: skip
+            theirs("fill")
+        policy["cache_control"] = "no-cache"
+        opskeeper("revalidating")  # a ledger of answers that must be revalidated before each use (untimed)
+        runs: dict[str, list[tuple[float, float, str, dict[str, int]]]] = {}
+        for i in range(repeat):
+            policy["cache_control"] = "no-cache"  # its 304s say so again, so each of its runs revalidates
+            runs.setdefault("revalidating", []).append(asked(opskeeper, "revalidating"))
+            policy["cache_control"] = "public, max-age=300"
+            runs.setdefault("cold", []).append(asked(opskeeper, f"{i}"))
+            if tool:
+                runs.setdefault("pnpm_cold", []).append(asked(theirs, f"{i}"))
+            runs.setdefault("warm", []).append(asked(opskeeper, f"{i}"))  # the cold run's ledger
+            if tool:
+                runs.setdefault("pnpm_warm", []).append(asked(theirs, f"{i}"))  # its metadata cache
+
+        def median(kind: str, what: int = 0) -> float:
+            return statistics.median(r[what] for r in runs[kind])
+
+        reports = json.loads(runs["cold"][-1][2])["projects"]
+        figures: dict[str, Any] = {"importers": len(reports), "repeat": repeat}
+        for kind, label in (("cold", "opskeeper"), ("warm", "opskeeper_warm"),
+                            ("revalidating", "opskeeper_revalidating")):  # fmt: skip
+            figures |= {f"{label}_s": round(median(kind), 2), f"{label}_rss_mb": round(median(kind, 1), 1),
+                        f"{label}_answers": runs[kind][-1][3]}  # fmt: skip
         if tool:
-            pwall, prss, pout = theirs(1)
-            pwarm, _, _ = theirs(1)  # the same metadata cache
-            figures |= {"pnpm_s": round(pwall, 2), "pnpm_rss_mb": round(prss, 1), "pnpm_warm_s": round(pwarm, 2),
-                        "ratio_vs_pnpm": round(wall / pwall, 2), "warm_ratio_vs_pnpm": round(warm / pwarm, 2),
-                        "rss_ratio_vs_pnpm": round(rss / prss, 2)}  # fmt: skip
-            outdated = json.loads(pout or "{}")
-            # pnpm -r keys its answer `name@current` (` (dev)` for devDependencies); pnpm outdated keys it by name.
-            ours_pairs = {(d.get("package") or d["name"], d["locked"], d["latest"])
-                          for r in reports for d in r["direct"] if d["update"] != "none"}  # fmt: skip
-            their_pairs = {
-                (key.split(" ")[0].removesuffix(f"@{info['current']}"), info["current"], info["latest"])
-                for key, info in outdated.items()
-                if info.get("latest") and info["current"] != info["latest"]
-            }
-            figures |= {"outdated_packages_pnpm": len(their_pairs),
-                        "outdated_packages_agree": len(ours_pairs & their_pairs)}  # fmt: skip
+            if not runs["pnpm_cold"][-1][3]["200"]:  # it asked another registry: its times would not be comparable
+                raise SystemExit(f"pnpm did not ask the registry stand-in at {url} ({runs['pnpm_cold'][-1][3]})")
+            pwall, pwarm = median("pnpm_cold"), median("pnpm_warm")
+            figures |= {"pnpm_s": round(pwall, 2), "pnpm_rss_mb": round(median("pnpm_cold", 1), 1),
+                        "pnpm_warm_s": round(pwarm, 2), "pnpm_answers": runs["pnpm_cold"][-1][3],
+                        "pnpm_warm_answers": runs["pnpm_warm"][-1][3],
+                        "ratio_vs_pnpm": round(median("cold") / pwall, 2),
+                        "warm_ratio_vs_pnpm": round(median("warm") / pwarm, 2),
+                        "revalidating_ratio_vs_pnpm_warm": round(median("revalidating") / pwarm, 2),
+                        "rss_ratio_vs_pnpm": round(median("cold", 1) / median("pnpm_cold", 1), 2)}  # fmt: skip
+            figures |= agreement(reports, json.loads(runs["pnpm_cold"][-1][2] or "{}"))
         else:
             figures["pnpm"] = "not on PATH nor in var/tools: make tools"
     server.shutdown()
     return figures
+
+
+def agreement(reports: list[dict[str, Any]], outdated: dict[str, Any]) -> dict[str, int]:
+    """How many of the outdated packages `pnpm outdated --format json` lists opskeeper reports alike."""
+    # pnpm -r keys its answer `name@current` (` (dev)` for devDependencies); pnpm outdated keys it by name.
+    ours = {(d.get("package") or d["name"], d["locked"], d["latest"])
+            for r in reports for d in r["direct"] if d["update"] != "none"}  # fmt: skip
+    theirs = {(key.split(" ")[0].removesuffix(f"@{info['current']}"), info["current"], info["latest"])
+              for key, info in outdated.items()
+              if info.get("latest") and info["current"] != info["latest"]}  # fmt: skip
+    return {"outdated_packages_pnpm": len(theirs), "outdated_packages_agree": len(ours & theirs)}
 
 
 def timed(options: DependenciesOptions, cache: dict[str, Any]) -> float:
@@ -235,6 +299,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--delay", type=float, default=0.05)
     parser.add_argument("--skip-workspace", action="store_true", help="only the MERN figures (no network needed)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of each comparison (medians are printed)")
     args = parser.parse_args()
     server = serve(args.delay)
     url = f"http://127.0.0.1:{server.server_address[1]}"
@@ -255,9 +320,10 @@ def main() -> None:
         "speedup_vs_sequential": round(sequential / cold, 1),
     }  # fmt: skip
     if not args.skip_workspace:
-        figures["server_vs_pnpm"] = compare(args.delay, FIXTURES / "pnpm" / "mern-v9", "server", recursive=False)
+        figures["server_vs_pnpm"] = compare(args.delay, FIXTURES / "pnpm" / "mern-v9", "server", recursive=False,
+                                            repeat=args.repeat)  # fmt: skip
         figures["workspace_vs_pnpm"] = compare(
-            args.delay, FIXTURES / "pnpm" / "large-workspace-v9", None, recursive=True
+            args.delay, FIXTURES / "pnpm" / "large-workspace-v9", None, recursive=True, repeat=args.repeat
         )
     print(json.dumps(figures))
 

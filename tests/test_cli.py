@@ -160,7 +160,8 @@ def test_python_dash_m_worker_is_the_opskeeper_command(env: dict[str, str]) -> N
     assert result.stdout.startswith("opskeeper ")
 
 
-#: Runs `python -m worker ARGV`, then prints every module it loaded, as JSON, on the last line of stderr.
+#: Runs `python -m worker ARGV`, then prints every module it loaded, as JSON, on the last line of stderr (a None in
+#: sys.modules is a module barred from loading, as worker.http bars httpx's command-line client).
 MODULES_PROBE = """
 import json, runpy, sys
 sys.argv = ["opskeeper", *sys.argv[1:]]
@@ -168,7 +169,7 @@ try:
     runpy.run_module("worker", run_name="__main__")
 except SystemExit:
     pass
-print(json.dumps(sorted(sys.modules)), file=sys.stderr)
+print(json.dumps(sorted(m for m, v in sys.modules.items() if v is not None)), file=sys.stderr)
 """
 
 
@@ -205,6 +206,15 @@ def test_validate_loads_no_driver_or_reporter(tmp_path: Path) -> None:
     tops = {m.split(".")[0] for m in modules}
     assert tops & {"httpx", "pymongo", "sentry_sdk", "boto3", "botocore", "structlog", "rich"} == set()
     assert "pydantic" in tops  # it did validate
+
+
+def test_httpx_loads_without_its_command_line_client() -> None:
+    """Where click is installed (a development environment), httpx is still loaded without its command-line
+    client (click, rich, pygments), which opskeeper never runs."""
+    pytest.importorskip("click")
+    probe = "import sys, worker.http, httpx; print(sorted(m for m in ('click', 'pygments') if sys.modules.get(m)))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 @pytest.mark.slow

@@ -300,6 +300,26 @@ def test_job_state_round_trips_and_is_per_job(ledger: Ledger) -> None:
     assert other.get("streak") is None
 
 
+def test_state_reads_back_as_json_would(ledger: Ledger) -> None:
+    """State round-trips as JSON in both backends: an int key comes back a string (as json.dumps writes it),
+    unicode and nesting intact."""
+    ledger.set_state("deps", "cache", {1: "one", "registry": {"@acme/ü": {"doc": {"versions": {"1.0.0": {}}}}}})
+    assert ledger.get_state("deps", "cache") == {"1": "one", "registry": {"@acme/ü": {"doc": {"versions": {
+        "1.0.0": {}}}}}}  # fmt: skip
+
+
+def test_state_written_by_the_standard_library_still_reads() -> None:
+    """A value json.dumps wrote before (NaN and Infinity included, which orjson refuses) still loads."""
+    import json
+    import math
+
+    from worker.ledger.model import load_state
+
+    loaded = load_state(json.dumps({"ratio": float("nan"), "limit": float("inf"), "n": [1]}))
+    assert math.isnan(loaded["ratio"])
+    assert (loaded["limit"], loaded["n"]) == (float("inf"), [1])
+
+
 def test_state_survives_reopening(tmp_path: Path) -> None:
     """SQLite state and history survive a restart (a new ledger on the same file)."""
     path = str(tmp_path / "l.db")

@@ -266,3 +266,45 @@ def test_npm_alias_resolves_to_the_real_package() -> None:
     root = {d.name: d for d in lock.importers["."]}
     assert root["express5"].package == ("express", "5.2.1")
     assert root["express"].package[0] == "express"
+
+
+def test_pnpm_lockfile_is_read_as_yaml_1_2(tmp_path: Path) -> None:
+    """pnpm writes YAML 1.2 (js-yaml): packages named `on` and `yes` keep their names (YAML 1.1 made them
+    booleans), and pnpm 11's two documents are both read."""
+    path = tmp_path / "pnpm-lock.yaml"
+    path.write_text("""---
+lockfileVersion: '9.0'
+importers:
+  pnpm:
+    version: 11.0.0
+---
+lockfileVersion: '9.0'
+importers:
+  .:
+    dependencies:
+      on:
+        specifier: ^1.0.0
+        version: 1.0.1
+      yes:
+        specifier: 2.0.0
+        version: 2.0.0
+packages:
+  on@1.0.1: {}
+  yes@2.0.0: {}
+snapshots:
+  on@1.0.1: {}
+  yes@2.0.0: {}
+""")
+    lock = read_lockfile(path)
+    assert sorted((d.name, d.specifier, d.locked) for d in lock.importers["."]) == [
+        ("on", "^1.0.0", "1.0.1"), ("yes", "2.0.0", "2.0.0")]  # fmt: skip
+    assert list(yaml.safe_load_all(path.read_text()))[1]["importers"]["."]["dependencies"].keys() == {True}
+
+
+def test_a_duplicated_key_reads_as_it_always_has(tmp_path: Path) -> None:
+    """A key twice (yaml-rs refuses it) is read by PyYAML as before: the last one stands, nothing is lost."""
+    path = tmp_path / "pnpm-lock.yaml"
+    path.write_text("lockfileVersion: '9.0'\nimporters:\n  .:\n    dependencies:\n"
+                    "      cors: {specifier: ^2.8.0, version: 2.8.4}\n"
+                    "      cors: {specifier: ^2.8.0, version: 2.8.5}\n")  # fmt: skip
+    assert [(d.name, d.locked) for d in read_lockfile(path).importers["."]] == [("cors", "2.8.5")]

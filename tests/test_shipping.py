@@ -106,6 +106,20 @@ def test_dockerfile_runs_as_non_root_and_starts_an_existing_command() -> None:
     assert "--frozen" in text
 
 
+def test_the_image_compiles_bytecode_where_it_installs() -> None:
+    """Each stage that installs packages with uv compiles their bytecode in that layer (UV_COMPILE_BYTECODE=1
+    set before its `uv sync`), and opskeeper itself is installed as a package, so it is compiled too."""
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
+    stages = [stage for stage in re.split(r"^FROM\s", text, flags=re.M) if re.search(r"^RUN uv sync", stage, re.M)]
+    assert stages
+    for stage in stages:
+        syncs = [m.start() for m in re.finditer(r"^RUN uv sync", stage, re.M)]
+        compile_set = re.search(r"^ENV\s.*\bUV_COMPILE_BYTECODE=1\b", stage, re.M)
+        assert compile_set
+        assert compile_set.start() < syncs[0]
+    assert re.search(r"^RUN uv sync .*--no-editable", text, re.M)
+
+
 @pytest.mark.parametrize("path", ["README.md", ".ci/run", "Makefile", "uv.lock"])
 def test_project_files_exist(path: str) -> None:
     """The files CI and newcomers rely on are present."""

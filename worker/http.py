@@ -59,6 +59,11 @@ if TYPE_CHECKING:
     import httpx
     from stamina.instrumentation import RetryDetails
 
+# httpx's package imports its command-line client (click, rich and pygments: 45 ms) wherever click is installed,
+# as in a development environment; opskeeper never runs it. A None in sys.modules makes that import fail, which
+# httpx's __init__ expects and answers with a `main` saying the client is not installed.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
 DEFAULT_TIMEOUT = timedelta(seconds=30)
 #: Statuses that say "try again later"; 500 is left out: a server bug rarely fixes itself in seconds.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -706,8 +711,11 @@ class AsyncApi(_ApiBase):
         import httpx
 
         super().__init__(vendor, base_url, credential=credential, timeout=timeout, retry=retry, ca_file=ca_file)
+        # As many kept alive as may be open: httpcore closes idle connections past max_keepalive_connections
+        # (20 by default), and a pool of 32 would reconnect for every burst.
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         self.client = async_client(base_url=self.base_url, headers=headers, auth=auth, timeout=timeout,
-                                   ca_file=ca_file, limits=httpx.Limits(max_connections=concurrency))  # fmt: skip
+                                   ca_file=ca_file, limits=limits)  # fmt: skip
 
     async def close(self) -> None:
         """Release the connection pool."""

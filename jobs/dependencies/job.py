@@ -102,9 +102,11 @@ class Checked:
     gaps: list[dict[str, str]] = field(default_factory=list)
     nothing_checked: bool = False
     """No source answered at all: the run is an error, not a finding."""
+    registry: dict[str, int] = field(default_factory=dict)
+    """How the registry documents were had: fetched, revalidated (a 304) or fresh in the cache (by max-age)."""
 
     def public(self) -> dict[str, Any]:
-        return {"projects": [r.public() for r in self.reports], "gaps": self.gaps}
+        return {"projects": [r.public() for r in self.reports], "gaps": self.gaps, "registry_answers": self.registry}
 
 
 def chains_to(directs: Iterable[Direct], tracer: Tracer) -> dict[Package, list[list[str]]]:
@@ -345,7 +347,8 @@ async def _check(options: DependenciesOptions, base: Path, cache: MutableMapping
     # The sources are asked concurrently: name their gaps in one fixed order, whichever failed first.
     order = ["github", "registry", "advisories (registry)", "advisories (osv)", "Node.js release data"]
     gaps.sort(key=lambda g: order.index(g["source"]) if g["source"] in order else len(order))
-    return Checked(reports, gaps, nothing_checked=nothing or (not targets and bool(gaps)))
+    return Checked(reports, gaps, nothing_checked=nothing or (not targets and bool(gaps)),
+                   registry=Registry.total_answers((first, *registries.values())))  # fmt: skip
 
 
 def _registry_gap(failures: Mapping[str, HttpError], asked: int) -> dict[str, str]:

@@ -54,4 +54,7 @@ class DependenciesOptions(JobOptions):
     ignore: tuple[Ignore, ...] = ()
     node_index: str = NODE_INDEX
     node_schedule: str = NODE_SCHEDULE
-    concurrency: int = 16
+    concurrency: int = 32
+    """Registry requests in flight at once. pnpm asks 64; measured on a 163-document workspace against a stand-in
+    answering in 50 ms, 32 revalidated them in 0.65 s against 0.86 s at 16, and at 64 httpcore's pool spent more
+    CPU than the wait saved (1.2 s)."""

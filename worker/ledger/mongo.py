@@ -19,7 +19,9 @@ from worker.ledger.model import (
     DayOfChecks,
     Instance,
     RunRecord,
+    dump_state,
     fold_days,
+    load_state,
     to_ms,
     utc_now,
 )
@@ -179,7 +181,7 @@ class MongoLedger:
 
     def get_state(self, job_id: str, key: str, default: Any = None) -> Any:
         doc = self._state.find_one({"_id": f"{job_id}\x1f{key}"})
-        return default if doc is None else json.loads(doc["value"])
+        return default if doc is None else load_state(doc["value"])
 
     def set_state(self, job_id: str, key: str, value: Any, fence: tuple[str, int] | None = None) -> None:
         if fence is not None:
@@ -187,7 +189,7 @@ class MongoLedger:
         # Stored as JSON text so both backends round-trip exactly the same values.
         self._state.update_one(
             {"_id": f"{job_id}\x1f{key}"},
-            {"$set": {"job_id": job_id, "key": key, "value": json.dumps(value), "updated_at": utc_now()}},
+            {"$set": {"job_id": job_id, "key": key, "value": dump_state(value), "updated_at": utc_now()}},
             upsert=True,
         )
 

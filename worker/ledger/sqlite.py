@@ -23,8 +23,10 @@ from worker.ledger.model import (
     Instance,
     LedgerError,
     RunRecord,
+    dump_state,
     fold_days,
     iso,
+    load_state,
     to_ms,
     utc_now,
 )
@@ -319,7 +321,7 @@ class SqliteLedger:
     def get_state(self, job_id: str, key: str, default: Any = None) -> Any:
         with self._guard():
             row = self._db.execute("SELECT value FROM job_state WHERE job_id=? AND key=?", (job_id, key)).fetchone()
-        return default if row is None else json.loads(row[0])
+        return default if row is None else load_state(row[0])
 
     def set_state(self, job_id: str, key: str, value: Any, fence: tuple[str, int] | None = None) -> None:
         with self._transaction() if fence is not None else self._guard():
@@ -328,7 +330,7 @@ class SqliteLedger:
             self._db.execute(
                 "INSERT INTO job_state (job_id, key, value, updated_at) VALUES (?,?,?,?)"
                 " ON CONFLICT (job_id, key) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
-                (job_id, key, json.dumps(value), iso(utc_now())),
+                (job_id, key, dump_state(value), iso(utc_now())),
             )
 
     def record_checks(self, checks: list[CheckRecord]) -> None:

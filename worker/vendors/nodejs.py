@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -16,8 +17,13 @@ async def release_data(index_url: str, schedule_url: str,
     """The schedule (parsed) and the index (as text: index.json or index.tab); raises HttpError."""
     api = AsyncApi("Node.js release data", "", timeout=timeout)
     try:
-        # One after the other: with two at once, the first failure would leave the other's socket to the GC.
-        schedule: dict[str, Any] = api.parse(await api.get(schedule_url))
-        return schedule, (await api.get(index_url)).text
+        # Both at once, each to its end (return_exceptions), so no failure leaves the other's socket to the GC.
+        schedule, index = await asyncio.gather(api.get(schedule_url), api.get(index_url), return_exceptions=True)
     finally:
         await api.close()
+    if isinstance(schedule, BaseException):
+        raise schedule
+    if isinstance(index, BaseException):
+        raise index
+    parsed: dict[str, Any] = api.parse(schedule)
+    return parsed, index.text

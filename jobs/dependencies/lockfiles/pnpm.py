@@ -7,8 +7,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from jobs.dependencies.lockfiles.model import (
     GROUPS,
     Direct,
@@ -18,16 +16,15 @@ from jobs.dependencies.lockfiles.model import (
     Source,
     is_version,
     spec_source,
+    yaml_documents,
 )  # fmt: skip
 
 _LOCAL = ("link:", "file:", "workspace:", "portal:")
 
 
 def read(path: Path, text: str) -> Lockfile:
-    # libyaml's loader, where PyYAML has it, reads a large lockfile several times faster.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     # pnpm 11+ may write an "env" document (config dependencies, the pinned pnpm) before the project's.
-    docs = [d for d in yaml.load_all(text, Loader=loader) if d is not None]
+    docs = yaml_documents(text)
     if not docs or not all(isinstance(d, dict) for d in docs):
         raise LockfileError(f"{path}: no lockfileVersion: not a pnpm lockfile")
     doc = docs[-1]

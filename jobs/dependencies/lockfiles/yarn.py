@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from jobs.dependencies.lockfiles.model import (
     Direct,
     Lockfile,
@@ -27,6 +25,7 @@ from jobs.dependencies.lockfiles.model import (
     read_manifest,
     spec_source,
     workspace_members,
+    yaml_documents,
 )  # fmt: skip
 
 _FIELD = re.compile(r'^\s+("(?:[^"\\]|\\.)*"|\S+)\s+(.*)$')
@@ -126,7 +125,8 @@ def _importers(lock: Lockfile, root: Path, find: Any) -> None:
 
 
 def _berry(path: Path, text: str) -> Lockfile:
-    doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
+    docs = yaml_documents(text)
+    doc = docs[0] if len(docs) == 1 else None
     if not isinstance(doc, dict):
         raise LockfileError(f"{path}: not a Yarn berry lockfile (a YAML mapping)")
     meta = doc.pop("__metadata", {}) or {}
