@@ -229,6 +229,7 @@ def compare(delay: float, fixture: Path, member: str | None, recursive: bool, re
                 "cache_dir": str(base / f"cache-{run}"),
                 "store_dir": str(base / f"store-{run}"),
                 "manage_package_manager_versions": "false",
+                "pm_on_fail": "ignore",  # pnpm 11+'s name for it: the workspace pins pnpm@11.9.0
             }
             config = {f"{prefix}_config_{k}": v for k, v in settings.items() for prefix in ("npm", "pnpm")}
             command = [tool or "pnpm", *(["-r"] if recursive else []), "outdated", "--format", "json"]

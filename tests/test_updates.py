@@ -81,6 +81,19 @@ def test_dry_run_plans_in_range_updates_only_and_leaves_the_project_as_it_was(
     assert b"express@" + updates["express"]["to"].encode() in result.new_lockfile
 
 
+def test_a_project_pinning_another_pnpm_is_planned_by_the_pnpm_on_path(
+    tmp_path: Path, registry: ReplayRegistry, with_pnpm: None
+) -> None:
+    """`packageManager: pnpm@9.15.0` does not send the pnpm on PATH (12.x) to the registry for pnpm 9 first (it
+    did while only npm_config_manage_package_manager_versions said not to: pnpm 11+ reads pnpm_config_pm_on_fail)."""
+    project = shutil.copytree(FIXTURES / "pnpm" / "mern-v9" / "server", tmp_path / "server")
+    manifest = json.loads((project / "package.json").read_text())
+    (project / "package.json").write_text(json.dumps({**manifest, "packageManager": "pnpm@9.15.0"}))
+    result = plan("server", project, registry.url)
+    assert "express" in {u["name"] for u in result.updates}
+    assert "pnpm" not in registry.asked
+
+
 def test_ignored_packages_stay_where_they_are(tmp_path: Path, registry: ReplayRegistry, with_pnpm: None) -> None:
     """`ignore: [mongoose]`: mongoose keeps its locked version while the others move."""
     project = shutil.copytree(FIXTURES / "pnpm" / "mern-v9" / "server", tmp_path / "server")

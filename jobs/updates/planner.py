@@ -192,11 +192,16 @@ def plan(name: str, folder: Path, registry: str, *, ignore: Sequence[str] = (), 
         )
         # The children module's environment: proxies and CAs as opskeeper itself honours them, no secrets,
         # `pass_env` for what the operator names (a proxy with a password); then the scratch places.
+        # pnpm 11 and later read pnpm_config_*, no longer npm_config_*, and replaced manage-package-manager-versions
+        # by pm-on-fail: without `ignore`, pnpm 12.23 on a project whose packageManager pins pnpm@9 fetched that pnpm
+        # from the registry first (and failed where the registry has none). Each setting goes both ways.
+        pnpm_own = {"store_dir": f"{scratch}/store", "cache_dir": f"{scratch}/cache",
+                    "manage_package_manager_versions": "false", "pm_on_fail": "ignore"}  # fmt: skip
         env = children.child_env({
             "PATH": f"{Path(tool).parent}{os.pathsep}{os.environ.get('PATH', os.defpath)}", "HOME": scratch,
             "npm_config_cache": f"{scratch}/cache", "npm_config_registry": registry,
-            "npm_config_store_dir": f"{scratch}/store", "YARN_CACHE_FOLDER": f"{scratch}/cache",
-            "npm_config_manage_package_manager_versions": "false", "CI": "1",
+            "YARN_CACHE_FOLDER": f"{scratch}/cache", "CI": "1",
+            **{f"{prefix}_config_{k}": v for k, v in pnpm_own.items() for prefix in ("npm", "pnpm")},
         }, passed=pass_env)  # fmt: skip
         if "SSL_CERT_FILE" in env:
             # npm takes its CAs from `cafile`, not NODE_EXTRA_CA_CERTS (seen with npm 11); both replace the list,
