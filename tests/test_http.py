@@ -390,7 +390,8 @@ def test_what_is_retried(vendor: VendorAPI, method: str, status: int, tries: int
     assert seen == [method] * tries
     after = f" after {tries} attempts" if tries > 1 else ""
     detail = ': {"message": "no"}' if status < 500 and status != 429 else ""
-    assert str(caught.value) == f"Test API: {method} {vendor.url}/thing: HTTP {status}{after}{detail}"
+    limited = "rate limited: " if status == 429 else ""  # 429 is Too Many Requests, whatever its headers
+    assert str(caught.value) == f"Test API: {method} {vendor.url}/thing: {limited}HTTP {status}{after}{detail}"
     assert isinstance(caught.value, UnavailableError) is (status in http.RETRY_STATUSES)
 
 
@@ -419,6 +420,94 @@ def test_rejected_credentials_name_the_variable(vendor: VendorAPI) -> None:
     assert str(caught.value) == (f"Render API: GET {vendor.url}/v1/services/srv-abc/deploys: "
                                  "RENDER_API_KEY rejected (HTTP 401)")  # fmt: skip
     assert len(vendor.requests) == 1
+
+
+# --- rate limits, as GitHub documents them (reference §15): 403 or 429, retry-after or x-ratelimit-* ------
+
+
+@pytest.mark.parametrize(("status", "headers", "body", "expected"), [
+    (403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1796205630"}, "", 30.0),
+    (429, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1796205570"}, "", 0.0),
+    (403, {"retry-after": "60", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "1796205900"}, "", 60.0),
+    (403, {}, '{"message": "You have exceeded a secondary rate limit."}', -1.0),
+    (429, {}, "", -1.0),
+    (403, {"x-ratelimit-remaining": "0"}, "", -1.0),
+    (403, {"x-ratelimit-remaining": "12", "x-ratelimit-reset": "1796205630"}, '{"message": "Must have admin"}', None),
+    (403, {}, '{"message": "Resource not accessible by integration"}', None),
+    (503, {"retry-after": "5"}, "", None),
+])  # fmt: skip
+def test_what_is_a_rate_limit(status: int, headers: dict[str, str], body: str, expected: float | None) -> None:
+    """GitHub's primary and secondary limits, by status, headers and message; any other 403 is a refusal."""
+    now = datetime.fromtimestamp(1796205600, UTC)
+    assert http.rate_limit_wait(status, headers, body, now) == expected
+
+
+def limited_once(vendor: VendorAPI, path: str, first: Callable[[], Reply]) -> Clock:
+    """`path` answers `first()` once, then 200: the arrival times of its requests."""
+    clock = Clock()
+
+    def route(request: Request) -> Reply:
+        clock.arrivals.append(time.time())
+        return first() if len(clock.arrivals) == 1 else Reply(200, {"default_branch": "main", "sha": "b1"})
+
+    vendor.routes[path] = route
+    return clock
+
+
+def test_a_primary_rate_limit_is_waited_out_until_its_reset(vendor: VendorAPI) -> None:
+    """A 403 with x-ratelimit-remaining: 0 is asked again at x-ratelimit-reset, not reported as a bad token."""
+    reset: list[int] = []
+
+    def first() -> Reply:
+        reset.append(int(time.time()) + 2)
+        return Reply(403, {"message": "API rate limit exceeded for installation."},
+                     {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset[0])})  # fmt: skip
+
+    clock = limited_once(vendor, "/repos/acme/shop", first)
+    with GitHub("acme/shop", api_url=vendor.url, deadline=time.monotonic() + 60) as github:
+        assert github.default_branch() == "main"
+    assert len(clock.arrivals) == 2
+    assert clock.arrivals[1] >= reset[0]
+
+
+def test_a_rate_limited_blob_upload_is_sent_again(vendor: VendorAPI) -> None:
+    """A POST refused by a secondary rate limit (403, retry-after) did nothing, so it is sent again."""
+    clock = limited_once(vendor, "/repos/acme/shop/git/blobs", lambda: Reply(
+        403, {"message": "You have exceeded a secondary rate limit."}, {"retry-after": "1"}))  # fmt: skip
+    with GitHub("acme/shop", api_url=vendor.url, deadline=time.monotonic() + 60) as github:
+        answer = github.api.request("POST", "/repos/acme/shop/git/blobs", json={"content": "x", "encoding": "utf-8"})
+    assert answer.json()["sha"] == "b1"
+    assert len(clock.arrivals) == 2
+    assert clock.arrivals[1] - clock.arrivals[0] >= 1.0
+
+
+@pytest.mark.parametrize(("deadline", "until"), [(5.0, "the job's deadline"), (None, "the 1m cap")])
+def test_a_rate_limit_past_the_deadline_is_reported_as_one(vendor: VendorAPI, deadline: float | None,
+                                                           until: str) -> None:  # fmt: skip
+    """A reset an hour away is not waited for past the job's deadline (or a minute without one); the error says
+    "rate limited", and that is a transient failure, not a rejected token."""
+    clock = limited_once(vendor, "/repos/acme/shop", lambda: Reply(
+        403, {"message": "API rate limit exceeded"},
+        {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(time.time()) + 3600)}))  # fmt: skip
+    with GitHub("acme/shop", api_url=vendor.url, deadline=deadline and time.monotonic() + deadline) as github, \
+            pytest.raises(UnavailableError) as caught:  # fmt: skip
+        github.default_branch()
+    assert len(clock.arrivals) == 1
+    assert not isinstance(caught.value, RejectedError)
+    assert str(caught.value).startswith(f"GitHub API: GET {vendor.url}/repos/acme/shop: rate limited: HTTP 403 "
+                                        "(the rate limit's reset ")  # fmt: skip
+    assert str(caught.value).endswith(f"s is past {until})")
+
+
+def test_a_refusal_is_not_a_rate_limit(vendor: VendorAPI) -> None:
+    """A 403 without rate-limit headers or words is the token's refusal: asked once, named as such."""
+    vendor.routes["/repos/acme/shop"] = lambda r: Reply(403, {"message": "Resource not accessible by integration"},
+                                                        {"x-ratelimit-remaining": "4999"})  # fmt: skip
+    with GitHub("acme/shop", api_url=vendor.url, deadline=time.monotonic() + 60) as github, \
+            pytest.raises(RejectedError) as caught:  # fmt: skip
+        github.default_branch()
+    assert len(vendor.requests) == 1
+    assert str(caught.value).endswith("GITHUB_TOKEN rejected (HTTP 403)")
 
 
 @pytest.mark.parametrize(("header", "expected"), [

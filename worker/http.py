@@ -36,6 +36,7 @@ import re
 import socket
 import ssl
 import sys
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -480,6 +481,25 @@ def retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+def rate_limit_wait(status: int, headers: Mapping[str, str], body: str, now: datetime) -> float | None:
+    """Seconds a rate-limited answer asks to wait, -1.0 for a rate limit that names no time (back off), or None
+    when the answer is not a rate limit. Pure.
+
+    As GitHub documents its primary and secondary limits: a 403 or a 429, with `retry-after`, or with
+    `x-ratelimit-remaining: 0` and `x-ratelimit-reset` (epoch seconds); a 403 without either is a rate limit only
+    when its message says so ("API rate limit exceeded", "secondary rate limit"), otherwise a refusal.
+    """
+    if status not in (403, 429):
+        return None
+    asked = retry_after(headers.get("retry-after"), now)
+    if asked is not None:
+        return asked
+    reset = headers.get("x-ratelimit-reset", "").strip()
+    if headers.get("x-ratelimit-remaining", "").strip() == "0":
+        return max(0.0, float(reset) - now.timestamp()) if reset.isdigit() else -1.0
+    return -1.0 if status == 429 or "rate limit" in body[:500].lower() else None
+
+
 class HttpError(Exception):
     """A web API gave no usable answer; the message names the vendor, the request and the cause."""
 
@@ -534,10 +554,24 @@ class RetryPolicy:
     wait_max: timedelta = timedelta(seconds=10)
     wait_jitter: timedelta = timedelta(seconds=1)
     max_retry_after: timedelta = timedelta(seconds=60)
+    max_rate_limit_wait: timedelta = timedelta(seconds=60)
+    """The longest wait for a rate limit's reset (a vendor's hourly limit may be worth waiting for in a job)."""
+    deadline: float | None = None
+    """A time.monotonic() past which no wait is begun (a job's deadline): a longer wait ends the retries."""
 
 
 #: The policy of every API client that does not choose its own.
 DEFAULT_RETRY = RetryPolicy()
+
+
+def _text(response: httpx.Response) -> str:
+    """The answer's text, or "" for a streamed one not read yet (its headers still say what they say)."""
+    import httpx
+
+    try:
+        return response.text
+    except httpx.ResponseNotRead:
+        return ""
 
 
 class _RetryableStatusError(Exception):
@@ -546,7 +580,9 @@ class _RetryableStatusError(Exception):
     def __init__(self, response: httpx.Response, attempt: int) -> None:
         super().__init__(f"HTTP {response.status_code}")
         self.response, self.attempt = response, attempt
-        self.asked: float | None = None  # a Retry-After past the cap, when that ended the retries
+        self.asked: float | None = None  # a wait past the cap or the deadline, when that ended the retries
+        self.past_deadline = False
+        self.limited = rate_limit_wait(response.status_code, response.headers, _text(response), datetime.now(UTC))
 
 
 class _ApiBase:
@@ -562,14 +598,20 @@ class _ApiBase:
         import httpx
 
         cap = self.retry.max_retry_after.total_seconds()
+        limit_cap = self.retry.max_rate_limit_wait.total_seconds()
 
         def should_retry(exc: Exception) -> bool | float:
             if isinstance(exc, _RetryableStatusError):
-                if method not in IDEMPOTENT and exc.response.status_code not in _NOT_PROCESSED:
+                # A rate-limited request was refused before anything was done: safe to send again, even a POST.
+                if method not in IDEMPOTENT and exc.response.status_code not in _NOT_PROCESSED and exc.limited is None:
                     return False
                 asked = retry_after(exc.response.headers.get("Retry-After"), datetime.now(UTC))
-                if asked is not None and asked > cap:
-                    exc.asked = asked
+                if exc.limited is not None and exc.limited >= 0:
+                    asked = exc.limited  # x-ratelimit-reset, when no Retry-After said sooner
+                most = limit_cap if exc.limited is not None else cap
+                left = None if self.retry.deadline is None else self.retry.deadline - time.monotonic()
+                if asked is not None and (asked > most or (left is not None and asked > left)):
+                    exc.asked, exc.past_deadline = asked, asked <= most
                     return False
                 return True if asked is None else asked
             certificate = any(isinstance(e, ssl.SSLError) for e in _chain(exc))
@@ -587,7 +629,10 @@ class _ApiBase:
     @staticmethod
     def _screen(response: httpx.Response, allow: tuple[int, ...], attempt: int) -> httpx.Response:
         """The response, unless its status asks for a retry: then raised, for the retry loop to judge."""
-        if response.status_code in RETRY_STATUSES and response.status_code not in allow:
+        if response.status_code not in allow and (
+            response.status_code in RETRY_STATUSES
+            or rate_limit_wait(response.status_code, response.headers, _text(response), datetime.now(UTC)) is not None
+        ):
             raise _RetryableStatusError(response, attempt)
         return response
 
@@ -620,8 +665,13 @@ class _ApiBase:
     def _exhausted(self, method: str, path: str, again: _RetryableStatusError) -> UnavailableError:
         status = again.response.status_code
         cause = f"HTTP {status}" + (f" after {again.attempt} attempts" if again.attempt > 1 else "")
+        if again.limited is not None:
+            cause = "rate limited: " + cause
         if again.asked is not None:
-            cause += f" (Retry-After {again.asked:.0f}s is past the {format_duration(self.retry.max_retry_after)} cap)"
+            asked = "Retry-After" if again.response.headers.get("Retry-After") else "the rate limit's reset"
+            most = self.retry.max_rate_limit_wait if again.limited is not None else self.retry.max_retry_after
+            until = "the job's deadline" if again.past_deadline else f"the {format_duration(most)} cap"
+            cause += f" ({asked} {again.asked:.0f}s is past {until})"
         return UnavailableError(self.vendor, method, self._url(path), cause)
 
     def _failed(self, method: str, path: str, exc: httpx.TransportError) -> HttpError:

@@ -278,7 +278,7 @@ class DependencyUpdatesJob:
         names = ", ".join(p.name for p, _, _ in items)
         count = sum(len(found.updates) for _, found, _ in items)
         key = names if len(items) == 1 else GROUPED
-        with GitHub(source.repo, api_url=source.api_url) as github:
+        with GitHub(source.repo, api_url=source.api_url, deadline=ctx.deadline) as github:
             if not count:
                 open_pull = github.open_pull(branch)
                 if open_pull is not None:
@@ -360,7 +360,7 @@ class DependencyUpdatesJob:
                      f"override for the vulnerable version in `{'`, `'.join(sorted(fixed.edited))}`. Remove it once "
                      f"{', '.join(sorted({c[0] for c in finding.via if c})) or 'its parent'} releases a version that "
                      "takes the fix.\n")  # fmt: skip
-        with GitHub(source.repo, api_url=source.api_url) as github:
+        with GitHub(source.repo, api_url=source.api_url, deadline=ctx.deadline) as github:
             ctx.fence()
             body += term_mark(ctx)
             sha = github.commit_files(branch, source.ref, in_repo(source.path, fixed.files), title)

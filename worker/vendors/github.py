@@ -13,7 +13,7 @@ import os
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-from worker.http import DEFAULT_TIMEOUT, Api, HttpError
+from worker.http import DEFAULT_RETRY, DEFAULT_TIMEOUT, Api, HttpError, RetryPolicy
 
 GITHUB_API = "https://api.github.com"
 #: The only branches opskeeper writes to.
@@ -48,17 +48,31 @@ class Tip(NamedTuple):
     parents: tuple[str, ...]
 
 
+#: GitHub's primary limit resets within the hour; a rate-limited request waits for it, unless the job's
+#: deadline comes first (then the run reports the rate limit, and the next run tries again).
+RATE_LIMIT_WAIT = timedelta(hours=1)
+
+
 class GitHub:
-    """Read one repository's files and history; the token defaults to GITHUB_TOKEN."""
+    """Read one repository's files and history; the token defaults to GITHUB_TOKEN.
+
+    Rate limits (a 403 or 429 with `retry-after`, or `x-ratelimit-remaining: 0` and `x-ratelimit-reset`) are
+    waited out and the request sent again: up to RATE_LIMIT_WAIT and never past `deadline` (a job's
+    time.monotonic() deadline), or a minute without one; then the error says "rate limited", never that the
+    token was rejected.
+    """
 
     def __init__(self, repo: str, *, api_url: str = GITHUB_API, token: str | None = None,
-                 timeout: timedelta = DEFAULT_TIMEOUT) -> None:  # fmt: skip
+                 timeout: timedelta = DEFAULT_TIMEOUT, deadline: float | None = None) -> None:  # fmt: skip
         token = token or os.environ.get("GITHUB_TOKEN", "")
         headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.repo = repo
-        self.api = Api("GitHub API", api_url, credential="GITHUB_TOKEN", headers=headers, timeout=timeout)
+        # Without a deadline (a command at a terminal) a rate limit is waited for as any Retry-After is, a minute.
+        retry = RetryPolicy(max_rate_limit_wait=RATE_LIMIT_WAIT, deadline=deadline) if deadline else DEFAULT_RETRY
+        self.api = Api("GitHub API", api_url, credential="GITHUB_TOKEN", headers=headers, timeout=timeout,
+                       retry=retry)  # fmt: skip
 
     def __enter__(self) -> GitHub:
         return self
