@@ -510,6 +510,32 @@ def test_a_refusal_is_not_a_rate_limit(vendor: VendorAPI) -> None:
     assert str(caught.value).endswith("GITHUB_TOKEN rejected (HTTP 403)")
 
 
+@pytest.mark.parametrize(("call", "path", "scope"), [
+    (lambda s: s.slow_transactions("7d", 10), "/api/0/organizations/acme/events/", "org:read"),
+    (lambda s: s.error_count("1.0", "web", datetime(2026, 12, 1, tzinfo=UTC), datetime(2026, 12, 2, tzinfo=UTC)),
+     "/api/0/organizations/acme/events/", "org:read"),
+    (lambda s: s.issues("is:unresolved", "7d"), "/api/0/organizations/acme/issues/", "event:read"),
+    (lambda s: s.resolve_issue("42"), "/api/0/organizations/acme/issues/42/", "event:write"),
+    (lambda s: s.create_release("1.0", ["web"]), "/api/0/organizations/acme/releases/", "project:releases"),
+])  # fmt: skip
+def test_a_sentry_403_names_the_scope_the_call_needs(vendor: VendorAPI, call: Callable[[SentryAPI], object],
+                                                     path: str, scope: str) -> None:  # fmt: skip
+    """Each call's 403 names the scope Sentry's published description requires of it (the events endpoint needs
+    org:read, which the README once gave as event:read); a 401 is still the token rejected."""
+    vendor.routes[path] = lambda r: Reply(403, {"detail": "You do not have permission to perform this action."})
+    sentry = SentryAPI(vendor.url, "acme", "sntrys_token", [], timedelta(seconds=10))
+    try:
+        with pytest.raises(RejectedError) as caught:
+            call(sentry)
+        assert str(caught.value).endswith(f": SENTRY_AUTH_TOKEN lacks the {scope} scope this call needs (HTTP 403)")
+        vendor.routes[path] = lambda r: Reply(401, {"detail": "Invalid token"})
+        with pytest.raises(RejectedError) as caught:
+            call(sentry)
+        assert str(caught.value).endswith(": SENTRY_AUTH_TOKEN rejected (HTTP 401)")
+    finally:
+        sentry.close()
+
+
 @pytest.mark.parametrize(("header", "expected"), [
     ("120", 120.0), (" 7 ", 7.0), ("Wed, 02 Dec 2026 10:00:30 GMT", 30.0), ("Wed, 02 Dec 2026 09:59:00 GMT", 0.0),
     ("soon", None), ("", None), (None, None), ("-5", None),

@@ -505,7 +505,7 @@ class HttpError(Exception):
 
     def __init__(self, vendor: str, method: str, url: str | httpx.URL, cause: str) -> None:
         super().__init__(f"{vendor}: {method} {display_url(url)}: {cause}")
-        self.vendor, self.cause = vendor, cause
+        self.vendor, self.method, self.url, self.cause = vendor, method, url, cause
 
 
 class RejectedError(HttpError):

@@ -27,7 +27,8 @@ RENDER_PLANS: Mapping[str, tuple[float, int]] = {
 
 
 class SentrySource(JobOptions):
-    """Which Sentry organization (and projects) to read; the token needs `event:read`."""
+    """Which Sentry organization (and projects) to read; the token needs `event:read` (issues) and `org:read`
+    (the slowest transactions, from the events endpoint)."""
 
     org: str
     projects: tuple[str, ...] = ()

@@ -1,13 +1,19 @@
-"""Sentry's web API (reference §3): the organization-level issues and spans endpoints."""
+"""Sentry's web API (reference §3): the organization-level issues and spans endpoints.
+
+Each call names the token scope Sentry's published description (getsentry/sentry-api-schema
+`openapi-derefed.json`) requires of it, and a 403 says which scope the token lacks: the events
+endpoint (slow transactions, a release's errors) needs `org:read`, not `event:read`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from worker.http import Api
+from worker.http import Api, RejectedError
 
 SENTRY_API = "https://sentry.io"
 #: Sentry pages with a Link header: `<url>; rel="next"; results="true"; cursor="…"`.
@@ -15,7 +21,7 @@ _NEXT = re.compile(r'<([^>]+)>;\s*rel="next";\s*results="true"')
 
 
 class SentryAPI:
-    """Issues and slow transactions of one organization."""
+    """Issues, releases and slow transactions of one organization."""
 
     def __init__(self, api_url: str, org: str, token: str, projects: Sequence[str], timeout: timedelta) -> None:
         self.org, self.projects = org, projects
@@ -25,6 +31,18 @@ class SentryAPI:
     def close(self) -> None:
         """Release the connection pool."""
         self.api.close()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _needs(scope: str) -> Iterator[None]:
+        """A 403 inside says the token lacks `scope` (a 401 stays a rejected token)."""
+        try:
+            yield
+        except RejectedError as exc:
+            if "(HTTP 403)" not in exc.cause:
+                raise
+            cause = f"SENTRY_AUTH_TOKEN lacks the {scope} scope this call needs (HTTP 403)"
+            raise RejectedError(exc.vendor, exc.method, exc.url, cause) from None
 
     def _pages(self, path: str, params: dict[str, Any], max_pages: int) -> Iterator[Any]:
         url: str | None = path
@@ -43,45 +61,51 @@ class SentryAPI:
         """Issues matching a search, following the Link cursor up to `max_pages` pages."""
         params = {"statsPeriod": stats_period, "query": query, "sort": sort, "limit": limit}
         found: list[Any] = []
-        for page in self._pages(f"/api/0/organizations/{self.org}/issues/", params, max_pages):
-            found.extend(page)
+        with self._needs("event:read"):
+            for page in self._pages(f"/api/0/organizations/{self.org}/issues/", params, max_pages):
+                found.extend(page)
         return found
 
     def resolve_issue(self, issue_id: str) -> None:
         """Mark one issue resolved (scope event:write)."""
-        self.api.request("PUT", f"/api/0/organizations/{self.org}/issues/{issue_id}/", json={"status": "resolved"})
+        with self._needs("event:write"):
+            self.api.request("PUT", f"/api/0/organizations/{self.org}/issues/{issue_id}/", json={"status": "resolved"})
 
     def create_release(self, version: str, projects: Sequence[str], refs: Sequence[dict[str, str]] = ()) -> None:
         """Create the release, or update it if it exists (scope project:releases)."""
         body: dict[str, Any] = {"version": version, "projects": list(projects)}
         if refs:
             body["refs"] = list(refs)
-        self.api.request("POST", f"/api/0/organizations/{self.org}/releases/", json=body)
+        with self._needs("project:releases"):
+            self.api.request("POST", f"/api/0/organizations/{self.org}/releases/", json=body)
 
     def create_deploy(self, version: str, environment: str, *, name: str, started: str | None,
                       finished: str | None) -> None:  # fmt: skip
         """Record a deploy of a release in an environment (scope project:releases)."""
         body = {"environment": environment, "name": name, "dateStarted": started, "dateFinished": finished}
-        self.api.request("POST", f"/api/0/organizations/{self.org}/releases/{version}/deploys/",
-                         json={k: v for k, v in body.items() if v is not None})  # fmt: skip
+        with self._needs("project:releases"):
+            self.api.request("POST", f"/api/0/organizations/{self.org}/releases/{version}/deploys/",
+                             json={k: v for k, v in body.items() if v is not None})  # fmt: skip
 
     def slow_transactions(self, stats_period: str, limit: int) -> list[Any]:
-        """Transactions by p95 duration, slowest first, from the spans dataset."""
+        """Transactions by p95 duration, slowest first, from the spans dataset (scope org:read)."""
         params = {
             "dataset": "spans", "query": "is_transaction:true",
             "field": ["transaction", "p95(span.duration)", "count()"], "sort": "-p95(span.duration)",
             "statsPeriod": stats_period, "per_page": limit,
         }  # fmt: skip
-        page = next(self._pages(f"/api/0/organizations/{self.org}/events/", params, 1))
+        with self._needs("org:read"):
+            page = next(self._pages(f"/api/0/organizations/{self.org}/events/", params, 1))
         return list(page.get("data", [])) if isinstance(page, dict) else []
 
     def error_count(self, release: str, project: str, start: datetime, end: datetime) -> int:
-        """Error events of one release in one project between two times (scope event:read)."""
+        """Error events of one release in one project between two times (scope org:read)."""
         params = {
             "dataset": "errors", "field": ["count()"], "query": f'release:"{release}" project:{project}',
             "start": start.isoformat(), "end": end.isoformat(), "per_page": 1,
         }  # fmt: skip
         # The project goes in the query by slug: the `project` parameter takes numeric ids only.
-        page = self.api.get_json(f"/api/0/organizations/{self.org}/events/", params=params)
+        with self._needs("org:read"):
+            page = self.api.get_json(f"/api/0/organizations/{self.org}/events/", params=params)
         rows = page.get("data", []) if isinstance(page, dict) else []
         return int(rows[0].get("count()") or 0) if rows else 0
