@@ -6,6 +6,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import boto3
 import pytest
 
 from jobs.review.security import SecurityReviewJob, SecurityReviewOptions
-from tests.conftest import Reply, VendorAPI, digest_auth, write
+from tests.conftest import Reply, Request, VendorAPI, digest_auth, write
 from tests.test_atlas import PRIVATE, PUBLIC, REALM
 from worker.job import JobContext, Notice, Outcome, Status
 from worker.ledger import RunRecord, SqliteLedger
@@ -206,9 +207,23 @@ def test_dependency_posture_from_the_newest_report(tmp_path: Path, quiet_worker:
 # --- Atlas ----------------------------------------------------------------------------
 
 
-def serve_atlas(vendor: VendorAPI, *, open_list: bool, broad: bool, backup: bool) -> None:
+def paged(items: list[dict[str, Any]]) -> Callable[[Request], Reply]:
+    """A list answered as the Admin API pages it: pageNum from 1, itemsPerPage 100 by default, at most 500."""
+
+    def route(request: Request) -> Reply:
+        number = int(request.query.get("pageNum", ["1"])[0])
+        size = int(request.query.get("itemsPerPage", ["100"])[0])
+        if not 1 <= size <= 500 or number < 1:
+            return Reply(400, {"error": 400, "errorCode": "INVALID_PARAMETER"})
+        return Reply(200, {"results": items[(number - 1) * size : number * size], "totalCount": len(items)})
+
+    return route
+
+
+def serve_atlas(vendor: VendorAPI, *, open_list: bool, broad: bool, backup: bool, listed: int = 1) -> None:
     group = "/api/atlas/v2/groups/5f1a2b3c4d5e6f7a8b9c0d1e"
-    access = [{"ipAddress": "203.0.113.7", "cidrBlock": "203.0.113.7/32", "comment": "Render outbound"}]
+    access = [{"ipAddress": f"203.0.{n // 250}.{n % 250}", "cidrBlock": f"203.0.{n // 250}.{n % 250}/32",
+               "comment": "Render outbound"} for n in range(listed)]  # fmt: skip
     if open_list:
         access.append({"cidrBlock": "0.0.0.0/0", "comment": "temporary"})
     users = [
@@ -219,10 +234,9 @@ def serve_atlas(vendor: VendorAPI, *, open_list: bool, broad: bool, backup: bool
             {"roleName": "atlasAdmin", "databaseName": "admin"},
             {"roleName": "readWriteAnyDatabase", "databaseName": "admin"}]})  # fmt: skip
     cluster = {"name": "shop", "clusterType": "REPLICASET", "backupEnabled": backup, "stateName": "IDLE"}
-    for path, body in ((f"{group}/accessList", {"results": access, "totalCount": len(access)}),
-                       (f"{group}/databaseUsers", {"results": users, "totalCount": len(users)}),
-                       (f"{group}/clusters/shop", cluster)):  # fmt: skip
-        vendor.routes[path] = digest_auth(lambda r, body=body: Reply(200, body), PUBLIC, PRIVATE, REALM)
+    vendor.routes[f"{group}/accessList"] = digest_auth(paged(access), PUBLIC, PRIVATE, REALM)
+    vendor.routes[f"{group}/databaseUsers"] = digest_auth(paged(users), PUBLIC, PRIVATE, REALM)
+    vendor.routes[f"{group}/clusters/shop"] = digest_auth(lambda r: Reply(200, cluster), PUBLIC, PRIVATE, REALM)
 
 
 def atlas_options(vendor: VendorAPI) -> dict[str, Any]:
@@ -246,6 +260,14 @@ def test_atlas_open_access_broad_users_and_no_backup(vendor: VendorAPI, atlas_ke
     users = next(f for f in outcome.details["findings"] if f["check"] == "atlas.database_users")
     assert users["evidence"] == "ops@admin (atlasAdmin, readWriteAnyDatabase)"
     assert PRIVATE not in json.dumps(outcome.details)
+
+
+def test_an_open_entry_on_a_later_page_is_found(vendor: VendorAPI, atlas_keys: None, quiet_worker: Path) -> None:
+    """0.0.0.0/0 as the 651st access-list entry (Atlas pages 100 at a time by default): every page is read."""
+    serve_atlas(vendor, open_list=True, broad=False, backup=True, listed=650)
+    outcome = run(atlas_options(vendor))
+    assert checks(outcome, "atlas.") == {"atlas.access_list": "high"}
+    assert outcome.details["gaps"] == []
 
 
 def test_atlas_locked_down_has_no_findings(vendor: VendorAPI, atlas_keys: None, quiet_worker: Path) -> None:

@@ -341,7 +341,7 @@ class SecurityReviewJob:
 
         attempt("storage", lambda: self._storage(ctx, findings, gaps, checked, now))
         if opts.atlas is not None:
-            attempt("atlas", lambda: self._atlas(findings))
+            attempt("atlas", lambda: self._atlas(findings, gaps))
         attempt("worker", lambda: self._worker(findings))
         attempt("github", lambda: self._github(ctx, findings, checked))
         if ctx.history is not None:
@@ -406,16 +406,20 @@ class SecurityReviewJob:
                 aged, checked["aws_key_age"] = aws_key_age(opts.iam_endpoint_url, region, now, opts.max_key_age)
                 findings += aged
 
-    def _atlas(self, findings: list[Finding]) -> None:
+    def _atlas(self, findings: list[Finding], gaps: list[dict[str, str]]) -> None:
         target = self.options.atlas
         if target is None:
             return
         group = f"/groups/{target.group_id}"
         with AtlasAPI(target.api_url, target.auth, target.api_timeout) as api:
-            access = api.get(f"{group}/accessList", "2023-01-01")
-            users = api.get(f"{group}/databaseUsers", "2023-01-01")
+            access = api.results(f"{group}/accessList", "2023-01-01")
+            users = api.results(f"{group}/databaseUsers", "2023-01-01")
             cluster = api.get(f"{group}/clusters/{target.cluster}", "2024-08-05")
-        findings += atlas_findings(access, users, cluster, target.cluster)
+        for what, listing in (("access list", access), ("database users", users)):
+            if not listing.complete:  # what was not read was not checked: say so
+                read = f"read {len(listing.results)} of {listing.total or 'more'} entries"
+                gaps.append({"source": f"atlas {what}", "reason": f"{read} (the page limit): the rest not checked"})
+        findings += atlas_findings({"results": access.results}, {"results": users.results}, cluster, target.cluster)
 
     def _github(self, ctx: JobContext, findings: list[Finding], checked: dict[str, Any]) -> None:
         """The token dependency_updates writes with: the scopes GitHub reports for it (classic tokens say)."""

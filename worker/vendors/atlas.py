@@ -1,8 +1,15 @@
-"""MongoDB Atlas Admin API v2 (reference §7), with an API key (HTTP Digest) or a service account."""
+"""MongoDB Atlas Admin API v2 (reference §7), with an API key (HTTP Digest) or a service account.
+
+Lists are read to their end, as the published description (mongodb/atlas-sdk-go
+`openapi/atlas-api-transformed.yaml`) pages them: `pageNum` from 1, `itemsPerPage` at most 500,
+`totalCount` with `includeCount`; the order is not promised, so nothing may assume the first page
+holds the newest. A list longer than `max_pages` pages is returned as read, marked incomplete.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -12,6 +19,21 @@ ATLAS_API = "https://cloud.mongodb.com/api/atlas/v2"
 AtlasAuth = Literal["digest", "service_account"]
 _CREDENTIALS = {"digest": ("ATLAS_PUBLIC_KEY", "ATLAS_PRIVATE_KEY"),
                 "service_account": ("ATLAS_CLIENT_ID", "ATLAS_CLIENT_SECRET")}  # fmt: skip
+
+
+#: The most items Atlas gives in one page (its default is 100).
+ITEMS_PER_PAGE = 500
+#: Clusters whose backups are sharded snapshots, read from `…/backup/snapshots/shardedClusters`.
+SHARDED = frozenset({"SHARDED", "GEOSHARDED"})
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A whole list, or as much of it as `max_pages` pages held (`complete` False: `total` says how many)."""
+
+    results: list[Any]
+    total: int | None
+    complete: bool
 
 
 class AtlasError(Exception):
@@ -57,6 +79,30 @@ class AtlasAPI:
     def __exit__(self, *exc: object) -> None:
         self.api.close()
 
-    def get(self, path: str, version: str) -> Any:
+    def get(self, path: str, version: str, params: dict[str, Any] | None = None) -> Any:
         """GET `path` under the API root, as API version `version` (e.g. 2023-01-01)."""
-        return self.api.get_json(path, headers={"Accept": f"application/vnd.atlas.{version}+json"})
+        return self.api.get_json(path, headers={"Accept": f"application/vnd.atlas.{version}+json"}, params=params)
+
+    def results(self, path: str, version: str, *, max_pages: int = 20) -> Listing:
+        """Every item of a paged list (`results`), page by page until a short page or `totalCount`."""
+        found: list[Any] = []
+        total: int | None = None
+        for page in range(1, max_pages + 1):
+            answer = self.get(path, version, {"pageNum": page, "itemsPerPage": ITEMS_PER_PAGE, "includeCount": "true"})
+            batch = list(answer.get("results") or [])
+            found += batch
+            total = answer["totalCount"] if isinstance(answer.get("totalCount"), int) else total
+            if len(batch) < ITEMS_PER_PAGE or (total is not None and len(found) >= total):
+                return Listing(found, total, complete=True)
+        return Listing(found, total, complete=False)
+
+    def snapshots(self, group_id: str, cluster: str) -> tuple[str, Listing]:
+        """(the cluster's type, its snapshots): a sharded cluster's come from the sharded clusters' endpoint,
+        which the description gives no paging, a replica set's are paged."""
+        kind = str(self.get(f"/groups/{group_id}/clusters/{cluster}", "2024-08-05").get("clusterType") or "REPLICASET")
+        base = f"/groups/{group_id}/clusters/{cluster}/backup/snapshots"
+        if kind.upper() in SHARDED:
+            answer = self.get(f"{base}/shardedClusters", "2023-01-01")
+            results = list(answer.get("results") or [])
+            return kind, Listing(results, answer.get("totalCount"), complete=True)
+        return kind, self.results(base, "2023-01-01")
