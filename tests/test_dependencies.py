@@ -70,6 +70,8 @@ class LocalRegistry:
         self.osv_queries: list[dict[str, Any]] = []
         self.github_auth: list[str] = []
         self.github_status = 200
+        #: OSV's page size for one query's vulnerabilities, when a test makes it page (None: all at once).
+        self.osv_page_size: int | None = None
         #: name -> {"etag", "doc"}: documents this test serves besides the recorded ones (never written to disk).
         self.documents: dict[str, dict[str, Any]] = {}
         #: The registry's caching headers, when a test sets them (the npm registry sends `public, max-age=300`,
@@ -138,7 +140,12 @@ class LocalRegistry:
                         name, version = query["package"]["name"], query["version"]
                         vulns = [{"id": i, "modified": r["modified"]} for i, r in sorted(OSV_RECORDS.items())
                                  if osv_affects(r, name, version)]  # fmt: skip
-                        results.append({"vulns": vulns} if vulns else {})
+                        # Paged as OSV pages a long answer: a next_page_token to send back as the query's page_token.
+                        size = registry.osv_page_size or len(vulns) or 1
+                        start = int(str(query.get("page_token", "0")))
+                        page = vulns[start : start + size]
+                        more = {"next_page_token": str(start + size)} if start + size < len(vulns) else {}
+                        results.append({**({"vulns": page} if page else {}), **more})
                     return self._send(200, json.dumps({"results": results}).encode(), {})
                 registry.posts += 1
                 registry.posted.append(asked)

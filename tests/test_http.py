@@ -695,3 +695,37 @@ def test_a_server_the_proxy_cannot_reach_is_the_proxys_502(proxy: Proxy, closed_
         f"502 Bad Gateway (via proxy http://127.0.0.1:{proxy.port} (from HTTPS_PROXY))"
     )
     assert proxy.seen == [f"CONNECT localhost:{closed_port}"]
+
+
+def serve_big_tree(vendor: VendorAPI) -> None:
+    """A repository too big for one recursive answer: it comes back `truncated: true` with part of the tree, and
+    the tree is there whole one level at a time."""
+
+    def root(request: Request) -> Reply:
+        if request.query.get("recursive") == ["1"]:
+            return Reply(200, {"sha": "t0", "truncated": True, "tree": [
+                {"path": "README.md", "type": "blob", "sha": "b1", "mode": "100644", "size": 10}]})  # fmt: skip
+        return Reply(200, {"sha": "t0", "truncated": False, "tree": [
+            {"path": "README.md", "type": "blob", "sha": "b1", "mode": "100644", "size": 10},
+            {"path": "docs", "type": "tree", "sha": "t1", "mode": "040000"}]})  # fmt: skip
+
+    vendor.routes["/repos/acme/shop/git/trees/main"] = root
+    vendor.routes["/repos/acme/shop/git/trees/t1"] = lambda r: Reply(200, {"sha": "t1", "truncated": False, "tree": [
+        {"path": "guide.md", "type": "blob", "sha": "b2", "mode": "100644", "size": 20},
+        {"path": "run.sh", "type": "blob", "sha": "b3", "mode": "100755", "size": 5}]})  # fmt: skip
+
+
+def test_a_truncated_tree_is_walked_to_its_end(vendor: VendorAPI) -> None:
+    """`truncated: true` is not taken for the whole tree: each sub-tree is read on its own, paths joined."""
+    serve_big_tree(vendor)
+    with GitHub("acme/shop", api_url=vendor.url) as github:
+        entries = github.tree("main")
+    assert sorted(e["path"] for e in entries) == ["README.md", "docs", "docs/guide.md", "docs/run.sh"]
+    assert next(e for e in entries if e["path"] == "docs/run.sh")["mode"] == "100755"
+
+
+def test_a_tree_too_big_to_walk_is_an_error_not_a_part(vendor: VendorAPI) -> None:
+    """Past the walk's bound the read fails, saying so, rather than giving part of the repository as all of it."""
+    serve_big_tree(vendor)
+    with GitHub("acme/shop", api_url=vendor.url) as github, pytest.raises(HttpError, match="not read whole"):
+        github.tree("main", max_trees=1)

@@ -18,6 +18,8 @@ from worker.http import DEFAULT_RETRY, DEFAULT_TIMEOUT, Api, HttpError, RetryPol
 GITHUB_API = "https://api.github.com"
 #: The only branches opskeeper writes to.
 OWN_BRANCHES = "opskeeper/"
+#: Sub-trees walked one by one when a recursive tree answer comes back truncated.
+MAX_TREES = 2000
 #: GitHub refuses a pull request or comment body longer than this (422 "body is too long").
 BODY_LIMIT = 65536
 
@@ -88,10 +90,32 @@ class GitHub:
         """The repository's default branch."""
         return str(self.api.get_json(f"/repos/{self.repo}")["default_branch"])
 
-    def tree(self, ref: str) -> list[dict[str, Any]]:
-        """Every entry of the tree at `ref`, recursively (`path`, `type`, `size`)."""
+    def tree(self, ref: str, max_trees: int = MAX_TREES) -> list[dict[str, Any]]:
+        """Every entry of the tree at `ref`, recursively (`path`, `type`, `size`).
+
+        A recursive answer past GitHub's limit (100,000 entries or 7 MB) says `truncated: true` and holds only
+        part of the tree; then the tree is walked one sub-tree at a time, as GitHub's documentation says to,
+        up to `max_trees` requests. HttpError when even that does not reach the end: part of a tree is never
+        given as the whole.
+        """
         answer = self.api.get_json(f"/repos/{self.repo}/git/trees/{ref}", params={"recursive": "1"})
-        return list(answer.get("tree", []))
+        if not answer.get("truncated"):
+            return list(answer.get("tree", []))
+        entries: list[dict[str, Any]] = []
+        pending: list[tuple[str, str]] = [("", ref)]
+        for _ in range(max_trees):
+            if not pending:
+                return entries
+            prefix, sha = pending.pop()
+            for listed in self.api.get_json(f"/repos/{self.repo}/git/trees/{sha}").get("tree", []):
+                entry = {**listed, "path": f"{prefix}{listed['path']}"}
+                entries.append(entry)
+                if entry.get("type") == "tree":
+                    pending.append((f"{entry['path']}/", str(entry["sha"])))
+        if not pending:
+            return entries
+        raise HttpError(self.api.vendor, "GET", f"{self.api.base_url}/repos/{self.repo}/git/trees/{ref}",
+                        f"the tree is truncated and has more than {max_trees} sub-trees: not read whole")  # fmt: skip
 
     def contents(self, path: str, ref: str) -> bytes | None:
         """A file's raw bytes at `ref`; None when there is no such file."""

@@ -15,10 +15,12 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
-from worker.http import DEFAULT_TIMEOUT, AsyncApi
+from worker.http import DEFAULT_TIMEOUT, AsyncApi, HttpError
 
 OSV_API = "https://api.osv.dev"
 BATCH = 1000  # querybatch's limit on queries per request
+#: Rounds of next_page_token a check follows; more is an answer this project will not wait for (a gap, said).
+MAX_ROUNDS = 20
 
 
 class Osv:
@@ -33,16 +35,20 @@ class Osv:
 
     async def advisories(self, packages: Mapping[str, Iterable[str]]) -> dict[str, list[dict[str, Any]]]:
         """Advisories affecting these package versions, by package; raises HttpError when OSV cannot answer."""
-        queries = [(name, version) for name, versions in sorted(packages.items()) for version in sorted(versions)]
+        pending: list[tuple[str, str, str | None]] = [
+            (name, version, None) for name, versions in sorted(packages.items()) for version in sorted(versions)
+        ]
         ids: dict[str, set[str]] = {}
-        for start in range(0, len(queries), BATCH):
-            chunk = queries[start : start + BATCH]
-            body = {"queries": [{"package": {"name": n, "ecosystem": "npm"}, "version": v} for n, v in chunk]}
-            async with self._gate:
-                answer = self._api.parse(await self._api.request("POST", "/v1/querybatch", json=body))
-            for (name, _), result in zip(chunk, answer.get("results") or [], strict=False):
-                for vuln in (result or {}).get("vulns") or []:
-                    ids.setdefault(str(vuln["id"]), set()).add(name)
+        for _ in range(MAX_ROUNDS):
+            # A query whose result carries next_page_token is asked again with it (docs/api/post-v1-querybatch.md:
+            # past 1,000 vulnerabilities for one query, or 3,000 for the batch, only some results are whole).
+            pending = [again for start in range(0, len(pending), BATCH)
+                       for again in await self._batch(pending[start : start + BATCH], ids)]  # fmt: skip
+            if not pending:
+                break
+        else:
+            why = f"still paging after {MAX_ROUNDS} rounds ({len(pending)} queries with a next_page_token)"
+            raise HttpError(self._api.vendor, "POST", f"{self._api.base_url}/v1/querybatch", why)
         records = await asyncio.gather(*(self._vuln(vuln_id) for vuln_id in sorted(ids)))
         found: dict[str, list[dict[str, Any]]] = {}
         for record in records:
@@ -51,6 +57,23 @@ class Osv:
                 if advisory is not None:
                     found.setdefault(name, []).append(advisory)
         return found
+
+    async def _batch(
+        self, chunk: list[tuple[str, str, str | None]], ids: dict[str, set[str]]
+    ) -> list[tuple[str, str, str | None]]:
+        """One querybatch; the ids found go into `ids`, and the queries to ask again (with their page token)
+        are returned."""
+        body = {"queries": [{"package": {"name": n, "ecosystem": "npm"}, "version": v,
+                             **({"page_token": token} if token else {})} for n, v, token in chunk]}  # fmt: skip
+        async with self._gate:
+            answer = self._api.parse(await self._api.request("POST", "/v1/querybatch", json=body))
+        again: list[tuple[str, str, str | None]] = []
+        for (name, version, _), result in zip(chunk, answer.get("results") or [], strict=False):
+            for vuln in (result or {}).get("vulns") or []:
+                ids.setdefault(str(vuln["id"]), set()).add(name)
+            if (result or {}).get("next_page_token"):
+                again.append((name, version, str(result["next_page_token"])))
+        return again
 
     async def _vuln(self, vuln_id: str) -> dict[str, Any]:
         async with self._gate:
