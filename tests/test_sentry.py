@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SentryReceiver, free_port_closed, opskeeper, write
+from tests.conftest import Reply, SentryReceiver, VendorAPI, free_port_closed, opskeeper, write
 
 CRON_JOB = """\
 timezone: Europe/Berlin
@@ -246,8 +246,12 @@ jobs:
 
 
 @pytest.mark.slow
-def test_monitor_blocks_shape_the_checkins(tmp_path: Path, env: dict[str, str], sentry: SentryReceiver) -> None:
-    """Defaults and job monitor blocks merge; upsert false sends no config; enabled false sends no check-in."""
+def test_monitor_blocks_shape_the_checkins(tmp_path: Path, env: dict[str, str], sentry: SentryReceiver,
+                                           vendor: VendorAPI) -> None:  # fmt: skip
+    """Defaults and job monitor blocks merge; upsert false sends no config; enabled false sends no check-in; the
+    owner team named by slug is sent as its numeric id, looked up in the organization's teams."""
+    vendor.routes["/api/0/organizations/acme/teams/"] = lambda r: Reply(200, [  # type: ignore[arg-type]
+        {"id": "4502", "slug": "web"}, {"id": "4509", "slug": "ops", "name": "Ops"}])  # fmt: skip
     config = write(tmp_path / "jobs.yaml", """\
 defaults:
   monitor: {failure_issue_threshold: 3, owner: "team:ops"}
@@ -271,15 +275,53 @@ jobs:
     monitor: {enabled: false}
     options: {argv: ["true"]}
 """)  # fmt: skip
-    run_env = {**env, "SENTRY_DSN": sentry.dsn}
+    run_env = {**env, "SENTRY_DSN": sentry.dsn, "SENTRY_ORG": "acme", "SENTRY_AUTH_TOKEN": "sntrys_test",
+               "SENTRY_API_URL": vendor.url}  # fmt: skip
     for job in ("shaped", "hands-off", "unmonitored"):
         assert opskeeper("run-now", job, "--config", str(config), env=run_env).code == 0
     checkins = sentry.wait_items("check_in", 4)
     assert {c["monitor_slug"] for c in checkins} == {"shaped", "hands-off"}
     shaped = next(c for c in checkins if c["monitor_slug"] == "shaped" and c["status"] == "ok")["monitor_config"]
-    assert (shaped["failure_issue_threshold"], shaped["recovery_threshold"], shaped["owner"]) == (3, 2, "team:ops")
+    assert (shaped["failure_issue_threshold"], shaped["recovery_threshold"], shaped["owner"]) == (3, 2, "team:4509")
     assert (shaped["checkin_margin"], shaped["max_runtime"]) == (5, 10080)  # margin covers grace + jitter
     assert all("monitor_config" not in c for c in checkins if c["monitor_slug"] == "hands-off")
+
+
+OWNED = """\
+jobs:
+  - id: nightly
+    kind: command
+    schedule: "@daily"
+    monitor: {{owner: "{owner}"}}
+    options: {{argv: ["true"]}}
+"""
+
+
+@pytest.mark.parametrize(("owner", "with_token", "code", "said"), [
+    ("team:ops", False, 78, "monitor owner team:ops: Sentry Crons takes a team's numeric id (team:ID); set "
+                            "SENTRY_ORG and a SENTRY_AUTH_TOKEN with org:read"),
+    ("team:ops", True, 0, "OK: 1 jobs"),
+    ("team:sre", True, 78, "monitor owner team:sre: no such team in the Sentry organization (it has: ops, web)"),
+    ("team:4509", False, 0, "OK: 1 jobs"),
+    ("user:12345", False, 0, "OK: 1 jobs"),
+])  # fmt: skip
+def test_validate_refuses_a_team_slug_it_cannot_resolve(
+    tmp_path: Path, env: dict[str, str], vendor: VendorAPI, owner: str, with_token: bool, code: int, said: str
+) -> None:
+    """A slug owner is looked up when a token allows (GET /api/0/organizations/{org}/teams/); without one, or for
+    a team the organization has not, validate refuses it with the reason. Ids need no lookup."""
+    vendor.routes["/api/0/organizations/acme/teams/"] = lambda r: Reply(200, [  # type: ignore[arg-type]
+        {"id": "4502", "slug": "web"}, {"id": "4509", "slug": "ops"}])  # fmt: skip
+    config = write(tmp_path / "jobs.yaml", OWNED.format(owner=owner))
+    token = (
+        {"SENTRY_ORG": "acme", "SENTRY_AUTH_TOKEN": "sntrys_test", "SENTRY_API_URL": vendor.url} if with_token else {}
+    )
+    result = opskeeper("validate", "--config", str(config), env={**env, **token})
+    assert result.code == code
+    assert said in result.stdout + result.stderr
+    asked = [r for r in vendor.requests if r.path.endswith("/teams/")]
+    assert bool(asked) is (with_token and not owner[5:].isdigit())
+    assert all(r.headers["authorization"] == "Bearer sntrys_test" for r in asked)
 
 
 def test_transactions_are_sampled_by_frequency_unless_a_job_says(tmp_path: Path) -> None:

@@ -120,6 +120,17 @@ def _validate(args: argparse.Namespace, settings: Settings) -> int:
     from worker.job import JobOptions
 
     config = commands.schedule(args, settings)
+    if any(job.monitor.team_slug for job in config.jobs):  # only then is Sentry's web API asked
+        from worker.reporting.sentry import resolve_owners
+
+        web = commands.sentry_web(settings)
+        try:
+            _, problems = resolve_owners(config.jobs, web)
+        finally:
+            if web is not None:
+                web.close()
+        if problems:
+            raise CliError(f"{len(problems)} problem(s) in {config.path}:\n" + "\n".join(problems), EXIT_CONFIG)
     print(f"OK: {len(config.jobs)} jobs")
     if not config.jobs:
         print(f"WARNING: {config.path} has no jobs: the daemon would run nothing, and a running daemon keeps its "

@@ -154,9 +154,18 @@ def reporting(
     masks = redactor(settings, config)
     configure(settings.log_format, masks, sys.stdout if daemon else sys.stderr)
     dsn = settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None
+    web = sentry_web(settings)
+    owners: dict[str, str] = {}
+    if dsn and config is not None:
+        from worker.reporting.log import get_logger
+        from worker.reporting.sentry import resolve_owners
+
+        owners, problems = resolve_owners(config.jobs, web)
+        for problem in problems:  # `validate` refuses these; a running daemon sends such monitors no owner
+            get_logger().warning("sentry.owner_unresolved", problem=masks.text(problem))
     sentry = SentryReporter(
         dsn, environment=settings.sentry_environment, release=settings.sentry_release,
-        traces_sample_rate=settings.sentry_traces_sample_rate, redactor=masks, web=sentry_web(settings),
+        traces_sample_rate=settings.sentry_traces_sample_rate, redactor=masks, web=web, owners=owners,
     )  # fmt: skip
     return masks, sentry
 

@@ -135,7 +135,16 @@ class MonitorOptions(BaseModel):
     failure_issue_threshold: int = Field(default=1, ge=1, le=720)
     recovery_threshold: int = Field(default=1, ge=1, le=720)
     owner: Annotated[str, Field(pattern=r"^(user:\d+|team:[a-z0-9][a-z0-9_-]*)$")] | None = None
-    """`user:ID` or `team:SLUG`: who Sentry assigns the monitor's issues to."""
+    """`user:ID`, `team:ID` or `team:SLUG`: who Sentry assigns the monitor's issues to. Sentry takes numeric ids
+    only (its monitor consumer reads `int(owner[5:])`, and a slug leaves the monitor without an owner, silently),
+    so a slug is looked up by the organization's teams (SENTRY_ORG, a SENTRY_AUTH_TOKEN with org:read)."""
+
+    @property
+    def team_slug(self) -> str | None:
+        """The team slug to look up, when the owner names a team by slug rather than by id."""
+        if self.owner and self.owner.startswith("team:") and not self.owner[5:].isdigit():
+            return self.owner[5:]
+        return None
 
 
 def _timeout(value: timedelta) -> timedelta:

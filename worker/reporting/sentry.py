@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import zoneinfo
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -30,8 +30,34 @@ from worker.timespec import CronSchedule, next_fire
 FLUSH_TIMEOUT_S = 2.0
 
 
-def monitor_config(job: JobSpec, tz: zoneinfo.ZoneInfo) -> dict[str, Any]:
-    """The Sentry Crons monitor for a job, derived from its schedule, grace and timeout."""
+def resolve_owners(jobs: Iterable[JobSpec], web: Any) -> tuple[dict[str, str], list[str]]:
+    """({team slug: "team:<id>"} for the monitors that name a team by slug, and a problem for each that cannot be
+    resolved), through Sentry's web API (`web`, a SentryAPI; None: no token, so none can be)."""
+    wanted = {job.monitor.team_slug: job.id for job in jobs if job.monitor.team_slug}
+    if not wanted:
+        return {}, []
+    if web is None:
+        return {}, [f"job {job_id!r}: monitor owner team:{slug}: Sentry Crons takes a team's numeric id (team:ID); "
+                    "set SENTRY_ORG and a SENTRY_AUTH_TOKEN with org:read for opskeeper to look the slug up, or "
+                    "write the id" for slug, job_id in sorted(wanted.items())]  # fmt: skip
+    from worker.http import HttpError
+
+    try:
+        teams = {str(t.get("slug")): str(t.get("id")) for t in web.teams() if isinstance(t, Mapping)}
+    except HttpError as exc:
+        return {}, [f"monitor owners team:{', team:'.join(sorted(wanted))}: the teams could not be read: {exc}"]
+    owners = {slug: f"team:{teams[slug]}" for slug in wanted if teams.get(slug, "").isdigit()}
+    problems = [f"job {job_id!r}: monitor owner team:{slug}: no such team in the Sentry organization "
+                f"(it has: {', '.join(sorted(teams)) or 'none'})" for slug, job_id in sorted(wanted.items())
+                if slug not in owners]  # fmt: skip
+    return owners, problems
+
+
+def monitor_config(job: JobSpec, tz: zoneinfo.ZoneInfo, owners: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The Sentry Crons monitor for a job, derived from its schedule, grace and timeout.
+
+    A team named by slug goes as `team:<id>` from `owners` (resolve_owners); unresolved, no owner is sent, as
+    the slug would give none either."""
     schedule: dict[str, Any]
     if isinstance(job.schedule, CronSchedule):
         schedule = {"type": "crontab", "value": job.schedule.crontab}
@@ -55,8 +81,10 @@ def monitor_config(job: JobSpec, tz: zoneinfo.ZoneInfo) -> dict[str, Any]:
         "failure_issue_threshold": job.monitor.failure_issue_threshold,
         "recovery_threshold": job.monitor.recovery_threshold,
     }
-    if job.monitor.owner:
-        config["owner"] = job.monitor.owner
+    slug = job.monitor.team_slug
+    owner = (owners or {}).get(slug) if slug else job.monitor.owner
+    if owner:
+        config["owner"] = owner
     return config
 
 
@@ -105,8 +133,11 @@ class SentryReporter:
     """Everything opskeeper sends to Sentry; a no-op when no DSN is configured."""
 
     def __init__(self, dsn: str | None, *, environment: str, release: str | None,
-                 traces_sample_rate: float | None, redactor: Redactor, web: Any = None) -> None:  # fmt: skip
+                 traces_sample_rate: float | None, redactor: Redactor, web: Any = None,
+                 owners: Mapping[str, str] | None = None) -> None:  # fmt: skip
         self.enabled = bool(dsn)
+        self.owners = dict(owners or {})
+        """Monitor owners named by team slug, as `team:<id>` (resolve_owners)."""
         self._redactor = redactor
         self._default_rate = traces_sample_rate
         self.web = web
@@ -165,7 +196,7 @@ class SentryReporter:
                 status=wire,
                 duration=duration_s,
                 # Without upsert the monitor stays as the team configured it in Sentry.
-                monitor_config=monitor_config(job, tz) if job.monitor.upsert else None,  # type: ignore[arg-type]
+                monitor_config=monitor_config(job, tz, self.owners) if job.monitor.upsert else None,  # type: ignore[arg-type]
             )
         except Exception:  # noqa: BLE001 - reporting must never break a run
             return None

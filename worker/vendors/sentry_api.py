@@ -66,6 +66,14 @@ class SentryAPI:
                 found.extend(page)
         return found
 
+    def teams(self, max_pages: int = 10) -> list[Any]:
+        """The organization's teams (`id`, `slug`, …), every page (scope org:read)."""
+        found: list[Any] = []
+        with self._needs("org:read"):
+            for page in self._pages(f"/api/0/organizations/{self.org}/teams/", {}, max_pages):
+                found.extend(page)
+        return found
+
     def resolve_issue(self, issue_id: str) -> None:
         """Mark one issue resolved (scope event:write)."""
         with self._needs("event:write"):
