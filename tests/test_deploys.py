@@ -885,3 +885,20 @@ def test_an_error_spike_in_sentry_rolls_back_a_deploy_whose_health_stays_up(
         "errors", 90, 3)  # fmt: skip
     queries = [r.query["query"][0] for r in vendor.requests if r.path.endswith("/events/")]
     assert all(q.endswith("project:shop-api") for q in queries)
+
+
+def test_a_rollback_of_an_unknown_service_is_not_a_lost_build(render: RenderServer) -> None:
+    """Render's 404 for a service it does not have is said as such, not read as "build not retained" (which
+    would make the guard rebuild the commit on a service that is not there); a known service's 404 still is."""
+    from worker.http import HttpError
+    from worker.vendors.render import RenderAPI
+
+    render.deploys["srv-api123"] = [deploy(2, "live", 10), deploy(1, "deactivated", 600)]
+    render.retained, render.not_retained = set(), 404
+    api = RenderAPI(render.url, KEY)
+    try:
+        assert api.rollback("srv-api123", "dep-001") is None
+        with pytest.raises(HttpError, match=r"no service srv-gone \(HTTP 404\): check the service id"):
+            api.rollback("srv-gone", "dep-001")
+    finally:
+        api.close()

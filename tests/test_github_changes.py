@@ -91,3 +91,17 @@ def test_a_body_over_githubs_limit_is_cut_at_a_line_and_says_so(github: GitHubSt
     assert body.splitlines()[-1].startswith("… ")
     assert body.splitlines()[-1].endswith("more lines left out: GitHub takes 65536 characters.")
     assert all(line.endswith("|") for line in body.splitlines()[:-2])  # whole rows only
+
+
+def test_a_rewritten_file_keeps_its_executable_bit(github: GitHubStandIn) -> None:
+    """A file the base holds as 100755 (a script the change rewrites) stays 100755; a new file is 100644."""
+    repo = github.repo("acme/tools")
+    repo.seed("main", {"bin/release.sh": b"#!/bin/sh\necho old\n", "package.json": b"{}\n"},
+              modes={"bin/release.sh": "100755"})  # fmt: skip
+    with GitHub("acme/tools", api_url=github.url, token="t") as client:
+        sha = client.commit_files("opskeeper/updates/tools", "main", {"bin/release.sh": b"#!/bin/sh\necho new\n",
+                                                                       "bin/new.txt": b"x\n"}, "update")  # fmt: skip
+    root = repo.trees[repo.commits[sha]["tree"]]
+    inner = repo.trees[root["bin"][2]]
+    assert (inner["release.sh"][0], inner["new.txt"][0]) == ("100755", "100644")
+    assert repo.files(sha)["bin/release.sh"] == b"#!/bin/sh\necho new\n"

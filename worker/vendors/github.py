@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, NamedTuple
 
@@ -162,10 +163,12 @@ class GitHub:
             raise HttpError("GitHub API", "GET", f"/repos/{self.repo}/git/ref/heads/{base}", "no such base branch")
         parent, tree = tip.sha, tip.tree
         entries = []
+        modes = self._modes(tree, files)
         for path, data in sorted(files.items()):
             content = {"content": base64.b64encode(data).decode(), "encoding": "base64"}
             blob = self.api.request("POST", f"/repos/{self.repo}/git/blobs", json=content)
-            entries.append({"path": path, "mode": "100644", "type": "blob", "sha": self.api.parse(blob)["sha"]})
+            entries.append({"path": path, "mode": modes.get(path, "100644"), "type": "blob",
+                            "sha": self.api.parse(blob)["sha"]})  # fmt: skip
         made = self.api.parse(self.api.request("POST", f"/repos/{self.repo}/git/trees",
                                                json={"base_tree": tree, "tree": entries}))  # fmt: skip
         current = self.head(branch)
@@ -181,6 +184,27 @@ class GitHub:
         else:
             self.api.request("PATCH", f"/repos/{self.repo}/git/refs/heads/{branch}", json={"sha": sha, "force": True})
         return sha
+
+    def _modes(self, tree: str, paths: Iterable[str]) -> dict[str, str]:
+        """The mode each of `paths` has in `tree` (100755 for an executable), for those it holds as files: a
+        rewritten file keeps its mode. One non-recursive tree read per directory on the way."""
+        listed: dict[str, dict[str, dict[str, Any]]] = {}
+
+        def entries(folder: str) -> dict[str, dict[str, Any]]:
+            if folder not in listed:
+                parent, _, name = folder.rpartition("/")
+                sha = tree if not folder else entries(parent).get(name, {}).get("sha")
+                answer = self.api.get_json(f"/repos/{self.repo}/git/trees/{sha}") if sha else {}
+                listed[folder] = {str(e["path"]): e for e in answer.get("tree", [])}
+            return listed[folder]
+
+        modes = {}
+        for path in paths:
+            folder, _, name = path.rpartition("/")
+            entry = entries(folder).get(name)
+            if entry and entry.get("type") == "blob" and entry.get("mode") in ("100644", "100755"):
+                modes[path] = str(entry["mode"])
+        return modes
 
     def open_pull(self, branch: str) -> dict[str, Any] | None:
         """The open pull request from `branch`, if there is one."""

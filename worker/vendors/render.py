@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from worker.http import DEFAULT_RETRY, DEFAULT_TIMEOUT, Api, RetryPolicy
+from worker.http import DEFAULT_RETRY, DEFAULT_TIMEOUT, Api, HttpError, RetryPolicy
 
 RENDER_API = "https://api.render.com/v1"
 
@@ -53,11 +53,15 @@ class RenderAPI:
     def rollback(self, service_id: str, deploy_id: str) -> dict[str, Any] | None:
         """Ask Render to roll the service back to a previous deploy; returns the new deploy.
 
-        None when Render answers 400 or 404: the deploy's build is no longer retained (only the
-        newest few builds are, by plan), so only a new deploy of its commit can bring it back.
+        None when Render answers 400 or 404 for a service that exists: the deploy's build is no longer retained
+        (only the newest few builds are, by plan), so only a new deploy of its commit can bring it back. A 404
+        because the service itself is unknown (a wrong id, a deleted service) is an HttpError saying so.
         """
         response = self.api.request("POST", f"/services/{service_id}/rollback", json={"deployId": deploy_id},
                                     allow=(400, 404))  # fmt: skip
+        if response.status_code == 404 and self.api.get(f"/services/{service_id}", allow=(404,)).status_code == 404:
+            raise HttpError(self.api.vendor, "POST", response.request.url,
+                            f"no service {service_id} (HTTP 404): check the service id")  # fmt: skip
         if response.status_code in (400, 404):
             return None
         return response.json() if response.content else {}
