@@ -55,3 +55,35 @@ def test_paging_without_end_is_an_error_not_a_short_answer(server: LocalRegistry
     server.osv_page_size = 1
     with pytest.raises(HttpError, match=r"still paging after 2 rounds \(1 queries with a next_page_token\)"):
         ask(server, {"multer": {"1.4.4"}})
+
+
+def recorded_without_github_severity(**severity: str) -> dict[str, Any]:
+    """The recorded OSV record of GHSA-44fp-w29j-9vj5 as a non-GitHub database would give it: no
+    database_specific.severity, its severity only as CVSS vectors (`severity[]`, the OSV schema's field)."""
+    import json
+    from pathlib import Path
+
+    record = json.loads((Path(__file__).parent / "fixtures" / "advisories" / "osv" / "GHSA-44fp-w29j-9vj5.json")
+                        .read_text())  # fmt: skip
+    record = {**record, "id": "OSV-2026-0001", "aliases": [], "database_specific": {}}
+    return {**record, "severity": [{"type": kind, "score": vector} for kind, vector in severity.items()]}
+
+
+@pytest.mark.parametrize(("severity", "expected"), [
+    ({"CVSS_V3": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:N/I:N/A:H"}, "high"),  # 7.5
+    ({"CVSS_V3": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}, "critical"),  # 9.8
+    ({"CVSS_V3": "CVSS:3.1/AV:L/AC:H/PR:H/UI:R/S:U/C:L/I:N/A:N"}, "low"),  # 1.8
+    ({"CVSS_V4": "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:N/VI:N/VA:H/SC:N/SI:N/SA:N",
+      "CVSS_V3": "CVSS:3.1/AV:L/AC:H/PR:H/UI:R/S:U/C:L/I:N/A:N"}, "high"),  # v4 (8.7) over v3
+    ({"CVSS_V2": "AV:N/AC:L/Au:N/C:N/I:N/A:P"}, "moderate"),  # 5.0, Medium
+    ({"CVSS_V3": "not a vector"}, "moderate"),  # unreadable: the default, as with no severity at all
+])  # fmt: skip
+def test_severity_of_a_record_without_githubs_label_is_its_cvss_rating(severity: dict[str, str],
+                                                                        expected: str) -> None:  # fmt: skip
+    """A record whose only severity is a CVSS vector is rated by that vector's base score (it was 'moderate',
+    whatever the vector, when only GitHub's database_specific.severity was read)."""
+    from worker.vendors.osv import advisory_of
+
+    advisory = advisory_of(recorded_without_github_severity(**severity), "multer")
+    assert advisory is not None
+    assert advisory["severity"] == expected

@@ -99,7 +99,7 @@ def advisory_of(record: Mapping[str, Any], name: str) -> dict[str, Any] | None:
         return None
     aliases = [str(a) for a in record.get("aliases") or []]
     ghsa = next((i for i in [str(record["id"]), *aliases] if i.startswith("GHSA-")), None)
-    label = str((record.get("database_specific") or {}).get("severity") or "").lower()
+    label = str((record.get("database_specific") or {}).get("severity") or "").lower() or cvss_rating(record)
     # Malicious-package records (MAL-…) carry no severity; installing one is as bad as it gets.
     severity = _SEVERITIES.get(label, "critical" if str(record["id"]).startswith("MAL-") else "moderate")
     url = next((str(r["url"]) for r in record.get("references") or [] if r.get("type") == "ADVISORY"),
@@ -108,6 +108,27 @@ def advisory_of(record: Mapping[str, Any], name: str) -> dict[str, Any] | None:
             "title": str(record.get("summary") or str(record.get("details") or "")[:120]), "severity": severity,
             "vulnerable_versions": " || ".join(ranges), "aliases": sorted({str(record["id"]), *aliases}),
             "source": "osv"}  # fmt: skip
+
+
+def cvss_rating(record: Mapping[str, Any]) -> str:
+    """The qualitative rating of the record's CVSS vector (`severity[]`, as the OSV schema gives it: CVSS_V4,
+    else V3, else V2), lower-case, a rating of None counted as low; "" when no vector parses. Only GitHub's
+    records carry `database_specific.severity`: the others' severity is their vector. Computed by the `cvss`
+    library (Red Hat's): a base score's rating is not ours to approximate."""
+    vectors = {str(s.get("type")): str(s.get("score") or "") for s in record.get("severity") or []
+               if isinstance(s, Mapping)}  # fmt: skip
+    from cvss import CVSS2, CVSS3, CVSS4
+    from cvss.exceptions import CVSSError
+
+    for kind, parse in (("CVSS_V4", CVSS4), ("CVSS_V3", CVSS3), ("CVSS_V2", CVSS2)):
+        if vectors.get(kind):
+            try:
+                score = parse(vectors[kind])
+            except (CVSSError, ValueError, KeyError):
+                continue
+            rating = score.severity if isinstance(score, CVSS4) else score.severities()[0]
+            return "low" if str(rating).lower() == "none" else str(rating).lower()
+    return ""
 
 
 def _intervals(events: list[Mapping[str, Any]]) -> list[str]:
