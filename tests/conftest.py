@@ -596,6 +596,8 @@ class VendorAPI:
 
         self.routes: dict[str, Callable[[Request], Reply]] = {}
         self.requests: list[Request] = []
+        self.answers: list[tuple[Request, Reply]] = []
+        """Each request with the reply it got, for the check against the vendor's description."""
         self.release = threading.Event()
         api = self
 
@@ -615,6 +617,7 @@ class VendorAPI:
                 api.requests.append(request)
                 route = api.routes.get(parts.path)
                 reply = route(request) if route else Reply(404, {"detail": "not found"})
+                api.answers.append((request, reply))
                 send_reply(self, reply, {"Content-Type": "application/json"})
 
             do_POST = do_PATCH = do_PUT = do_GET  # noqa: N815 - http.server's naming
@@ -636,7 +639,7 @@ class VendorAPI:
 
     def hang(self) -> Reply:
         """A reply that comes only when the test ends: the client's timeout must fire first."""
-        return Reply(200, [], wait=self.release, wait_timeout=30)
+        return Reply(200, b"", wait=self.release, wait_timeout=30)  # never read: the client gave up
 
     def close(self) -> None:
         self.release.set()
@@ -675,12 +678,33 @@ def digest_auth(
     return guarded
 
 
+def contract_problems(api: VendorAPI) -> list[str]:
+    """What the exchanges of a stand-in broke of the vendor's published description (tests/contracts.py): a call
+    the description does not have, or an answer it does not describe."""
+    from tests.contracts import answer_problems, request_problems, vendor_of
+
+    found: list[str] = []
+    for request, reply in list(api.answers):
+        vendor = vendor_of(request.path)
+        if vendor is None:
+            continue
+        body = json.loads(request.body) if request.body.strip() else None
+        found += request_problems(vendor, request.method, request.path, request.query, body, request.headers)
+        answer = reply.body if isinstance(reply.body, dict | list) else None
+        if answer is not None:
+            found += answer_problems(vendor, request.method, request.path, reply.status, answer)
+    return sorted(set(found))
+
+
 @pytest.fixture
 def vendor() -> Iterator[VendorAPI]:
-    """A local vendor API per test."""
+    """A local vendor API per test; at its end, every exchange is checked against the vendor's description."""
     server = VendorAPI()
     yield server
     server.close()
+    problems = contract_problems(server)
+    if problems:
+        pytest.fail("the stand-in's exchanges break the vendor's published description:\n" + "\n".join(problems))
 
 
 # --- an HTTP proxy: CONNECT tunnels and absolute-URI requests, as corporate proxies take them --

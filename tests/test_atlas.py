@@ -55,7 +55,11 @@ class Atlas:
         return Reply(200, {"results": listed[(number - 1) * size : number * size], "totalCount": len(listed)})
 
     def sharded(self, request: Request) -> Reply:
-        listed = self.snapshots if self.cluster_type != "REPLICASET" else []
+        """In the sharded shape: a snapshot per cluster, its shards' snapshots as `members` and `snapshotIds`."""
+        listed = [{**{k: v for k, v in s.items() if k not in ("cloudProvider", "replicaSetName")},
+                   "members": [{"cloudProvider": "AWS", "id": f"{s['id']}-{n}", "replicaSetName": f"shard-{n}"}
+                               for n in range(2)], "snapshotIds": [f"{s['id']}-{n}" for n in range(2)]}
+                  for s in self.snapshots] if self.cluster_type != "REPLICASET" else []  # fmt: skip
         return Reply(200, {"results": listed, "totalCount": len(listed)})
 
     @property

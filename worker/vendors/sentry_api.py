@@ -32,6 +32,12 @@ class SentryAPI:
         """Release the connection pool."""
         self.api.close()
 
+    def __enter__(self) -> SentryAPI:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @staticmethod
     @contextlib.contextmanager
     def _needs(scope: str) -> Iterator[None]:
@@ -44,9 +50,12 @@ class SentryAPI:
             cause = f"SENTRY_AUTH_TOKEN lacks the {scope} scope this call needs (HTTP 403)"
             raise RejectedError(exc.vendor, exc.method, exc.url, cause) from None
 
-    def _pages(self, path: str, params: dict[str, Any], max_pages: int) -> Iterator[Any]:
+    def _pages(self, path: str, params: dict[str, Any], max_pages: int, *, scoped: bool = True) -> Iterator[Any]:
+        """Each page of a list, following the Link cursor; `scoped` lists take the projects as `project`."""
         url: str | None = path
-        query: dict[str, Any] | None = {**params, "project": list(self.projects)} if self.projects else params
+        query: dict[str, Any] | None = (
+            {**params, "project": list(self.projects)} if self.projects and scoped else params
+        )
         for _ in range(max_pages):
             if url is None:
                 return
@@ -70,7 +79,8 @@ class SentryAPI:
         """The organization's teams (`id`, `slug`, …), every page (scope org:read)."""
         found: list[Any] = []
         with self._needs("org:read"):
-            for page in self._pages(f"/api/0/organizations/{self.org}/teams/", {}, max_pages):
+            # The teams list takes no `project` (Sentry's description has none for it).
+            for page in self._pages(f"/api/0/organizations/{self.org}/teams/", {}, max_pages, scoped=False):
                 found.extend(page)
         return found
 

@@ -1,0 +1,178 @@
+"""The clients against the vendors' published API descriptions (tests/fixtures/contracts/, reference §15): each
+call a client makes is a described operation, each field the code reads is in that operation's answer, and the
+checks fail when the description does not have what is asked of it. (Every VendorAPI stand-in is also checked
+against the same descriptions at the end of each test that uses one: tests/conftest.py.)"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests import contracts
+from tests.conftest import Reply, Request, VendorAPI, contract_problems, digest_auth
+from worker.vendors.atlas import AtlasAPI
+from worker.vendors.sentry_api import SentryAPI
+
+ORG = "/api/0/organizations/{organization_id_or_slug}"
+GROUP = "/api/atlas/v2/groups/{groupId}"
+CLUSTER = f"{GROUP}/clusters/{{clusterName}}"
+
+#: What the code reads of each answer (kept beside the code that reads it: worker/vendors/, jobs/backup/atlas.py,
+#: jobs/review/security.py, jobs/review/vendors.py, jobs/deploys/marks.py, worker/reporting/sentry.py).
+READS: dict[tuple[str, str, str], list[str]] = {
+    ("sentry", "GET", f"{ORG}/issues/"): ["[].id", "[].shortId", "[].title", "[].culprit", "[].permalink",
+                                          "[].level", "[].status", "[].count", "[].userCount", "[].firstSeen",
+                                          "[].lastSeen", "[].project.slug"],
+    ("sentry", "GET", f"{ORG}/events/"): ["data"],
+    ("sentry", "GET", f"{ORG}/teams/"): ["[].id", "[].slug"],
+    ("atlas", "GET", CLUSTER): ["clusterType", "backupEnabled"],
+    ("atlas", "GET", f"{CLUSTER}/backup/schedule"): ["policies[].policyItems[].frequencyType"],
+    ("atlas", "GET", f"{CLUSTER}/backup/snapshots"): ["results[].status", "results[].createdAt", "totalCount"],
+    ("atlas", "GET", f"{CLUSTER}/backup/snapshots/shardedClusters"): ["results[].status", "results[].createdAt",
+                                                                        "totalCount"],
+    ("atlas", "GET", f"{GROUP}/accessList"): ["results[].cidrBlock", "results[].ipAddress", "totalCount"],
+    ("atlas", "GET", f"{GROUP}/databaseUsers"): ["results[].username", "results[].databaseName",
+                                                 "results[].roles[].roleName", "totalCount"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "field"), [(k, f) for k, fields in READS.items() for f in fields],
+                         ids=lambda v: v if isinstance(v, str) else v[2].rsplit("/", 2)[-2])  # fmt: skip
+def test_every_field_read_is_in_the_answer_described(key: tuple[str, str, str], field: str) -> None:
+    """A field the code reads of an answer is one the vendor's description says the answer has."""
+    assert contracts.described(*key, field), f"{key[1]} {key[2]}: {field} is not in {key[0]}'s description"
+
+
+def test_the_check_finds_a_field_the_description_lacks() -> None:
+    """The field check can fail: a field no Atlas snapshot has is not described."""
+    assert not contracts.described("atlas", "GET", f"{CLUSTER}/backup/snapshots", "results[].finishedAt")
+
+
+@pytest.mark.parametrize("vendor", ["sentry", "atlas"])
+def test_each_description_names_its_source(vendor: str) -> None:
+    """A recorded description says where it came from: the repository, the file and the commit."""
+    source = contracts.contract(vendor)["source"]
+    assert source["repository"] in ("getsentry/sentry-api-schema", "mongodb/atlas-sdk-go")
+    assert re.fullmatch(r"[0-9a-f]{40}", source["commit"])
+
+
+PUBLIC, PRIVATE = "pub", "0f1e2d3c-private"
+
+
+def sentry_calls(api: SentryAPI) -> list[Callable[[], object]]:
+    day = datetime(2026, 12, 1, tzinfo=UTC)
+    return [lambda: api.issues("is:unresolved", "7d"), lambda: api.slow_transactions("7d", 10),
+            lambda: api.error_count("1.0", "web", day, day + timedelta(hours=1)), api.teams,
+            lambda: api.resolve_issue("42"), lambda: api.create_release("1.0", ["web"]),
+            lambda: api.create_deploy("1.0", "production", name="api dep-1", started=None, finished=None)]  # fmt: skip
+
+
+def atlas_calls(api: AtlasAPI) -> list[Callable[[], object]]:
+    return [lambda: api.snapshots("g1", "c0"), lambda: api.snapshots("g1", "c1"),
+            lambda: api.results("/groups/g1/accessList", "2023-01-01"),
+            lambda: api.results("/groups/g1/databaseUsers", "2023-01-01"),
+            lambda: api.get("/groups/g1/clusters/c0/backup/schedule", "2024-08-05")]  # fmt: skip
+
+
+def answer_everything(vendor: VendorAPI) -> None:
+    """Each described operation answers with an empty page (or object) of its shape."""
+
+    def answer(request: Request) -> Reply:
+        if request.path.endswith(("/issues/", "/teams/")) and request.method == "GET":
+            return Reply(200, [])  # type: ignore[arg-type]
+        if request.path.endswith(("/releases/", "/deploys/")):
+            return Reply(201, {})
+        if request.method == "PUT":
+            return Reply(200, {"id": "42", "status": "resolved"})
+        if request.path.endswith("/events/"):
+            return Reply(200, {"data": [], "meta": {}})
+        if request.path.endswith(("/clusters/c0", "/clusters/c1")):
+            kind = "REPLICASET" if request.path.endswith("c0") else "SHARDED"
+            return Reply(200, {"clusterType": kind, "backupEnabled": True})
+        return Reply(200, {"results": [], "totalCount": 0} if "schedule" not in request.path else {"policies": []})
+
+    for path in ("/api/0/organizations/acme/issues/", "/api/0/organizations/acme/issues/42/",
+                 "/api/0/organizations/acme/releases/", "/api/0/organizations/acme/releases/1.0/deploys/",
+                 "/api/0/organizations/acme/events/", "/api/0/organizations/acme/teams/"):  # fmt: skip
+        vendor.routes[path] = answer
+    for path in (
+        "/groups/g1/clusters/c0",
+        "/groups/g1/clusters/c0/backup/schedule",
+        "/groups/g1/clusters/c0/backup/snapshots",
+        "/groups/g1/clusters/c1",
+        "/groups/g1/clusters/c1/backup/snapshots/shardedClusters",
+        "/groups/g1/accessList",
+        "/groups/g1/databaseUsers",
+    ):
+        vendor.routes["/api/atlas/v2" + path] = digest_auth(answer, PUBLIC, PRIVATE, "MMS Public API")
+
+
+@pytest.fixture
+def atlas_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATLAS_PUBLIC_KEY", PUBLIC)
+    monkeypatch.setenv("ATLAS_PRIVATE_KEY", PRIVATE)
+
+
+def test_every_client_call_is_a_described_operation(vendor: VendorAPI, atlas_keys: None) -> None:
+    """Each call of the Sentry and Atlas clients is an operation of the vendor's description: its method and path,
+    its query parameters, its body's properties and, for Atlas, an Accept header one of its answers has."""
+    answer_everything(vendor)
+    with SentryAPI(vendor.url, "acme", "sntrys_t", ["web"], timedelta(seconds=5)) as sentry, \
+            AtlasAPI(vendor.url + "/api/atlas/v2", "digest", timedelta(seconds=5)) as atlas:  # fmt: skip
+        for call in [*sentry_calls(sentry), *atlas_calls(atlas)]:
+            call()
+    found = [contracts.find(contracts.vendor_of(r.path) or "", r.method, r.path) for r in vendor.requests]
+    assert None not in found
+    assert {op.path for op in found if op} >= {key[2] for key in READS}
+    assert contract_problems(vendor) == []
+
+
+def test_a_call_the_description_lacks_fails(vendor: VendorAPI, atlas_keys: None,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """With the teams operation removed from Sentry's recorded description, the client's call to it is named as
+    one the description does not have."""
+    answer_everything(vendor)
+    original = contracts.operations
+    monkeypatch.setattr(contracts, "operations", lambda v: tuple(
+        o for o in original(v) if v != "sentry" or not o.path.endswith("/teams/")))  # fmt: skip
+    with SentryAPI(vendor.url, "acme", "sntrys_t", ["web"], timedelta(seconds=5)) as sentry:
+        sentry.teams()
+    problems = contract_problems(vendor)
+    vendor.answers.clear()  # checked here; the fixture's own check would repeat it
+    assert problems == ["GET /api/0/organizations/acme/teams/: no such operation in getsentry/sentry-api-schema's "
+                        "description"]  # fmt: skip
+
+
+@pytest.mark.parametrize(("request_", "problem"), [
+    (("GET", "/api/atlas/v2/groups/g1/accessList", {"page": ["2"]}, None, None),
+     "GET /api/atlas/v2/groups/{groupId}/accessList: query parameter 'page' is not described"),
+    (("GET", "/api/atlas/v2/groups/g1/accessList", {}, None, {"accept": "application/json"}),
+     "GET /api/atlas/v2/groups/{groupId}/accessList: Accept 'application/json' is not one of its answers' media "
+     "types (application/vnd.atlas.2023-01-01+json)"),
+    (("POST", "/api/0/organizations/acme/releases/", {}, {"version": "1.0"}, None),
+     "POST /api/0/organizations/{organization_id_or_slug}/releases/: request body.projects is required and missing"),
+    (("POST", "/api/0/organizations/acme/releases/", {}, {"version": "1.0", "projects": ["web"], "colour": "red"},
+      None), "POST /api/0/organizations/{organization_id_or_slug}/releases/: request body.colour is not described"),
+    (("DELETE", "/api/0/organizations/acme/issues/42/", {}, None, None),
+     "DELETE /api/0/organizations/acme/issues/42/: no such operation in getsentry/sentry-api-schema's description"),
+])  # fmt: skip
+def test_requests_the_description_does_not_have_are_named(request_: tuple[Any, ...], problem: str) -> None:
+    """An undescribed parameter, media type, body property or missing required one, or method, is named."""
+    method, path, query, body, headers = request_
+    assert problem in contracts.request_problems(contracts.vendor_of(path) or "", method, path, query, body, headers)
+
+
+def test_an_answer_with_an_invented_field_is_named() -> None:
+    """A stand-in inventing a field (here `finishedAt` on a snapshot) or giving one another type is named."""
+    found = contracts.answer_problems("atlas", "GET", "/api/atlas/v2/groups/g1/clusters/c0/backup/snapshots", 200,
+                                      {"results": [{"id": "s1", "finishedAt": "x"}], "totalCount": "1"})  # fmt: skip
+    assert found == [
+        "GET /api/atlas/v2/groups/{groupId}/clusters/{clusterName}/backup/snapshots: answer body.results[0].finishedAt "
+        "is not described",
+        "GET /api/atlas/v2/groups/{groupId}/clusters/{clusterName}/backup/snapshots: answer body.totalCount is str, "
+        "described as integer",
+    ]  # fmt: skip
