@@ -176,3 +176,22 @@ def test_an_answer_with_an_invented_field_is_named() -> None:
         "GET /api/atlas/v2/groups/{groupId}/clusters/{clusterName}/backup/snapshots: answer body.totalCount is str, "
         "described as integer",
     ]  # fmt: skip
+
+
+def test_the_readmes_scopes_and_roles_are_the_descriptions() -> None:
+    """Every Sentry scope and Atlas role the README's table of vendor calls names is one the recorded
+    descriptions require of an operation opskeeper calls."""
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## The vendors' APIs", 1)[1].split("\n## ", 1)[0]
+    rows = {vendor: [line for line in table.splitlines() if line.startswith(f"| {name} ")]
+            for vendor, name in (("sentry", "Sentry"), ("atlas", "Atlas"))}  # fmt: skip
+    scopes = {s for o in contracts.contract("sentry")["operations"] for s in o.get("scopes", [])}
+    named = {s for line in rows["sentry"] for s in re.findall(r"`([a-z]+:[a-z]+)`", line)}
+    assert named
+    assert named <= scopes
+    roles = {r for o in contracts.contract("atlas")["operations"] for r in o.get("roles", [])}
+    said = {r for line in rows["atlas"] for r in re.findall(r"Project [A-Z][a-z]+(?: [A-Z][a-z]+)*", line)}
+    assert said
+    assert said <= roles, said - roles

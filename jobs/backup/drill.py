@@ -20,6 +20,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from jobs.backup.atlas_drill import AtlasDrillOptions
 from jobs.backup.catalog import VERIFIED, base_of, scan
 from jobs.backup.retention import is_future
 from jobs.backup.source import SCRATCH_DATABASE_PREFIX, BackupOptions
@@ -41,6 +42,8 @@ class DrillOptions(JobOptions):
     target_uri: MongoUri | None = None
     """Default: RESTORE_DRILL_URI, else the backup's own source server."""
     max_age: Duration = timedelta(hours=26)
+    atlas: AtlasDrillOptions | None = None
+    """Drill Atlas's own backups instead: its newest snapshot restored into a scratch cluster (atlas_drill.py)."""
 
 
 _SCRATCH = re.compile(rf"^{SCRATCH_PREFIX}(?:(\d{{14}})_([0-9a-f]{{8}})_.*|.*_(\d{{14}}))$")
@@ -102,6 +105,10 @@ class DrillJob:
 
         from jobs.backup.restore import RestoreError, check, restore
 
+        if self.options.atlas is not None:
+            from jobs.backup.atlas_drill import run_atlas_drill
+
+            return run_atlas_drill(ctx, self.options.atlas, self.options.max_age)
         job_id, backup = self._backup_job(ctx)
         storage = backup.open_storage()
         listing = scan(storage, job_id)

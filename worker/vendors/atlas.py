@@ -83,6 +83,12 @@ class AtlasAPI:
         """GET `path` under the API root, as API version `version` (e.g. 2023-01-01)."""
         return self.api.get_json(path, headers={"Accept": f"application/vnd.atlas.{version}+json"}, params=params)
 
+    def post(self, path: str, version: str, body: dict[str, Any]) -> Any:
+        """POST `body` to `path`, as API version `version` (its request and answer media type)."""
+        kind = f"application/vnd.atlas.{version}+json"
+        response = self.api.request("POST", path, json=body, headers={"Accept": kind, "Content-Type": kind})
+        return self.api.parse(response)
+
     def results(self, path: str, version: str, *, max_pages: int = 20) -> Listing:
         """Every item of a paged list (`results`), page by page until a short page or `totalCount`."""
         found: list[Any] = []
