@@ -17,7 +17,9 @@ from typing import Any
 
 CONTRACTS = Path(__file__).resolve().parent / "fixtures" / "contracts"
 #: Which recorded description answers for a path a stand-in served.
-PREFIXES = {"/api/0/": "sentry", "/api/atlas/v2/": "atlas"}
+PREFIXES = {"/api/0/": "sentry", "/api/atlas/v2/": "atlas", "/v1/": "render"}
+#: What a vendor's server URL adds before the paths its description writes (Render's is https://api.render.com/v1).
+BASES = {"render": "/v1"}
 #: Operations whose body is a partial update, though the description marks every field required: the
 #: description's own words say so ("Only the attributes submitted are modified.").
 PARTIAL = {("sentry", "PUT", "/api/0/organizations/{organization_id_or_slug}/issues/{issue_id}/")}
@@ -60,6 +62,7 @@ def vendor_of(path: str) -> str | None:
 
 
 def find(vendor: str, method: str, path: str) -> Operation | None:
+    path = path.removeprefix(BASES.get(vendor, ""))
     return next((o for o in operations(vendor) if o.method == method and o.pattern.match(path)), None)
 
 

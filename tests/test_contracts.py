@@ -37,6 +37,18 @@ READS: dict[tuple[str, str, str], list[str]] = {
     ("atlas", "GET", f"{GROUP}/accessList"): ["results[].cidrBlock", "results[].ipAddress", "totalCount"],
     ("atlas", "GET", f"{GROUP}/databaseUsers"): ["results[].username", "results[].databaseName",
                                                  "results[].roles[].roleName", "totalCount"],
+    ("atlas", "POST", f"{CLUSTER}/backup/restoreJobs"): ["id", "finishedAt", "failed", "cancelled", "expired"],
+    ("atlas", "GET", f"{CLUSTER}/backup/restoreJobs/{{restoreJobId}}"): ["id", "finishedAt", "failed", "cancelled",
+                                                                        "expired"],
+    ("render", "GET", "/services/{serviceId}/deploys"): ["[].cursor", "[].deploy.id", "[].deploy.status",
+                                                         "[].deploy.commit.id", "[].deploy.commit.message",
+                                                         "[].deploy.createdAt", "[].deploy.finishedAt",
+                                                         "[].deploy.trigger"],
+    ("render", "GET", "/services/{serviceId}"): ["serviceDetails", "autoDeploy"],
+    ("render", "POST", "/services/{serviceId}/rollback"): ["id", "status", "commit.id"],
+    ("render", "POST", "/services/{serviceId}/deploys"): ["id", "status", "commit.id"],
+    ("render", "GET", "/metrics/cpu"): ["[].values[].value"],
+    ("render", "GET", "/metrics/memory"): ["[].values[].value"],
 }  # fmt: skip
 
 
@@ -52,11 +64,11 @@ def test_the_check_finds_a_field_the_description_lacks() -> None:
     assert not contracts.described("atlas", "GET", f"{CLUSTER}/backup/snapshots", "results[].finishedAt")
 
 
-@pytest.mark.parametrize("vendor", ["sentry", "atlas"])
+@pytest.mark.parametrize("vendor", ["sentry", "atlas", "render"])
 def test_each_description_names_its_source(vendor: str) -> None:
     """A recorded description says where it came from: the repository, the file and the commit."""
     source = contracts.contract(vendor)["source"]
-    assert source["repository"] in ("getsentry/sentry-api-schema", "mongodb/atlas-sdk-go")
+    assert source["repository"] in ("getsentry/sentry-api-schema", "mongodb/atlas-sdk-go", "render-oss/cli")
     assert re.fullmatch(r"[0-9a-f]{40}", source["commit"])
 
 
@@ -127,7 +139,9 @@ def test_every_client_call_is_a_described_operation(vendor: VendorAPI, atlas_key
             call()
     found = [contracts.find(contracts.vendor_of(r.path) or "", r.method, r.path) for r in vendor.requests]
     assert None not in found
-    assert {op.path for op in found if op} >= {key[2] for key in READS}
+    # Render's calls are checked where its stand-in serves them (tests/test_deploys.py), the restore jobs where
+    # the Atlas drill makes them (tests/test_atlas_drill.py).
+    assert {op.path for op in found if op} >= {k[2] for k in READS if k[0] != "render" and "restoreJobs" not in k[2]}
     assert contract_problems(vendor) == []
 
 
@@ -195,3 +209,15 @@ def test_the_readmes_scopes_and_roles_are_the_descriptions() -> None:
     said = {r for line in rows["atlas"] for r in re.findall(r"Project [A-Z][a-z]+(?: [A-Z][a-z]+)*", line)}
     assert said
     assert said <= roles, said - roles
+
+
+def test_a_render_call_the_description_lacks_is_named() -> None:
+    """Render's description is checked too: a field no deploy has, a query parameter no list takes, and a
+    method Render has not are each named."""
+    assert contracts.answer_problems("render", "POST", "/v1/services/srv-1/rollback", 201,
+                                     {"id": "dep-2", "rolledBackFrom": "dep-1"}) == [
+        "POST /services/{serviceId}/rollback: answer body.rolledBackFrom is not described"]  # fmt: skip
+    assert contracts.request_problems("render", "GET", "/v1/services/srv-1/deploys", {"page": ["2"]}, None) == [
+        "GET /services/{serviceId}/deploys: query parameter 'page' is not described"]  # fmt: skip
+    assert contracts.request_problems("render", "DELETE", "/v1/services/srv-1/deploys", {}, None) == [
+        "DELETE /v1/services/srv-1/deploys: no such operation in render-oss/cli's description"]  # fmt: skip

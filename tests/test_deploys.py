@@ -43,6 +43,8 @@ class RenderServer:
 
     deploys: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     requests: list[tuple[str, str, dict[str, Any] | None, str]] = field(default_factory=list)
+    exchanges: list[tuple[str, str, Any, int, Any]] = field(default_factory=list)
+    """(method, path with query, body, status, answer) of each request, for the check against Render's description."""
     throttle: int = 0  # answer this many requests with 429 first
     pre_deploy: dict[str, str] = field(default_factory=dict)
     """A service's preDeployCommand, by service id."""
@@ -62,6 +64,7 @@ class RenderServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
                 render.requests.append((self.command, self.path, body, self.headers.get("Authorization", "")))
+                self._asked = (self.command, self.path, body)
                 if self.headers.get("Authorization") != f"Bearer {KEY}":
                     return self._send(401, {"message": "unauthorized"})
                 if render.throttle > 0:
@@ -108,6 +111,7 @@ class RenderServer:
                 return self._send(404, {"message": "not found"})
 
             def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+                render.exchanges.append((*self._asked, status, payload))
                 send_reply(self, Reply(status, payload, headers or {}), {"Content-Type": "application/json"})
 
             do_GET = do_POST = do_PATCH = _handle  # noqa: N815 - http.server's naming
@@ -157,10 +161,21 @@ class RenderServer:
 
 @pytest.fixture
 def render() -> Iterator[RenderServer]:
+    """Render's API stand-in; at the test's end every exchange is checked against Render's published description
+    (render-oss/cli's generated client, tests/fixtures/contracts/render.json)."""
+    from tests.contracts import answer_problems, request_problems
+
     server = RenderServer().start()
     yield server
     server.server.shutdown()
     server.server.server_close()
+    problems: set[str] = set()
+    for method, target, body, status, answer in server.exchanges:
+        parts = urlsplit(target)
+        problems.update(request_problems("render", method, parts.path, parse_qs(parts.query), body))
+        problems.update(answer_problems("render", method, parts.path, status, answer))
+    if problems:
+        pytest.fail("the Render stand-in's exchanges break Render's description:\n" + "\n".join(sorted(problems)))
 
 
 def schedule(render: RenderServer, app: AppServer, settle: str = "10m", page_size: int = 100) -> str:
