@@ -17,7 +17,9 @@ from typing import Any
 
 CONTRACTS = Path(__file__).resolve().parent / "fixtures" / "contracts"
 #: Which recorded description answers for a path a stand-in served.
-PREFIXES = {"/api/0/": "sentry", "/api/atlas/v2/": "atlas", "/v1/": "render"}
+PREFIXES = {"/api/0/": "sentry", "/api/atlas/v2/": "atlas", "/v1/": "render", "/repos/": "github"}
+#: Path parameters that may hold slashes (a file's path, a git ref such as heads/main).
+_SLASHED = {"path", "ref"}
 #: What a vendor's server URL adds before the paths its description writes (Render's is https://api.render.com/v1).
 BASES = {"render": "/v1"}
 #: Operations whose body is a partial update, though the description marks every field required: the
@@ -51,7 +53,8 @@ def operations(vendor: str) -> tuple[Operation, ...]:
     found = []
     for spec in contract(vendor)["operations"]:
         # A path parameter is one segment; a Sentry release version may hold what a segment may (quoted).
-        pattern = re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(spec["path"])) + "$")
+        pattern = re.compile("^" + re.sub(r"\\\{([^/]+?)\\\}", lambda m: ".+" if m[1] in _SLASHED else "[^/]+",
+                                          re.escape(spec["path"])) + "$")  # fmt: skip
         found.append(Operation(vendor, spec["method"], spec["path"], pattern, spec))
     # The most specific template first: `/snapshots/shardedClusters` before `/snapshots/{id}`-like ones.
     return tuple(sorted(found, key=lambda o: -len(o.path.replace("{", "").replace("}", ""))))

@@ -20,6 +20,7 @@ from worker.vendors.sentry_api import SentryAPI
 ORG = "/api/0/organizations/{organization_id_or_slug}"
 GROUP = "/api/atlas/v2/groups/{groupId}"
 CLUSTER = f"{GROUP}/clusters/{{clusterName}}"
+REPO = "/repos/{owner}/{repo}"
 
 #: What the code reads of each answer (kept beside the code that reads it: worker/vendors/, jobs/backup/atlas.py,
 #: jobs/review/security.py, jobs/review/vendors.py, jobs/deploys/marks.py, worker/reporting/sentry.py).
@@ -49,6 +50,17 @@ READS: dict[tuple[str, str, str], list[str]] = {
     ("render", "POST", "/services/{serviceId}/deploys"): ["id", "status", "commit.id"],
     ("render", "GET", "/metrics/cpu"): ["[].values[].value"],
     ("render", "GET", "/metrics/memory"): ["[].values[].value"],
+    ("github", "GET", f"{REPO}"): ["default_branch"],
+    ("github", "GET", f"{REPO}/git/trees/{{tree_sha}}"): ["tree[].path", "tree[].type", "tree[].size",
+                                                          "tree[].sha", "tree[].mode", "truncated"],
+    ("github", "GET", f"{REPO}/git/ref/{{ref}}"): ["object.sha"],
+    ("github", "GET", f"{REPO}/git/commits/{{commit_sha}}"): ["tree.sha", "parents[].sha"],
+    ("github", "GET", f"{REPO}/commits"): ["[].sha", "[].html_url", "[].commit.committer.date"],
+    ("github", "GET", f"{REPO}/pulls"): ["[].number", "[].html_url", "[].head.ref", "[].state"],
+    ("github", "POST", f"{REPO}/git/blobs"): ["sha"],
+    ("github", "POST", f"{REPO}/git/trees"): ["sha"],
+    ("github", "POST", f"{REPO}/git/commits"): ["sha"],
+    ("github", "POST", f"{REPO}/pulls"): ["number", "html_url"],
 }  # fmt: skip
 
 
@@ -64,11 +76,13 @@ def test_the_check_finds_a_field_the_description_lacks() -> None:
     assert not contracts.described("atlas", "GET", f"{CLUSTER}/backup/snapshots", "results[].finishedAt")
 
 
-@pytest.mark.parametrize("vendor", ["sentry", "atlas", "render"])
+@pytest.mark.parametrize("vendor", ["sentry", "atlas", "render", "github"])
 def test_each_description_names_its_source(vendor: str) -> None:
-    """A recorded description says where it came from: the repository, the file and the commit."""
+    """A recorded description says where it came from: the repository (for GitHub's, the npm package that
+    publishes github/rest-api-description's build), the file and the commit (the package's sha1)."""
     source = contracts.contract(vendor)["source"]
-    assert source["repository"] in ("getsentry/sentry-api-schema", "mongodb/atlas-sdk-go", "render-oss/cli")
+    assert source["repository"] in ("getsentry/sentry-api-schema", "mongodb/atlas-sdk-go", "render-oss/cli",
+                                    "npm @octokit/openapi 23.0.2 (github/rest-api-description)")  # fmt: skip
     assert re.fullmatch(r"[0-9a-f]{40}", source["commit"])
 
 
@@ -139,9 +153,10 @@ def test_every_client_call_is_a_described_operation(vendor: VendorAPI, atlas_key
             call()
     found = [contracts.find(contracts.vendor_of(r.path) or "", r.method, r.path) for r in vendor.requests]
     assert None not in found
-    # Render's calls are checked where its stand-in serves them (tests/test_deploys.py), the restore jobs where
-    # the Atlas drill makes them (tests/test_atlas_drill.py).
-    assert {op.path for op in found if op} >= {k[2] for k in READS if k[0] != "render" and "restoreJobs" not in k[2]}
+    # Render's and GitHub's calls are checked where their stand-ins serve them (tests/test_deploys.py,
+    # tests/test_github_changes.py, tests/test_updates.py), the restore jobs where the Atlas drill makes them.
+    here = {k[2] for k in READS if k[0] in ("sentry", "atlas") and "restoreJobs" not in k[2]}
+    assert {op.path for op in found if op} >= here
     assert contract_problems(vendor) == []
 
 
@@ -221,3 +236,14 @@ def test_a_render_call_the_description_lacks_is_named() -> None:
         "GET /services/{serviceId}/deploys: query parameter 'page' is not described"]  # fmt: skip
     assert contracts.request_problems("render", "DELETE", "/v1/services/srv-1/deploys", {}, None) == [
         "DELETE /v1/services/srv-1/deploys: no such operation in render-oss/cli's description"]  # fmt: skip
+
+
+def test_a_github_call_the_description_lacks_is_named() -> None:
+    """GitHub's description is checked too: a ref with its slash is one path parameter, and a parameter or a
+    method GitHub has not is named."""
+    assert contracts.request_problems("github", "GET", "/repos/acme/shop/git/ref/heads/main", {}, None) == []
+    assert contracts.request_problems("github", "GET", "/repos/acme/shop/git/trees/main", {"depth": ["2"]}, None) == [
+        "GET /repos/{owner}/{repo}/git/trees/{tree_sha}: query parameter 'depth' is not described"]  # fmt: skip
+    assert contracts.request_problems("github", "PUT", "/repos/acme/shop/git/blobs", {}, None) == [
+        "PUT /repos/acme/shop/git/blobs: no such operation in npm @octokit/openapi 23.0.2 "
+        "(github/rest-api-description)'s description"]  # fmt: skip

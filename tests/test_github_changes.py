@@ -66,7 +66,7 @@ def test_one_pull_request_per_branch_refreshed_not_duplicated_then_closed(github
         client.close_pull(second["number"], "nothing left to update")
         assert client.open_pull("opskeeper/updates/server") is None
     [pull] = repo.pulls
-    assert (pull["title"], pull["body"], pull["state"], pull["comments"]) == (
+    assert (pull["title"], pull["body"], pull["state"], repo.comments[pull["number"]]) == (
         "Update server (2)", "body 2", "closed", ["nothing left to update"])  # fmt: skip
 
 

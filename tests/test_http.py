@@ -448,7 +448,10 @@ def limited_once(vendor: VendorAPI, path: str, first: Callable[[], Reply]) -> Cl
 
     def route(request: Request) -> Reply:
         clock.arrivals.append(time.time())
-        return first() if len(clock.arrivals) == 1 else Reply(200, {"default_branch": "main", "sha": "b1"})
+        if len(clock.arrivals) == 1:
+            return first()
+        # What GitHub answers each: a blob is created (201, its sha), a repository read (200).
+        return Reply(201, {"sha": "b1"}) if path.endswith("/git/blobs") else Reply(200, {"default_branch": "main"})
 
     vendor.routes[path] = route
     return clock

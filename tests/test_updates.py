@@ -268,7 +268,7 @@ def test_nothing_left_to_update_closes_the_open_pull_request(
     assert out["details"]["projects"][0]["updates"] == [], out
     [pull] = [p for p in repo.pulls if p["head"]["ref"] == "opskeeper/updates/server"]
     assert pull["state"] == "closed"
-    assert pull["comments"] == ["Nothing is left to update: opskeeper closed this."]
+    assert repo.comments[pull["number"]] == ["Nothing is left to update: opskeeper closed this."]
 
 
 @pytest.mark.slow
