@@ -299,10 +299,16 @@ class SentryReceiver:
 
 @pytest.fixture
 def sentry() -> Iterator[SentryReceiver]:
-    """A fresh local Sentry per test."""
+    """A fresh local Sentry per test; at its end, every check-in it received is checked against Sentry's Crons
+    rules (tests/contracts.py): one Sentry would refuse or silently drop fails the test."""
+    from tests.contracts import checkin_problems
+
     receiver = SentryReceiver()
     yield receiver
     receiver.close()
+    problems = sorted({p for item in receiver.items("check_in") for p in checkin_problems(item)})
+    if problems:
+        pytest.fail("check-ins Sentry would not take as sent:\n" + "\n".join(problems))
 
 
 # --- MongoDB: SecantusDB in this process -------------------------------------------
@@ -598,6 +604,9 @@ class VendorAPI:
         self.requests: list[Request] = []
         self.answers: list[tuple[Request, Reply]] = []
         """Each request with the reply it got, for the check against the vendor's description."""
+        self.token_scopes: dict[str, set[str]] | None = None
+        """When set, a Sentry call whose token has none of the scopes the operation requires (by Sentry's
+        description) is answered 403, as Sentry answers it."""
         self.release = threading.Event()
         api = self
 
@@ -616,7 +625,7 @@ class VendorAPI:
                 )
                 api.requests.append(request)
                 route = api.routes.get(parts.path)
-                reply = route(request) if route else Reply(404, {"detail": "not found"})
+                reply = api.refusal(request) or (route(request) if route else Reply(404, {"detail": "not found"}))
                 api.answers.append((request, reply))
                 send_reply(self, reply, {"Content-Type": "application/json"})
 
@@ -636,6 +645,19 @@ class VendorAPI:
     @property
     def url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.server.server_address[1]}"
+
+    def refusal(self, request: Request) -> Reply | None:
+        """Sentry's 403 for a token without the scope the operation needs (None: the call may go on)."""
+        from tests.contracts import find, vendor_of
+
+        if self.token_scopes is None or vendor_of(request.path) != "sentry":
+            return None
+        op = find("sentry", request.method, request.path)
+        needed = set(op.spec.get("scopes", [])) if op else set()
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if needed and not needed & self.token_scopes.get(token, set()):
+            return Reply(403, {"detail": "You do not have permission to perform this action."})
+        return None
 
     def hang(self) -> Reply:
         """A reply that comes only when the test ends: the client's timeout must fire first."""

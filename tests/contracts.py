@@ -150,3 +150,46 @@ def described(vendor: str, method: str, path: str, field: str) -> bool:
             if node is not None:
                 return True
     return False
+
+
+#: Sentry Crons' check-in rules, as Sentry documents and enforces them (its monitor consumer and validators:
+#: getsentry/sentry src/sentry/monitors/, getsentry/relay relay-monitors; reference §11). Sentry publishes no
+#: machine-readable description of the check-in item, so they are encoded once, here.
+CHECKIN_STATUSES = frozenset({"in_progress", "ok", "error"})
+INTERVAL_UNITS = frozenset({"minute", "hour", "day", "week", "month", "year"})
+MAX_RUNTIME_MINUTES = 10080
+_OWNER = re.compile(r"^(user|team):\d+$")  # the consumer reads int(owner[5:]): a slug is silently no owner
+_SLUG = re.compile(r"^[a-z0-9_-]{1,50}$")
+
+
+def checkin_problems(item: dict[str, Any]) -> list[str]:
+    """What in one check-in item Sentry would refuse or silently drop."""
+    slug = str(item.get("monitor_slug", ""))
+    where = f"check-in {slug or '?'}"
+    problems = []
+    if not _SLUG.match(slug):
+        problems.append(f"{where}: monitor_slug {slug!r} is not a Sentry slug (a-z, 0-9, _ and -, at most 50)")
+    if item.get("status") not in CHECKIN_STATUSES:
+        problems.append(f"{where}: status {item.get('status')!r} is not one of {sorted(CHECKIN_STATUSES)}")
+    config = item.get("monitor_config")
+    if config is None:
+        return problems
+    schedule = config.get("schedule") or {}
+    if schedule.get("type") == "interval":
+        if not isinstance(schedule.get("value"), int) or schedule["value"] < 1:
+            problems.append(f"{where}: an interval's value must be a whole number of at least 1")
+        if schedule.get("unit") not in INTERVAL_UNITS:
+            problems.append(f"{where}: interval unit {schedule.get('unit')!r} is not one of {sorted(INTERVAL_UNITS)}")
+    elif schedule.get("type") != "crontab" or not str(schedule.get("value", "")).strip():
+        problems.append(f"{where}: schedule must be a crontab or an interval, got {schedule!r}")
+    runtime = config.get("max_runtime")
+    if runtime is not None and not (isinstance(runtime, int) and 1 <= runtime <= MAX_RUNTIME_MINUTES):
+        problems.append(f"{where}: max_runtime {runtime!r} is not 1..{MAX_RUNTIME_MINUTES} minutes")
+    for key in ("checkin_margin", "failure_issue_threshold", "recovery_threshold"):
+        value = config.get(key)
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            problems.append(f"{where}: {key} {value!r} is not a whole number of at least 1")
+    owner = config.get("owner")
+    if owner is not None and not _OWNER.match(str(owner)):
+        problems.append(f"{where}: owner {owner!r} is not user:<id> or team:<id>, which is all Sentry resolves")
+    return problems

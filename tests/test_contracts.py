@@ -247,3 +247,50 @@ def test_a_github_call_the_description_lacks_is_named() -> None:
     assert contracts.request_problems("github", "PUT", "/repos/acme/shop/git/blobs", {}, None) == [
         "PUT /repos/acme/shop/git/blobs: no such operation in npm @octokit/openapi 23.0.2 "
         "(github/rest-api-description)'s description"]  # fmt: skip
+
+
+GOOD_CHECKIN = {
+    "monitor_slug": "nightly-backup",
+    "status": "ok",
+    "monitor_config": {
+        "schedule": {"type": "crontab", "value": "0 3 * * *"},
+        "checkin_margin": 5,
+        "max_runtime": 60,
+        "timezone": "Europe/Berlin",
+        "failure_issue_threshold": 1,
+        "recovery_threshold": 1,
+        "owner": "team:4509",
+    },
+}
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({}, None),
+    ({"owner": "team:ops"}, "owner 'team:ops' is not user:<id> or team:<id>"),
+    ({"max_runtime": 10081}, "max_runtime 10081 is not 1..10080 minutes"),
+    ({"schedule": {"type": "interval", "value": 5, "unit": "second"}}, "interval unit 'second' is not one of"),
+    ({"checkin_margin": 0}, "checkin_margin 0 is not a whole number of at least 1"),
+])  # fmt: skip
+def test_checkins_are_held_to_sentrys_crons_rules(change: dict[str, Any], problem: str | None) -> None:
+    """The encoded Crons rules pass a check-in Sentry takes and name what it would refuse or drop (a slug owner is
+    dropped silently: Sentry's consumer reads the number after `team:`)."""
+    item = {**GOOD_CHECKIN, "monitor_config": {**GOOD_CHECKIN["monitor_config"], **change}}
+    found = contracts.checkin_problems(item)
+    assert (found == []) if problem is None else any(problem in p for p in found), found
+    assert contracts.checkin_problems({**GOOD_CHECKIN, "status": "missed"})
+
+
+def test_what_is_read_of_a_package_document_is_what_npm_documents() -> None:
+    """The fields read of a registry document (msgspec decodes only those) are in npm's description of the
+    abbreviated document, except `time`, which only the full one has and which is read only from it."""
+    import msgspec
+
+    from worker.vendors import npm
+
+    described = contracts.contract("npm")
+    top = {f.encode_name for f in msgspec.structs.fields(npm._Document)}
+    version = {f.encode_name for f in msgspec.structs.fields(npm._Version)}
+    assert version <= set(described["abbreviated"]["version"])
+    assert top - {"time"} <= set(described["abbreviated"]["top"])
+    assert "time" not in described["abbreviated"]["top"]
+    assert "time" in described["full"]["top"]

@@ -72,6 +72,8 @@ class LocalRegistry:
         self.github_status = 200
         #: OSV's page size for one query's vulnerabilities, when a test makes it page (None: all at once).
         self.osv_page_size: int | None = None
+        #: Every field of a querybatch result this stand-in answered (for the check against OSV's document).
+        self.osv_answer_fields: set[str] = set()
         #: name -> {"etag", "doc"}: documents this test serves besides the recorded ones (never written to disk).
         self.documents: dict[str, dict[str, Any]] = {}
         #: The registry's caching headers, when a test sets them (the npm registry sends `public, max-age=300`,
@@ -146,6 +148,7 @@ class LocalRegistry:
                         page = vulns[start : start + size]
                         more = {"next_page_token": str(start + size)} if start + size < len(vulns) else {}
                         results.append({**({"vulns": page} if page else {}), **more})
+                        registry.osv_answer_fields.update(results[-1])
                     return self._send(200, json.dumps({"results": results}).encode(), {})
                 registry.posts += 1
                 registry.posted.append(asked)

@@ -87,3 +87,21 @@ def test_severity_of_a_record_without_githubs_label_is_its_cvss_rating(severity:
     advisory = advisory_of(recorded_without_github_severity(**severity), "multer")
     assert advisory is not None
     assert advisory["severity"] == expected
+
+
+def test_queries_and_answers_are_as_osv_documents_them(server: LocalRegistry) -> None:
+    """Every query opskeeper sends, and every result the stand-in answers, has only the fields OSV's querybatch
+    document describes (tests/fixtures/contracts/osv.json), at most its limit of queries per batch."""
+    from tests.contracts import contract
+
+    rules = contract("osv")["querybatch"]
+    server.osv_page_size = 1
+    ask(server, {"multer": {"1.4.4", "2.0.0"}, "express": {"4.21.2"}})
+    for batch in server.osv_queries:
+        assert set(batch) == {"queries"}
+        assert len(batch["queries"]) <= rules["limit"]
+        for query in batch["queries"]:
+            assert set(query) <= set(rules["query"])
+            assert set(query["package"]) <= set(rules["package"])
+            assert query["package"]["ecosystem"] == "npm"
+    assert set(server.osv_answer_fields) <= set(rules["result"])

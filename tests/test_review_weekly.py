@@ -188,6 +188,18 @@ def week(tmp_path: Path, vendor: VendorAPI, monkeypatch: pytest.MonkeyPatch) -> 
     return ledger, config
 
 
+def test_a_token_without_org_read_is_a_gap_naming_the_scope(week: tuple[SqliteLedger, Any],
+                                                            vendor: VendorAPI) -> None:  # fmt: skip
+    """Sentry as it answers a token with event:read only (the scope the README once gave): the slow transactions
+    (the events endpoint) are refused, and the gap names the scope the token lacks."""
+    ledger, config = week
+    vendor.token_scopes = {TOKEN: {"event:read"}}
+    report = build(options(config), ledger, {j.id: j for j in config.jobs}, NOW)
+    [gap] = [g for g in report["gaps"] if g["source"] == "sentry"]
+    assert gap["reason"].endswith("SENTRY_AUTH_TOKEN lacks the org:read scope this call needs (HTTP 403)")
+    assert "/api/0/organizations/acme/events/" in gap["reason"]
+
+
 def options(config: Any) -> WeeklyReviewOptions:
     return next(j.options for j in config.jobs if j.kind == "weekly_review")
 
