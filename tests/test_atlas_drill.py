@@ -188,7 +188,7 @@ def test_a_restore_longer_than_the_drill_fails_it_in_time(tmp_path: Path, atlas:
     """A restore job still running when the drill's deadline comes ends the drill as a FAIL saying so."""
     atlas.take_snapshot()
     atlas.outcome = "never"
-    code, out = drill_with_timeout(tmp_path, atlas, env, "2s")
+    code, out = drill_with_timeout(tmp_path, atlas, env, "6s")
     assert (code, out["status"]) == (2, "fail"), out
     assert out["summary"].startswith(f"Atlas restore job job{0:021d} did not finish within the drill's time")
 

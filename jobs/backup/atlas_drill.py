@@ -142,8 +142,10 @@ def run_atlas_drill(ctx: JobContext, opts: AtlasDrillOptions, max_age: timedelta
                 "snapshotId": snapshot["id"], "deliveryType": "automated", "targetClusterName": opts.target_cluster,
                 "targetGroupId": opts.target_group_id or opts.group_id})  # fmt: skip
             ctx.log("drill.atlas_restore_started", restore_job=job.get("id"), snapshot=snapshot["id"])
+            # Stop a second before the deadline: past it the runner ends the run as timed out, saying less.
+            margin = opts.poll_every.total_seconds() + 1.0
             while not job.get("finishedAt") and not any(job.get(k) for k in _ENDED_BADLY):
-                if time.monotonic() + opts.poll_every.total_seconds() >= ctx.deadline or ctx.cancel.is_set():
+                if time.monotonic() + margin >= ctx.deadline or ctx.cancel.is_set():
                     waited = format_duration(timedelta(seconds=round(time.monotonic() - started)))
                     return Outcome(Status.FAIL, f"Atlas restore job {job.get('id')} did not finish within the "
                                    f"drill's time ({waited} so far)", {"restore_job": job.get("id")})  # fmt: skip
