@@ -200,6 +200,36 @@ def test_a_token_without_org_read_is_a_gap_naming_the_scope(week: tuple[SqliteLe
     assert "/api/0/organizations/acme/events/" in gap["reason"]
 
 
+def test_a_list_cut_at_its_page_limit_says_so(week: tuple[SqliteLedger, Any], vendor: VendorAPI) -> None:
+    """New issues that run past the pages read (Sentry always offering a next page) are reported as partial,
+    never as all there are."""
+    ledger, config = week
+    served = vendor.routes["/api/0/organizations/acme/issues/"]
+
+    def endless(request: Request) -> Reply:
+        if (
+            not request.query.get("query", [""])[0].startswith("is:unresolved firstSeen:")
+            and "cursor" not in request.query
+        ):
+            return served(request)
+        page = int(request.query.get("cursor", ["0:0:0"])[0].split(":")[1])
+        link = (f'<{vendor.url}/api/0/organizations/acme/issues/?query=is%3Aunresolved+firstSeen%3A-7d&'
+                f'cursor=0:{page + 1}:0>; rel="next"; results="true"; cursor="0:{page + 1}:0"')  # fmt: skip
+        return Reply(
+            200,
+            [issue(100 + page, f"Error #{page}", 1, NOW - timedelta(days=1))],  # type: ignore[arg-type]
+            {"Link": link},
+        )
+
+    vendor.routes["/api/0/organizations/acme/issues/"] = endless
+    report = build(options(config), ledger, {j.id: j for j in config.jobs}, NOW)
+    assert len(report["sentry"]["new_issues"]) == 5
+    assert report["sentry"]["partial"] == ["new issues: the first 5 read (the page limit); more were there"]
+    from jobs.review.markdown import to_markdown
+
+    assert "- partial: new issues: the first 5 read (the page limit); more were there" in to_markdown(report)
+
+
 def options(config: Any) -> WeeklyReviewOptions:
     return next(j.options for j in config.jobs if j.kind == "weekly_review")
 

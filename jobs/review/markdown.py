@@ -256,6 +256,7 @@ def _sentry(report: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
     if sentry is not None:
         out += ["", "## Sentry", ""]
+        out += [f"- partial: {note}" for note in sentry.get("partial", [])] + ([""] if sentry.get("partial") else [])
         for title, key in (("New issues", "new_issues"), ("Regressions", "regressions"), ("Top issues by events",
                                                                                             "top_issues")):  # fmt: skip
             out += [f"**{title}** ({len(sentry[key])})", ""]

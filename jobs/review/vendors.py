@@ -81,16 +81,23 @@ def sentry_section(source: SentrySource, since: datetime, until: datetime, timeo
     api = SentryAPI(source.api_url, source.org, token, source.projects, timeout)
     try:
         new = api.issues(f"is:unresolved firstSeen:-{period}", period, sort="new")
+        new_cut = bool(api.cut)
         regressed = api.issues("is:regressed", period)
-        top = api.issues("is:unresolved", period, sort="freq", limit=source.top, max_pages=1)
+        regressed_cut = len(api.cut) > int(new_cut)
+        top = api.issues("is:unresolved", period, sort="freq", limit=source.top, max_pages=1)  # the top N only
         slow = api.slow_transactions(period, source.top)
     except HttpError as exc:
         raise SourceError(str(exc)) from None
     finally:
         api.close()
+    # A list cut at its page limit says so: "5 new issues" must not read as all of them.
+    partial = [f"{what}: the first {count} read (the page limit); more were there"
+               for what, count, cut in (("new issues", len(new), new_cut), ("regressions", len(regressed),
+                                                                               regressed_cut)) if cut]  # fmt: skip
     return {
         "new_issues": [_issue(i) for i in new],
         "regressions": [_issue(i) for i in regressed],
+        **({"partial": partial} if partial else {}),
         "top_issues": [_issue(i) for i in top[: source.top]],
         "slow_transactions": [
             {"transaction": t.get("transaction"), "p95_ms": t.get("p95(span.duration)"), "count": t.get("count()")}

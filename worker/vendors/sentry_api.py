@@ -25,6 +25,8 @@ class SentryAPI:
 
     def __init__(self, api_url: str, org: str, token: str, projects: Sequence[str], timeout: timedelta) -> None:
         self.org, self.projects = org, projects
+        self.cut: list[str] = []
+        """The lists read only up to their page limit (more pages were there)."""
         self.api = Api("Sentry API", api_url, credential="SENTRY_AUTH_TOKEN", timeout=timeout,
                        headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})  # fmt: skip
 
@@ -63,6 +65,8 @@ class SentryAPI:
             yield self.api.parse(response)
             found = _NEXT.search(response.headers.get("Link", ""))
             url, query = (found.group(1), None) if found else (None, None)
+        if url is not None:  # more pages than asked for: the caller says the list is partial
+            self.cut.append(path)
 
     def issues(
         self, query: str, stats_period: str, *, sort: str = "date", limit: int = 100, max_pages: int = 5
