@@ -352,3 +352,62 @@ def test_duplicate_ids_are_found_whatever_the_id_type_and_position() -> None:
     ids.add("app.users", b"".join(bson.encode(d) for d in repeated))
     assert ids.problems() == ["app.users: 4 document(s) repeat an _id another document of the collection has (a "
                               "restore would stop at the first)"]  # fmt: skip
+
+
+class _Upload:
+    """Where a sink's compressed bytes go; `fail_after` writes, it raises, as a lost S3 connection would."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.parts: list[bytes] = []
+        self.fail_after = fail_after
+
+    def write(self, data: bytes) -> None:
+        if self.fail_after is not None and len(self.parts) >= self.fail_after:
+            raise OSError("connection reset by peer")
+        self.parts.append(bytes(data))
+
+
+def test_the_gzip_sink_writes_one_standard_stream_whatever_the_writes() -> None:
+    """Compressed on ISA-L's thread, the archive is still one gzip stream the standard library reads back byte for
+    byte, whatever the writes' sizes (a byte, a reused buffer, a view larger than a block); its hash and counts are
+    the stored bytes'."""
+    import hashlib
+    import os
+
+    from jobs.backup.catalog import CompressingSink
+
+    upload = _Upload()
+    sink = CompressingSink(upload, "gzip")
+    written = bytearray()
+    buffer = bytearray(4096)
+    for n in range(300):
+        buffer[:] = (bytes([n % 251]) * 2048) + os.urandom(2048)  # the same buffer each time, refilled
+        sink.write(buffer)
+        written += buffer
+    sink.write(b"x")
+    big = memoryview(os.urandom(1 << 20) + bytes(3 << 20))
+    sink.write(big)
+    written += b"x" + big
+    sink.close()
+    stored = b"".join(upload.parts)
+    assert gzip.decompress(stored) == bytes(written)
+    assert stored[:2] == b"\x1f\x8b"
+    assert (sink.raw_bytes, sink.stored_bytes) == (len(written), len(stored))
+    assert sink.sha256.hexdigest() == hashlib.sha256(stored).hexdigest()
+
+
+def test_an_upload_failing_under_the_gzip_thread_fails_the_backup() -> None:
+    """An error of the upload while the compressing thread writes is raised to the backup, never swallowed."""
+    import os
+
+    from jobs.backup.catalog import CompressingSink
+
+    sink = CompressingSink(_Upload(fail_after=2), "gzip")
+
+    def backup() -> None:
+        for _ in range(64):
+            sink.write(os.urandom(1 << 20))
+        sink.close()
+
+    with pytest.raises(OSError, match="connection reset by peer"):
+        backup()
