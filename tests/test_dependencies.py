@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -181,12 +182,21 @@ class LocalRegistry:
                 "--node-schedule", f"{self.url}/node/schedule.json", "--osv-url", f"{self.url}/osv"]  # fmt: skip
 
 
+@contextlib.contextmanager
+def local_registry() -> Iterator[LocalRegistry]:
+    """A LocalRegistry answering with today's recorded advisories, shut down after use (every module's fixture)."""
+    server = LocalRegistry(BULK_TODAY)
+    try:
+        yield server
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+
+
 @pytest.fixture
 def registry() -> Iterator[LocalRegistry]:
-    server = LocalRegistry(BULK_TODAY)
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+    with local_registry() as server:
+        yield server
 
 
 def deps(env: dict[str, str], registry: LocalRegistry, *paths: Path) -> tuple[int, dict[str, Any]]:

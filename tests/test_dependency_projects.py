@@ -12,17 +12,15 @@ import pytest
 
 from jobs.dependencies.outdated import update_kind
 from tests.conftest import FIXTURES, ROOT, opskeeper
-from tests.test_dependencies import BULK_TODAY, LocalRegistry, copy_project, deps
+from tests.test_dependencies import LocalRegistry, copy_project, deps, local_registry
 
 ROOT_PROJECTS = ROOT / "tests" / "fixtures" / "projects"
 
 
 @pytest.fixture
 def registry() -> Iterator[LocalRegistry]:
-    server = LocalRegistry(BULK_TODAY)
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+    with local_registry() as server:
+        yield server
 
 
 def advisory_names(registry: LocalRegistry) -> set[str]:

@@ -9,18 +9,16 @@ from typing import Any
 
 import pytest
 
-from tests.test_dependencies import BULK_TODAY, LocalRegistry
+from tests.test_dependencies import LocalRegistry, local_registry
 from worker.http import HttpError
 from worker.vendors import osv
 from worker.vendors.osv import Osv
 
 
 @pytest.fixture
-def server() -> Iterator[LocalRegistry]:
-    registry = LocalRegistry(BULK_TODAY)
-    yield registry
-    registry.server.shutdown()
-    registry.server.server_close()
+def registry() -> Iterator[LocalRegistry]:
+    with local_registry() as server:
+        yield server
 
 
 def ask(server: LocalRegistry, packages: dict[str, set[str]]) -> dict[str, list[dict[str, Any]]]:
@@ -34,27 +32,27 @@ def ask(server: LocalRegistry, packages: dict[str, set[str]]) -> dict[str, list[
     return asyncio.run(run())
 
 
-def test_a_paged_answer_is_followed_to_its_end(server: LocalRegistry) -> None:
+def test_a_paged_answer_is_followed_to_its_end(registry: LocalRegistry) -> None:
     """multer 1.4.4 has three advisories; answered one page at a time, all three are found, the later pages asked
     for with the tokens OSV gave, and only for the query that had more."""
-    whole = ask(server, {"multer": {"1.4.4"}, "express": {"4.21.2"}})
-    server.osv_queries.clear()
-    server.osv_page_size = 1
-    paged = ask(server, {"multer": {"1.4.4"}, "express": {"4.21.2"}})
+    whole = ask(registry, {"multer": {"1.4.4"}, "express": {"4.21.2"}})
+    registry.osv_queries.clear()
+    registry.osv_page_size = 1
+    paged = ask(registry, {"multer": {"1.4.4"}, "express": {"4.21.2"}})
     assert {a["id"] for a in paged["multer"]} == {a["id"] for a in whole["multer"]}
     assert len(paged["multer"]) == 3
-    assert [[q.get("page_token") for q in batch["queries"]] for batch in server.osv_queries] == [
+    assert [[q.get("page_token") for q in batch["queries"]] for batch in registry.osv_queries] == [
         [None, None], ["1"], ["2"]]  # fmt: skip
-    assert server.osv_queries[1]["queries"][0]["package"]["name"] == "multer"
+    assert registry.osv_queries[1]["queries"][0]["package"]["name"] == "multer"
 
 
-def test_paging_without_end_is_an_error_not_a_short_answer(server: LocalRegistry,
+def test_paging_without_end_is_an_error_not_a_short_answer(registry: LocalRegistry,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """Past the round limit the source fails, saying so: a partial list is never given as the whole."""
     monkeypatch.setattr(osv, "MAX_ROUNDS", 2)
-    server.osv_page_size = 1
+    registry.osv_page_size = 1
     with pytest.raises(HttpError, match=r"still paging after 2 rounds \(1 queries with a next_page_token\)"):
-        ask(server, {"multer": {"1.4.4"}})
+        ask(registry, {"multer": {"1.4.4"}})
 
 
 def recorded_without_github_severity(**severity: str) -> dict[str, Any]:
@@ -89,19 +87,19 @@ def test_severity_of_a_record_without_githubs_label_is_its_cvss_rating(severity:
     assert advisory["severity"] == expected
 
 
-def test_queries_and_answers_are_as_osv_documents_them(server: LocalRegistry) -> None:
+def test_queries_and_answers_are_as_osv_documents_them(registry: LocalRegistry) -> None:
     """Every query opskeeper sends, and every result the stand-in answers, has only the fields OSV's querybatch
     document describes (tests/fixtures/contracts/osv.json), at most its limit of queries per batch."""
     from tests.contracts import contract
 
     rules = contract("osv")["querybatch"]
-    server.osv_page_size = 1
-    ask(server, {"multer": {"1.4.4", "2.0.0"}, "express": {"4.21.2"}})
-    for batch in server.osv_queries:
+    registry.osv_page_size = 1
+    ask(registry, {"multer": {"1.4.4", "2.0.0"}, "express": {"4.21.2"}})
+    for batch in registry.osv_queries:
         assert set(batch) == {"queries"}
         assert len(batch["queries"]) <= rules["limit"]
         for query in batch["queries"]:
             assert set(query) <= set(rules["query"])
             assert set(query["package"]) <= set(rules["package"])
             assert query["package"]["ecosystem"] == "npm"
-    assert set(server.osv_answer_fields) <= set(rules["result"])
+    assert set(registry.osv_answer_fields) <= set(rules["result"])

@@ -10,19 +10,18 @@ from typing import Any
 
 import pytest
 
-from tests.test_dependencies import BULK_TODAY, LocalRegistry
+from tests.test_dependencies import LocalRegistry, local_registry
 from worker.vendors.npm import Registry, freshness
-
-NAMES = ("cors", "express")
-SINCE = "Tue, 01 Dec 2026 10:00:00 GMT"
 
 
 @pytest.fixture
 def registry() -> Iterator[LocalRegistry]:
-    server = LocalRegistry(BULK_TODAY)
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+    with local_registry() as server:
+        yield server
+
+
+NAMES = ("cors", "express")
+SINCE = "Tue, 01 Dec 2026 10:00:00 GMT"
 
 
 class Clock:

@@ -629,10 +629,11 @@ class _ApiBase:
     @staticmethod
     def _screen(response: httpx.Response, allow: tuple[int, ...], attempt: int) -> httpx.Response:
         """The response, unless its status asks for a retry: then raised, for the retry loop to judge."""
-        if response.status_code not in allow and (
-            response.status_code in RETRY_STATUSES
-            or rate_limit_wait(response.status_code, response.headers, _text(response), datetime.now(UTC)) is not None
-        ):
+        status = response.status_code
+        if status in allow or (status not in RETRY_STATUSES and status != 403):
+            return response  # the common case decodes nothing: a registry document may be 20 MB
+        if status in RETRY_STATUSES or rate_limit_wait(status, response.headers, _text(response),
+                                                       datetime.now(UTC)) is not None:  # fmt: skip
             raise _RetryableStatusError(response, attempt)
         return response
 
