@@ -509,7 +509,11 @@ class HttpError(Exception):
 
 
 class RejectedError(HttpError):
-    """401 or 403: the credentials were refused."""
+    """401 or 403: the credentials were refused (`status` says which)."""
+
+    def __init__(self, vendor: str, method: str, url: str | httpx.URL, cause: str, status: int) -> None:
+        super().__init__(vendor, method, url, cause)
+        self.status = status
 
 
 class UnavailableError(HttpError, TransientError):
@@ -577,12 +581,12 @@ def _text(response: httpx.Response) -> str:
 class _RetryableStatusError(Exception):
     """A retryable status, raised inside the retry loop so stamina sees it."""
 
-    def __init__(self, response: httpx.Response, attempt: int) -> None:
+    def __init__(self, response: httpx.Response, attempt: int, limited: float | None) -> None:
         super().__init__(f"HTTP {response.status_code}")
         self.response, self.attempt = response, attempt
         self.asked: float | None = None  # a wait past the cap or the deadline, when that ended the retries
         self.past_deadline = False
-        self.limited = rate_limit_wait(response.status_code, response.headers, _text(response), datetime.now(UTC))
+        self.limited = limited  # rate_limit_wait() of the answer: None when it is not a rate limit
 
 
 class _ApiBase:
@@ -605,9 +609,10 @@ class _ApiBase:
                 # A rate-limited request was refused before anything was done: safe to send again, even a POST.
                 if method not in IDEMPOTENT and exc.response.status_code not in _NOT_PROCESSED and exc.limited is None:
                     return False
-                asked = retry_after(exc.response.headers.get("Retry-After"), datetime.now(UTC))
-                if exc.limited is not None and exc.limited >= 0:
-                    asked = exc.limited  # x-ratelimit-reset, when no Retry-After said sooner
+                if exc.limited is not None:  # retry-after, else x-ratelimit-reset; -1: no time named
+                    asked = exc.limited if exc.limited >= 0 else None
+                else:
+                    asked = retry_after(exc.response.headers.get("Retry-After"), datetime.now(UTC))
                 most = limit_cap if exc.limited is not None else cap
                 left = None if self.retry.deadline is None else self.retry.deadline - time.monotonic()
                 if asked is not None and (asked > most or (left is not None and asked > left)):
@@ -632,9 +637,9 @@ class _ApiBase:
         status = response.status_code
         if status in allow or (status not in RETRY_STATUSES and status != 403):
             return response  # the common case decodes nothing: a registry document may be 20 MB
-        if status in RETRY_STATUSES or rate_limit_wait(status, response.headers, _text(response),
-                                                       datetime.now(UTC)) is not None:  # fmt: skip
-            raise _RetryableStatusError(response, attempt)
+        limited = rate_limit_wait(status, response.headers, _text(response), datetime.now(UTC))
+        if status in RETRY_STATUSES or limited is not None:
+            raise _RetryableStatusError(response, attempt, limited)
         return response
 
     @contextlib.contextmanager
@@ -659,7 +664,7 @@ class _ApiBase:
         url = response.request.url
         if status in (401, 403):
             who = self.credential or "the credentials"
-            raise RejectedError(self.vendor, method, url, f"{who} rejected (HTTP {status})")
+            raise RejectedError(self.vendor, method, url, f"{who} rejected (HTTP {status})", status)
         detail = response.text[:200].strip().replace("\n", " ") if 400 <= status < 500 else ""
         raise HttpError(self.vendor, method, url, f"HTTP {status}" + (f": {detail}" if detail else ""))
 

@@ -81,9 +81,9 @@ def sentry_section(source: SentrySource, since: datetime, until: datetime, timeo
     api = SentryAPI(source.api_url, source.org, token, source.projects, timeout)
     try:
         new = api.issues(f"is:unresolved firstSeen:-{period}", period, sort="new")
-        new_cut = bool(api.cut)
+        new_cut = not api.complete
         regressed = api.issues("is:regressed", period)
-        regressed_cut = len(api.cut) > int(new_cut)
+        regressed_cut = not api.complete
         top = api.issues("is:unresolved", period, sort="freq", limit=source.top, max_pages=1)  # the top N only
         slow = api.slow_transactions(period, source.top)
     except HttpError as exc:

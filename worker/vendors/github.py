@@ -73,7 +73,8 @@ class GitHub:
             headers["Authorization"] = f"Bearer {token}"
         self.repo = repo
         # Without a deadline (a command at a terminal) a rate limit is waited for as any Retry-After is, a minute.
-        retry = RetryPolicy(max_rate_limit_wait=RATE_LIMIT_WAIT, deadline=deadline) if deadline else DEFAULT_RETRY
+        retry = (RetryPolicy(max_rate_limit_wait=RATE_LIMIT_WAIT, deadline=deadline) if deadline is not None
+                 else DEFAULT_RETRY)  # fmt: skip
         self.api = Api("GitHub API", api_url, credential="GITHUB_TOKEN", headers=headers, timeout=timeout,
                        retry=retry)  # fmt: skip
 

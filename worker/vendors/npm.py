@@ -28,16 +28,21 @@ def trim(doc: dict[str, Any]) -> dict[str, Any]:
     Idempotent (a trimmed document trims to itself), so recorded documents can be served as they are.
     """
     versions = doc.get("versions") or {}
-    tags = doc.get("dist-tags") or {}
+    return _trimmed(doc.get("name"), doc.get("dist-tags"),
+                    ((v, info.get("deprecated"), info.get("engines")) for v, info in versions.items()),
+                    doc.get("time"))  # fmt: skip
+
+
+def _trimmed(name: Any, tags: Any, versions: Iterable[tuple[str, Any, Any]], times: Any) -> dict[str, Any]:
+    """The trimmed form, from the name, dist-tags, (version, deprecated, engines) and times: what trim() and
+    read_document() both give."""
     kept: dict[str, dict[str, Any]] = {}
-    for v, info in versions.items():
-        entry: dict[str, Any] = {"deprecated": info["deprecated"]} if info.get("deprecated") else {}
-        engines = info.get("engines")
+    for v, deprecated, engines in versions:
+        entry: dict[str, Any] = {"deprecated": deprecated} if deprecated else {}
         if isinstance(engines, dict) and engines.get("node"):
             entry["engines"] = {"node": str(engines["node"])}
         kept[v] = entry
-    trimmed = {"name": doc.get("name"), "dist-tags": tags, "versions": kept}
-    times = doc.get("time")
+    trimmed = {"name": name, "dist-tags": tags or {}, "versions": kept}
     if isinstance(times, dict):
         trimmed["time"] = {v: str(t) for v, t in times.items() if v in kept}
     return trimmed
@@ -72,17 +77,9 @@ def read_document(content: bytes) -> dict[str, Any]:
     Raises ValueError (msgspec's DecodeError) when the bytes are not a package document.
     """
     doc = _DECODER.decode(content)
-    kept: dict[str, dict[str, Any]] = {}
-    for v, info in (doc.versions or {}).items():
-        entry: dict[str, Any] = {"deprecated": info.deprecated} if info is not None and info.deprecated else {}
-        engines = info.engines if info is not None else None
-        if isinstance(engines, dict) and engines.get("node"):
-            entry["engines"] = {"node": str(engines["node"])}
-        kept[v] = entry
-    trimmed = {"name": doc.name, "dist-tags": doc.dist_tags or {}, "versions": kept}
-    if isinstance(doc.time, dict):
-        trimmed["time"] = {v: str(t) for v, t in doc.time.items() if v in kept}
-    return trimmed
+    versions = ((v, info.deprecated if info else None, info.engines if info else None)
+                for v, info in (doc.versions or {}).items())  # fmt: skip
+    return _trimmed(doc.name, doc.dist_tags, versions, doc.time)
 
 
 def implicit_token(registry: str, environ: Mapping[str, str]) -> str | None:

@@ -25,8 +25,8 @@ class SentryAPI:
 
     def __init__(self, api_url: str, org: str, token: str, projects: Sequence[str], timeout: timedelta) -> None:
         self.org, self.projects = org, projects
-        self.cut: list[str] = []
-        """The lists read only up to their page limit (more pages were there)."""
+        self.complete = True
+        """Whether the last list read was read to its end (False: its page limit came first)."""
         self.api = Api("Sentry API", api_url, credential="SENTRY_AUTH_TOKEN", timeout=timeout,
                        headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})  # fmt: skip
 
@@ -47,10 +47,10 @@ class SentryAPI:
         try:
             yield
         except RejectedError as exc:
-            if "(HTTP 403)" not in exc.cause:
+            if exc.status != 403:
                 raise
             cause = f"SENTRY_AUTH_TOKEN lacks the {scope} scope this call needs (HTTP 403)"
-            raise RejectedError(exc.vendor, exc.method, exc.url, cause) from None
+            raise RejectedError(exc.vendor, exc.method, exc.url, cause, 403) from None
 
     def _pages(self, path: str, params: dict[str, Any], max_pages: int, *, scoped: bool = True) -> Iterator[Any]:
         """Each page of a list, following the Link cursor; `scoped` lists take the projects as `project`."""
@@ -58,6 +58,7 @@ class SentryAPI:
         query: dict[str, Any] | None = (
             {**params, "project": list(self.projects)} if self.projects and scoped else params
         )
+        self.complete = True
         for _ in range(max_pages):
             if url is None:
                 return
@@ -65,8 +66,7 @@ class SentryAPI:
             yield self.api.parse(response)
             found = _NEXT.search(response.headers.get("Link", ""))
             url, query = (found.group(1), None) if found else (None, None)
-        if url is not None:  # more pages than asked for: the caller says the list is partial
-            self.cut.append(path)
+        self.complete = url is None  # more pages than asked for: the caller says the list is partial
 
     def issues(
         self, query: str, stats_period: str, *, sort: str = "date", limit: int = 100, max_pages: int = 5
