@@ -5,8 +5,9 @@ The newest completed snapshot of the source cluster is restored by Atlas (`POST 
 …/restoreJobs/{id}`) until it finishes, fails or the drill's deadline comes, and then the scratch cluster is
 read: every collection of every database, whole (its documents counted and digested as they are read, so a
 collection that cannot be read back fails the drill), with its indexes. With `source_uri`, each of the
-source's collections and indexes must be there too; counts are compared and reported, not judged, as the
-source has moved on since the snapshot (Atlas's API gives no way to read the source as of that time). The
+source's collections and indexes must be there too (read from its metadata: no full read of production);
+counts are compared with its estimated counts and reported, not judged, as the source has moved on since the
+snapshot (Atlas's API gives no way to read the source as of that time). The
 time from the request to a readable restore is the drill's recovery time.
 
 The scratch cluster is never created or deleted here, never the source cluster, and a scratch cluster that
@@ -15,7 +16,6 @@ holds data is refused unless `overwrite: true` (Atlas's automated restore replac
 
 from __future__ import annotations
 
-import hashlib
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -76,30 +76,37 @@ def user_databases(client: Any) -> list[str]:
 
 
 def read_back(client: Any) -> Read:
-    """Every collection of the cluster read whole: `db.coll` -> {documents, digest, indexes}."""
+    """Every collection of the cluster read whole: `db.coll` -> {documents, digest, indexes}, the digest the
+    order-independent one backups record (catalog.digest_batch), so no sort is asked of the server."""
+    from jobs.backup.catalog import digest_batch
+
     found: Read = {}
     for db_name in user_databases(client):
         db = client[db_name]
         for name in sorted(db.list_collection_names()):
             if name.startswith("system."):
                 continue
-            digest, documents = hashlib.sha256(), 0
-            for raw in db.get_collection(name).find_raw_batches(sort=[("_id", 1)]):
-                digest.update(raw)
-                documents += _count_batch(raw)
+            digest, documents = 0, 0
+            for raw in db.get_collection(name).find_raw_batches():
+                digest, count = digest_batch(digest, raw)
+                documents += count
             indexes = sorted(str(i["name"]) for i in db[name].list_indexes())
-            found[f"{db_name}.{name}"] = {"documents": documents, "digest": digest.hexdigest()[:16],
-                                          "indexes": indexes}  # fmt: skip
+            found[f"{db_name}.{name}"] = {"documents": documents, "digest": f"{digest:032x}", "indexes": indexes}
     return found
 
 
-def _count_batch(raw: bytes) -> int:
-    """Documents in a raw batch of concatenated BSON documents (each starts with its int32 length)."""
-    count, at = 0, 0
-    while at < len(raw):
-        at += int.from_bytes(raw[at : at + 4], "little")
-        count += 1
-    return count
+def outline(client: Any) -> Read:
+    """The source cluster's collections with their indexes and estimated counts: what the restore is checked
+    against, read from metadata only, so a drill puts no full read on the production cluster (its documents'
+    digests could not be compared anyway: the source has moved on since the snapshot)."""
+    found: Read = {}
+    for db_name in user_databases(client):
+        db = client[db_name]
+        for name in sorted(db.list_collection_names()):
+            if not name.startswith("system."):
+                indexes = sorted(str(i["name"]) for i in db[name].list_indexes())
+                found[f"{db_name}.{name}"] = {"documents": db[name].estimated_document_count(), "indexes": indexes}
+    return found
 
 
 def compare(restored: Read, source: Read | None) -> tuple[list[str], list[str]]:
@@ -163,7 +170,7 @@ def run_atlas_drill(ctx: JobContext, opts: AtlasDrillOptions, max_age: timedelta
     if opts.source_uri:
         live = connect(opts.source_uri, "opskeeper-drill")
         try:
-            source = read_back(live)
+            source = outline(live)
         finally:
             live.close()
     problems, notes = compare(restored, source)
