@@ -561,3 +561,120 @@ def test_drill_of_an_archive_cut_on_a_frame_boundary_fails_naming_what_is_missin
     assert outcome.status.value == "fail"
     assert f"restore of {entry.key} failed: archive incomplete: no EOF for " in outcome.summary
     assert scratch(client) == []
+
+
+# --- restoring in parallel ----------------------------------------------------------------
+
+
+def interleaved_archive(
+    db: str, names: tuple[str, ...], documents: int, run: int
+) -> tuple[bytes, dict[str, list[bytes]]]:
+    """An archive laid out as mongodump's: `names` in interleaved segments of `run` documents, each with an index."""
+    docs = {n: [bson.encode({"_id": i, "n": i, "coll": n, "pad": "x" * (i % 300)}) for i in range(documents)]
+            for n in names}  # fmt: skip
+    meta = json.dumps({"indexes": [{"v": 2, "key": {"_id": 1}, "name": "_id_"},
+                                   {"v": 2, "key": {"n": -1}, "name": "n_-1"}]})  # fmt: skip
+    out = io.BytesIO()
+    writer = ArchiveWriter(out)
+    writer.header(Header("8.0.0", "test", concurrent_collections=4), [Prelude(db, n, meta) for n in names])
+    crc: dict[str, int | None] = dict.fromkeys(names)
+    for start in range(0, documents, run):
+        for name in names:
+            data = b"".join(docs[name][start : start + run])
+            writer.segment(db, name, data)
+            crc[name] = crc64(data, crc[name])
+    for name in names:
+        writer.end(db, name, crc[name] or 0)
+    return out.getvalue(), docs
+
+
+@pytest.mark.parametrize("parallel", [1, 4])
+def test_a_parallel_restore_of_interleaved_collections_equals_the_archive(client: Any, parallel: int) -> None:
+    """Four interleaved collections restore, whatever the workers, to exactly the archive's documents and indexes."""
+    names = ("a", "b", "c", "d")
+    data, docs = interleaved_archive("src", names, 6_000, 1_500)  # each has a full batch and a rest
+    target = f"par{uuid.uuid4().hex[:6]}"
+    report = restore(io.BytesIO(data), client, lambda db, coll: (target, coll), parallel=parallel)
+    assert report.documents == 24_000
+    assert snapshot(client, target) == {n: sorted(docs[n]) for n in names}
+    for name in names:
+        assert sorted(ix["name"] for ix in client[target][name].list_indexes()) == ["_id_", "n_-1"]
+    assert report.index_s > 0
+    client.drop_database(target)
+
+
+def test_parallel_below_one_is_refused(client: Any) -> None:
+    """restore(parallel=0) names the rule; the command line refuses --parallel 0 with its usage."""
+    with pytest.raises(ValueError, match="parallel must be at least 1, not 0"):
+        restore(io.BytesIO(archive_for("x")), client, parallel=0)
+    done = subprocess.run([sys.executable, "-m", "worker", "restore", "a.archive", "--to", "mongodb://h/",
+                           "--parallel", "0"], cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 64
+    assert "--parallel: '0' is not a whole number from 1 to 64" in done.stderr
+
+
+def test_an_index_the_data_breaks_fails_the_restore_and_leaves_the_target(client: Any, live: str) -> None:
+    """A unique index the documents violate, built in the pool beside the load, stops everything before a swap."""
+    before = snapshot(client, live)
+    foo = [bson.encode({"_id": i, "email": "same@example.com"}) for i in range(3)]
+    meta = json.dumps({"indexes": [{"v": 2, "key": {"email": 1}, "name": "email_1", "unique": True}]})
+    out = io.BytesIO()
+    writer = ArchiveWriter(out)
+    writer.header(Header("8.0.0", "test"), [Prelude(live, "foo", meta), Prelude(live, "bar", "")])
+    writer.segment(live, "foo", b"".join(foo))
+    writer.end(live, "foo", crc64(b"".join(foo)))
+    writer.segment(live, "bar", b"")
+    writer.end(live, "bar", 0)
+    with pytest.raises(RestoreError, match=rf"{live}.foo: cannot build its indexes"):
+        restore(io.BytesIO(out.getvalue()), client, replace=frozenset({live}))
+    assert snapshot(client, live) == before
+    assert staging_left(client, live) == []
+
+
+def test_something_writing_into_a_staging_collection_stops_the_swap(client: Any, live: str) -> None:
+    """A document that did not come from the archive, found by the server's count before the swap, is a failure."""
+    before = snapshot(client, live)
+    written: list[str] = []
+
+    def intrude(_stored: int, _sent: int) -> None:
+        for name in staging_left(client, live):
+            if not written and name.endswith(".bar"):
+                client[live][name].insert_one({"_id": "intruder"})
+                written.append(name)
+
+    with pytest.raises(RestoreError, match=r"holds 101 documents after the load, 100 were restored: something else"):
+        restore(io.BytesIO(archive_for(live)), client, progress=intrude, replace=frozenset({live}), parallel=1)
+    assert written
+    assert snapshot(client, live) == before
+    assert staging_left(client, live) == []
+
+
+@pytest.mark.slow
+def test_a_parallel_restore_killed_mid_way_leaves_the_target_as_it_was(
+    client: Any, mongo_uri: str, env: dict[str, str], tmp_path: Path, live: str
+) -> None:
+    """kill -9 of `restore --drop --yes --parallel 4` while it loads: the operator's collections are as they were,
+    and the next restore replaces them, leaving no staging behind."""
+    before = snapshot(client, live)
+    data, docs = interleaved_archive(live, ("foo", "bar"), 12_000, 2_000)
+    path = tmp_path / "big.archive"
+    path.write_bytes(data)
+    argv = [sys.executable, "-m", "worker", "restore", str(path), "--to", mongo_uri, "--drop", "--yes",
+            "--parallel", "4"]  # fmt: skip
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        # Wait for the event itself: documents in a staging collection, i.e. the load under way.
+        while not any(client[live][n].estimated_document_count() for n in staging_left(client, live)):
+            assert process.poll() is None, "the restore ended before it could be killed"
+            assert time.monotonic() < deadline
+        process.kill()
+    finally:
+        process.wait(30)
+    left = staging_left(client, live)
+    assert left, "killed before the swap, staging collections are what it leaves"
+    assert {n: d for n, d in snapshot(client, live).items() if n not in left} == before
+    result = restore_cli(env, str(path), "--to", mongo_uri, "--drop", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert snapshot(client, live) == {n: sorted(docs[n]) for n in ("bar", "foo")}

@@ -44,6 +44,15 @@ def register(cli: Commands) -> None:
     )
     restore.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     restore.add_argument("--dry-run", action="store_true", help="say what would be restored where; change nothing")
+    restore.add_argument("--parallel", type=_workers, metavar="N",
+                         help="batches inserted at once, as mongorestore's --numParallelCollections")  # fmt: skip
+
+
+def _workers(text: str) -> int:
+    """--parallel: a whole number from 1 to 64 (each worker holds up to two 8 MB batches)."""
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 64")
+    return int(text)
 
 
 def _backup_jobs(config: ScheduleConfig, only: str | None = None) -> list[JobSpec]:
@@ -145,7 +154,8 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
             try:
                 # Nothing is dropped before the archive has proven whole: see restore()'s staging.
                 report = restore(stream, client, rename, archive_ticks(progress.update, manifest, "restore"),
-                                 manifest=manifest, replace=frozenset(occupied))  # fmt: skip
+                                 manifest=manifest, replace=frozenset(occupied),
+                                 **({"parallel": args.parallel} if args.parallel else {}))  # fmt: skip
             except RestoreError as exc:
                 progress.close(finish=False)
                 raise CliError(f"restore failed: {masks.text(str(exc))}", EXIT_ERROR) from None

@@ -1,8 +1,11 @@
 """Restore a mongodump archive (ours or mongodump's) into a server, streaming, and check the result.
 
 One pass over the stored object: decompress, parse, create collections with their options,
-insert raw documents in bounded unordered batches, then build indexes and create views.
-Verification reads the restored data back and recomputes counts and content digests.
+insert raw documents in bounded unordered batches from a pool of `parallel` workers (as
+mongorestore's parallel collections), build each collection's indexes as soon as its last batch
+is in (while the others load), then create views. Before anything is swapped in, the server's
+count of each loaded collection must equal what was inserted. `check()` (the drill's proof)
+reads the restored data back and recomputes counts and content digests.
 
 With `staging` (what `opskeeper restore` uses) nothing the operator has is touched until the
 whole archive has been read and proven: every namespace complete, every CRC right, and with a
@@ -16,9 +19,7 @@ dropped and the target is as it was.
 from __future__ import annotations
 
 import contextlib
-import queue
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -26,15 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from bson import json_util
-from bson.raw_bson import RawBSONDocument
-from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
-from jobs.backup.archive import ArchiveError, ArchiveReader, End, check_namespace, iter_documents
+from jobs.backup.archive import ArchiveError, ArchiveReader, check_namespace
 from jobs.backup.catalog import CORRUPT_STREAM, HashingReader, decompressed, digest_algorithm, digest_batch
+from jobs.backup.insert import PARALLEL, Inserter, InsertError, load
 from jobs.backup.source import STAGING_COLLECTION_PREFIX
 
-_BATCH_BYTES = 8 * 1024 * 1024
-_BATCH_DOCS = 5000
 _INDEX_FIELDS_IGNORED = ("v", "ns", "background")
 _SERVER_DATABASES = ("admin", "config", "local")
 STAGING_PREFIX = STAGING_COLLECTION_PREFIX
@@ -93,7 +92,9 @@ class RestoreReport:
     stored_bytes: int = 0
     sha256: str = ""
     read_insert_s: float = 0.0
+    """Reading, inserting and building indexes, which overlap: wall time until the last index is built."""
     index_s: float = 0.0
+    """Time spent building indexes, summed over collections (within read_insert_s, beside the inserts)."""
     swap_s: float = 0.0
     """The renames that put staged collections in place (metadata-only on mongod; a copy on some stand-ins)."""
 
@@ -109,14 +110,17 @@ class RestoreReport:
 def restore(
     raw: BinaryIO, client: Any, rename: Rename = lambda db, coll: (db, coll),
     progress: Callable[[int, int], None] | None = None, *, manifest: dict[str, Any] | None = None,
-    staging: bool = True, replace: frozenset[str] = frozenset(),
+    staging: bool = True, replace: frozenset[str] = frozenset(), parallel: int = PARALLEL,
 ) -> RestoreReport:  # fmt: skip
     """Restore every namespace of the archive in `raw` (compressed or not) through `client`.
 
     `replace` names target databases the operator agreed to replace: their collections are
     swapped over existing ones, and their collections that the archive does not hold are
     dropped last. A target collection holding data in any other database is a RestoreError.
+    `parallel` batches are inserted at once (mongorestore's --numParallelCollections).
     """
+    if parallel < 1:
+        raise ValueError(f"parallel must be at least 1, not {parallel}")
     report = RestoreReport()
     started = time.monotonic()
     reader = HashingReader(raw)
@@ -128,9 +132,11 @@ def restore(
             by_data_ns, views = _prepare(archive, client, rename, report, token=token, replace=replace)
             # Progress counts documents read and sent to the server: the inserts trail by a batch or two, and a count
             # of inserted ones alone stays at 0 through the first batch of every collection.
-            _load(archive, client, by_data_ns, lambda sent: progress(reader.count, sent) if progress else None)
+            with Inserter(client, parallel, _indexes) as inserter:
+                load(archive, inserter, by_data_ns, lambda sent: progress(reader.count, sent) if progress else None)
+            report.index_s = inserter.index_s
             reader.drain()
-        except ArchiveError as exc:
+        except (ArchiveError, InsertError) as exc:
             raise RestoreError(str(exc)) from None
         except CORRUPT_STREAM as exc:
             raise RestoreError(f"compressed stream is corrupt near stored byte {reader.count}: {exc}") from None
@@ -141,11 +147,8 @@ def restore(
         report.sha256 = reader.sha256.hexdigest()
         if manifest is not None:
             _against_manifest(archive, report.sha256, manifest)
+        _against_counts(client, report)
         report.read_insert_s = time.monotonic() - started
-        index_started = time.monotonic()
-        for item in report.namespaces:
-            if not item.skipped and item.type != "view":
-                _indexes(client, item)
         if staging:
             swap_started = time.monotonic()
             for item in report.namespaces:
@@ -163,7 +166,6 @@ def restore(
         for name in client[db].list_collection_names():  # system.* (time-series buckets too) stay
             if name not in kept and not name.startswith("system."):
                 client[db].drop_collection(name)
-    report.index_s = time.monotonic() - index_started
     return report
 
 
@@ -178,6 +180,21 @@ def _against_manifest(archive: ArchiveReader, sha256: str, manifest: dict[str, A
             raise RestoreError(f"{name}: {count} documents in the archive, the manifest says {ns['documents']}")
         if "crc" in ns and f"{archive.crc_values.get(name, 0):016x}" != ns["crc"]:
             raise RestoreError(f"{name}: the archive's CRC differs from the manifest's")
+
+
+def _against_counts(client: Any, report: RestoreReport) -> None:
+    """Every collection loaded holds, by the server's own count, what the archive gave it.
+
+    The inserts were acknowledged document for document and the archive proven by its CRCs (and sha256), so a
+    difference here is something else writing into the collection while it was restored: it is not swapped in.
+    """
+    for item in report.namespaces:
+        if item.skipped or item.type != "collection":
+            continue
+        held = client[item.target_db][item.load_coll].estimated_document_count()
+        if held != item.documents:
+            raise RestoreError(f"{item.source}: {item.target_db}.{item.load_coll} holds {held} documents after the "
+                               f"load, {item.documents} were restored: something else wrote into it")  # fmt: skip
 
 
 def _swap(client: Any, item: Restored) -> None:
@@ -239,67 +256,6 @@ def _prepare(
     return by_data_ns, views
 
 
-def _load(archive: ArchiveReader, client: Any, by_data_ns: dict[str, Restored], tick: Callable[[int], None]) -> None:
-    """Insert the documents in bounded unordered batches, per namespace, while the next are read; `tick(sent)`
-    after each block of the archive."""
-    pending: dict[str, list[RawBSONDocument]] = {}
-    sent = 0
-    sizes: dict[str, int] = {}
-    with _Inserter(client) as inserter:
-        for event in archive.events():
-            target = by_data_ns.get(event.ns)
-            if target is None:
-                continue
-            if isinstance(event, End):
-                inserter.submit(target, pending.pop(event.ns, []))
-                sizes.pop(event.ns, None)
-                continue
-            batch = pending.setdefault(event.ns, [])
-            for doc in iter_documents(event.data):
-                batch.append(RawBSONDocument(bytes(doc)))
-                sent += 1
-                sizes[event.ns] = sizes.get(event.ns, 0) + len(doc)
-                if len(batch) >= _BATCH_DOCS or sizes[event.ns] >= _BATCH_BYTES:
-                    inserter.submit(target, batch)
-                    batch = pending[event.ns] = []
-                    sizes[event.ns] = 0
-            tick(sent)
-
-
-class _Inserter:
-    """Inserts batches in a thread, one queued behind the one inserting, so reading and inserting overlap."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self._queue: queue.Queue[tuple[Restored, list[RawBSONDocument]] | None] = queue.Queue(maxsize=1)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="restore-insert", daemon=True)
-
-    def __enter__(self) -> _Inserter:
-        self._thread.start()
-        return self
-
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    _flush(self._client, *item)
-                except BaseException as exc:  # noqa: BLE001 - raised in the reading thread
-                    self._error = exc
-
-    def submit(self, target: Restored, batch: list[RawBSONDocument]) -> None:
-        if self._error is not None:
-            raise self._error
-        if batch:
-            self._queue.put((target, batch))
-
-    def __exit__(self, *exc: object) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None and exc[0] is None:
-            raise self._error
-
-
 def _holds_documents(client: Any, db: str, coll: str) -> bool:
     return client[db][coll].find_one({}, {"_id": 1}) is not None
 
@@ -317,31 +273,6 @@ def _create(client: Any, item: Restored) -> None:
         if exc.code == 48:  # NamespaceExists: restoring into an existing collection (allowed with --drop off)
             return
         raise RestoreError(f"{item.source}: cannot create {item.target_db}.{item.target_coll}: {exc}") from None
-
-
-def _flush(client: Any, item: Restored, batch: list[RawBSONDocument]) -> None:
-    if not batch:
-        return
-    collection = client[item.target_db][item.load_coll]
-    try:
-        collection.insert_many(batch, ordered=False)
-    except BulkWriteError as exc:
-        raise RestoreError(f"{item.source}: {_rejected(exc)}") from None
-    item.documents += len(batch)
-    item.bytes += sum(len(d.raw) for d in batch)
-
-
-def _rejected(exc: BulkWriteError) -> str:
-    """Why the server refused documents, never quoting them (a duplicate key may be personal data)."""
-    errors = exc.details.get("writeErrors", [])
-    codes = sorted({e.get("code") for e in errors}, key=str)
-    if codes == [11000]:
-        index = re.search(r"index: (\S+)", errors[0].get("errmsg", ""))
-        where = f" on index {index.group(1)}" if index else ""
-        return f"{len(errors)} document(s) in a batch have a duplicate key{where} (values not shown)"
-    if codes == [121]:
-        return f"{len(errors)} document(s) failed the collection's validator (values not shown)"
-    return f"the server rejected {len(errors)} document(s) (error codes {', '.join(map(str, codes))})"
 
 
 def _data_collection(item: Restored) -> str:
