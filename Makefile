@@ -64,13 +64,14 @@ $(NODE_TOOLS)/.installed: tests/tools/package.json tests/tools/package-lock.json
 	  echo "make tools: npm is not on PATH: the pnpm and yarn tests will be skipped (as root: apt-get install nodejs npm)"; \
 	fi
 
-## bench: idle daemon, health probe, backup, restore, dependency, review, status page, fail-over and Sentry volume figures (about 40 minutes)
+## bench: idle daemon, health probe, backup, restore, point-in-time recovery, dependency, review, status page, fail-over and Sentry volume figures (about 50 minutes)
 bench: $(VENV)/.synced tools
 	$(VENV)/bin/python bench/idle.py
 	$(VENV)/bin/python bench/probe.py
 	$(VENV)/bin/python bench/pipeline.py
 	$(VENV)/bin/python bench/backup.py
 	$(VENV)/bin/python bench/restore.py
+	$(VENV)/bin/python bench/pitr.py
 	$(VENV)/bin/python bench/startup.py
 	$(VENV)/bin/python bench/deps.py
 	$(VENV)/bin/python bench/updates.py

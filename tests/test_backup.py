@@ -82,7 +82,8 @@ jobs:
     assert (listed[0]["job_id"], listed[0]["compression"]) == ("nightly", compression)
     assert listed[0]["documents"] == sum(counts.values())
     assert set(listed[0]) == {"key", "job_id", "created_at", "size_bytes", "compression", "collections", "documents",
-                              "verified"}  # fmt: skip
+                              "verified", "point_in_time"}  # fmt: skip
+    assert listed[0]["point_in_time"] == []  # no change_capture job follows it
     checked = opskeeper("backups", "verify", listed[0]["key"], "--config", str(config), "--json", env=run_env)
     assert checked.code == 0, checked.stdout
     assert json.loads(checked.stdout)["ok"] is True

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from jobs.backup.atlas import AtlasBackupJob, AtlasBackupOptions
+from jobs.backup.capture import CaptureOptions, ChangeCaptureJob
 from jobs.backup.drill import DrillJob, DrillOptions
 from jobs.backup.job import BackupJob
 from jobs.backup.source import BackupOptions
@@ -28,6 +29,7 @@ KINDS: Mapping[str, tuple[type[JobOptions], Callable[[Any], Job]]] = {
     "deploys": (DeploysOptions, DeploysJob),
     "backup": (BackupOptions, BackupJob),
     "atlas_backup": (AtlasBackupOptions, AtlasBackupJob),
+    "change_capture": (CaptureOptions, ChangeCaptureJob),
     "restore_drill": (DrillOptions, DrillJob),
     "dependencies": (DependenciesOptions, DependenciesJob),
     "weekly_review": (WeeklyReviewOptions, WeeklyReviewJob),
@@ -39,7 +41,7 @@ KINDS: Mapping[str, tuple[type[JobOptions], Callable[[Any], Job]]] = {
 
 #: Kinds whose run a deploy interrupted is run again by the next leader at once: repeating them
 #: changes nothing but the time (a backup, a drill, a check, a review). A command may not be.
-SAFE_TO_REPEAT = frozenset({"backup", "restore_drill", "dependencies", "weekly_review", "docs_review",
+SAFE_TO_REPEAT = frozenset({"backup", "change_capture", "restore_drill", "dependencies", "weekly_review", "docs_review",
                             "security_review", "platform_notices", "dependency_updates"})  # fmt: skip
 
 #: The options model of each kind, which is all the schedule validator needs.

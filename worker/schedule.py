@@ -539,6 +539,8 @@ class _Validator:
             fields = self.kinds[raw["kind"]].model_fields
             if "backup_job" in fields:
                 check((*loc, "backup_job"), options.get("backup_job"), "backup")
+            if raw["kind"] == "change_capture":  # its `backup:` names the backup job whose databases it follows
+                check((*loc, "backup"), options.get("backup"), "backup")
             services = options.get("services") if "services" in fields else None
             for n, service in enumerate(services if isinstance(services, list) else ()):
                 if isinstance(service, dict):

@@ -18,7 +18,7 @@ import os
 import re
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from jobs.backup.atlas_drill import AtlasDrillOptions
 from jobs.backup.catalog import VERIFIED, base_of, scan
@@ -42,6 +42,9 @@ class DrillOptions(JobOptions):
     target_uri: MongoUri | None = None
     """Default: RESTORE_DRILL_URI, else the backup's own source server."""
     max_age: Duration = timedelta(hours=26)
+    point_in_time: Literal["off", "random", "latest"] = "off"
+    """Drill point-in-time recovery instead: a random captured second (or the newest point) restored from the
+    archive and the change_capture job's slices, and compared with the live database (pitr_drill.py)."""
     atlas: AtlasDrillOptions | None = None
     """Drill Atlas's own backups instead: its newest snapshot restored into a scratch cluster (atlas_drill.py)."""
 
@@ -134,6 +137,12 @@ class DrillJob:
             left = drop_scratch(client, older_than=now - timeout - timedelta(minutes=5))
             if left:
                 ctx.log("drill.leftovers_dropped", databases=left)
+            if self.options.point_in_time != "off":
+                from jobs.backup.pitr_drill import run_point_in_time_drill
+
+                return run_point_in_time_drill(ctx, job_id, backup, client,
+                                               scratch=lambda db: scratch_name(db, stamp, ctx.run_id),
+                                               mode=self.options.point_in_time)  # fmt: skip
             started = time.monotonic()
             with storage.open(newest.key) as stream:
                 # Scratch databases are the drill's own: no staging needed, all dropped at the end.

@@ -37,7 +37,7 @@ from jobs.backup.catalog import (
 )
 from jobs.backup.mongodump import dump_with_mongodump
 from jobs.backup.retention import is_future
-from jobs.backup.source import BackupOptions, Namespace, select
+from jobs.backup.source import BackupOptions, Namespace, clock_database, majority_time, select
 from worker.job import JobContext, Outcome, Status, counted, format_size
 from worker.mongodb import connect
 from worker.reporting.redact import Redactor
@@ -91,6 +91,10 @@ class BackupJob:
     def _dump(self, ctx: JobContext, client: Any, uri: str, storage: Storage) -> dict[str, Any]:
         opts = self.options
         server_version = client.admin.command("buildInfo")["version"]
+        # The chain's join: changes after `replay_from` may be missing from the dump; replaying them from there
+        # makes the archive consistent at `consistent_at`, the majority time once the dump is done (as
+        # `mongodump --oplog`). A standalone server keeps no cluster time: its archives join no chain.
+        replay_from = _cluster_time(client, opts)
         namespaces = select(opts, client)
         started = datetime.now(UTC)
         key = f"{ctx.job_id}/{stamp(started)}{SUFFIX[opts.compression]}"
@@ -121,6 +125,7 @@ class BackupJob:
         except BaseException:
             upload.abort()
             raise
+        consistent_at = _cluster_time(client, opts) if replay_from is not None else None
         finished = datetime.now(UTC)
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -144,6 +149,8 @@ class BackupJob:
             # finished is still a backup, and this says so.
             "instance": ctx.instance or None,
             "fencing_token": ctx.token,
+            "replay_from": replay_from,
+            "consistent_at": consistent_at,
             "namespaces": stats,
         }
         try:
@@ -298,6 +305,17 @@ class _Snapshot:
 
     def __exit__(self, *exc: object) -> None:
         self.give_up()
+
+
+def _cluster_time(client: Any, opts: BackupOptions) -> dict[str, int] | None:
+    """The majority-committed cluster time as {"t", "i"}; None where the server keeps none or refuses the read."""
+    from pymongo.errors import OperationFailure
+
+    try:
+        now = majority_time(client, clock_database(opts))
+    except OperationFailure:
+        return None
+    return None if now is None else {"t": int(now.time), "i": int(now.inc)}
 
 
 def _estimate(client: Any, namespaces: list[Namespace]) -> int | None:

@@ -111,6 +111,7 @@ def restore(
     raw: BinaryIO, client: Any, rename: Rename = lambda db, coll: (db, coll),
     progress: Callable[[int, int], None] | None = None, *, manifest: dict[str, Any] | None = None,
     staging: bool = True, replace: frozenset[str] = frozenset(), parallel: int = PARALLEL,
+    replay: Callable[[Callable[[str, str], Any]], None] | None = None,
 ) -> RestoreReport:  # fmt: skip
     """Restore every namespace of the archive in `raw` (compressed or not) through `client`.
 
@@ -118,6 +119,9 @@ def restore(
     swapped over existing ones, and their collections that the archive does not hold are
     dropped last. A target collection holding data in any other database is a RestoreError.
     `parallel` batches are inserted at once (mongorestore's --numParallelCollections).
+    `replay(resolve)`, when given, runs once the archive is loaded and proven, before anything is swapped in:
+    `resolve(db, coll)` is the collection where changes to that source namespace go (a staging copy; created
+    for a namespace the archive does not hold), or None for one that is not restored.
     """
     if parallel < 1:
         raise ValueError(f"parallel must be at least 1, not {parallel}")
@@ -149,6 +153,8 @@ def restore(
             _against_manifest(archive, report.sha256, manifest)
         _against_counts(client, report)
         report.read_insert_s = time.monotonic() - started
+        if replay is not None:
+            replay(_resolver(client, rename, report, token=token, replace=replace))
         if staging:
             swap_started = time.monotonic()
             for item in report.namespaces:
@@ -195,6 +201,33 @@ def _against_counts(client: Any, report: RestoreReport) -> None:
         if held != item.documents:
             raise RestoreError(f"{item.source}: {item.target_db}.{item.load_coll} holds {held} documents after the "
                                f"load, {item.documents} were restored: something else wrote into it")  # fmt: skip
+
+
+def _resolver(client: Any, rename: Rename, report: RestoreReport, *, token: str,
+              replace: frozenset[str]) -> Callable[[str, str], Any]:  # fmt: skip
+    """Where replayed changes to a source namespace go: its loaded copy, or a new one under the same rules."""
+    by_source = {n.source: n for n in report.namespaces}
+
+    def resolve(db: str, coll: str) -> Any:
+        item = by_source.get(f"{db}.{coll}")
+        if item is None:
+            if db in _SERVER_DATABASES or coll.startswith("system."):
+                return None
+            target_db, target_coll = rename(db, coll)
+            if (why := check_namespace(target_db, target_coll)) is not None:
+                raise RestoreError(f"{db}.{coll}: cannot restore into {target_db + '.' + target_coll!r}: {why}")
+            item = Restored(f"{db}.{coll}", target_db, target_coll, "collection")
+            item.load_coll = f"{STAGING_PREFIX}{token}.{target_coll}" if token else target_coll
+            if target_db not in replace and _holds_documents(client, target_db, target_coll):
+                raise RestoreError(f"{db}.{coll}: {target_db}.{target_coll} already holds documents; it is replaced "
+                                   "only with --drop")  # fmt: skip
+            report.namespaces.append(item)
+            by_source[item.source] = item
+        if item.skipped or item.type != "collection":
+            return None
+        return client[item.target_db][item.load_coll]
+
+    return resolve
 
 
 def _swap(client: Any, item: Restored) -> None:

@@ -103,27 +103,37 @@ def metadata_json(name: str, kind: str, options: dict[str, Any], indexes: list[A
     return json_util.dumps(doc, json_options=CANONICAL_JSON_OPTIONS, separators=(",", ":"), ensure_ascii=False)
 
 
+def database_selected(options: BackupOptions, db_name: str) -> bool:
+    """Whether the backup's database patterns take this database (never a scratch copy)."""
+    if is_scratch(db_name):
+        return False
+    included = any(fnmatch.fnmatchcase(db_name, p) for p in options.databases)
+    if (options.databases and not included) or (db_name in SYSTEM_DATABASES and not included):
+        return False
+    return not any(fnmatch.fnmatchcase(db_name, p) for p in options.exclude_databases)
+
+
+def collection_selected(options: BackupOptions, db_name: str, name: str) -> bool:
+    """Whether the backup takes this collection: its database is selected, and the collection patterns agree."""
+    ns = f"{db_name}.{name}"
+    if not database_selected(options, db_name) or name.startswith("system.") or is_scratch(db_name, name):
+        return False
+    if options.collections and not any(fnmatch.fnmatchcase(ns, p) for p in options.collections):
+        return False
+    return not any(fnmatch.fnmatchcase(ns, p) for p in options.exclude_collections)
+
+
 def select(options: BackupOptions, client: Any) -> list[Namespace]:
     """The namespaces to dump, in a stable order, after include and exclude patterns; never a scratch copy
     (`is_scratch`)."""
     chosen = []
     for db_name in sorted(client.list_database_names()):
-        if is_scratch(db_name):
-            continue
-        included = any(fnmatch.fnmatchcase(db_name, p) for p in options.databases)
-        if (options.databases and not included) or (db_name in SYSTEM_DATABASES and not included):
-            continue
-        if any(fnmatch.fnmatchcase(db_name, p) for p in options.exclude_databases):
+        if not database_selected(options, db_name):
             continue
         db = client[db_name]
         for info in sorted(db.list_collections(), key=lambda i: i["name"]):
             name, kind = info["name"], info.get("type", "collection")
-            ns = f"{db_name}.{name}"
-            if name.startswith("system.") or is_scratch(db_name, name):
-                continue
-            if options.collections and not any(fnmatch.fnmatchcase(ns, p) for p in options.collections):
-                continue
-            if any(fnmatch.fnmatchcase(ns, p) for p in options.exclude_collections):
+            if not collection_selected(options, db_name, name):
                 continue
             coll_options = dict(info.get("options") or {})
             indexes = [] if kind == "view" else [dict(ix) for ix in db[name].list_indexes()]
@@ -131,3 +141,24 @@ def select(options: BackupOptions, client: Any) -> list[Namespace]:
             meta = metadata_json(name, kind, coll_options, indexes, uuid.hex() if uuid is not None else None)
             chosen.append(Namespace(db_name, name, kind, meta, coll_options, indexes))
     return chosen
+
+
+def clock_database(options: BackupOptions) -> str:
+    """Where `majority_time` reads: the first database the backup names outright (its user can read it), else
+    admin."""
+    return next((d for d in options.databases if not any(c in d for c in "*?[")), "admin")
+
+
+def majority_time(client: Any, db: str) -> Any:
+    """The server's majority-committed cluster time now (a bson Timestamp), or None where it keeps none.
+
+    The `operationTime` of a majority read (of a collection that need not exist, in `db`, which the
+    backup's user can read): every change at or before it is durable and visible to a change stream.
+    A standalone mongod answers without one.
+    """
+    from pymongo.read_concern import ReadConcern
+
+    with client.start_session(causal_consistency=False) as session:
+        collection = client[db].get_collection("opskeeper_clock", read_concern=ReadConcern("majority"))
+        collection.find_one({}, session=session)
+        return session.operation_time

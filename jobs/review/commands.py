@@ -90,6 +90,13 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     return code
 
 
+def _pit_text(pit: dict[str, Any]) -> str:
+    """`captured through …`, or `BROKEN since …: reason`."""
+    if pit["broken_since"]:
+        return f"BROKEN since {pit['broken_since']}: {pit['reason']}"
+    return f"captured through {pit['through']}" if pit["through"] else "nothing captured yet"
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -191,6 +198,8 @@ def _print_status(status: dict[str, Any], colour: bool = False) -> None:
                      if verified.get("at") else "never")  # fmt: skip
             print(f"{row['job_id']:<22} {_when(newest.get('at')):<16} {size:>10} {newest.get('documents') or '-':>10}"
                   f"  {proof}")  # fmt: skip
+            for pit in row.get("point_in_time", []):
+                print(f"    point in time ({pit['job_id']}): {_pit_text(pit)}")
     if status["deploys"]:
         print(f"\n{'SERVICE':<22} {'NEWEST DEPLOY':<24} LAST GOOD")
         for row in status["deploys"]:

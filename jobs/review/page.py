@@ -169,8 +169,12 @@ def _backups(status: Mapping[str, Any]) -> list[str]:
                      _when(verified.get("at"), "never") + (f" ({verified['recovery_s']:.1f} s)"
                                                                         if verified.get("recovery_s") else ""),
                      times])  # fmt: skip
+    chains = [f"<p>Point in time ({escape(p['job_id'])} for {escape(job['job_id'])}): "
+              + (f"<strong>broken since {escape(p['broken_since'])}</strong>: {escape(p['reason'] or '')}"
+                 if p["broken_since"] else f"captured through {escape(p['through'] or 'nothing yet')}") + "</p>"
+              for job in status["backups"] for p in job.get("point_in_time", [])]  # fmt: skip
     return [*out, _table(["Job", "Newest", "Size", "Size trend", "Last verified (restore drill)", "Recovery trend"],
-                         rows)]  # fmt: skip
+                         rows), *chains]  # fmt: skip
 
 
 def _deploys(status: Mapping[str, Any]) -> list[str]:

@@ -171,8 +171,31 @@ def _backups(config: ScheduleConfig, ledger: Ledger, now: datetime) -> list[dict
             "sizes": [{"at": _at(r.started_at), "stored_bytes": r.details["stored_bytes"]} for r in window
                       if r.job_id == job.id and r.details.get("stored_bytes") is not None],
             "recoveries": recoveries,
+            "point_in_time": [_point_in_time(ledger, c.id, made) for c in config.jobs
+                              if c.kind == "change_capture" and getattr(c.options, "backup", None) == job.id],
         })  # fmt: skip
     return rows
+
+
+def _point_in_time(ledger: Ledger, capture_id: str, backup: RunRecord | None) -> dict[str, Any]:
+    """How far a capture job's chain reaches, and whether it is broken: a gap newer than the newest backup (the
+    backup after a gap starts the next chain)."""
+    runs = ledger.recent(capture_id, limit=200)
+    good = next((r for r in runs if r.status.is_success and r.details.get("through")), None)
+    gap = next((r for r in runs if r.status.value == "fail" and "capture stopped" in r.summary), None)
+    restarted = next((r for r in runs if r.status.is_success and r.details.get("new_chain")), None)
+    healed = (gap is not None and restarted is not None and restarted.started_at > gap.started_at
+              and backup is not None and backup.started_at > restarted.started_at)  # fmt: skip
+    broken = gap is not None and not healed
+    through = good.details["through"] if good else None
+    return {
+        "job_id": capture_id,
+        "through": None if through is None else _at(datetime.fromtimestamp(int(through["t"]), UTC)),
+        "broken_since": _at(datetime.fromtimestamp(int(gap.details["through"]["t"]), UTC))
+        if broken and gap is not None and gap.details.get("through")
+        else None,
+        "reason": gap.summary if broken and gap is not None else None,
+    }
 
 
 def _deploys(config: ScheduleConfig, ledger: Ledger) -> list[dict[str, Any]]:
