@@ -206,19 +206,21 @@ def _load(args: argparse.Namespace, settings: Settings, point: tuple[Any, Any] |
 
     progress = ProgressReport()
     replayed = None
-    with _open_archive(args, settings) as (stream, manifest):
-        try:
-            # Nothing is dropped before the archive has proven whole: see restore()'s staging.
-            ticks = archive_ticks(progress.update, manifest, "restore")
-            if point is not None:
-                report, replayed = restore_at(point[0], point[1], client, rename, replace=replace,
-                                              parallel=args.parallel, ticks=ticks)  # fmt: skip
-            else:
-                report = restore(stream, client, rename, ticks, manifest=manifest, replace=replace,
+    try:
+        # Nothing is dropped before the archive has proven whole: see restore()'s staging.
+        if point is not None:  # restore_at opens the plan's archive itself
+            storage, chosen = point
+            ticks = archive_ticks(progress.update, chosen.archive.manifest, "restore")
+            report, replayed = restore_at(storage, chosen, client, rename, replace=replace, parallel=args.parallel,
+                                          ticks=ticks)  # fmt: skip
+        else:
+            with _open_archive(args, settings) as (stream, manifest):
+                report = restore(stream, client, rename, archive_ticks(progress.update, manifest, "restore"),
+                                 manifest=manifest, replace=replace,
                                  **({"parallel": args.parallel} if args.parallel else {}))  # fmt: skip
-        except RestoreError as exc:
-            progress.close(finish=False)
-            raise CliError(f"restore failed: {masks.text(str(exc))}", EXIT_ERROR) from None
+    except RestoreError as exc:
+        progress.close(finish=False)
+        raise CliError(f"restore failed: {masks.text(str(exc))}", EXIT_ERROR) from None
     progress.close()
     return report, replayed
 

@@ -10,12 +10,10 @@ far the capture has come.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-from bson.raw_bson import RawBSONDocument
 
 from jobs.backup.catalog import BackupEntry
 from jobs.backup.changes import END_OF_SECOND, Changes, Gap, Slice, Time, as_time, chain, events, time_text
@@ -124,24 +122,15 @@ def _why_not(options: list[Reach], gaps: list[Gap], second: int, newest: Time) -
     return f"{moment} is after the newest point captured ({time_text(newest)})"
 
 
-def replay(storage: Storage, chosen: Plan, resolve: Callable[[str, str], Any],
-           progress: Callable[[int], None] | None = None) -> Replayed:  # fmt: skip
+def replay(storage: Storage, chosen: Plan, resolve: Callable[[str, str], Any]) -> Replayed:
     """Apply the plan's slices in order through `resolve`, up to `chosen.until`, each slice's checksum proven
     before any of its events is applied."""
     replayer = Replayer(resolve, applied=chosen.reach.replay_from, until=chosen.until)
     for item in chosen.slices:
-        if not replayer.feed(_ticking(events(storage, item), replayer, progress)):
+        if not replayer.feed(events(storage, item)):
             break
     replayer.flush()
     return replayer.done
-
-
-def _ticking(stream: Iterable[RawBSONDocument], replayer: Replayer,
-             progress: Callable[[int], None] | None) -> Iterator[RawBSONDocument]:  # fmt: skip
-    for count, event in enumerate(stream, 1):
-        yield event
-        if progress is not None and count % 1000 == 0:
-            progress(replayer.done.events)
 
 
 def restore_at(storage: Storage, chosen: Plan, client: Any, rename: Any, *, replace: frozenset[str],
