@@ -19,7 +19,6 @@ a new chain at the server's present time, and the run fails saying so.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Mapping
@@ -40,6 +39,7 @@ from jobs.backup.changes import (
     Time,
     as_time,
     before,
+    key_times,
     scan_changes,
     slice_base,
     time_json,
@@ -301,26 +301,29 @@ class ChangeCaptureJob:
         return modes
 
     def _prune(self, ctx: JobContext, storage: Storage) -> None:
-        """Slices and gaps no retained archive needs (they end before the oldest one's replay point), and
-        slice objects a killed run left without a manifest."""
+        """Slices and gaps no retained archive needs (they end before the oldest one's replay point), and events
+        objects no manifest starts where they start (a killed run's), from one listing: this runs every minute, and
+        the key names carry the times, so no slice manifest is read."""
         archives = scan(storage, self.options.backup).entries
         starts = [as_time(e.manifest["replay_from"]) for e in archives if e.manifest.get("replay_from")]
-        found = scan_changes(storage, ctx.job_id)
-        now = datetime.now(UTC)
-        modified = {o.key: o.modified for o in storage.objects(f"{ctx.job_id}/changes/")}
-        for key in found.orphans:
-            if key in modified and now - modified[key] > ORPHAN_AGE:
-                storage.delete(key)
         if not starts:  # no archive joins the chain yet: the next one will need what follows it, keep all
             return
-        oldest = min(starts)
-        for item in found.slices:
-            if item.through <= oldest:
-                storage.delete(item.key)  # the manifest first: a half-deleted slice is never counted
-                if item.data_key:
-                    with contextlib.suppress(OSError):
-                        storage.delete(item.data_key)
-        for gap in found.gaps:
+        oldest, now = min(starts), datetime.now(UTC)
+        listed = storage.objects(f"{ctx.job_id}/changes/")
+        spans = {o.key: times for o in listed if (times := key_times(o.key)) is not None}
+        doomed = [k for k, (_, through) in spans.items() if through is not None and through <= oldest]
+        for key in doomed:
+            storage.delete(key)  # manifests first: a half-deleted slice is never counted
+        kept = {after for k, (after, through) in spans.items() if through is not None and k not in doomed}
+        pruned = {spans[k][0] for k in doomed}
+        for obj in listed:
+            after, through = spans.get(obj.key, (None, None))
+            if after is None or through is not None or after in kept:
+                continue
+            # A pruned slice's events go now; events no manifest ever described once no run can still be writing one.
+            if after in pruned or now - obj.modified > ORPHAN_AGE:
+                storage.delete(obj.key)
+        for gap in scan_changes(storage, ctx.job_id, gaps_only=True).gaps:
             if gap.since < oldest:
                 storage.delete(gap.key)
 

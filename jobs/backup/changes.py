@@ -79,6 +79,22 @@ def slice_base(capture_id: str, after: Time, through: Time) -> str:
     return f"{capture_id}/changes/{_name(after)}-{_name(through)}"
 
 
+def key_times(key: str) -> tuple[Time, Time | None] | None:
+    """(after, through) from a slice manifest's key, (after, None) from an events object's; None for another key.
+
+    The names carry what pruning needs, so a capture run prunes from one listing without reading every manifest."""
+    name = key.rsplit("/", 1)[-1]
+    for suffix in (SLICE_MANIFEST, SLICE_SUFFIX):
+        if name.endswith(suffix):
+            first, _, second = name.removesuffix(suffix).partition("-")
+            try:
+                after = as_time(first.split("."))
+                return (after, as_time(second.split("."))) if suffix == SLICE_MANIFEST else (after, None)
+            except (ValueError, TypeError):
+                return None
+    return None
+
+
 @dataclass(frozen=True)
 class Slice:
     """One stored slice, as its manifest describes it."""
@@ -113,14 +129,13 @@ class Changes:
     slices: list[Slice] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    orphans: list[str] = field(default_factory=list)
-    """Slice objects without a manifest: a run stopped between storing one and describing it."""
 
 
-def scan_changes(storage: Storage, capture_id: str) -> Changes:
-    """Every slice and gap a capture job has stored; an unreadable manifest is a problem, never a slice."""
+def scan_changes(storage: Storage, capture_id: str, *, gaps_only: bool = False) -> Changes:
+    """Every slice and gap a capture job has stored (only its gaps, with `gaps_only`); an unreadable manifest is a
+    problem, never a slice."""
     found = Changes()
-    objects = storage.objects(f"{capture_id}/")
+    objects = storage.objects(f"{capture_id}/gaps/" if gaps_only else f"{capture_id}/")
     keys = {o.key for o in objects}
     for obj in objects:
         if not (obj.key.endswith(SLICE_MANIFEST) or obj.key.endswith(GAP_SUFFIX)):
@@ -143,8 +158,6 @@ def scan_changes(storage: Storage, capture_id: str) -> Changes:
             found.slices.append(item)
         except (ValueError, KeyError, TypeError, OSError) as exc:
             found.problems.append(f"{obj.key}: unreadable, skipped ({exc})")
-    described = {s.data_key for s in found.slices}
-    found.orphans = sorted(k for k in keys if k.endswith(SLICE_SUFFIX) and k not in described)
     found.slices.sort(key=lambda s: (s.after, s.through))
     found.gaps.sort(key=lambda g: g.since)
     return found
@@ -159,7 +172,6 @@ def scan_chains(storage: Storage, capture_ids: list[str]) -> Changes:
         merged.slices += found.slices
         merged.gaps += found.gaps
         merged.problems += found.problems
-        merged.orphans += found.orphans
     merged.slices.sort(key=lambda s: (s.after, s.through))
     merged.gaps.sort(key=lambda g: g.since)
     return merged
