@@ -127,7 +127,8 @@ class DaemonProcess:
         """`spawn`: a fresh `python -m worker`, never a fork (its environment must act at exec: LD_PRELOAD)."""
         args = ["run", "--config", str(config)]
         self.proc: subprocess.Popen[str] | Forked = (
-            subprocess.Popen([sys.executable, "-m", "worker", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+            subprocess.Popen([sys.executable, "-m", "worker", *args], cwd=ROOT, env={**env, "PYTHONFAULTHANDLER": "1"},
+                             stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
             if spawn_each() or spawn else forks().start(args, env, ROOT)
         )  # fmt: skip
@@ -183,10 +184,19 @@ class DaemonProcess:
                              timeout=timeout)  # fmt: skip
 
     def terminate(self, timeout: float = 40) -> int:
-        """SIGTERM, then the exit code."""
+        """SIGTERM, then the exit code; a daemon that does not stop fails the test with its threads' stacks."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler (enabled in both kinds of process) dumps the stacks
+            self.proc.wait(10)
+            for reader in self._readers:
+                reader.join(5)
+            last = [e["_raw"] for e in self.events[-15:] if "_raw" in e]
+            pytest.fail(f"the daemon did not stop within {timeout}s of SIGTERM; its last events:\n{''.join(last)}"
+                        f"stderr (the stacks at SIGABRT):\n{self.stderr[-20000:]}")  # fmt: skip
         for reader in self._readers:
             reader.join(5)
         return code

@@ -19,6 +19,7 @@ page always do.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -90,6 +91,7 @@ def _command(request: dict[str, Any], fds: list[int]) -> None:
         os.close(fd)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    faulthandler.enable()  # as PYTHONFAULTHANDLER=1: a command that hangs dumps its threads' stacks on SIGABRT
     sys.argv = [str(ROOT / "worker" / "__main__.py"), *request["args"]]
     from worker.cli import main
 
