@@ -128,8 +128,7 @@ class DaemonProcess:
         args = ["run", "--config", str(config)]
         self.proc: subprocess.Popen[str] | Forked = (
             subprocess.Popen([sys.executable, "-m", "worker", *args], cwd=ROOT, env={**env, "PYTHONFAULTHANDLER": "1"},
-                             stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             if spawn_each() or spawn else forks().start(args, env, ROOT)
         )  # fmt: skip
         self.events: list[dict[str, Any]] = []
@@ -188,17 +187,21 @@ class DaemonProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            code = self.proc.wait(timeout)
+            code: int | None = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            code = None
             self.proc.send_signal(signal.SIGABRT)  # faulthandler (enabled in both kinds of process) dumps the stacks
-            self.proc.wait(10)
-            for reader in self._readers:
-                reader.join(5)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:  # a process stuck past even SIGABRT: never leave it running
+                self.proc.kill()
+                self.proc.wait(10)
+        for reader in self._readers:
+            reader.join(5)
+        if code is None:
             last = [e["_raw"] for e in self.events[-15:] if "_raw" in e]
             pytest.fail(f"the daemon did not stop within {timeout}s of SIGTERM; its last events:\n{''.join(last)}"
                         f"stderr (the stacks at SIGABRT):\n{self.stderr[-20000:]}")  # fmt: skip
-        for reader in self._readers:
-            reader.join(5)
         return code
 
 
