@@ -43,6 +43,7 @@ from worker.reporting.redact import Redactor
 from worker.reporting.sentry import SentryReporter
 from worker.runner import Runner, one_line, reruns
 from worker.schedule import ConfigError, JobSpec, ScheduleConfig, load_config
+from worker.signals import SignalFlag
 from worker.timespec import CronSchedule, following_slot, format_duration, next_fire
 
 # Threads are started only when runs overlap, so a generous cap costs nothing idle.
@@ -141,8 +142,9 @@ class Daemon:
         self._lease_trouble = ""
         self._standing_by = False
         self.log = get_logger()
-        self.stop = threading.Event()
-        self.reload = threading.Event()
+        # Set by signal handlers: flags that take no lock (worker/signals.py says why a threading.Event deadlocks).
+        self.stop = SignalFlag()
+        self.reload = SignalFlag()
         self._watched = _Watched()
         self._settling: str | None = None
         #: job id -> the jobs that follow it (JobOptions.follows), and whether its last run in this daemon failed.
