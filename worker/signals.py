@@ -7,7 +7,8 @@ re-arms, so a signal landing in that window deadlocks the process, which then ig
 Render kills it (seen once in CI: the main thread's stack ended in `Event.set` under `Event.wait`). The signal
 module's documentation says as much: synchronization primitives such as `threading.Lock` should not be used within
 signal handlers. This flag takes no lock: setting it is an assignment and a write to a pipe, and the waiter waits on
-the pipe with `select`, which wakes on that write whichever thread (or handler) made it.
+the pipe with `poll`, which wakes on that write whichever thread (or handler) made it. (The standard library has no
+waitable flag without a lock, hence these few lines.)
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class SignalFlag:
         # The setter must never block (a full pipe would hang the handler as surely as a lock); the waiter drains.
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
+        # poll, not select: select refuses a descriptor numbered over 1023, which a busy process can reach.
+        self._poll = select.poll()
+        self._poll.register(self._read, select.POLLIN)
         weakref.finalize(self, _close, self._read, self._write)
 
     def set(self) -> None:
@@ -46,18 +50,16 @@ class SignalFlag:
     def wait(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the flag; whether it is set."""
         if not self._set:
-            # A set() between the check and select() has written to the pipe already: select returns at once.
-            select.select([self._read], [], [], max(0.0, timeout))
+            # A set() between the check and poll() has written to the pipe already: poll returns at once.
+            self._poll.poll(max(0, round(timeout * 1000)))
             if not self._set:
                 self._drain()  # wake-ups left by a set() that clear() has since undone
         return self._set
 
     def _drain(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):  # empty: every wake-up read
             while os.read(self._read, 4096):
                 pass
-        except BlockingIOError:
-            pass
 
 
 def _close(*fds: int) -> None:
