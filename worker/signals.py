@@ -14,6 +14,7 @@ waitable flag without a lock, hence these few lines.)
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import weakref
@@ -51,7 +52,7 @@ class SignalFlag:
         """Wait up to `timeout` seconds for the flag; whether it is set."""
         if not self._set:
             # A set() between the check and poll() has written to the pipe already: poll returns at once.
-            self._poll.poll(max(0, round(timeout * 1000)))
+            self._poll.poll(max(0, math.ceil(timeout * 1000)))  # rounded up: no early wake to spin on
             if not self._set:
                 self._drain()  # wake-ups left by a set() that clear() has since undone
         return self._set
